@@ -1,0 +1,20 @@
+//! The sendonce HTTP API.
+//!
+//! # Layout
+//!
+//! - [`config`]: `ApiConfig`, every setting with its environment variable.
+//! - [`startup`]: `Application::build` binds the listener (port 0 in tests)
+//!   and wires the routes; `run_until_stopped` drains on shutdown.
+//! - [`auth`]: bearer-JWT verification, the `Caller` extractor and scopes.
+//! - [`routes`]: one module per resource.
+//! - [`problem`]: `ApiError` and its RFC 9457 problem+json form.
+//! - [`state`]: what handlers share.
+
+pub mod auth;
+pub mod config;
+pub mod problem;
+pub mod routes;
+pub mod startup;
+pub mod state;
+
+pub use startup::Application;

@@ -1,0 +1,75 @@
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use sendonce_api::Application;
+use sendonce_api::auth::JwtKeys;
+use sendonce_api::config::ApiConfig;
+use sendonce_shared::store::{self, Store};
+use sendonce_shared::telemetry;
+
+/// The sendonce HTTP API.
+#[derive(Debug, Parser)]
+#[command(name = "sendonce-api", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    config: ApiConfig,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the API (the default).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Print a bearer token signed with JWT_SECRET.
+    Token {
+        /// Who the token is for (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// Space-separated scopes, e.g. "jobs:write jobs:read".
+        #[arg(long, default_value = "jobs:write jobs:read failed:read failed:write")]
+        scope: String,
+        /// Lifetime, e.g. 1h, 30m, 7d.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli).await {
+        eprintln!("sendonce-api: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = cli.config;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Token { sub, scope, ttl } => {
+            println!(
+                "{}",
+                JwtKeys::hs256(&config.jwt_secret).mint(&sub, &scope, ttl)?
+            );
+            Ok(())
+        }
+        Command::Migrate => {
+            let store = Store::new(store::connect(&config.common.database_url, 1)?);
+            let applied = store.migrate().await?;
+            println!("applied {applied} migration(s)");
+            Ok(())
+        }
+        Command::Serve => {
+            telemetry::init(config.common.log_format, &config.common.rust_log)?;
+            let metrics = telemetry::install_metrics()?;
+            let app = Application::build(config, Some(metrics)).await?;
+            tracing::info!(port = app.port(), "API listening");
+            app.run_until_stopped(telemetry::shutdown_signal()).await
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! The API's error type and its RFC 9457 `application/problem+json` form.
+//! 4xx answers say what to fix; 5xx answers say nothing about internals (the
+//! cause chain goes to the log).
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+/// Every way a request can fail.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// The request could not be read (malformed JSON, wrong types, unknown
+    /// fields, bad query string).
+    #[error("{0}")]
+    BadRequest(String),
+    /// A field was read but its value is invalid.
+    #[error("`{field}` {reason}")]
+    InvalidField {
+        /// The field, as named in the request.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The idempotency key was used before for a different request.
+    #[error("{0}")]
+    KeyReused(String),
+    /// No valid bearer token.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A valid token without the scope this route needs.
+    #[error("this request needs the `{0}` scope")]
+    Forbidden(&'static str),
+    /// No such resource.
+    #[error("{0}")]
+    NotFound(String),
+    /// The body is larger than allowed.
+    #[error("the request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// A readiness probe found dependencies down.
+    #[error("not ready: {0} did not answer in time")]
+    NotReady(String),
+    /// A dependency (Redis, Postgres) failed or is down.
+    #[error("a dependency is unavailable")]
+    Unavailable(#[source] anyhow::Error),
+    /// A bug or an unexpected state.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    /// Wraps a dependency failure.
+    pub fn unavailable(e: impl Into<anyhow::Error>) -> Self {
+        Self::Unavailable(e.into())
+    }
+}
+
+/// RFC 9457 problem details.
+#[derive(Debug, Serialize)]
+struct Problem<'a> {
+    r#type: &'a str,
+    title: &'a str,
+    status: u16,
+    detail: String,
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::InvalidField { .. } | Self::KeyReused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unavailable(_) | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        if status.is_server_error() && !matches!(self, Self::NotReady(_)) {
+            tracing::error!(error = ?anyhow_chain(self), "request failed");
+        }
+        let detail = match self {
+            Self::Unavailable(_) => "a dependency is unavailable; retry later".to_owned(),
+            Self::Internal(_) => "an internal error occurred".to_owned(),
+            other => other.to_string(),
+        };
+        let mut response = HttpResponse::build(status);
+        response.content_type("application/problem+json");
+        match self {
+            Self::Unauthorized(_) => {
+                response.insert_header((
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                ));
+            }
+            Self::Forbidden(scope) => {
+                if let Ok(v) = HeaderValue::from_str(&format!(
+                    "Bearer error=\"insufficient_scope\", scope=\"{scope}\""
+                )) {
+                    response.insert_header((header::WWW_AUTHENTICATE, v));
+                }
+            }
+            Self::Unavailable(_) => {
+                response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+            }
+            _ => {}
+        }
+        response.json(Problem {
+            r#type: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail,
+        })
+    }
+}
+
+fn anyhow_chain(e: &ApiError) -> String {
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

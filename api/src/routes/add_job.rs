@@ -1,0 +1,168 @@
+//! `POST /addJob`: validate, then enqueue once per idempotency key.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use sendonce_shared::domain::{
+    Body, Email, EmailAddress, IdempotencyKey, InvalidValue, JobId, Subject, Task,
+};
+use sendonce_shared::queue::Enqueued;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{Caller, scope};
+use crate::problem::ApiError;
+use crate::state::AppState;
+
+/// The request body, as sent. Unknown fields are refused so a typo
+/// (`"htm"`) is an error, not a silently empty body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddJobBody {
+    /// One recipient mailbox.
+    pub to: String,
+    /// Subject line.
+    pub subject: String,
+    /// Plain-text body.
+    #[serde(default)]
+    pub text: Option<String>,
+    /// HTML body.
+    #[serde(default)]
+    pub html: Option<String>,
+    /// Sender; the worker's `MAIL_FROM` when absent.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Reply-To mailbox.
+    #[serde(default)]
+    pub reply_to: Option<String>,
+    /// The client's business key.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// A parsed request: what to send and under which key.
+#[derive(Debug)]
+pub struct NewJob {
+    /// The message.
+    pub email: Email,
+    /// The key, when the client gave one.
+    pub key: Option<IdempotencyKey>,
+}
+
+fn field<T>(name: &'static str, r: Result<T, InvalidValue>) -> Result<T, ApiError> {
+    r.map_err(|e| ApiError::InvalidField {
+        field: name,
+        reason: e.to_string(),
+    })
+}
+
+impl TryFrom<AddJobBody> for NewJob {
+    type Error = ApiError;
+
+    fn try_from(body: AddJobBody) -> Result<Self, ApiError> {
+        let optional =
+            |name, v: Option<String>| v.map(|s| field(name, EmailAddress::parse(&s))).transpose();
+        Ok(Self {
+            email: Email {
+                to: field("to", EmailAddress::parse(&body.to))?,
+                from: optional("from", body.from)?,
+                reply_to: optional("reply_to", body.reply_to)?,
+                subject: field("subject", Subject::parse(body.subject))?,
+                body: field("text", Body::new(body.text, body.html))?,
+            },
+            key: body
+                .idempotency_key
+                .map(|k| field("idempotency_key", IdempotencyKey::parse(k)))
+                .transpose()?,
+        })
+    }
+}
+
+/// The answer: which job now stands for the key, and its state.
+#[derive(Debug, Serialize)]
+pub struct JobAccepted {
+    /// The job.
+    pub job_id: JobId,
+    /// Its key.
+    pub idempotency_key: IdempotencyKey,
+    /// `queued` for a new job; the current state for a replay.
+    pub status: String,
+}
+
+/// Reads the `Idempotency-Key` header, if present.
+pub fn header_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError> {
+    req.headers()
+        .get("Idempotency-Key")
+        .map(|v| {
+            let s = v.to_str().map_err(|_| ApiError::InvalidField {
+                field: "Idempotency-Key",
+                reason: "must be printable ASCII".into(),
+            })?;
+            field("Idempotency-Key", IdempotencyKey::parse(s))
+        })
+        .transpose()
+}
+
+/// `POST /addJob`. Answers 202 for a new job, 200 with the original job for
+/// a replay of the same request, 422 when the key was used for another one.
+#[tracing::instrument(name = "add_job", skip_all, fields(job_id, idempotency_key))]
+pub async fn add_job(
+    caller: Caller,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Json<AddJobBody>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(scope::JOBS_WRITE)?;
+    let job = NewJob::try_from(body.into_inner())?;
+    let key = match (job.key, header_key(&req)?) {
+        (Some(body_key), Some(header)) if body_key != header => {
+            return Err(ApiError::InvalidField {
+                field: "idempotency_key",
+                reason: "differs from the Idempotency-Key header".into(),
+            });
+        }
+        (body_key, header) => body_key.or(header),
+    };
+    let task = Task::new(job.email, key);
+    let span = tracing::Span::current();
+    span.record("job_id", tracing::field::display(task.job_id));
+    span.record(
+        "idempotency_key",
+        tracing::field::display(&task.idempotency_key),
+    );
+    let fingerprint = task.email.fingerprint();
+    let enqueued = state
+        .queue
+        .enqueue(&task, &fingerprint, state.replay_ttl)
+        .await
+        .map_err(ApiError::unavailable)?;
+    match enqueued {
+        Enqueued::New => {
+            metrics::counter!("sendonce_jobs_enqueued_total").increment(1);
+            tracing::info!("job queued");
+            Ok(HttpResponse::Accepted().json(JobAccepted {
+                job_id: task.job_id,
+                idempotency_key: task.idempotency_key,
+                status: "queued".into(),
+            }))
+        }
+        Enqueued::Replay {
+            job_id,
+            fingerprint: original,
+        } => {
+            if original != fingerprint {
+                return Err(ApiError::KeyReused(format!(
+                    "idempotency key `{}` was already used for a different request (job {job_id})",
+                    task.idempotency_key
+                )));
+            }
+            let status = state
+                .job(job_id)
+                .await?
+                .map_or_else(|| "queued".to_owned(), |r| r.status);
+            tracing::info!(original_job_id = %job_id, "replay of an accepted key; nothing enqueued");
+            Ok(HttpResponse::Ok().json(JobAccepted {
+                job_id,
+                idempotency_key: task.idempotency_key,
+                status,
+            }))
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Building and running the HTTP server.
+
+use std::net::TcpListener;
+
+use actix_web::dev::Server;
+use actix_web::error::JsonPayloadError;
+use actix_web::{App, HttpServer, web};
+use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusHandle;
+use sendonce_shared::queue::{self, Queue};
+use sendonce_shared::store::{self, Store};
+use tracing_actix_web::TracingLogger;
+
+use crate::auth::JwtKeys;
+use crate::config::ApiConfig;
+use crate::problem::ApiError;
+use crate::routes;
+use crate::state::AppState;
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// A bound, not yet running API server.
+pub struct Application {
+    port: u16,
+    server: Server,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Connects, applies migrations and binds `API_ADDR` (port 0 picks a
+    /// free one, for tests).
+    pub async fn build(
+        config: ApiConfig,
+        metrics: Option<PrometheusHandle>,
+    ) -> anyhow::Result<Self> {
+        let store = Store::new(store::connect(&config.common.database_url, 16)?);
+        store
+            .migrate()
+            .await
+            .context("failed to apply migrations to DATABASE_URL")?;
+        let queue = Queue::new(
+            queue::connect(&config.common.redis_url, 32)?,
+            &config.common.redis_key_prefix,
+        );
+        let state = AppState {
+            queue,
+            store,
+            replay_ttl: config.common.dedup_ttl(),
+        };
+        let listener = TcpListener::bind(config.api_addr)
+            .with_context(|| format!("failed to bind API_ADDR {}", config.api_addr))?;
+        let port = listener.local_addr()?.port();
+        let keys = JwtKeys::hs256(&config.jwt_secret);
+        let server = serve(listener, state, keys, metrics)?;
+        Ok(Self { port, server })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, drains
+    /// in-flight requests and returns.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let handle = self.server.handle();
+        let server = tokio::spawn(self.server);
+        shutdown.await;
+        tracing::info!("shutting down: draining in-flight requests");
+        handle.stop(true).await;
+        server.await??;
+        Ok(())
+    }
+}
+
+fn json_error(err: JsonPayloadError, _: &actix_web::HttpRequest) -> actix_web::Error {
+    match err {
+        JsonPayloadError::Overflow { limit }
+        | JsonPayloadError::OverflowKnownLength { limit, .. } => {
+            ApiError::PayloadTooLarge(limit).into()
+        }
+        JsonPayloadError::ContentType => {
+            ApiError::BadRequest("the body must be JSON (Content-Type: application/json)".into())
+                .into()
+        }
+        JsonPayloadError::Deserialize(e) => {
+            ApiError::BadRequest(format!("the JSON body is invalid: {e}")).into()
+        }
+        other => ApiError::BadRequest(format!("the body could not be read: {other}")).into(),
+    }
+}
+
+fn serve(
+    listener: TcpListener,
+    state: AppState,
+    keys: JwtKeys,
+    metrics: Option<PrometheusHandle>,
+) -> anyhow::Result<Server> {
+    let state = web::Data::new(state);
+    let keys = web::Data::new(keys);
+    let metrics = metrics.map(web::Data::new);
+    let server = HttpServer::new(move || {
+        let mut app = App::new()
+            .wrap(TracingLogger::default())
+            .app_data(state.clone())
+            .app_data(keys.clone())
+            .app_data(
+                web::JsonConfig::default()
+                    .limit(MAX_BODY_BYTES)
+                    .error_handler(json_error),
+            )
+            .route("/addJob", web::post().to(routes::add_job::add_job))
+            .route("/jobs/{job_id}", web::get().to(routes::jobs::get_job))
+            .route("/healthz", web::get().to(routes::health::healthz))
+            .route("/readyz", web::get().to(routes::health::readyz))
+            .route("/metrics", web::get().to(routes::health::metrics));
+        if let Some(m) = &metrics {
+            app = app.app_data(m.clone());
+        }
+        app
+    })
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    Ok(server)
+}

@@ -1,0 +1,116 @@
+use std::time::Duration;
+
+use clap::Parser;
+use sendonce_api::auth::JwtKeys;
+use sendonce_api::config::ApiConfig;
+use sendonce_testkit::{TestDatabase, unique_prefix};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+pub const SECRET: &str = "test-secret-that-is-long-enough-for-hs256";
+
+/// A running API with its own database and Redis key prefix.
+pub struct TestApi {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub keys: JwtKeys,
+    pub prefix: String,
+    pub redis_url: String,
+    _db: TestDatabase,
+    _stop: oneshot::Sender<()>,
+}
+
+pub async fn spawn_api() -> TestApi {
+    let db = TestDatabase::create().await;
+    let prefix = unique_prefix();
+    let redis_url =
+        std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let config = ApiConfig::parse_from([
+        "sendonce-api",
+        "--api-addr",
+        "127.0.0.1:0",
+        "--database-url",
+        db.url(),
+        "--redis-url",
+        &redis_url,
+        "--redis-key-prefix",
+        &prefix,
+        "--jwt-secret",
+        SECRET,
+    ]);
+    let keys = JwtKeys::hs256(&config.jwt_secret);
+    let app = sendonce_api::Application::build(config, None)
+        .await
+        .expect("build the API");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let (stop, rx) = oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async {
+        let _ = rx.await;
+    }));
+    TestApi {
+        address,
+        client: reqwest::Client::new(),
+        keys,
+        prefix,
+        redis_url,
+        _db: db,
+        _stop: stop,
+    }
+}
+
+impl TestApi {
+    pub fn token(&self, scope: &str) -> String {
+        self.keys
+            .mint("tests", scope, Duration::from_secs(600))
+            .expect("mint a token")
+    }
+
+    pub async fn post_job(&self, token: Option<&str>, body: &Value) -> reqwest::Response {
+        let mut request = self
+            .client
+            .post(format!("{}/addJob", self.address))
+            .json(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("POST /addJob")
+    }
+
+    /// How many tasks wait in this API's queue.
+    pub async fn queue_len(&self) -> usize {
+        let client = redis::Client::open(self.redis_url.as_str()).expect("redis url");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to redis");
+        redis::cmd("LLEN")
+            .arg(format!("{{{}}}:queue", self.prefix))
+            .query_async(&mut conn)
+            .await
+            .expect("LLEN")
+    }
+}
+
+pub fn valid_body() -> Value {
+    json!({"to": "ada@example.com", "subject": "Hi", "text": "Hello"})
+}
+
+/// Asserts an RFC 9457 problem answer with `status` whose detail mentions `needle`.
+pub async fn assert_problem(response: reqwest::Response, status: u16, needle: &str) -> Value {
+    assert_eq!(response.status().as_u16(), status);
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(content_type, "application/problem+json");
+    let problem: Value = response.json().await.expect("a JSON problem");
+    assert_eq!(problem["status"], status);
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains(needle),
+        "detail {detail:?} does not mention {needle:?}"
+    );
+    problem
+}

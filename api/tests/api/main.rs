@@ -1,0 +1,6 @@
+//! API tests against real Redis and Postgres: authentication, validation and
+//! enqueueing. Delivery end to end is tested in the worker crate.
+
+mod add_job;
+mod auth;
+mod helpers;

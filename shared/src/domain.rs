@@ -1,0 +1,476 @@
+//! Domain types. Each one is parsed once, at the edge, and cannot hold an
+//! invalid value afterwards; the worker re-parses what it reads back from
+//! Redis and Postgres through the same constructors.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use lettre::message::{Mailbox, Mailboxes};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+/// Why a value was refused. The field name lives in the caller, which knows
+/// which field it was parsing; this only says what was wrong with the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidValue {
+    /// The value was empty where something is required.
+    #[error("must not be empty")]
+    Empty,
+    /// The value is longer than the protocol or our storage allows.
+    #[error("must be at most {max} bytes")]
+    TooLong {
+        /// The limit, in bytes.
+        max: usize,
+    },
+    /// The value holds CR, LF, NUL or another control character, which would
+    /// let it break out of the header it ends up in.
+    #[error("must not contain control characters (CR, LF, NUL, ...)")]
+    ControlCharacter,
+    /// An idempotency key holds something other than printable ASCII.
+    #[error("must be printable ASCII (0x21 to 0x7E, or space)")]
+    NotPrintableAscii,
+    /// Not exactly one RFC 5322 mailbox.
+    #[error(
+        "must be exactly one email address, e.g. \"Ada <ada@example.com>\" (no lists or groups)"
+    )]
+    NotOneMailbox,
+    /// The mailbox did not parse.
+    #[error("is not a valid email address")]
+    BadAddress,
+    /// Neither a text nor an HTML body was given.
+    #[error("needs at least one of `text` or `html`")]
+    NoBody,
+    /// Not a UUID.
+    #[error("is not a UUID")]
+    NotUuid,
+}
+
+/// A job's identity, minted by the API as a UUIDv7 so ids sort by creation
+/// time and carry it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(Uuid);
+
+impl JobId {
+    /// A new, time-ordered id.
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+
+    /// The underlying UUID, for storage.
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+
+    /// When the job was created, read back from the UUIDv7 timestamp.
+    pub fn created_at(&self) -> Option<DateTime<Utc>> {
+        let (secs, nanos) = self.0.get_timestamp()?.to_unix();
+        DateTime::from_timestamp(i64::try_from(secs).ok()?, nanos)
+    }
+}
+
+impl Default for JobId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl From<Uuid> for JobId {
+    fn from(id: Uuid) -> Self {
+        Self(id)
+    }
+}
+
+impl FromStr for JobId {
+    type Err = InvalidValue;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s)
+            .map(Self)
+            .map_err(|_| InvalidValue::NotUuid)
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The client's business key ("welcome:user-42"): 1 to 255 printable ASCII
+/// characters. At most one email is ever accepted by SMTP per key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    /// Longest key accepted, in bytes.
+    pub const MAX_LEN: usize = 255;
+
+    /// Parses a client-supplied key.
+    pub fn parse(s: impl Into<String>) -> Result<Self, InvalidValue> {
+        let s = s.into();
+        if s.is_empty() {
+            return Err(InvalidValue::Empty);
+        }
+        if s.len() > Self::MAX_LEN {
+            return Err(InvalidValue::TooLong { max: Self::MAX_LEN });
+        }
+        if s.bytes().any(|b| b.is_ascii_control()) {
+            return Err(InvalidValue::ControlCharacter);
+        }
+        if !s.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+            return Err(InvalidValue::NotPrintableAscii);
+        }
+        Ok(Self(s))
+    }
+
+    /// The key used when the client gives none: the job's own id, so the job
+    /// is still sent at most once across retries and redeliveries.
+    pub fn from_job_id(id: JobId) -> Self {
+        Self(id.to_string())
+    }
+
+    /// The key as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The `Message-ID` for every attempt at this key: a hash, so that any
+    /// key (spaces, quotes, `@`) yields a valid msg-id and the key itself is
+    /// not disclosed to recipients.
+    pub fn message_id(&self, domain: &str) -> String {
+        let digest = Sha256::digest(self.0.as_bytes());
+        format!("<{}@{domain}>", hex::encode(&digest[..16]))
+    }
+}
+
+impl TryFrom<String> for IdempotencyKey {
+    type Error = InvalidValue;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(s)
+    }
+}
+
+impl From<IdempotencyKey> for String {
+    fn from(key: IdempotencyKey) -> Self {
+        key.0
+    }
+}
+
+impl fmt::Display for IdempotencyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Exactly one RFC 5322 mailbox, optionally with a display name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct EmailAddress(Mailbox);
+
+impl EmailAddress {
+    /// Longest accepted mailbox text: one header line.
+    pub const MAX_LEN: usize = 998;
+
+    /// Parses one mailbox, refusing lists, groups, trailing garbage and
+    /// anything that could inject a header.
+    pub fn parse(s: &str) -> Result<Self, InvalidValue> {
+        let trimmed = s.trim();
+        if trimmed.is_empty() {
+            return Err(InvalidValue::Empty);
+        }
+        if s.len() > Self::MAX_LEN {
+            return Err(InvalidValue::TooLong { max: Self::MAX_LEN });
+        }
+        if s.chars().any(char::is_control) {
+            return Err(InvalidValue::ControlCharacter);
+        }
+        let mut boxes = Mailboxes::from_str(trimmed)
+            .map_err(|_| InvalidValue::BadAddress)?
+            .into_iter();
+        let (Some(mailbox), None) = (boxes.next(), boxes.next()) else {
+            return Err(InvalidValue::NotOneMailbox);
+        };
+        // lettre's parser stops at the first mailbox and ignores what
+        // follows, so check that the whole input was that one mailbox.
+        let whole = if trimmed.ends_with('>') {
+            trimmed.contains('<')
+        } else {
+            trimmed == mailbox.email.to_string()
+        };
+        if !whole {
+            return Err(InvalidValue::NotOneMailbox);
+        }
+        Ok(Self(mailbox))
+    }
+
+    /// The lettre mailbox, for building the message.
+    pub fn mailbox(&self) -> &Mailbox {
+        &self.0
+    }
+
+    /// The domain part, e.g. for the Message-ID.
+    pub fn domain(&self) -> &str {
+        self.0.email.domain()
+    }
+}
+
+impl TryFrom<String> for EmailAddress {
+    type Error = InvalidValue;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
+}
+
+impl From<EmailAddress> for String {
+    fn from(a: EmailAddress) -> Self {
+        a.0.to_string()
+    }
+}
+
+impl fmt::Display for EmailAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A subject line: at most 998 bytes (RFC 5322's line limit), no control
+/// characters, so it can never start a new header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Subject(String);
+
+impl Subject {
+    /// RFC 5322 line length limit.
+    pub const MAX_LEN: usize = 998;
+
+    /// Parses a subject line.
+    pub fn parse(s: impl Into<String>) -> Result<Self, InvalidValue> {
+        let s = s.into();
+        if s.len() > Self::MAX_LEN {
+            return Err(InvalidValue::TooLong { max: Self::MAX_LEN });
+        }
+        if s.chars().any(char::is_control) {
+            return Err(InvalidValue::ControlCharacter);
+        }
+        Ok(Self(s))
+    }
+
+    /// The subject as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Subject {
+    type Error = InvalidValue;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(s)
+    }
+}
+
+impl From<Subject> for String {
+    fn from(s: Subject) -> Self {
+        s.0
+    }
+}
+
+/// The message body: text, HTML, or both (sent as multipart/alternative).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawBody", into = "RawBody")]
+pub struct Body {
+    text: Option<String>,
+    html: Option<String>,
+}
+
+/// The wire form of [`Body`]; only [`Body`] guarantees a part is present.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RawBody {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    html: Option<String>,
+}
+
+impl Body {
+    /// A body with at least one part. NUL is refused: SMTP cannot carry it.
+    pub fn new(text: Option<String>, html: Option<String>) -> Result<Self, InvalidValue> {
+        if text.is_none() && html.is_none() {
+            return Err(InvalidValue::NoBody);
+        }
+        if [&text, &html]
+            .into_iter()
+            .flatten()
+            .any(|p| p.contains('\0'))
+        {
+            return Err(InvalidValue::ControlCharacter);
+        }
+        Ok(Self { text, html })
+    }
+
+    /// The plain-text part.
+    pub fn text(&self) -> Option<&str> {
+        self.text.as_deref()
+    }
+
+    /// The HTML part.
+    pub fn html(&self) -> Option<&str> {
+        self.html.as_deref()
+    }
+}
+
+impl TryFrom<RawBody> for Body {
+    type Error = InvalidValue;
+
+    fn try_from(raw: RawBody) -> Result<Self, Self::Error> {
+        Self::new(raw.text, raw.html)
+    }
+}
+
+impl From<Body> for RawBody {
+    fn from(b: Body) -> Self {
+        Self {
+            text: b.text,
+            html: b.html,
+        }
+    }
+}
+
+/// What to send, as the client asked for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Email {
+    /// Sender; the worker's `MAIL_FROM` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<EmailAddress>,
+    /// The one recipient.
+    pub to: EmailAddress,
+    /// Where replies go, when not to `from`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<EmailAddress>,
+    /// Subject line.
+    pub subject: Subject,
+    /// Text and/or HTML.
+    #[serde(flatten)]
+    pub body: Body,
+}
+
+impl Email {
+    /// A digest of the request's content, so a replay of the same key can be
+    /// told apart from a different request reusing the key.
+    pub fn fingerprint(&self) -> String {
+        let canonical = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(&Sha256::digest(&canonical)[..16])
+    }
+}
+
+/// One email job as it travels through Redis: the unit the worker pops,
+/// claims, sends and acknowledges.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    /// Minted by the API; retries and redeliveries keep it.
+    pub job_id: JobId,
+    /// The client's business key; at most one effect per key.
+    pub idempotency_key: IdempotencyKey,
+    /// The message.
+    #[serde(flatten)]
+    pub email: Email,
+    /// When the API accepted it.
+    pub enqueued_at: DateTime<Utc>,
+}
+
+impl Task {
+    /// A new task for `email`, keyed by `key` or, when the client gave none,
+    /// by its own job id.
+    pub fn new(email: Email, key: Option<IdempotencyKey>) -> Self {
+        let job_id = JobId::new();
+        Self {
+            job_id,
+            idempotency_key: key.unwrap_or_else(|| IdempotencyKey::from_job_id(job_id)),
+            email,
+            enqueued_at: Utc::now(),
+        }
+    }
+
+    /// The JSON stored in Redis.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Re-parses a task read back from Redis or Postgres.
+    pub fn from_json(raw: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(raw)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_plain_or_named_mailbox_parses() {
+        assert!(EmailAddress::parse("ada@example.com").is_ok());
+        assert!(EmailAddress::parse("Ada Lovelace <ada@example.com>").is_ok());
+        assert!(EmailAddress::parse("\"Lovelace, Ada\" <ada@example.com>").is_ok());
+    }
+
+    #[test]
+    fn lists_groups_garbage_and_injection_are_refused() {
+        for bad in [
+            "",
+            "not-an-address",
+            "ada@example.com, bob@example.com",
+            "ada@example.com bob@example.com",
+            "friends: ada@example.com;",
+            "Ada <ada@example.com> trailing",
+            "ada@example.com\r\nBcc: eve@example.com",
+            "ada@example.com\0",
+        ] {
+            assert!(EmailAddress::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn keys_must_be_printable_ascii_and_short() {
+        assert!(IdempotencyKey::parse("welcome:user-42").is_ok());
+        assert_eq!(IdempotencyKey::parse(""), Err(InvalidValue::Empty));
+        assert!(IdempotencyKey::parse("a".repeat(256)).is_err());
+        assert!(IdempotencyKey::parse("a\nb").is_err());
+        assert!(IdempotencyKey::parse("clé").is_err());
+    }
+
+    #[test]
+    fn the_message_id_depends_only_on_the_key() {
+        let a = IdempotencyKey::parse("k1").expect("valid key");
+        let b = IdempotencyKey::parse("k2").expect("valid key");
+        assert_eq!(a.message_id("x.test"), a.clone().message_id("x.test"));
+        assert_ne!(a.message_id("x.test"), b.message_id("x.test"));
+    }
+
+    #[test]
+    fn a_task_round_trips_through_json() {
+        let email = Email {
+            from: None,
+            to: EmailAddress::parse("Ada <ada@example.com>").expect("valid"),
+            reply_to: None,
+            subject: Subject::parse("Hi").expect("valid"),
+            body: Body::new(Some("hello".into()), None).expect("valid"),
+        };
+        let task = Task::new(email, None);
+        let back = Task::from_json(&task.to_json()).expect("round trip");
+        assert_eq!(task, back);
+        assert_eq!(task.idempotency_key.as_str(), task.job_id.to_string());
+    }
+
+    #[test]
+    fn subjects_refuse_line_breaks() {
+        assert!(Subject::parse("a\r\nBcc: x@y.z").is_err());
+        assert!(Subject::parse("x".repeat(999)).is_err());
+    }
+}

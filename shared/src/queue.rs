@@ -1,0 +1,492 @@
+//! The Redis side: the ready queue, per-worker processing lists, the delayed
+//! set, worker heartbeats, the L1 dedup keys and the API's replay records.
+//!
+//! # Key layout
+//!
+//! Every key carries the same hash tag, `{prefix}`, so any script or
+//! transaction touching several of them runs on Redis Cluster unchanged:
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `{p}:queue` | list | ready tasks; the API `LPUSH`es, workers take from the right |
+//! | `{p}:processing:<worker>` | list | tasks a worker holds; removed on acknowledge |
+//! | `{p}:scheduled` | sorted set | tasks waiting for a retry, scored by due time (ms) |
+//! | `{p}:workers` | set | worker ids that may hold tasks |
+//! | `{p}:heartbeat:<worker>` | string, PX lease | present while the worker is alive |
+//! | `{p}:dedup:<key>` | string, EX ttl | L1 claim: the job id that holds the key |
+//! | `{p}:idem:<key>` | string, EX ttl | API replay record: `<job id> <fingerprint>` |
+//! | `{p}:job:<job id>` | string, EX ttl | the key of a job the API accepted, so it reads `queued` before a worker sees it |
+//! | `{p}:poison` | list | tasks that do not parse; kept for an operator, never dropped |
+
+use std::time::Duration;
+
+use deadpool_redis::{Manager, Pool, Runtime};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Script};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::domain::{IdempotencyKey, JobId, Task};
+
+/// A Redis operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueueError {
+    /// No connection could be had from the pool.
+    #[error("could not get a Redis connection")]
+    Pool(#[from] deadpool_redis::PoolError),
+    /// A command failed.
+    #[error("a Redis command failed")]
+    Redis(#[from] redis::RedisError),
+    /// The connection settings were unusable.
+    #[error("invalid Redis configuration: {0}")]
+    Config(String),
+}
+
+/// Names of the Redis keys under one prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    tag: String,
+}
+
+impl Keys {
+    /// Keys under `{prefix}`.
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            tag: format!("{{{prefix}}}"),
+        }
+    }
+
+    /// The ready queue.
+    pub fn queue(&self) -> String {
+        format!("{}:queue", self.tag)
+    }
+    /// The delayed-retry sorted set.
+    pub fn scheduled(&self) -> String {
+        format!("{}:scheduled", self.tag)
+    }
+    /// The set of registered workers.
+    pub fn workers(&self) -> String {
+        format!("{}:workers", self.tag)
+    }
+    /// A worker's processing list.
+    pub fn processing(&self, worker: &str) -> String {
+        format!("{}:processing:{worker}", self.tag)
+    }
+    /// A worker's heartbeat.
+    pub fn heartbeat(&self, worker: &str) -> String {
+        format!("{}:heartbeat:{worker}", self.tag)
+    }
+    /// The L1 dedup key of an idempotency key.
+    pub fn dedup(&self, key: &IdempotencyKey) -> String {
+        format!("{}:dedup:{key}", self.tag)
+    }
+    /// The API's replay record of an idempotency key.
+    pub fn idem(&self, key: &IdempotencyKey) -> String {
+        format!("{}:idem:{key}", self.tag)
+    }
+    /// The accepted-but-not-yet-processed marker of a job.
+    pub fn job(&self, job: JobId) -> String {
+        format!("{}:job:{job}", self.tag)
+    }
+    /// Where unparseable tasks are kept.
+    pub fn poison(&self) -> String {
+        format!("{}:poison", self.tag)
+    }
+}
+
+/// Opens a pool of multiplexed connections. `response_timeout` bounds every
+/// command; blocking pops use their own connection (see [`Queue::popper`]).
+pub fn connect(url: &SecretString, max_size: usize) -> Result<Pool, QueueError> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(2)));
+    let manager = Manager::new_with_config(url.expose_secret(), config)?;
+    Pool::builder(manager)
+        .max_size(max_size)
+        .runtime(Runtime::Tokio1)
+        .create_timeout(Some(Duration::from_secs(2)))
+        .wait_timeout(Some(Duration::from_secs(5)))
+        .build()
+        .map_err(|e| QueueError::Config(e.to_string()))
+}
+
+/// Outcome of posting a task through the API's replay guard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enqueued {
+    /// The task is in the queue.
+    New,
+    /// The key was already accepted; nothing was enqueued.
+    Replay {
+        /// The job that was accepted for this key.
+        job_id: JobId,
+        /// That request's fingerprint.
+        fingerprint: String,
+    },
+}
+
+/// Outcome of the L1 claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum L1Claim {
+    /// This job holds the key (freshly, or from an earlier attempt).
+    Held,
+    /// Another job holds the key.
+    Duplicate {
+        /// The holder, if its id parses.
+        holder: Option<JobId>,
+    },
+}
+
+const ENQUEUE: &str = r"
+-- KEYS: idem, queue, job marker. ARGV: replay record, task, ttl secs, key.
+local prev = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'GET', 'EX', ARGV[3])
+if prev then return prev end
+redis.call('LPUSH', KEYS[2], ARGV[2])
+redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[3])
+return false
+";
+
+const PROMOTE: &str = r"
+-- KEYS: scheduled, queue. ARGV: now ms, batch size.
+local due = redis.call('ZRANGE', KEYS[1], '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, ARGV[2])
+for _, task in ipairs(due) do
+  redis.call('ZREM', KEYS[1], task)
+  redis.call('RPUSH', KEYS[2], task)
+end
+return #due
+";
+
+const REAP: &str = r"
+-- KEYS: heartbeat, processing, queue, workers. ARGV: worker id, force.
+if ARGV[2] ~= '1' and redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+local n = 0
+while redis.call('LMOVE', KEYS[2], KEYS[3], 'RIGHT', 'RIGHT') do n = n + 1 end
+redis.call('SREM', KEYS[4], ARGV[1])
+if ARGV[2] == '1' then redis.call('DEL', KEYS[1]) end
+return n
+";
+
+/// The queue operations both binaries use.
+#[derive(Clone)]
+pub struct Queue {
+    pool: Pool,
+    keys: Keys,
+    enqueue: Script,
+    promote: Script,
+    reap: Script,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue").field("keys", &self.keys).finish()
+    }
+}
+
+impl Queue {
+    /// Operations on the keys under `prefix`.
+    pub fn new(pool: Pool, prefix: &str) -> Self {
+        Self {
+            pool,
+            keys: Keys::new(prefix),
+            enqueue: Script::new(ENQUEUE),
+            promote: Script::new(PROMOTE),
+            reap: Script::new(REAP),
+        }
+    }
+
+    /// The key names.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    async fn conn(&self) -> Result<deadpool_redis::Connection, QueueError> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// Checks that Redis answers.
+    pub async fn ping(&self) -> Result<(), QueueError> {
+        let mut conn = self.conn().await?;
+        redis::cmd("PING").query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Enqueues `task` unless its key was already accepted within `ttl`, in
+    /// one atomic script: the replay record, the `LPUSH` and the job marker.
+    pub async fn enqueue(
+        &self,
+        task: &Task,
+        fingerprint: &str,
+        ttl: Duration,
+    ) -> Result<Enqueued, QueueError> {
+        let mut conn = self.conn().await?;
+        let record = format!("{} {fingerprint}", task.job_id);
+        let prev: Option<String> = self
+            .enqueue
+            .key(self.keys.idem(&task.idempotency_key))
+            .key(self.keys.queue())
+            .key(self.keys.job(task.job_id))
+            .arg(record)
+            .arg(task.to_json())
+            .arg(ttl.as_secs().max(1))
+            .arg(task.idempotency_key.as_str())
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(match prev {
+            None => Enqueued::New,
+            Some(prev) => {
+                let (job, fingerprint) = prev.split_once(' ').unwrap_or((&prev, ""));
+                match job.parse() {
+                    Ok(job_id) => Enqueued::Replay {
+                        job_id,
+                        fingerprint: fingerprint.to_owned(),
+                    },
+                    // A record we cannot read must not block the key forever.
+                    Err(_) => Enqueued::New,
+                }
+            }
+        })
+    }
+
+    /// Pushes a task straight onto the queue (requeue from the DLQ, tests).
+    pub async fn push(&self, raw: &str) -> Result<(), QueueError> {
+        let mut conn = self.conn().await?;
+        redis::cmd("LPUSH")
+            .arg(self.keys.queue())
+            .arg(raw)
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// The idempotency key of a job the API accepted (within the replay
+    /// TTL), for reporting it `queued` before a worker has seen it.
+    pub async fn accepted_key(&self, job: JobId) -> Result<Option<String>, QueueError> {
+        let mut conn = self.conn().await?;
+        Ok(redis::cmd("GET")
+            .arg(self.keys.job(job))
+            .query_async(&mut conn)
+            .await?)
+    }
+
+    /// A dedicated connection for blocking pops, whose response timeout
+    /// outlasts the pop's own timeout.
+    pub async fn popper(
+        url: &SecretString,
+        block: Duration,
+    ) -> Result<MultiplexedConnection, QueueError> {
+        let client = redis::Client::open(url.expose_secret())?;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(block + Duration::from_secs(5)));
+        Ok(client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?)
+    }
+
+    /// Moves the oldest ready task into `worker`'s processing list and returns
+    /// it, waiting up to `block`. The task stays in Redis until acknowledged,
+    /// so a crash after this call loses nothing.
+    pub async fn pop(
+        &self,
+        conn: &mut MultiplexedConnection,
+        worker: &str,
+        block: Duration,
+    ) -> Result<Option<String>, QueueError> {
+        Ok(redis::cmd("BLMOVE")
+            .arg(self.keys.queue())
+            .arg(self.keys.processing(worker))
+            .arg("RIGHT")
+            .arg("LEFT")
+            .arg(block.as_secs_f64())
+            .query_async(conn)
+            .await?)
+    }
+
+    /// Removes a finished task from `worker`'s processing list.
+    pub async fn ack(&self, worker: &str, raw: &str) -> Result<(), QueueError> {
+        let mut conn = self.conn().await?;
+        redis::cmd("LREM")
+            .arg(self.keys.processing(worker))
+            .arg(1)
+            .arg(raw)
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Moves a held task to the delayed set, due at `due_ms` (Unix ms), in
+    /// one transaction: it is never in neither place.
+    pub async fn retry_later(
+        &self,
+        worker: &str,
+        raw: &str,
+        due_ms: i64,
+    ) -> Result<(), QueueError> {
+        let mut conn = self.conn().await?;
+        redis::pipe()
+            .atomic()
+            .cmd("ZADD")
+            .arg(self.keys.scheduled())
+            .arg(due_ms)
+            .arg(raw)
+            .ignore()
+            .cmd("LREM")
+            .arg(self.keys.processing(worker))
+            .arg(1)
+            .arg(raw)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Moves a held task that cannot be parsed to the poison list.
+    pub async fn poison(&self, worker: &str, raw: &str) -> Result<(), QueueError> {
+        let mut conn = self.conn().await?;
+        redis::pipe()
+            .atomic()
+            .cmd("LPUSH")
+            .arg(self.keys.poison())
+            .arg(raw)
+            .ignore()
+            .cmd("LREM")
+            .arg(self.keys.processing(worker))
+            .arg(1)
+            .arg(raw)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Moves up to `batch` due tasks from the delayed set to the queue.
+    /// Atomic, so every worker may run it at once.
+    pub async fn promote_due(&self, now_ms: i64, batch: usize) -> Result<usize, QueueError> {
+        let mut conn = self.conn().await?;
+        Ok(self
+            .promote
+            .key(self.keys.scheduled())
+            .key(self.keys.queue())
+            .arg(now_ms)
+            .arg(batch)
+            .invoke_async(&mut conn)
+            .await?)
+    }
+
+    /// The L1 claim: `SET dedup NX GET EX ttl`. Passes when the key is free
+    /// or already held by this same job (a retry or a redelivery).
+    pub async fn claim_l1(&self, task: &Task, ttl: Duration) -> Result<L1Claim, QueueError> {
+        let mut conn = self.conn().await?;
+        let job = task.job_id.to_string();
+        let prev: Option<String> = redis::cmd("SET")
+            .arg(self.keys.dedup(&task.idempotency_key))
+            .arg(&job)
+            .arg("NX")
+            .arg("GET")
+            .arg("EX")
+            .arg(ttl.as_secs().max(1))
+            .query_async(&mut conn)
+            .await?;
+        Ok(match prev {
+            None => L1Claim::Held,
+            Some(holder) if holder == job => L1Claim::Held,
+            Some(holder) => L1Claim::Duplicate {
+                holder: holder.parse().ok(),
+            },
+        })
+    }
+
+    /// Registers `worker` and renews its heartbeat for `lease`.
+    pub async fn heartbeat(&self, worker: &str, lease: Duration) -> Result<(), QueueError> {
+        let mut conn = self.conn().await?;
+        redis::pipe()
+            .cmd("SET")
+            .arg(self.keys.heartbeat(worker))
+            .arg(1)
+            .arg("PX")
+            .arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX))
+            .ignore()
+            .cmd("SADD")
+            .arg(self.keys.workers())
+            .arg(worker)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Hands the tasks of every worker whose heartbeat has lapsed back to the
+    /// queue. The liveness check and the move are one script per worker, so
+    /// any number of reapers may run at once and a live worker (heartbeat
+    /// present) is never robbed. Returns how many tasks were handed back.
+    pub async fn reap_dead(&self, me: &str) -> Result<usize, QueueError> {
+        let mut conn = self.conn().await?;
+        let workers: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.workers())
+            .query_async(&mut conn)
+            .await?;
+        let mut moved = 0;
+        for worker in workers.iter().filter(|w| w.as_str() != me) {
+            let n: i64 = self.invoke_reap(&mut conn, worker, false).await?;
+            moved += usize::try_from(n).unwrap_or(0);
+        }
+        Ok(moved)
+    }
+
+    /// On shutdown: hands back everything `worker` still holds and
+    /// deregisters it.
+    pub async fn hand_back(&self, worker: &str) -> Result<usize, QueueError> {
+        let mut conn = self.conn().await?;
+        let n = self.invoke_reap(&mut conn, worker, true).await?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
+    async fn invoke_reap(
+        &self,
+        conn: &mut deadpool_redis::Connection,
+        worker: &str,
+        force: bool,
+    ) -> Result<i64, QueueError> {
+        Ok(self
+            .reap
+            .key(self.keys.heartbeat(worker))
+            .key(self.keys.processing(worker))
+            .key(self.keys.queue())
+            .key(self.keys.workers())
+            .arg(worker)
+            .arg(if force { "1" } else { "0" })
+            .invoke_async(conn)
+            .await?)
+    }
+
+    /// Lengths of the ready queue, the delayed set and all processing lists.
+    pub async fn depths(&self) -> Result<Depths, QueueError> {
+        let mut conn = self.conn().await?;
+        let workers: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.workers())
+            .query_async(&mut conn)
+            .await?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("LLEN").arg(self.keys.queue());
+        pipe.cmd("ZCARD").arg(self.keys.scheduled());
+        for w in &workers {
+            pipe.cmd("LLEN").arg(self.keys.processing(w));
+        }
+        let lens: Vec<u64> = pipe.query_async(&mut conn).await?;
+        Ok(Depths {
+            ready: lens.first().copied().unwrap_or(0),
+            scheduled: lens.get(1).copied().unwrap_or(0),
+            processing: lens.iter().skip(2).sum(),
+        })
+    }
+}
+
+/// Queue lengths, for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Depths {
+    /// Tasks waiting in the ready queue.
+    pub ready: u64,
+    /// Tasks waiting for a retry.
+    pub scheduled: u64,
+    /// Tasks held by workers.
+    pub processing: u64,
+}

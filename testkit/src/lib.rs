@@ -1,0 +1,21 @@
+//! Test support for sendonce's integration and chaos tests.
+//!
+//! # Layout
+//!
+//! - [`smtp`]: an SMTP server that records what it receives and injects
+//!   faults chosen by the recipient address; the `sendonce-smtp-sink` binary
+//!   runs it as a separate process.
+//! - [`postgres`]: a throwaway database per test.
+//! - [`redis`]: key prefixes for the shared Redis, and private
+//!   `redis-server` processes for tests that stop or flush Redis.
+//!
+//! Helpers panic with a message instead of returning errors where a test
+//! could do nothing but fail, so tests stay short.
+
+pub mod postgres;
+pub mod redis;
+pub mod smtp;
+
+pub use postgres::TestDatabase;
+pub use redis::{RedisOptions, RedisServer, unique_prefix};
+pub use smtp::{Fault, MailEvent, ReceivedMail, SmtpServer};

@@ -1,0 +1,278 @@
+//! Private `redis-server` processes and per-test key prefixes.
+//!
+//! # Layout
+//!
+//! - [`unique_prefix`] names a test's keys on a shared Redis.
+//! - [`RedisServer`] runs a `redis-server` of its own on a free loopback
+//!   port, for tests that stop, restart or flush Redis and so must not touch
+//!   the shared one.
+//! - A few private helpers speak just enough RESP to tell when the process is
+//!   ready and to flush it, so this module needs no Redis client crate.
+
+use std::fs::{self, OpenOptions};
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use std::{env, io};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+/// Environment variable that overrides the `redis-server` binary (by default
+/// `redis-server` found on `PATH`).
+pub const REDIS_SERVER_ENV: &str = "REDIS_SERVER";
+
+/// How long a started or restarted server may take to answer.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often readiness is probed while starting.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// Bound on one RESP round trip, so a stuck probe cannot outlive the deadline.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Fresh ports tried when the one picked is taken before Redis binds it.
+const PORT_ATTEMPTS: usize = 5;
+/// The server's stdout and stderr, kept in its directory for failure reports.
+const LOG_FILE: &str = "redis.log";
+
+/// A key prefix unique to one test, such as `t-0190c3…`; the application
+/// wraps it in a hash tag (`{prefix}`), so one test's keys share a slot.
+pub fn unique_prefix() -> String {
+    format!("t-{}", Uuid::now_v7().simple())
+}
+
+/// How a [`RedisServer`] persists data.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RedisOptions {
+    /// Log every write to an append-only file fsynced before the reply
+    /// (`appendfsync always`), so acknowledged writes survive
+    /// [`RedisServer::stop`]; without it a restart starts empty.
+    pub appendonly: bool,
+}
+
+/// A `redis-server` process of the test's own, killed when dropped.
+#[derive(Debug)]
+pub struct RedisServer {
+    options: RedisOptions,
+    port: u16,
+    /// Holds the append-only files and the log; removed when dropped.
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts `redis-server` on a free port of 127.0.0.1, with a fresh
+    /// directory and no RDB snapshots, and waits until it answers.
+    ///
+    /// # Panics
+    ///
+    /// If the server cannot be started or does not answer in time.
+    pub async fn start(options: RedisOptions) -> Self {
+        let dir = env::temp_dir().join(format!("sendonce-redis-{}", Uuid::now_v7().simple()));
+        fs::create_dir_all(&dir)
+            .unwrap_or_else(|err| panic!("create Redis directory {}: {err}", dir.display()));
+        let mut last_error = String::new();
+        // A port found free can be taken by someone else before Redis binds
+        // it; another port then does.
+        for _ in 0..PORT_ATTEMPTS {
+            let port = free_port();
+            match launch(options, port, &dir).await {
+                Ok(child) => {
+                    return Self {
+                        options,
+                        port,
+                        dir,
+                        child: Some(child),
+                    };
+                }
+                Err(err) => last_error = err,
+            }
+        }
+        // Best effort: the panic below is what matters.
+        let _ = fs::remove_dir_all(&dir);
+        panic!("start redis-server ({PORT_ATTEMPTS} attempts): {last_error}");
+    }
+
+    /// The port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Whether the process runs (it does, unless stopped).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Kills the process with SIGKILL and waits for it to exit, as a crash
+    /// would; clients then see "connection refused".
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Errors mean it already exited, which is what was wanted.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the server if it runs, then starts it again on the same port
+    /// and directory, so with `appendonly` the data comes back.
+    ///
+    /// # Panics
+    ///
+    /// If the server does not come back in time.
+    pub async fn restart(&mut self) {
+        self.stop();
+        let child = launch(self.options, self.port, &self.dir)
+            .await
+            .unwrap_or_else(|err| panic!("restart redis-server: {err}"));
+        self.child = Some(child);
+    }
+
+    /// Deletes every key.
+    ///
+    /// # Panics
+    ///
+    /// If the server does not reply `OK`.
+    pub async fn flushall(&self) {
+        match command(self.port, &["FLUSHALL"]).await {
+            Ok(reply) if reply == "OK" => {}
+            Ok(reply) => panic!("FLUSHALL on port {} replied {reply:?}", self.port),
+            Err(err) => panic!("FLUSHALL on port {}: {err}", self.port),
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+        // Best effort: a leftover directory in the temp dir is harmless.
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|listener| listener.local_addr())
+        .expect("find a free loopback port")
+        .port()
+}
+
+/// Spawns `redis-server` and waits until it answers as itself.
+async fn launch(options: RedisOptions, port: u16, dir: &Path) -> Result<Child, String> {
+    let binary = env::var_os(REDIS_SERVER_ENV).unwrap_or_else(|| "redis-server".into());
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(LOG_FILE))
+        .map_err(|err| format!("open {}: {err}", dir.join(LOG_FILE).display()))?;
+    let log_err = log
+        .try_clone()
+        .map_err(|err| format!("duplicate log handle: {err}"))?;
+    let mut cmd = Command::new(&binary);
+    cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--save", "", "--daemonize", "no"])
+        .args([
+            "--appendonly",
+            if options.appendonly { "yes" } else { "no" },
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err);
+    if options.appendonly {
+        cmd.args(["--appendfsync", "always"]);
+    }
+    let mut child = cmd.spawn().map_err(|err| {
+        format!(
+            "spawn {} (set {REDIS_SERVER_ENV}): {err}",
+            Path::new(&binary).display()
+        )
+    })?;
+
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "redis-server on port {port} exited with {status}; log:\n{}",
+                read_log(dir)
+            ));
+        }
+        // Checking the pid makes sure the answer comes from our process and
+        // not from whoever else may have grabbed the port.
+        if let Ok(info) = command(port, &["INFO", "server"]).await
+            && info
+                .lines()
+                .any(|line| line.trim() == format!("process_id:{}", child.id()))
+        {
+            return Ok(child);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "redis-server on port {port} did not answer within {START_TIMEOUT:?}; log:\n{}",
+                read_log(dir)
+            ));
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+fn read_log(dir: &Path) -> String {
+    fs::read_to_string(dir.join(LOG_FILE)).unwrap_or_else(|err| format!("(no log: {err})"))
+}
+
+/// Sends one command and returns a simple, integer or bulk reply as text; an
+/// error reply (such as `-LOADING` while the AOF is replayed) is an `Err`.
+async fn command(port: u16, args: &[&str]) -> io::Result<String> {
+    tokio::time::timeout(COMMAND_TIMEOUT, async {
+        let mut conn = BufReader::new(TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await?);
+        let mut request = format!("*{}\r\n", args.len());
+        for arg in args {
+            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        conn.get_mut().write_all(request.as_bytes()).await?;
+        read_reply(&mut conn).await
+    })
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "Redis did not reply in time"))?
+}
+
+async fn read_reply(conn: &mut BufReader<TcpStream>) -> io::Result<String> {
+    let mut line = String::new();
+    conn.read_line(&mut line).await?;
+    let line = line.trim_end_matches(['\r', '\n']);
+    let invalid = || io::Error::new(io::ErrorKind::InvalidData, format!("bad reply {line:?}"));
+    match line.split_at_checked(1) {
+        Some(("+" | ":", value)) => Ok(value.to_owned()),
+        Some(("-", error)) => Err(io::Error::other(format!("Redis error: {error}"))),
+        Some(("$", len)) => {
+            let len: usize = len.parse().map_err(|_| invalid())?;
+            let mut bulk = vec![0; len + 2];
+            conn.read_exact(&mut bulk).await?;
+            bulk.truncate(len);
+            String::from_utf8(bulk).map_err(|_| invalid())
+        }
+        _ => Err(invalid()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_are_unique() {
+        let (a, b) = (unique_prefix(), unique_prefix());
+        assert!(a.starts_with("t-"));
+        assert_ne!(a, b);
+    }
+}

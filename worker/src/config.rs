@@ -1,0 +1,107 @@
+//! The worker's settings.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use sendonce_shared::config::{CommonConfig, parse_millis};
+use sendonce_shared::domain::EmailAddress;
+
+use crate::mailer::SmtpSettings;
+
+/// What to do with a send whose outcome is unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnUncertain {
+    /// Dead-letter it as `uncertain`; only an operator resends it.
+    Dlq,
+    /// Resend it (same Message-ID), trading at-most-once for at-least-once.
+    Resend,
+}
+
+/// Settings of `sendonce-worker`.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "sendonce-worker", version, about)]
+pub struct WorkerConfig {
+    #[command(flatten)]
+    pub common: CommonConfig,
+
+    /// SMTP server, in lettre's URL syntax: `smtp://host:port` (plain),
+    /// `smtp://host?tls=required` (STARTTLS), `smtps://user:pass@host:465`.
+    #[arg(
+        long = "smtp-url",
+        env = "SMTP_URL",
+        default_value = "smtp://127.0.0.1:1025",
+        value_parser = parse_smtp_url,
+        hide_env_values = true
+    )]
+    pub smtp: SmtpSettings,
+
+    /// Sender used when a job gives no `from`; its domain names the Message-ID.
+    #[arg(long, env = "MAIL_FROM", default_value = "sendonce <noreply@sendonce.localhost>", value_parser = parse_address)]
+    pub mail_from: EmailAddress,
+
+    /// Tasks in flight per process.
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub worker_concurrency: u16,
+
+    /// Address of the health and metrics endpoint.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9091")]
+    pub metrics_addr: SocketAddr,
+
+    /// First retry delay bound, in ms; doubled per attempt.
+    #[arg(long = "retry-base-ms", env = "RETRY_BASE_MS", default_value = "1000", value_parser = parse_millis)]
+    pub retry_base: Duration,
+
+    /// Largest retry delay, in ms.
+    #[arg(long = "retry-max-ms", env = "RETRY_MAX_MS", default_value = "300000", value_parser = parse_millis)]
+    pub retry_max: Duration,
+
+    /// SMTP attempts per task before it is dead-lettered.
+    #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(i32).range(1..=100))]
+    pub max_attempts: i32,
+
+    /// Heartbeat lifetime, in ms: a worker silent for this long is presumed
+    /// dead and its tasks are handed to others.
+    #[arg(long = "worker-lease-ms", env = "WORKER_LEASE_MS", default_value = "30000", value_parser = parse_millis)]
+    pub worker_lease: Duration,
+
+    /// On SIGTERM, how long in-flight sends may take before they are
+    /// abandoned and handed back, in ms.
+    #[arg(long = "shutdown-grace-ms", env = "SHUTDOWN_GRACE_MS", default_value = "25000", value_parser = parse_millis)]
+    pub shutdown_grace: Duration,
+
+    /// Timeout of each SMTP step (connect, each command, the data), in ms.
+    #[arg(long = "smtp-timeout-ms", env = "SMTP_TIMEOUT_MS", default_value = "30000", value_parser = parse_millis)]
+    pub smtp_timeout: Duration,
+
+    /// What to do with a send whose outcome is unknown.
+    #[arg(long, env = "ON_UNCERTAIN", value_enum, default_value_t = OnUncertain::Dlq)]
+    pub on_uncertain: OnUncertain,
+}
+
+impl WorkerConfig {
+    /// Checks the relations between settings that clap cannot express.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.worker_lease >= Duration::from_millis(300),
+            "WORKER_LEASE_MS must be at least 300"
+        );
+        anyhow::ensure!(
+            self.retry_max >= self.retry_base,
+            "RETRY_MAX_MS must not be below RETRY_BASE_MS"
+        );
+        anyhow::ensure!(
+            !self.smtp_timeout.is_zero(),
+            "SMTP_TIMEOUT_MS must be positive"
+        );
+        Ok(())
+    }
+}
+
+fn parse_smtp_url(s: &str) -> Result<SmtpSettings, String> {
+    SmtpSettings::from_url(s)
+}
+
+fn parse_address(s: &str) -> Result<EmailAddress, String> {
+    EmailAddress::parse(s).map_err(|e| e.to_string())
+}

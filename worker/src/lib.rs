@@ -1,0 +1,108 @@
+//! The sendonce worker: pops email tasks from Redis and sends each
+//! idempotency key at most once.
+//!
+//! # Layout
+//!
+//! - [`config`]: `WorkerConfig`, every setting with its environment variable.
+//! - [`runner`]: the run loop: reliable pop, L1 and L2 claims, send, record,
+//!   acknowledge; heartbeats, retry promotion and crash recovery.
+//! - [`mailer`]: pooled SMTP connections driven command by command, so a
+//!   failure is known to be before or after the data went out.
+//! - [`retry`]: exponential backoff with full jitter.
+//! - [`health`]: `/healthz`, `/readyz` and `/metrics` on `METRICS_ADDR`.
+//!
+//! The protocol and its proofs are in `docs/exactly-once.md`.
+
+pub mod config;
+pub mod health;
+pub mod mailer;
+pub mod retry;
+pub mod runner;
+
+use std::net::TcpListener;
+
+use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusHandle;
+use sendonce_shared::queue::{self, Queue};
+use sendonce_shared::store::{self, Store};
+
+use crate::config::WorkerConfig;
+use crate::mailer::Mailer;
+use crate::runner::Worker;
+
+/// A worker ready to run, with its health server bound.
+pub struct Application {
+    worker: Worker,
+    health: actix_web::dev::Server,
+    metrics_port: u16,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("worker", &self.worker)
+            .field("metrics_port", &self.metrics_port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Connects, applies migrations, binds `METRICS_ADDR` (port 0 picks a
+    /// free one) and assembles the worker. Nothing is popped until
+    /// [`Application::run_until_stopped`].
+    pub async fn build(
+        config: WorkerConfig,
+        metrics: Option<PrometheusHandle>,
+    ) -> anyhow::Result<Self> {
+        config.validate()?;
+        let concurrency = usize::from(config.worker_concurrency);
+        let store = Store::new(store::connect(
+            &config.common.database_url,
+            concurrency.clamp(2, 16),
+        )?);
+        store
+            .migrate()
+            .await
+            .context("failed to apply migrations to DATABASE_URL")?;
+        let queue = Queue::new(
+            queue::connect(&config.common.redis_url, concurrency.clamp(2, 16))?,
+            &config.common.redis_key_prefix,
+        );
+        queue.ping().await.context("failed to reach REDIS_URL")?;
+        let mailer = Mailer::new(
+            config.smtp.clone(),
+            config.mail_from.clone(),
+            config.smtp_timeout,
+            concurrency,
+        )?;
+        let listener = TcpListener::bind(config.metrics_addr)
+            .with_context(|| format!("failed to bind METRICS_ADDR {}", config.metrics_addr))?;
+        let metrics_port = listener.local_addr()?.port();
+        let health = health::serve(listener, queue.clone(), store.clone(), metrics)?;
+        Ok(Self {
+            worker: Worker::new(config, queue, store, mailer),
+            health,
+            metrics_port,
+        })
+    }
+
+    /// The port `/healthz` and `/metrics` are served on.
+    pub fn metrics_port(&self) -> u16 {
+        self.metrics_port
+    }
+
+    /// This worker's id (names its processing list and heartbeat).
+    pub fn worker_id(&self) -> &str {
+        self.worker.id()
+    }
+
+    /// Runs until `shutdown` resolves, then drains and returns.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let handle = self.health.handle();
+        let health = tokio::spawn(self.health);
+        let result = self.worker.run(shutdown).await;
+        handle.stop(true).await;
+        let _ = health.await;
+        result
+    }
+}

@@ -1,0 +1,409 @@
+//! The SMTP side: a pool of lettre's low-level connections, driven one
+//! command at a time so the worker knows at which stage a failure happened.
+//!
+//! lettre's high-level `AsyncSmtpTransport::send` reports an error without
+//! saying whether the message data had gone out. Here `MAIL`, `RCPT` and
+//! `DATA` are separate commands; the caller's `before_data` hook runs between
+//! the server's `354` and the data, and records that the data is about to go
+//! out. A failure before that point is safe to retry; a failure after it,
+//! without a definite reply, is the ambiguous window.
+
+use std::fmt;
+use std::time::Duration;
+
+use deadpool::managed::{self, Metrics, Pool, RecycleError, RecycleResult};
+use lettre::Message;
+use lettre::message::{MultiPart, SinglePart};
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
+use lettre::transport::smtp::response::Response;
+use sendonce_shared::domain::{EmailAddress, Task};
+
+/// A pooled connection unused for longer than this is checked with `NOOP`
+/// before reuse, since servers close idle connections.
+const IDLE_CHECK_AFTER: Duration = Duration::from_secs(10);
+
+/// How the connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Plain text.
+    None,
+    /// STARTTLS when the server offers it.
+    Opportunistic,
+    /// STARTTLS, or fail.
+    Required,
+    /// TLS from the first byte (`smtps://`).
+    Implicit,
+}
+
+/// Where and how to connect, parsed from `SMTP_URL`.
+#[derive(Clone)]
+pub struct SmtpSettings {
+    host: String,
+    port: u16,
+    tls: TlsMode,
+    credentials: Option<Credentials>,
+    hello: ClientId,
+}
+
+impl fmt::Debug for SmtpSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SmtpSettings")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field(
+                "credentials",
+                &self.credentials.as_ref().map(|_| "[REDACTED]"),
+            )
+            .finish()
+    }
+}
+
+impl SmtpSettings {
+    /// Parses lettre's URL syntax: `smtp[s]://[user:pass@]host[:port][/ehlo-name][?tls=required|opportunistic]`.
+    pub fn from_url(s: &str) -> Result<Self, String> {
+        let url = url::Url::parse(s).map_err(|e| format!("not a URL: {e}"))?;
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or("has no host")?
+            .trim_matches(['[', ']'])
+            .to_owned();
+        let tls_param = url
+            .query_pairs()
+            .find(|(k, _)| k == "tls")
+            .map(|(_, v)| v.into_owned());
+        let (tls, default_port) = match (url.scheme(), tls_param.as_deref()) {
+            ("smtps", None) => (TlsMode::Implicit, 465),
+            ("smtp", None) => (TlsMode::None, 25),
+            ("smtp", Some("required")) => (TlsMode::Required, 587),
+            ("smtp", Some("opportunistic")) => (TlsMode::Opportunistic, 587),
+            ("smtp", Some(other)) => {
+                return Err(format!("tls={other} is not one of required, opportunistic"));
+            }
+            (scheme, _) => return Err(format!("scheme {scheme} is not smtp or smtps")),
+        };
+        let credentials = match (url.username(), url.password()) {
+            ("", None) => None,
+            (user, pass) => {
+                let decode = |v: &str| {
+                    url::form_urlencoded::parse(v.as_bytes())
+                        .map(|(k, _)| k.into_owned())
+                        .next()
+                        .unwrap_or_default()
+                };
+                Some(Credentials::new(decode(user), decode(pass.unwrap_or(""))))
+            }
+        };
+        let hello = match url.path().trim_start_matches('/') {
+            "" => ClientId::default(),
+            name => ClientId::Domain(name.to_owned()),
+        };
+        Ok(Self {
+            host,
+            port: url.port().unwrap_or(default_port),
+            tls,
+            credentials,
+            hello,
+        })
+    }
+
+    fn tls_parameters(&self) -> Result<TlsParameters, lettre::transport::smtp::Error> {
+        TlsParameters::new(self.host.clone())
+    }
+}
+
+/// Makes and checks pooled SMTP connections.
+#[derive(Debug)]
+pub struct SmtpManager {
+    settings: SmtpSettings,
+    timeout: Duration,
+}
+
+impl managed::Manager for SmtpManager {
+    type Type = AsyncSmtpConnection;
+    type Error = lettre::transport::smtp::Error;
+
+    async fn create(&self) -> Result<AsyncSmtpConnection, Self::Error> {
+        let s = &self.settings;
+        let implicit = match s.tls {
+            TlsMode::Implicit => Some(s.tls_parameters()?),
+            _ => None,
+        };
+        let mut conn = AsyncSmtpConnection::connect_tokio1(
+            (s.host.as_str(), s.port),
+            Some(self.timeout),
+            &s.hello,
+            implicit,
+            None,
+        )
+        .await?;
+        let starttls = match s.tls {
+            TlsMode::Required => true,
+            TlsMode::Opportunistic => conn.can_starttls(),
+            TlsMode::None | TlsMode::Implicit => false,
+        };
+        if starttls {
+            conn.starttls(s.tls_parameters()?, &s.hello).await?;
+        }
+        if let Some(credentials) = &s.credentials {
+            conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials)
+                .await?;
+        }
+        Ok(conn)
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut AsyncSmtpConnection,
+        metrics: &Metrics,
+    ) -> RecycleResult<Self::Error> {
+        if conn.has_broken() {
+            return Err(RecycleError::message("connection broken"));
+        }
+        if metrics.last_used() > IDLE_CHECK_AFTER && !conn.test_connected().await {
+            return Err(RecycleError::message("idle connection closed by server"));
+        }
+        Ok(())
+    }
+}
+
+/// A send that went through: the server's reply to the data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivered {
+    /// The server accepted the message (`250` after the data).
+    Accepted {
+        /// The reply, e.g. `250 2.0.0 Ok: queued as ABC`.
+        reply: String,
+    },
+    /// `before_data` said another holder owns this attempt; nothing was sent.
+    Fenced,
+}
+
+/// A send that did not go through.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError<E> {
+    /// Refused or failed before the data went out, in a way that may pass
+    /// later (4xx, connection refused or reset, timeout).
+    #[error("transient SMTP failure: {error}")]
+    Transient {
+        /// What happened.
+        error: String,
+        /// The server's reply, if it gave one.
+        reply: Option<String>,
+    },
+    /// Refused for good (5xx, an address the server rejects).
+    #[error("permanent SMTP failure: {error}")]
+    Permanent {
+        /// What happened.
+        error: String,
+        /// The server's reply, if it gave one.
+        reply: Option<String>,
+    },
+    /// The data went out but no reply was read: the server may or may not
+    /// have accepted the message.
+    #[error("outcome unknown after the data went out: {error}")]
+    Uncertain {
+        /// What happened.
+        error: String,
+    },
+    /// `before_data` failed; nothing was sent.
+    #[error("could not record that the data is going out")]
+    Hook(#[source] E),
+}
+
+/// Sends tasks over pooled SMTP connections.
+pub struct Mailer {
+    pool: Pool<SmtpManager>,
+    timeout: Duration,
+    default_from: EmailAddress,
+}
+
+impl fmt::Debug for Mailer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mailer")
+            .field("pool", &self.pool.status())
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl Mailer {
+    /// A mailer with up to `max_connections` pooled connections; `timeout`
+    /// bounds the connect and every step of a send.
+    pub fn new(
+        settings: SmtpSettings,
+        default_from: EmailAddress,
+        timeout: Duration,
+        max_connections: usize,
+    ) -> anyhow::Result<Self> {
+        let pool = Pool::builder(SmtpManager { settings, timeout })
+            .max_size(max_connections)
+            .runtime(deadpool::Runtime::Tokio1)
+            .create_timeout(Some(timeout))
+            .build()?;
+        Ok(Self {
+            pool,
+            timeout,
+            default_from,
+        })
+    }
+
+    /// Builds the RFC 5322 message for `task`. Its `Message-ID` depends only
+    /// on the idempotency key and the default sender's domain.
+    pub fn build_message(&self, task: &Task) -> Result<Message, lettre::error::Error> {
+        let email = &task.email;
+        let from = email.from.as_ref().unwrap_or(&self.default_from);
+        let mut builder = Message::builder()
+            .from(from.mailbox().clone())
+            .to(email.to.mailbox().clone())
+            .subject(email.subject.as_str())
+            .message_id(Some(
+                task.idempotency_key.message_id(self.default_from.domain()),
+            ));
+        if let Some(reply_to) = &email.reply_to {
+            builder = builder.reply_to(reply_to.mailbox().clone());
+        }
+        match (email.body.text(), email.body.html()) {
+            (Some(text), Some(html)) => builder.multipart(MultiPart::alternative_plain_html(
+                text.to_owned(),
+                html.to_owned(),
+            )),
+            (Some(text), None) => builder.singlepart(SinglePart::plain(text.to_owned())),
+            (None, Some(html)) => builder.singlepart(SinglePart::html(html.to_owned())),
+            (None, None) => unreachable!("Body guarantees at least one part"),
+        }
+    }
+
+    /// Sends `message`, calling `before_data` after the server's `354` and
+    /// before the data. A connection that saw any failure is discarded.
+    pub async fn send<E>(
+        &self,
+        message: &Message,
+        before_data: impl AsyncFnOnce() -> Result<bool, E>,
+    ) -> Result<Delivered, SendError<E>> {
+        let mut conn = self.pool.get().await.map_err(|e| SendError::Transient {
+            error: format!("could not connect: {e}"),
+            reply: None,
+        })?;
+        let result = self.transact(&mut conn, message, before_data).await;
+        if !matches!(result, Ok(Delivered::Accepted { .. })) {
+            // Mid-transaction or broken: never hand it to the next task.
+            drop(managed::Object::take(conn));
+        }
+        result
+    }
+
+    async fn transact<E>(
+        &self,
+        conn: &mut AsyncSmtpConnection,
+        message: &Message,
+        before_data: impl AsyncFnOnce() -> Result<bool, E>,
+    ) -> Result<Delivered, SendError<E>> {
+        let envelope = message.envelope();
+        let body = message.formatted();
+        let mut params = Vec::new();
+        let non_ascii = |a: &lettre::Address| !AsRef::<str>::as_ref(a).is_ascii();
+        if envelope.from().is_some_and(non_ascii) || envelope.to().iter().any(non_ascii) {
+            params.push(MailParameter::SmtpUtfEight);
+        }
+        if !body.is_ascii() && conn.server_info().supports_feature(Extension::EightBitMime) {
+            params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+        }
+        self.step(conn.command(Mail::new(envelope.from().cloned(), params)))
+            .await
+            .map_err(before_data_error)?;
+        for rcpt in envelope.to() {
+            self.step(conn.command(Rcpt::new(rcpt.clone(), vec![])))
+                .await
+                .map_err(before_data_error)?;
+        }
+        self.step(conn.command(Data))
+            .await
+            .map_err(before_data_error)?;
+        if !before_data().await.map_err(SendError::Hook)? {
+            return Ok(Delivered::Fenced);
+        }
+        match self.step(conn.message(&body)).await {
+            Ok(response) => Ok(Delivered::Accepted {
+                reply: reply_text(&response),
+            }),
+            // A definite refusal of the data: not delivered.
+            Err(Failure::Smtp(e)) if e.is_transient() => Err(SendError::Transient {
+                reply: Some(e.to_string()),
+                error: e.to_string(),
+            }),
+            Err(Failure::Smtp(e)) if e.is_permanent() => Err(SendError::Permanent {
+                reply: Some(e.to_string()),
+                error: e.to_string(),
+            }),
+            Err(other) => Err(SendError::Uncertain {
+                error: other.to_string(),
+            }),
+        }
+    }
+
+    async fn step<T>(
+        &self,
+        fut: impl Future<Output = Result<T, lettre::transport::smtp::Error>>,
+    ) -> Result<T, Failure> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(Failure::Smtp(e)),
+            Err(_) => Err(Failure::Timeout(self.timeout)),
+        }
+    }
+}
+
+/// A failed SMTP step.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error("{0}")]
+    Smtp(lettre::transport::smtp::Error),
+    #[error("no reply within {0:?}")]
+    Timeout(Duration),
+}
+
+fn before_data_error<E>(failure: Failure) -> SendError<E> {
+    match failure {
+        Failure::Smtp(e) if e.is_permanent() || e.is_client() => SendError::Permanent {
+            reply: e.is_permanent().then(|| e.to_string()),
+            error: e.to_string(),
+        },
+        Failure::Smtp(e) => SendError::Transient {
+            reply: (e.is_transient()).then(|| e.to_string()),
+            error: e.to_string(),
+        },
+        timeout @ Failure::Timeout(_) => SendError::Transient {
+            error: timeout.to_string(),
+            reply: None,
+        },
+    }
+}
+
+fn reply_text(response: &Response) -> String {
+    let lines: Vec<&str> = response.message().collect();
+    format!("{} {}", response.code(), lines.join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smtp_urls_parse_like_lettre() {
+        let s = SmtpSettings::from_url("smtp://127.0.0.1:1025").expect("plain");
+        assert_eq!((s.port, s.tls), (1025, TlsMode::None));
+        let s = SmtpSettings::from_url("smtps://user:p%40ss@mail.example.com").expect("smtps");
+        assert_eq!((s.port, s.tls), (465, TlsMode::Implicit));
+        assert!(s.credentials.is_some());
+        assert!(!format!("{s:?}").contains("p@ss"));
+        let s = SmtpSettings::from_url("smtp://mx.example.com?tls=required").expect("starttls");
+        assert_eq!((s.port, s.tls), (587, TlsMode::Required));
+        assert!(SmtpSettings::from_url("http://x").is_err());
+        assert!(SmtpSettings::from_url("smtp://x?tls=maybe").is_err());
+    }
+}

@@ -1,0 +1,445 @@
+//! The run loop: pop, claim (L1 then L2), send, record, acknowledge.
+//!
+//! A task moves through the worker in two phases. [`Worker::decide`] does
+//! everything up to and including the SMTP conversation and returns a
+//! [`Verdict`]; it writes nothing that a rerun would contradict, so an
+//! infrastructure error there simply reruns it. [`Worker::record`] then
+//! persists the verdict and acknowledges the task; each of its steps is
+//! idempotent, so it is retried until it succeeds. A verdict reached after
+//! the data went out is never recomputed: recomputing it would see the
+//! `sending` state and wrongly call a known outcome uncertain.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use sendonce_shared::domain::{JobId, Task};
+use sendonce_shared::queue::{L1Claim, Queue};
+use sendonce_shared::store::{Claim, DeadReason, DedupLayer, Failure, Store};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::config::{OnUncertain, WorkerConfig};
+use crate::mailer::{Delivered, Mailer, SendError};
+use crate::retry::RetryPolicy;
+
+/// How long one blocking pop waits before checking for shutdown.
+const POP_BLOCK: Duration = Duration::from_secs(1);
+/// How often due retries are moved back to the queue.
+const PROMOTE_EVERY: Duration = Duration::from_millis(200);
+/// Most retries promoted per round.
+const PROMOTE_BATCH: usize = 500;
+/// Backoff bounds when Redis or Postgres fail under a task.
+const INFRA_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const INFRA_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// What became of a task, decided before anything is recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The server accepted it.
+    Sent {
+        /// The server's reply.
+        reply: String,
+    },
+    /// Another job holds the key.
+    Duplicate {
+        /// The holder, when known.
+        holder: Option<JobId>,
+        /// Which layer caught it.
+        layer: DedupLayer,
+    },
+    /// A redelivered task whose job already ended.
+    AlreadyDone,
+    /// Another holder of this same task owns the attempt (this worker was
+    /// presumed dead and its task handed on); this copy is dropped.
+    Fenced,
+    /// A transient failure; try again after the delay.
+    Retry {
+        /// What went wrong.
+        error: String,
+        /// The server's reply, if any.
+        reply: Option<String>,
+        /// When the next attempt is due.
+        due: chrono::DateTime<Utc>,
+    },
+    /// To the dead-letter table.
+    Dead {
+        /// `failed` or `uncertain`.
+        reason: DeadReason,
+        /// What went wrong.
+        error: String,
+        /// The server's reply, if any.
+        reply: Option<String>,
+    },
+}
+
+/// A running worker's parts.
+#[derive(Debug)]
+pub struct Worker {
+    id: String,
+    queue: Queue,
+    store: Store,
+    mailer: Mailer,
+    policy: RetryPolicy,
+    config: WorkerConfig,
+}
+
+impl Worker {
+    /// Assembles a worker; `id` names its processing list and heartbeat.
+    pub fn new(config: WorkerConfig, queue: Queue, store: Store, mailer: Mailer) -> Self {
+        let id = format!("{}-{}", std::process::id(), uuid::Uuid::now_v7().simple());
+        let policy = RetryPolicy {
+            base: config.retry_base,
+            max: config.retry_max,
+            max_attempts: config.max_attempts,
+        };
+        Self {
+            id,
+            queue,
+            store,
+            mailer,
+            policy,
+            config,
+        }
+    }
+
+    /// This worker's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Runs until `shutdown` resolves, then stops popping, lets in-flight
+    /// tasks finish within `SHUTDOWN_GRACE_MS`, hands back what is left and
+    /// returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let worker = Arc::new(self);
+        worker
+            .queue
+            .heartbeat(&worker.id, worker.config.worker_lease)
+            .await?;
+        tracing::info!(worker_id = %worker.id, concurrency = worker.config.worker_concurrency, "worker started");
+
+        let stop = CancellationToken::new();
+        let upkeep = tokio::spawn(Arc::clone(&worker).upkeep(stop.clone()));
+
+        let mut inflight = JoinSet::new();
+        tokio::select! {
+            () = shutdown => tracing::info!("shutdown requested: no more pops"),
+            result = Arc::clone(&worker).pop_loop(&mut inflight) => result?,
+        }
+
+        let grace = worker.config.shutdown_grace;
+        let drained = tokio::time::timeout(grace, async {
+            while inflight.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                abandoned = inflight.len(),
+                ?grace,
+                "grace period over: handing back unfinished tasks"
+            );
+            inflight.shutdown().await;
+        }
+        let handed_back = worker.queue.hand_back(&worker.id).await?;
+        stop.cancel();
+        let _ = upkeep.await;
+        tracing::info!(handed_back, "worker stopped");
+        Ok(())
+    }
+
+    async fn pop_loop(self: Arc<Self>, inflight: &mut JoinSet<()>) -> anyhow::Result<()> {
+        let slots = Arc::new(Semaphore::new(usize::from(self.config.worker_concurrency)));
+        let mut conn = None;
+        let mut backoff = INFRA_BACKOFF_MIN;
+        loop {
+            let permit = Arc::clone(&slots).acquire_owned().await?;
+            // Reap finished tasks so the set does not grow without bound.
+            while inflight.try_join_next().is_some() {}
+            let popper = match &mut conn {
+                Some(c) => c,
+                None => match Queue::popper(&self.config.common.redis_url, POP_BLOCK).await {
+                    Ok(c) => conn.insert(c),
+                    Err(e) => {
+                        tracing::warn!(error = %error_chain(&e), "cannot connect to Redis to pop");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(INFRA_BACKOFF_MAX);
+                        continue;
+                    }
+                },
+            };
+            match self.queue.pop(popper, &self.id, POP_BLOCK).await {
+                Ok(Some(raw)) => {
+                    backoff = INFRA_BACKOFF_MIN;
+                    let worker = Arc::clone(&self);
+                    inflight.spawn(async move {
+                        worker.handle(raw).await;
+                        drop(permit);
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %error_chain(&e), "pop failed");
+                    conn = None;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(INFRA_BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    /// Heartbeat, retry promotion and crash recovery, until `stop`.
+    async fn upkeep(self: Arc<Self>, stop: CancellationToken) {
+        let lease = self.config.worker_lease;
+        let mut beat = tokio::time::interval(lease / 3);
+        let mut promote = tokio::time::interval(PROMOTE_EVERY);
+        let mut reap = tokio::time::interval(lease / 2);
+        for timer in [&mut beat, &mut promote, &mut reap] {
+            timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = beat.tick() => {
+                    if let Err(e) = self.queue.heartbeat(&self.id, lease).await {
+                        tracing::warn!(error = %error_chain(&e), "heartbeat failed");
+                    }
+                }
+                _ = promote.tick() => {
+                    match self.queue.promote_due(Utc::now().timestamp_millis(), PROMOTE_BATCH).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(promoted = n, "due retries back on the queue"),
+                        Err(e) => tracing::warn!(error = %error_chain(&e), "promoting due retries failed"),
+                    }
+                }
+                _ = reap.tick() => {
+                    match self.queue.reap_dead(&self.id).await {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            metrics::counter!("sendonce_tasks_recovered_total").increment(n as u64);
+                            tracing::warn!(recovered = n, "handed back the tasks of dead workers");
+                        }
+                        Err(e) => tracing::warn!(error = %error_chain(&e), "reaping dead workers failed"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Processes one popped task to the end, whatever fails underneath.
+    async fn handle(&self, raw: String) {
+        metrics::gauge!("sendonce_inflight").increment(1.0);
+        let task = match Task::from_json(&raw) {
+            Ok(task) => task,
+            Err(e) => {
+                tracing::error!(error = %e, "task does not parse: moved to the poison list");
+                metrics::counter!("sendonce_poison_tasks_total").increment(1);
+                self.until_ok("poison", || self.queue.poison(&self.id, &raw))
+                    .await;
+                metrics::gauge!("sendonce_inflight").decrement(1.0);
+                return;
+            }
+        };
+        let span = tracing::info_span!(
+            "job",
+            job_id = %task.job_id,
+            idempotency_key = %task.idempotency_key,
+        );
+        async {
+            let verdict = self.until_ok("decide", || self.decide(&task)).await;
+            self.until_ok("record", || self.record(&task, &raw, &verdict))
+                .await;
+        }
+        .instrument(span)
+        .await;
+        metrics::gauge!("sendonce_inflight").decrement(1.0);
+    }
+
+    /// Claims the key and, when this job owns it, sends.
+    pub async fn decide(&self, task: &Task) -> anyhow::Result<Verdict> {
+        if let L1Claim::Duplicate { holder } = self
+            .queue
+            .claim_l1(task, self.config.common.dedup_ttl())
+            .await?
+        {
+            return Ok(Verdict::Duplicate {
+                holder,
+                layer: DedupLayer::L1,
+            });
+        }
+        let attempt = match self.store.claim(task).await? {
+            Claim::Proceed { attempt } => attempt,
+            Claim::Duplicate { owner } => {
+                return Ok(Verdict::Duplicate {
+                    holder: Some(owner),
+                    layer: DedupLayer::L2,
+                });
+            }
+            Claim::AlreadyDone => return Ok(Verdict::AlreadyDone),
+            Claim::Ambiguous { attempts } => match self.config.on_uncertain {
+                OnUncertain::Dlq => {
+                    return Ok(Verdict::Dead {
+                        reason: DeadReason::Uncertain,
+                        error: format!(
+                            "attempt {attempts} was cut after its data went out (worker crash or \
+                             shutdown); the server may or may not have accepted it"
+                        ),
+                        reply: None,
+                    });
+                }
+                OnUncertain::Resend => match self.store.reopen_ambiguous(task).await? {
+                    Some(attempt) => attempt,
+                    None => return Ok(Verdict::Fenced),
+                },
+            },
+        };
+        tracing::debug!(attempt, "key claimed; sending");
+        let message = match self.mailer.build_message(task) {
+            Ok(m) => m,
+            Err(e) => {
+                return Ok(Verdict::Dead {
+                    reason: DeadReason::Failed,
+                    error: format!("the message could not be built: {e}"),
+                    reply: None,
+                });
+            }
+        };
+        let started = std::time::Instant::now();
+        let sent = self
+            .mailer
+            .send(&message, async || self.store.mark_sending(task).await)
+            .await;
+        metrics::histogram!("sendonce_smtp_send_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        Ok(match sent {
+            Ok(Delivered::Accepted { reply }) => Verdict::Sent { reply },
+            Ok(Delivered::Fenced) => Verdict::Fenced,
+            Err(SendError::Hook(e)) => return Err(e.into()),
+            Err(SendError::Permanent { error, reply }) => Verdict::Dead {
+                reason: DeadReason::Failed,
+                error,
+                reply,
+            },
+            Err(SendError::Transient { error, reply }) if self.policy.exhausted(attempt) => {
+                Verdict::Dead {
+                    reason: DeadReason::Failed,
+                    error: format!("gave up after {attempt} attempts: {error}"),
+                    reply,
+                }
+            }
+            Err(SendError::Transient { error, reply }) => Verdict::Retry {
+                error,
+                reply,
+                due: Utc::now() + self.policy.delay(attempt),
+            },
+            Err(SendError::Uncertain { error }) => match self.config.on_uncertain {
+                OnUncertain::Dlq => Verdict::Dead {
+                    reason: DeadReason::Uncertain,
+                    error: format!(
+                        "attempt {attempt}: the data went out but no reply was read ({error}); \
+                         the server may or may not have accepted it"
+                    ),
+                    reply: None,
+                },
+                OnUncertain::Resend => Verdict::Retry {
+                    error,
+                    reply: None,
+                    due: Utc::now() + self.policy.delay(attempt),
+                },
+            },
+        })
+    }
+
+    /// Persists a verdict and acknowledges the task. Safe to repeat.
+    async fn record(&self, task: &Task, raw: &str, verdict: &Verdict) -> anyhow::Result<()> {
+        match verdict {
+            Verdict::Sent { reply } => {
+                self.store.mark_sent(task, reply).await?;
+                self.queue.ack(&self.id, raw).await?;
+                metrics::counter!("sendonce_emails_sent_total").increment(1);
+                tracing::info!(smtp_reply = %reply, "sent");
+            }
+            Verdict::Duplicate { holder, layer } => {
+                self.store.record_duplicate(task, *holder, *layer).await?;
+                self.queue.ack(&self.id, raw).await?;
+                metrics::counter!("sendonce_duplicates_skipped_total", "layer" => layer.as_str())
+                    .increment(1);
+                tracing::info!(
+                    duplicate_of = holder.map(|h| h.to_string()),
+                    layer = layer.as_str(),
+                    "duplicate: key already held by another job; skipped"
+                );
+            }
+            Verdict::AlreadyDone => {
+                self.queue.ack(&self.id, raw).await?;
+                tracing::info!("redelivered after its outcome was recorded; acknowledged");
+            }
+            Verdict::Fenced => {
+                self.queue.ack(&self.id, raw).await?;
+                tracing::warn!("another holder owns this attempt; dropped this copy unsent");
+            }
+            Verdict::Retry { error, reply, due } => {
+                self.store
+                    .mark_retrying(task, error, reply.as_deref(), *due)
+                    .await?;
+                self.queue
+                    .retry_later(&self.id, raw, due.timestamp_millis())
+                    .await?;
+                metrics::counter!("sendonce_retries_total").increment(1);
+                tracing::warn!(%error, next_attempt_at = %due, "transient failure; retry scheduled");
+            }
+            Verdict::Dead {
+                reason,
+                error,
+                reply,
+            } => {
+                let failure = Failure {
+                    reason: *reason,
+                    error,
+                    smtp_reply: reply.as_deref(),
+                };
+                self.store.dead_letter(task, failure).await?;
+                self.queue.ack(&self.id, raw).await?;
+                metrics::counter!("sendonce_dead_lettered_total", "reason" => reason.as_str())
+                    .increment(1);
+                tracing::error!(reason = reason.as_str(), %error, "dead-lettered");
+            }
+        }
+        Ok(())
+    }
+
+    /// Retries `op` with capped exponential backoff until it succeeds. Used
+    /// where giving up would lose or misreport the task; if the process
+    /// dies meanwhile, the task is still in its processing list.
+    async fn until_ok<T, E, F>(&self, what: &str, mut op: impl FnMut() -> F) -> T
+    where
+        F: Future<Output = Result<T, E>>,
+        E: Into<anyhow::Error>,
+    {
+        let mut backoff = INFRA_BACKOFF_MIN;
+        loop {
+            match op().await {
+                Ok(v) => return v,
+                Err(e) => {
+                    let e: anyhow::Error = e.into();
+                    tracing::warn!(step = what, error = %format!("{e:#}"), ?backoff, "infrastructure error; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(INFRA_BACKOFF_MAX);
+                }
+            }
+        }
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

@@ -1,0 +1,264 @@
+use std::time::Duration;
+
+use clap::Parser;
+use sendonce_api::auth::JwtKeys;
+use sendonce_api::config::ApiConfig;
+use sendonce_shared::domain::Task;
+use sendonce_shared::queue::{self, Queue};
+use sendonce_testkit::{SmtpServer, TestDatabase, unique_prefix};
+use sendonce_worker::config::WorkerConfig;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// How long a test waits for the system to reach a state.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+pub const SECRET: &str = "test-secret-that-is-long-enough-for-hs256";
+
+/// The Redis every test shares (keys isolated by prefix).
+pub fn shared_redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// Extra worker flags, e.g. `["--max-attempts", "3"]`.
+#[derive(Debug, Default, Clone)]
+pub struct Options {
+    pub redis_url: Option<String>,
+    pub worker_args: Vec<String>,
+}
+
+/// An API, an SMTP server and a database, with workers started on demand.
+pub struct TestSystem {
+    pub api: String,
+    pub client: reqwest::Client,
+    pub smtp: SmtpServer,
+    pub db: TestDatabase,
+    pub prefix: String,
+    pub redis_url: String,
+    pub token: String,
+    options: Options,
+    api_stop: Option<oneshot::Sender<()>>,
+    api_task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// A worker running in this process.
+pub struct TestWorker {
+    pub id: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestWorker {
+    /// Asks the worker to shut down and waits for it.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await?
+    }
+}
+
+impl Drop for TestWorker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub async fn spawn_system(options: Options) -> TestSystem {
+    let smtp = SmtpServer::start().await;
+    let db = TestDatabase::create().await;
+    let prefix = unique_prefix();
+    let redis_url = options.redis_url.clone().unwrap_or_else(shared_redis_url);
+    let config = ApiConfig::parse_from([
+        "sendonce-api",
+        "--api-addr",
+        "127.0.0.1:0",
+        "--database-url",
+        db.url(),
+        "--redis-url",
+        &redis_url,
+        "--redis-key-prefix",
+        &prefix,
+        "--jwt-secret",
+        SECRET,
+    ]);
+    let token = JwtKeys::hs256(&config.jwt_secret)
+        .mint(
+            "tests",
+            "jobs:write jobs:read failed:read failed:write",
+            Duration::from_secs(3600),
+        )
+        .expect("mint a token");
+    let app = sendonce_api::Application::build(config, None)
+        .await
+        .expect("build the API");
+    let api = format!("http://127.0.0.1:{}", app.port());
+    let (tx, rx) = oneshot::channel::<()>();
+    let api_task = tokio::spawn(app.run_until_stopped(async {
+        let _ = rx.await;
+    }));
+    TestSystem {
+        api,
+        client: reqwest::Client::new(),
+        smtp,
+        db,
+        prefix,
+        redis_url,
+        token,
+        options,
+        api_stop: Some(tx),
+        api_task: Some(api_task),
+    }
+}
+
+impl Drop for TestSystem {
+    fn drop(&mut self) {
+        if let Some(stop) = self.api_stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.api_task.take() {
+            task.abort();
+        }
+    }
+}
+
+impl TestSystem {
+    /// The worker's command line for this system.
+    pub fn worker_args(&self) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "sendonce-worker",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--database-url",
+            self.db.url(),
+            "--redis-url",
+            &self.redis_url,
+            "--redis-key-prefix",
+            &self.prefix,
+            "--smtp-url",
+            &self.smtp.url(),
+            "--mail-from",
+            "Sendonce Tests <noreply@sendonce.test>",
+            "--retry-base-ms",
+            "50",
+            "--retry-max-ms",
+            "200",
+            "--worker-lease-ms",
+            "2000",
+            "--smtp-timeout-ms",
+            "5000",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
+        args.extend(self.options.worker_args.iter().cloned());
+        args
+    }
+
+    /// Starts a worker in this process.
+    pub async fn spawn_worker(&self) -> TestWorker {
+        let config = WorkerConfig::parse_from(self.worker_args());
+        let app = sendonce_worker::Application::build(config, None)
+            .await
+            .expect("build the worker");
+        let id = app.worker_id().to_owned();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(app.run_until_stopped(async {
+            let _ = rx.await;
+        }));
+        TestWorker {
+            id,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    /// A queue handle on this system's keys.
+    pub fn queue(&self) -> Queue {
+        let url = secrecy::SecretString::from(self.redis_url.clone());
+        Queue::new(queue::connect(&url, 4).expect("redis pool"), &self.prefix)
+    }
+
+    /// Pushes a task straight onto the queue, bypassing the API.
+    pub async fn push_task(&self, task: &Task) {
+        self.queue()
+            .push(&task.to_json())
+            .await
+            .expect("push a task");
+    }
+
+    pub async fn post_job(&self, body: &Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}/addJob", self.api))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .expect("POST /addJob")
+    }
+
+    /// Posts `body` and returns the 2xx answer's JSON.
+    pub async fn post_ok(&self, body: &Value) -> Value {
+        let response = self.post_job(body).await;
+        let status = response.status();
+        let answer: Value = response.json().await.expect("a JSON answer");
+        assert!(
+            status.is_success(),
+            "POST /addJob answered {status}: {answer}"
+        );
+        answer
+    }
+
+    pub async fn get_job(&self, job_id: &str) -> (reqwest::StatusCode, Value) {
+        let response = self
+            .client
+            .get(format!("{}/jobs/{job_id}", self.api))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("GET /jobs");
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Polls `GET /jobs/{id}` until the job reaches a terminal status.
+    pub async fn wait_for_terminal(&self, job_id: &str) -> Value {
+        self.wait_until(job_id, |s| {
+            matches!(s, "sent" | "duplicate" | "failed" | "uncertain")
+        })
+        .await
+    }
+
+    /// Polls `GET /jobs/{id}` until its status is `want`.
+    pub async fn wait_for_status(&self, job_id: &str, want: &str) -> Value {
+        self.wait_until(job_id, |s| s == want).await
+    }
+
+    async fn wait_until(&self, job_id: &str, done: impl Fn(&str) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let (_, job) = self.get_job(job_id).await;
+            if done(job["status"].as_str().unwrap_or_default()) {
+                return job;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job {job_id} did not reach the expected state in {DEADLINE:?}; last seen: {job}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+/// A valid job body.
+pub fn email(to: &str, key: Option<&str>) -> Value {
+    let mut body = json!({
+        "to": to,
+        "subject": "Welcome aboard",
+        "text": "Hello from sendonce.",
+    });
+    if let Some(key) = key {
+        body["idempotency_key"] = json!(key);
+    }
+    body
+}

@@ -1,0 +1,6 @@
+//! End-to-end tests: the real API and worker against real Redis, Postgres
+//! and an SMTP server over TCP. Each test has its own database, Redis key
+//! prefix and SMTP server, so tests run in parallel and repeatedly.
+
+mod delivery;
+mod helpers;
