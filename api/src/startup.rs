@@ -98,6 +98,10 @@ fn json_error(err: JsonPayloadError, _: &actix_web::HttpRequest) -> actix_web::E
     }
 }
 
+async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::NotFound("no such route".into()))
+}
+
 fn serve(
     listener: TcpListener,
     state: AppState,
@@ -118,8 +122,28 @@ fn serve(
                     .error_handler(json_error),
             )
             .route("/addJob", web::post().to(routes::add_job::add_job))
+            .app_data(web::QueryConfig::default().error_handler(|err, _| {
+                ApiError::BadRequest(format!("the query string is invalid: {err}")).into()
+            }))
+            .app_data(web::PathConfig::default().error_handler(|err, _| {
+                ApiError::BadRequest(format!("the path is invalid: {err}")).into()
+            }))
             .route("/jobs/{job_id}", web::get().to(routes::jobs::get_job))
+            .route("/failedJobs", web::get().to(routes::failed_jobs::list))
+            .route(
+                "/failedJobs/retry",
+                web::post().to(routes::failed_jobs::retry_bulk),
+            )
+            .route(
+                "/failedJobs/{id}/retry",
+                web::post().to(routes::failed_jobs::retry_one),
+            )
+            .route(
+                "/failedJobs/{id}",
+                web::delete().to(routes::failed_jobs::discard),
+            )
             .route("/healthz", web::get().to(routes::health::healthz))
+            .default_service(web::to(not_found))
             .route("/readyz", web::get().to(routes::health::readyz))
             .route("/metrics", web::get().to(routes::health::metrics));
         if let Some(m) = &metrics {

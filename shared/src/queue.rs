@@ -246,8 +246,12 @@ impl Queue {
         })
     }
 
-    /// Pushes a task straight onto the queue (requeue from the DLQ, tests).
-    pub async fn push(&self, raw: &str) -> Result<(), QueueError> {
+    /// Pushes tasks straight onto the queue in one round trip (requeue
+    /// from the DLQ, tests).
+    pub async fn push(&self, raw: &[String]) -> Result<(), QueueError> {
+        if raw.is_empty() {
+            return Ok(());
+        }
         let mut conn = self.conn().await?;
         redis::cmd("LPUSH")
             .arg(self.keys.queue())

@@ -44,6 +44,18 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// Requeueing dead-letter entries failed; nothing was requeued by the
+/// failing batch.
+#[derive(Debug, thiserror::Error)]
+pub enum RequeueError<E> {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Pushing the tasks onto the queue failed.
+    #[error("could not push the requeued tasks")]
+    Push(#[source] E),
+}
+
 /// Opens a pool. Connections are made lazily; call [`Store::ping`] to check.
 pub fn connect(url: &SecretString, max_size: usize) -> Result<Pool, StoreError> {
     let pg: tokio_postgres::Config = url
@@ -98,6 +110,18 @@ pub enum DeadReason {
     Failed,
     /// The outcome of a send is unknown (the ambiguous window).
     Uncertain,
+}
+
+impl std::str::FromStr for DeadReason {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "failed" => Ok(Self::Failed),
+            "uncertain" => Ok(Self::Uncertain),
+            other => Err(format!("`{other}` is not `failed` or `uncertain`")),
+        }
+    }
 }
 
 impl DeadReason {
@@ -162,6 +186,49 @@ pub struct JobRecord {
     pub updated_at: Option<DateTime<Utc>>,
     /// When the server accepted the message.
     pub sent_at: Option<DateTime<Utc>>,
+}
+
+/// One dead-letter entry as the API lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FailedJob {
+    /// The entry's id (used to retry or discard it).
+    pub id: i64,
+    /// The job.
+    pub job_id: JobId,
+    /// Its key.
+    pub idempotency_key: String,
+    /// Recipient.
+    pub to: Option<String>,
+    /// Subject line.
+    pub subject: Option<String>,
+    /// `failed` or `uncertain`.
+    pub reason: String,
+    /// What went wrong.
+    pub error: String,
+    /// The last SMTP reply, if any.
+    pub smtp_reply: Option<String>,
+    /// SMTP attempts made.
+    pub attempts: i32,
+    /// When it was dead-lettered.
+    pub failed_at: DateTime<Utc>,
+}
+
+/// Which dead-letter entries a listing wants.
+#[derive(Debug, Clone, Default)]
+pub struct FailedFilter {
+    /// Only entries with this reason.
+    pub reason: Option<DeadReason>,
+    /// Only entries dead-lettered at or after this instant.
+    pub since: Option<DateTime<Utc>>,
+}
+
+/// Which dead-letter entries to requeue.
+#[derive(Debug, Clone)]
+pub enum RequeueSelection {
+    /// These entry ids.
+    Ids(Vec<i64>),
+    /// Every entry, or every entry with this reason.
+    All(Option<DeadReason>),
 }
 
 /// Handle to the Postgres store.
@@ -437,6 +504,132 @@ impl Store {
             updated_at: r.get(5),
             sent_at: r.get(6),
         }))
+    }
+
+    /// A page of the dead-letter table, newest first, after the entry
+    /// `before` (keyset pagination on the monotonic id, so entries that
+    /// arrive while paging never shift a page).
+    #[tracing::instrument(skip_all)]
+    pub async fn failed_page(
+        &self,
+        filter: &FailedFilter,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<FailedJob>, StoreError> {
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query(
+                "SELECT id, job_id, idempotency_key, task->>'to', task->>'subject',
+                        reason, error, smtp_reply, attempts, failed_at
+                 FROM failed_jobs
+                 WHERE ($1::bigint IS NULL OR id < $1)
+                   AND ($2::text IS NULL OR reason = $2)
+                   AND ($3::timestamptz IS NULL OR failed_at >= $3)
+                 ORDER BY id DESC
+                 LIMIT $4",
+                &[
+                    &before,
+                    &filter.reason.map(DeadReason::as_str),
+                    &filter.since,
+                    &limit,
+                ],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| FailedJob {
+                id: r.get(0),
+                job_id: JobId::from(r.get::<_, Uuid>(1)),
+                idempotency_key: r.get(2),
+                to: r.get(3),
+                subject: r.get(4),
+                reason: r.get(5),
+                error: r.get(6),
+                smtp_reply: r.get(7),
+                attempts: r.get(8),
+                failed_at: r.get(9),
+            })
+            .collect())
+    }
+
+    /// Discards one dead-letter entry. Its key stays terminal: the job is
+    /// given up, not made sendable by a new job with the same key.
+    #[tracing::instrument(skip_all)]
+    pub async fn discard_failed(&self, id: i64) -> Result<bool, StoreError> {
+        let n = self
+            .pool
+            .get()
+            .await?
+            .execute("DELETE FROM failed_jobs WHERE id = $1", &[&id])
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Requeues dead-letter entries with a fresh attempt budget, keeping
+    /// their job ids and keys. In one transaction per batch: the entries are
+    /// deleted and their keys set back to `queued`, `push` puts the tasks on
+    /// the queue, and only then does the transaction commit. A worker that
+    /// pops a task before the commit waits on the row lock in its claim and
+    /// then sees `queued`; if `push` fails, nothing changes.
+    #[tracing::instrument(skip_all)]
+    pub async fn requeue_failed<E>(
+        &self,
+        selection: &RequeueSelection,
+        push: impl AsyncFn(Vec<String>) -> Result<(), E>,
+    ) -> Result<u64, RequeueError<E>> {
+        const BATCH: i64 = 500;
+        let mut total = 0;
+        loop {
+            let mut conn = self.pool.get().await.map_err(StoreError::from)?;
+            let tx = conn.transaction().await.map_err(StoreError::from)?;
+            let rows = match selection {
+                RequeueSelection::Ids(ids) => {
+                    tx.query(
+                        "DELETE FROM failed_jobs WHERE id = ANY($1)
+                         RETURNING job_id, idempotency_key, task::text",
+                        &[ids],
+                    )
+                    .await
+                }
+                RequeueSelection::All(reason) => {
+                    tx.query(
+                        "DELETE FROM failed_jobs WHERE id IN (
+                             SELECT id FROM failed_jobs
+                             WHERE ($1::text IS NULL OR reason = $1)
+                             ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)
+                         RETURNING job_id, idempotency_key, task::text",
+                        &[&reason.map(DeadReason::as_str), &BATCH],
+                    )
+                    .await
+                }
+            }
+            .map_err(StoreError::from)?;
+            if rows.is_empty() {
+                return Ok(total);
+            }
+            let jobs: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
+            let keys: Vec<String> = rows.iter().map(|r| r.get(1)).collect();
+            tx.execute(
+                "UPDATE deliveries d
+                 SET state = 'queued', attempts = 0, last_error = NULL,
+                     next_attempt_at = NULL, updated_at = now()
+                 FROM unnest($1::uuid[], $2::text[]) AS r(job_id, key)
+                 WHERE d.job_id = r.job_id AND d.idempotency_key = r.key
+                   AND d.state IN ('failed', 'uncertain')",
+                &[&jobs, &keys],
+            )
+            .await
+            .map_err(StoreError::from)?;
+            let tasks: Vec<String> = rows.iter().map(|r| r.get(2)).collect();
+            push(tasks).await.map_err(RequeueError::Push)?;
+            tx.commit().await.map_err(StoreError::from)?;
+            total += rows.len() as u64;
+            if matches!(selection, RequeueSelection::Ids(_)) {
+                return Ok(total);
+            }
+        }
     }
 
     /// Records that `task` was skipped because `owner` holds its key.

@@ -20,7 +20,7 @@ pub enum OnUncertain {
 
 /// Settings of `sendonce-worker`.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "sendonce-worker", version, about)]
+#[command(name = "sendonce-worker", version, about, args_override_self = true)]
 pub struct WorkerConfig {
     #[command(flatten)]
     pub common: CommonConfig,

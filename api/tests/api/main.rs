@@ -4,3 +4,4 @@
 mod add_job;
 mod auth;
 mod helpers;
+mod shutdown;

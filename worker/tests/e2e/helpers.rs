@@ -182,7 +182,7 @@ impl TestSystem {
     /// Pushes a task straight onto the queue, bypassing the API.
     pub async fn push_task(&self, task: &Task) {
         self.queue()
-            .push(&task.to_json())
+            .push(&[task.to_json()])
             .await
             .expect("push a task");
     }
@@ -248,6 +248,78 @@ impl TestSystem {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
+}
+
+impl TestSystem {
+    /// Starts the worker binary as a child process, so a test can SIGKILL
+    /// or SIGTERM it. `smtp_url` overrides this system's SMTP server.
+    pub fn spawn_worker_process(&self, smtp_url: Option<&str>) -> std::process::Child {
+        let mut args = self.worker_args();
+        if let Some(url) = smtp_url {
+            args.extend(["--smtp-url".to_owned(), url.to_owned()]);
+        }
+        std::process::Command::new(env!("CARGO_BIN_EXE_sendonce-worker"))
+            .args(&args[1..])
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("start the worker binary")
+    }
+
+    /// `GET /failedJobs` with a query string.
+    pub async fn failed_jobs(&self, query: &str) -> Value {
+        let response = self
+            .client
+            .get(format!("{}/failedJobs?{query}", self.api))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("GET /failedJobs");
+        assert_eq!(response.status(), 200, "GET /failedJobs?{query}");
+        response.json().await.expect("a JSON page")
+    }
+
+    /// Polls until the dead-letter table holds `n` entries; returns them.
+    pub async fn wait_for_failed(&self, n: usize) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let page = self.failed_jobs("limit=500").await;
+            let items = page["items"].as_array().cloned().unwrap_or_default();
+            if items.len() >= n {
+                return items;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the DLQ holds {} entries, not {n}, after {DEADLINE:?}",
+                items.len()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub async fn post_api(&self, path: &str, body: &Value) -> (reqwest::StatusCode, Value) {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.api))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .expect("POST");
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+}
+
+/// Sends SIGTERM to a child process.
+pub fn terminate(child: &std::process::Child) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -TERM failed");
 }
 
 /// A valid job body.

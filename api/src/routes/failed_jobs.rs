@@ -1,0 +1,225 @@
+//! The dead-letter table: list, requeue, discard.
+
+use actix_web::{HttpResponse, web};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use sendonce_shared::store::{DeadReason, FailedFilter, FailedJob, RequeueError, RequeueSelection};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{Caller, scope};
+use crate::problem::ApiError;
+use crate::state::AppState;
+
+/// Page size bounds.
+const DEFAULT_LIMIT: i64 = 50;
+const MAX_LIMIT: i64 = 500;
+/// Most ids one bulk requeue may name.
+const MAX_IDS: usize = 1000;
+
+/// `GET /failedJobs` query string.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Page size, 1 to 500.
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// `failed` or `uncertain`.
+    pub reason: Option<String>,
+    /// RFC 3339 instant.
+    pub since: Option<String>,
+}
+
+/// One page.
+#[derive(Debug, Serialize)]
+pub struct Page {
+    /// Entries, newest first.
+    pub items: Vec<FailedJob>,
+    /// Pass as `cursor` for the next page; `null` on the last.
+    pub next_cursor: Option<String>,
+}
+
+fn encode_cursor(id: i64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("v1:{id}"))
+}
+
+fn decode_cursor(cursor: &str) -> Result<i64, ApiError> {
+    URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|s| s.strip_prefix("v1:")?.parse().ok())
+        .ok_or_else(|| ApiError::InvalidField {
+            field: "cursor",
+            reason: "is not a cursor this API issued".into(),
+        })
+}
+
+fn parse_reason(field: &'static str, reason: Option<&str>) -> Result<Option<DeadReason>, ApiError> {
+    reason
+        .map(|r| {
+            r.parse()
+                .map_err(|reason| ApiError::InvalidField { field, reason })
+        })
+        .transpose()
+}
+
+/// `GET /failedJobs`.
+#[tracing::instrument(name = "list_failed_jobs", skip_all)]
+pub async fn list(
+    caller: Caller,
+    state: web::Data<AppState>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(scope::FAILED_READ)?;
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::InvalidField {
+            field: "limit",
+            reason: format!("must be between 1 and {MAX_LIMIT}"),
+        });
+    }
+    let before = query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let since = query
+        .since
+        .as_deref()
+        .map(|s| {
+            DateTime::parse_from_rfc3339(s)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|e| ApiError::InvalidField {
+                    field: "since",
+                    reason: format!("is not an RFC 3339 timestamp: {e}"),
+                })
+        })
+        .transpose()?;
+    let filter = FailedFilter {
+        reason: parse_reason("reason", query.reason.as_deref())?,
+        since,
+    };
+    // One extra row tells whether another page exists.
+    let mut items = state
+        .store
+        .failed_page(&filter, before, limit + 1)
+        .await
+        .map_err(ApiError::unavailable)?;
+    let next_cursor = if items.len() as i64 > limit {
+        items.truncate(limit as usize);
+        items.last().map(|last| encode_cursor(last.id))
+    } else {
+        None
+    };
+    Ok(HttpResponse::Ok().json(Page { items, next_cursor }))
+}
+
+fn parse_id(raw: &str) -> Result<i64, ApiError> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::InvalidField {
+            field: "id",
+            reason: "must be a positive integer".into(),
+        })
+}
+
+async fn requeue(state: &AppState, selection: RequeueSelection) -> Result<u64, ApiError> {
+    let queue = &state.queue;
+    state
+        .store
+        .requeue_failed(&selection, async |tasks: Vec<String>| {
+            queue.push(&tasks).await
+        })
+        .await
+        .map_err(|e| match e {
+            RequeueError::Store(e) => ApiError::unavailable(e),
+            RequeueError::Push(e) => ApiError::unavailable(e),
+        })
+}
+
+/// `POST /failedJobs/{id}/retry`.
+#[tracing::instrument(name = "retry_failed_job", skip_all, fields(id = %path))]
+pub async fn retry_one(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(scope::FAILED_WRITE)?;
+    let id = parse_id(&path)?;
+    match requeue(&state, RequeueSelection::Ids(vec![id])).await? {
+        0 => Err(ApiError::NotFound(format!("no dead-letter entry {id}"))),
+        _ => {
+            tracing::info!(id, "dead-letter entry requeued");
+            Ok(HttpResponse::Ok().json(serde_json::json!({"requeued": 1})))
+        }
+    }
+}
+
+/// `POST /failedJobs/retry` body: ids, or all (optionally of one reason).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkRetry {
+    /// Entry ids.
+    #[serde(default)]
+    pub ids: Option<Vec<i64>>,
+    /// Every entry.
+    #[serde(default)]
+    pub all: Option<bool>,
+    /// With `all`: only this reason.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `POST /failedJobs/retry`.
+#[tracing::instrument(name = "retry_failed_jobs", skip_all)]
+pub async fn retry_bulk(
+    caller: Caller,
+    state: web::Data<AppState>,
+    body: web::Json<BulkRetry>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(scope::FAILED_WRITE)?;
+    let body = body.into_inner();
+    let selection = match (body.ids, body.all) {
+        (Some(ids), None | Some(false)) if body.reason.is_none() => {
+            if ids.is_empty() || ids.len() > MAX_IDS {
+                return Err(ApiError::InvalidField {
+                    field: "ids",
+                    reason: format!("must list 1 to {MAX_IDS} ids"),
+                });
+            }
+            RequeueSelection::Ids(ids)
+        }
+        (None, Some(true)) => {
+            RequeueSelection::All(parse_reason("reason", body.reason.as_deref())?)
+        }
+        _ => {
+            return Err(ApiError::BadRequest(
+                "give either `ids`, or `all: true` with an optional `reason`".into(),
+            ));
+        }
+    };
+    let requeued = requeue(&state, selection).await?;
+    tracing::info!(requeued, "dead-letter entries requeued");
+    Ok(HttpResponse::Ok().json(serde_json::json!({"requeued": requeued})))
+}
+
+/// `DELETE /failedJobs/{id}`.
+#[tracing::instrument(name = "discard_failed_job", skip_all, fields(id = %path))]
+pub async fn discard(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(scope::FAILED_WRITE)?;
+    let id = parse_id(&path)?;
+    if state
+        .store
+        .discard_failed(id)
+        .await
+        .map_err(ApiError::unavailable)?
+    {
+        tracing::info!(id, "dead-letter entry discarded");
+        Ok(HttpResponse::NoContent().finish())
+    } else {
+        Err(ApiError::NotFound(format!("no dead-letter entry {id}")))
+    }
+}

@@ -1,0 +1,93 @@
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::helpers::{DEADLINE, Options, email, spawn_system, terminate};
+
+/// An "SMTP server" that accepts connections and never answers, so a
+/// worker pointed at it holds its claimed tasks without sending.
+async fn black_hole() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("smtp://{}", listener.local_addr().expect("addr"));
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    (url, task)
+}
+
+#[tokio::test]
+async fn tasks_of_a_sigkilled_worker_are_delivered_once_by_another() {
+    let system = spawn_system(Options {
+        worker_args: vec!["--smtp-timeout-ms".into(), "60000".into()],
+        ..Options::default()
+    })
+    .await;
+    let (hole, _hole_task) = black_hole().await;
+    let mut doomed = system.spawn_worker_process(Some(&hole));
+    let mut jobs = Vec::new();
+    for i in 0..3 {
+        let answer = system
+            .post_ok(&email(
+                &format!("k{i}@example.com"),
+                Some(&format!("kill:{i}")),
+            ))
+            .await;
+        jobs.push(answer["job_id"].as_str().expect("job id").to_owned());
+    }
+    for job in &jobs {
+        system.wait_for_status(job, "processing").await;
+    }
+
+    doomed.kill().expect("SIGKILL the worker");
+    doomed.wait().expect("reap it");
+    let killed_at = tokio::time::Instant::now();
+    let _rescuer = system.spawn_worker().await;
+
+    for job in &jobs {
+        let done = system.wait_for_status(job, "sent").await;
+        assert_eq!(done["status"], "sent");
+    }
+    eprintln!(
+        "recovered and sent {} tasks {:?} after the kill (lease 2 s)",
+        jobs.len(),
+        killed_at.elapsed()
+    );
+    let mails = system.smtp.wait_for_messages(3, DEADLINE).await;
+    let mut rcpts: Vec<_> = mails.iter().flat_map(|m| m.rcpt_to.clone()).collect();
+    rcpts.sort();
+    assert_eq!(
+        rcpts,
+        ["k0@example.com", "k1@example.com", "k2@example.com"]
+    );
+}
+
+#[tokio::test]
+async fn sigterm_during_a_slow_send_finishes_it_once_and_exits_zero() {
+    let system = spawn_system(Options::default()).await;
+    let mut worker = system.spawn_worker_process(None);
+    let rcpt = "patient+slow-data-1500@example.com";
+    let answer = system.post_ok(&email(rcpt, Some("slow:1"))).await;
+    let job_id = answer["job_id"].as_str().expect("job id");
+
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while system.smtp.attempts_for(rcpt) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the send never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    terminate(&worker);
+
+    let status = tokio::task::spawn_blocking(move || worker.wait())
+        .await
+        .expect("join")
+        .expect("wait for the worker");
+    assert!(status.success(), "worker exited with {status}");
+    let job = system.wait_for_status(job_id, "sent").await;
+    assert_eq!(job["attempts"], 1);
+    assert_eq!(system.smtp.messages().len(), 1);
+}
