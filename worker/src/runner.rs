@@ -278,22 +278,25 @@ impl Worker {
                 });
             }
             Claim::AlreadyDone => return Ok(Verdict::AlreadyDone),
-            Claim::Ambiguous { attempts } => match self.config.on_uncertain {
-                OnUncertain::Dlq => {
-                    return Ok(Verdict::Dead {
-                        reason: DeadReason::Uncertain,
-                        error: format!(
-                            "attempt {attempts} was cut after its data went out (worker crash or \
-                             shutdown); the server may or may not have accepted it"
-                        ),
-                        reply: None,
-                    });
-                }
-                OnUncertain::Resend => match self.store.reopen_ambiguous(task).await? {
+            Claim::Ambiguous { attempts }
+                if self.config.on_uncertain == OnUncertain::Resend
+                    && !self.policy.exhausted(attempts) =>
+            {
+                match self.store.reopen_ambiguous(task).await? {
                     Some(attempt) => attempt,
                     None => return Ok(Verdict::Fenced),
-                },
-            },
+                }
+            }
+            Claim::Ambiguous { attempts } => {
+                return Ok(Verdict::Dead {
+                    reason: DeadReason::Uncertain,
+                    error: format!(
+                        "attempt {attempts} was cut after its data went out (worker crash or \
+                         shutdown); the server may or may not have accepted it"
+                    ),
+                    reply: None,
+                });
+            }
         };
         tracing::debug!(attempt, "key claimed; sending");
         let message = match self.mailer.build_message(task) {
@@ -334,20 +337,23 @@ impl Worker {
                 reply,
                 due: Utc::now() + self.policy.delay(attempt),
             },
-            Err(SendError::Uncertain { error }) => match self.config.on_uncertain {
-                OnUncertain::Dlq => Verdict::Dead {
-                    reason: DeadReason::Uncertain,
-                    error: format!(
-                        "attempt {attempt}: the data went out but no reply was read ({error}); \
-                         the server may or may not have accepted it"
-                    ),
-                    reply: None,
-                },
-                OnUncertain::Resend => Verdict::Retry {
-                    error,
+            Err(SendError::Uncertain { error })
+                if self.config.on_uncertain == OnUncertain::Resend
+                    && !self.policy.exhausted(attempt) =>
+            {
+                Verdict::Retry {
+                    error: format!("outcome unknown, resending (ON_UNCERTAIN=resend): {error}"),
                     reply: None,
                     due: Utc::now() + self.policy.delay(attempt),
-                },
+                }
+            }
+            Err(SendError::Uncertain { error }) => Verdict::Dead {
+                reason: DeadReason::Uncertain,
+                error: format!(
+                    "attempt {attempt}: the data went out but no reply was read ({error}); \
+                     the server may or may not have accepted it"
+                ),
+                reply: None,
             },
         })
     }

@@ -91,3 +91,36 @@ async fn sigterm_during_a_slow_send_finishes_it_once_and_exits_zero() {
     assert_eq!(job["attempts"], 1);
     assert_eq!(system.smtp.messages().len(), 1);
 }
+
+#[tokio::test]
+async fn a_slow_but_alive_worker_keeps_its_task_past_the_lease() {
+    let system = spawn_system(Options {
+        worker_args: vec!["--worker-lease-ms".into(), "1000".into()],
+        ..Options::default()
+    })
+    .await;
+    let _slow = system.spawn_worker().await;
+    let rcpt = "snail+slow-data-3500@example.com";
+    let answer = system.post_ok(&email(rcpt, Some("slow:alive"))).await;
+    let job_id = answer["job_id"].as_str().expect("job id");
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while system.smtp.attempts_for(rcpt) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the send never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A second worker whose reaper runs every half lease while the send
+    // takes three and a half leases.
+    let _other = system.spawn_worker().await;
+
+    let job = system.wait_for_status(job_id, "sent").await;
+    assert_eq!(job["attempts"], 1);
+    assert_eq!(
+        system.smtp.attempts_for(rcpt),
+        1,
+        "nobody took the task over"
+    );
+    assert_eq!(system.smtp.messages().len(), 1);
+}

@@ -6,3 +6,4 @@ mod crash;
 mod delivery;
 mod failures;
 mod helpers;
+mod window;
