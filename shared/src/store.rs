@@ -13,7 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
-use crate::domain::{JobId, Task};
+use crate::domain::{IdempotencyKey, JobId, Task};
 
 mod embedded {
     refinery::embed_migrations!("../migrations");
@@ -354,6 +354,21 @@ impl Store {
             )
             .await?;
         Ok(row.map(|r| r.get(0)))
+    }
+
+    /// The job that owns `key` in L2, if any job claimed it yet.
+    #[tracing::instrument(skip_all)]
+    pub async fn owner(&self, key: &IdempotencyKey) -> Result<Option<JobId>, StoreError> {
+        let row = self
+            .pool
+            .get()
+            .await?
+            .query_opt(
+                "SELECT job_id FROM deliveries WHERE idempotency_key = $1",
+                &[&key.as_str()],
+            )
+            .await?;
+        Ok(row.map(|r| JobId::from(r.get::<_, Uuid>(0))))
     }
 
     /// Records that the message data is about to go out. Returns `false` when

@@ -264,10 +264,18 @@ impl Worker {
             .claim_l1(task, self.config.common.dedup_ttl())
             .await?
         {
-            return Ok(Verdict::Duplicate {
-                holder,
-                layer: DedupLayer::L1,
-            });
+            // L1 is a hint: if its key was evicted or expired and then taken
+            // by another job, the L2 owner (this job, say, requeued from the
+            // DLQ or recovered after a crash) must still reach its end.
+            match self.store.owner(&task.idempotency_key).await? {
+                Some(owner) if owner == task.job_id => {}
+                owner => {
+                    return Ok(Verdict::Duplicate {
+                        holder: owner.or(holder),
+                        layer: DedupLayer::L1,
+                    });
+                }
+            }
         }
         let attempt = match self.store.claim(task).await? {
             Claim::Proceed { attempt } => attempt,

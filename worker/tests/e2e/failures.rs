@@ -218,3 +218,37 @@ async fn a_replayed_post_answers_200_with_the_original_job_and_a_changed_body_42
     let depth = system.queue().depths().await.expect("depths");
     assert_eq!(depth.ready, 1, "only the first post was enqueued");
 }
+
+#[tokio::test]
+async fn the_l2_owner_reaches_its_end_even_when_another_job_took_its_l1_key() {
+    let system = spawn_system(Options::default()).await;
+    let _worker = system.spawn_worker().await;
+    system.smtp.set_default_fault(Some(Fault::RejectRcpt));
+    let answer = system
+        .post_ok(&email("owner@example.com", Some("l1:stolen")))
+        .await;
+    let job_id = answer["job_id"].as_str().expect("job id");
+    let entry = system.wait_for_failed(1).await.remove(0);
+
+    // As if Redis evicted the L1 key and another job with the key set it.
+    let client = redis::Client::open(system.redis_url.as_str()).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let key = sendonce_shared::domain::IdempotencyKey::parse("l1:stolen").expect("key");
+    redis::cmd("SET")
+        .arg(system.queue().keys().dedup(&key))
+        .arg(uuid::Uuid::now_v7().to_string())
+        .query_async::<()>(&mut conn)
+        .await
+        .expect("SET");
+
+    system.smtp.set_default_fault(None);
+    let (status, _) = system
+        .post_api(&format!("/failedJobs/{}/retry", entry["id"]), &json!({}))
+        .await;
+    assert_eq!(status, 200);
+    system.wait_for_status(job_id, "sent").await;
+    assert_eq!(system.smtp.messages().len(), 1);
+}
