@@ -61,6 +61,8 @@ if ! pg_up; then
   pg_up || { echo "Postgres did not start" >&2; cat "$state_dir/pg.log" >&2; exit 1; }
 fi
 
+log "docker-compose.yml (static: no Docker engine here)"
+./scripts/check-compose.sh
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
