@@ -5,7 +5,9 @@
 //! - [`config`]: `ApiConfig`, every setting with its environment variable.
 //! - [`startup`]: `Application::build` binds the listener (port 0 in tests)
 //!   and wires the routes; `run_until_stopped` drains on shutdown.
-//! - [`auth`]: bearer-JWT verification, the `Caller` extractor and scopes.
+//! - [`auth`]: bearer-JWT verification, the `Authorized<scope>` extractor
+//!   and scopes.
+//! - [`rate_limit`]: per-subject limits on the write endpoints.
 //! - [`routes`]: one module per resource.
 //! - [`problem`]: `ApiError` and its RFC 9457 problem+json form.
 //! - [`state`]: what handlers share.
@@ -13,6 +15,7 @@
 pub mod auth;
 pub mod config;
 pub mod problem;
+pub mod rate_limit;
 pub mod routes;
 pub mod startup;
 pub mod state;

@@ -54,7 +54,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token { sub, scope, ttl } => {
             println!(
                 "{}",
-                JwtKeys::hs256(&config.jwt_secret).mint(&sub, &scope, ttl)?
+                JwtKeys::from_config(&config)?.mint(&sub, &scope, ttl)?
             );
             Ok(())
         }

@@ -7,7 +7,7 @@ use sendonce_shared::domain::{
 use sendonce_shared::queue::Enqueued;
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{Caller, scope};
+use crate::auth::{Authorized, scope};
 use crate::problem::ApiError;
 use crate::state::AppState;
 
@@ -104,12 +104,11 @@ pub fn header_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError>
 /// a replay of the same request, 422 when the key was used for another one.
 #[tracing::instrument(name = "add_job", skip_all, fields(job_id, idempotency_key))]
 pub async fn add_job(
-    caller: Caller,
+    _: Authorized<scope::JobsWrite>,
     req: HttpRequest,
     state: web::Data<AppState>,
     body: web::Json<AddJobBody>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require(scope::JOBS_WRITE)?;
     let job = NewJob::try_from(body.into_inner())?;
     let key = match (job.key, header_key(&req)?) {
         (Some(body_key), Some(header)) if body_key != header => {

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use sendonce_shared::store::{DeadReason, FailedFilter, FailedJob, RequeueError, RequeueSelection};
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{Caller, scope};
+use crate::auth::{Authorized, scope};
 use crate::problem::ApiError;
 use crate::state::AppState;
 
@@ -68,11 +68,10 @@ fn parse_reason(field: &'static str, reason: Option<&str>) -> Result<Option<Dead
 /// `GET /failedJobs`.
 #[tracing::instrument(name = "list_failed_jobs", skip_all)]
 pub async fn list(
-    caller: Caller,
+    _: Authorized<scope::FailedRead>,
     state: web::Data<AppState>,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require(scope::FAILED_READ)?;
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(ApiError::InvalidField {
@@ -139,11 +138,10 @@ async fn requeue(state: &AppState, selection: RequeueSelection) -> Result<u64, A
 /// `POST /failedJobs/{id}/retry`.
 #[tracing::instrument(name = "retry_failed_job", skip_all, fields(id = %path))]
 pub async fn retry_one(
-    caller: Caller,
+    _: Authorized<scope::FailedWrite>,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require(scope::FAILED_WRITE)?;
     let id = parse_id(&path)?;
     match requeue(&state, RequeueSelection::Ids(vec![id])).await? {
         0 => Err(ApiError::NotFound(format!("no dead-letter entry {id}"))),
@@ -172,11 +170,10 @@ pub struct BulkRetry {
 /// `POST /failedJobs/retry`.
 #[tracing::instrument(name = "retry_failed_jobs", skip_all)]
 pub async fn retry_bulk(
-    caller: Caller,
+    _: Authorized<scope::FailedWrite>,
     state: web::Data<AppState>,
     body: web::Json<BulkRetry>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require(scope::FAILED_WRITE)?;
     let body = body.into_inner();
     let selection = match (body.ids, body.all) {
         (Some(ids), None | Some(false)) if body.reason.is_none() => {
@@ -205,11 +202,10 @@ pub async fn retry_bulk(
 /// `DELETE /failedJobs/{id}`.
 #[tracing::instrument(name = "discard_failed_job", skip_all, fields(id = %path))]
 pub async fn discard(
-    caller: Caller,
+    _: Authorized<scope::FailedWrite>,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require(scope::FAILED_WRITE)?;
     let id = parse_id(&path)?;
     if state
         .store

@@ -3,18 +3,17 @@
 use actix_web::{HttpResponse, web};
 use sendonce_shared::domain::JobId;
 
-use crate::auth::{Caller, scope};
+use crate::auth::{Authorized, scope};
 use crate::problem::ApiError;
 use crate::state::AppState;
 
 /// `GET /jobs/{job_id}`.
 #[tracing::instrument(name = "get_job", skip_all, fields(job_id = %path))]
 pub async fn get_job(
-    caller: Caller,
+    _: Authorized<scope::JobsRead>,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require(scope::JOBS_READ)?;
     let job: JobId = path.parse().map_err(|e| ApiError::InvalidField {
         field: "job_id",
         reason: format!("{e}"),

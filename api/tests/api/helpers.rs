@@ -21,24 +21,36 @@ pub struct TestApi {
 }
 
 pub async fn spawn_api() -> TestApi {
+    spawn_api_with(&["--jwt-secret", SECRET]).await
+}
+
+/// A path under `api/tests/fixtures`.
+pub fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Like [`spawn_api`], with `settings` (flags) instead of the HS256 secret.
+pub async fn spawn_api_with(settings: &[&str]) -> TestApi {
     let db = TestDatabase::create().await;
     let prefix = unique_prefix();
     let redis_url =
         std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let config = ApiConfig::parse_from([
-        "sendonce-api",
-        "--api-addr",
-        "127.0.0.1:0",
-        "--database-url",
-        db.url(),
-        "--redis-url",
-        &redis_url,
-        "--redis-key-prefix",
-        &prefix,
-        "--jwt-secret",
-        SECRET,
-    ]);
-    let keys = JwtKeys::hs256(&config.jwt_secret);
+    let config = ApiConfig::parse_from(
+        [
+            "sendonce-api",
+            "--api-addr",
+            "127.0.0.1:0",
+            "--database-url",
+            db.url(),
+            "--redis-url",
+            &redis_url,
+            "--redis-key-prefix",
+            &prefix,
+        ]
+        .iter()
+        .chain(settings),
+    );
+    let keys = JwtKeys::from_config(&config).expect("JWT settings");
     let app = sendonce_api::Application::build(config, None)
         .await
         .expect("build the API");
@@ -63,6 +75,18 @@ impl TestApi {
         self.keys
             .mint("tests", scope, Duration::from_secs(600))
             .expect("mint a token")
+    }
+
+    /// `method` `path` with `token`, no body.
+    pub async fn call(&self, method: &str, path: &str, token: Option<&str>) -> reqwest::Response {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("an HTTP method");
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.address));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("request")
     }
 
     pub async fn post_job(&self, token: Option<&str>, body: &Value) -> reqwest::Response {

@@ -5,3 +5,4 @@ mod add_job;
 mod auth;
 mod helpers;
 mod shutdown;
+mod startup;
