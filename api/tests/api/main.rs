@@ -4,5 +4,6 @@
 mod add_job;
 mod auth;
 mod helpers;
+mod hostile_input;
 mod shutdown;
 mod startup;
