@@ -9,11 +9,13 @@
 //!   and scopes.
 //! - [`rate_limit`]: per-subject limits on the write endpoints.
 //! - [`routes`]: one module per resource.
+//! - [`openapi`]: the OpenAPI 3.1 document served at `/openapi.json`.
 //! - [`problem`]: `ApiError` and its RFC 9457 problem+json form.
 //! - [`state`]: what handlers share.
 
 pub mod auth;
 pub mod config;
+pub mod openapi;
 pub mod problem;
 pub mod rate_limit;
 pub mod routes;

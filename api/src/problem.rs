@@ -65,12 +65,16 @@ impl ApiError {
     }
 }
 
-/// RFC 9457 problem details.
-#[derive(Debug, Serialize)]
-struct Problem<'a> {
+/// RFC 9457 problem details, the body of every error answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem<'a> {
+    /// Always `about:blank`: the status says what kind of problem it is.
     r#type: &'a str,
+    /// The status's reason phrase.
     title: &'a str,
+    /// The HTTP status.
     status: u16,
+    /// What went wrong, naming the field at fault; opaque for 5xx.
     detail: String,
 }
 

@@ -13,6 +13,7 @@ use tracing_actix_web::TracingLogger;
 
 use crate::auth::JwtKeys;
 use crate::config::ApiConfig;
+use crate::openapi;
 use crate::problem::ApiError;
 use crate::rate_limit::RateLimit;
 use crate::routes;
@@ -154,7 +155,8 @@ fn serve(
             .route("/healthz", web::get().to(routes::health::healthz))
             .default_service(web::to(not_found))
             .route("/readyz", web::get().to(routes::health::readyz))
-            .route("/metrics", web::get().to(routes::health::metrics));
+            .route("/metrics", web::get().to(routes::health::metrics))
+            .route("/openapi.json", web::get().to(openapi::openapi_json));
         if let Some(m) = &metrics {
             app = app.app_data(m.clone());
         }

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use lettre::message::{Mailbox, Mailboxes};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// Why a value was refused. The field name lives in the caller, which knows
@@ -50,7 +51,9 @@ pub enum InvalidValue {
 
 /// A job's identity, minted by the API as a UUIDv7 so ids sort by creation
 /// time and carry it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
 #[serde(transparent)]
 pub struct JobId(Uuid);
 
@@ -102,8 +105,9 @@ impl fmt::Display for JobId {
 
 /// The client's business key ("welcome:user-42"): 1 to 255 printable ASCII
 /// characters. At most one email is ever accepted by SMTP per key.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(try_from = "String", into = "String")]
+#[schema(value_type = String, pattern = "^[ -~]{1,255}$")]
 pub struct IdempotencyKey(String);
 
 impl IdempotencyKey {

@@ -13,12 +13,14 @@ use crate::state::AppState;
 
 /// The request body, as sent. Unknown fields are refused so a typo
 /// (`"htm"`) is an error, not a silently empty body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddJobBody {
-    /// One recipient mailbox.
+    /// One recipient mailbox, e.g. `Ada <ada@example.com>`; no lists or groups.
+    #[schema(max_length = 998)]
     pub to: String,
-    /// Subject line.
+    /// Subject line: no control characters.
+    #[schema(max_length = 998)]
     pub subject: String,
     /// Plain-text body.
     #[serde(default)]
@@ -32,8 +34,9 @@ pub struct AddJobBody {
     /// Reply-To mailbox.
     #[serde(default)]
     pub reply_to: Option<String>,
-    /// The client's business key.
+    /// The client's business key: 1 to 255 printable ASCII characters.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 255)]
     pub idempotency_key: Option<String>,
 }
 
@@ -76,7 +79,7 @@ impl TryFrom<AddJobBody> for NewJob {
 }
 
 /// The answer: which job now stands for the key, and its state.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct JobAccepted {
     /// The job.
     pub job_id: JobId,
@@ -102,6 +105,18 @@ pub fn header_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError>
 
 /// `POST /addJob`. Answers 202 for a new job, 200 with the original job for
 /// a replay of the same request, 422 when the key was used for another one.
+#[utoipa::path(
+    post,
+    path = "/addJob",
+    tag = "jobs",
+    request_body = AddJobBody,
+    params(("Idempotency-Key" = Option<String>, Header, description = "The key, instead of `idempotency_key`; both must match when both are given")),
+    responses(
+        (status = 202, description = "A new job was queued", body = JobAccepted),
+        (status = 200, description = "A replay of an accepted request: nothing was queued", body = JobAccepted),
+    ),
+    security(("bearer" = ["jobs:write"])),
+)]
 #[tracing::instrument(name = "add_job", skip_all, fields(job_id, idempotency_key))]
 pub async fn add_job(
     _: Authorized<scope::JobsWrite>,

@@ -18,21 +18,25 @@ const MAX_LIMIT: i64 = 500;
 const MAX_IDS: usize = 1000;
 
 /// `GET /failedJobs` query string.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// Page size, 1 to 500.
+    /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
     /// `failed` or `uncertain`.
+    #[param(pattern = "^(failed|uncertain)$")]
     pub reason: Option<String>,
-    /// RFC 3339 instant.
+    /// Only entries dead-lettered at or after this RFC 3339 instant.
+    #[param(format = DateTime)]
     pub since: Option<String>,
 }
 
 /// One page.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Page {
     /// Entries, newest first.
     pub items: Vec<FailedJob>,
@@ -65,7 +69,22 @@ fn parse_reason(field: &'static str, reason: Option<&str>) -> Result<Option<Dead
         .transpose()
 }
 
+/// How many entries were requeued.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Requeued {
+    /// Entries put back on the queue.
+    pub requeued: u64,
+}
+
 /// `GET /failedJobs`.
+#[utoipa::path(
+    get,
+    path = "/failedJobs",
+    tag = "dead letters",
+    params(ListQuery),
+    responses((status = 200, description = "One page, newest first", body = Page)),
+    security(("bearer" = ["failed:read"])),
+)]
 #[tracing::instrument(name = "list_failed_jobs", skip_all)]
 pub async fn list(
     _: Authorized<scope::FailedRead>,
@@ -136,6 +155,14 @@ async fn requeue(state: &AppState, selection: RequeueSelection) -> Result<u64, A
 }
 
 /// `POST /failedJobs/{id}/retry`.
+#[utoipa::path(
+    post,
+    path = "/failedJobs/{id}/retry",
+    tag = "dead letters",
+    params(("id" = i64, Path, minimum = 1, description = "The entry's `id`")),
+    responses((status = 200, description = "The entry was requeued", body = Requeued)),
+    security(("bearer" = ["failed:write"])),
+)]
 #[tracing::instrument(name = "retry_failed_job", skip_all, fields(id = %path))]
 pub async fn retry_one(
     _: Authorized<scope::FailedWrite>,
@@ -147,16 +174,16 @@ pub async fn retry_one(
         0 => Err(ApiError::NotFound(format!("no dead-letter entry {id}"))),
         _ => {
             tracing::info!(id, "dead-letter entry requeued");
-            Ok(HttpResponse::Ok().json(serde_json::json!({"requeued": 1})))
+            Ok(HttpResponse::Ok().json(Requeued { requeued: 1 }))
         }
     }
 }
 
 /// `POST /failedJobs/retry` body: ids, or all (optionally of one reason).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkRetry {
-    /// Entry ids.
+    /// Entry ids, 1 to 1000 of them.
     #[serde(default)]
     pub ids: Option<Vec<i64>>,
     /// Every entry.
@@ -168,6 +195,14 @@ pub struct BulkRetry {
 }
 
 /// `POST /failedJobs/retry`.
+#[utoipa::path(
+    post,
+    path = "/failedJobs/retry",
+    tag = "dead letters",
+    request_body = BulkRetry,
+    responses((status = 200, description = "The selected entries were requeued", body = Requeued)),
+    security(("bearer" = ["failed:write"])),
+)]
 #[tracing::instrument(name = "retry_failed_jobs", skip_all)]
 pub async fn retry_bulk(
     _: Authorized<scope::FailedWrite>,
@@ -196,10 +231,18 @@ pub async fn retry_bulk(
     };
     let requeued = requeue(&state, selection).await?;
     tracing::info!(requeued, "dead-letter entries requeued");
-    Ok(HttpResponse::Ok().json(serde_json::json!({"requeued": requeued})))
+    Ok(HttpResponse::Ok().json(Requeued { requeued }))
 }
 
 /// `DELETE /failedJobs/{id}`.
+#[utoipa::path(
+    delete,
+    path = "/failedJobs/{id}",
+    tag = "dead letters",
+    params(("id" = i64, Path, minimum = 1, description = "The entry's `id`")),
+    responses((status = 204, description = "The entry was discarded")),
+    security(("bearer" = ["failed:write"])),
+)]
 #[tracing::instrument(name = "discard_failed_job", skip_all, fields(id = %path))]
 pub async fn discard(
     _: Authorized<scope::FailedWrite>,

@@ -2,12 +2,21 @@
 
 use actix_web::{HttpResponse, web};
 use sendonce_shared::domain::JobId;
+use sendonce_shared::store::JobRecord;
 
 use crate::auth::{Authorized, scope};
 use crate::problem::ApiError;
 use crate::state::AppState;
 
 /// `GET /jobs/{job_id}`.
+#[utoipa::path(
+    get,
+    path = "/jobs/{job_id}",
+    tag = "jobs",
+    params(("job_id" = uuid::Uuid, Path, description = "The `job_id` `POST /addJob` answered")),
+    responses((status = 200, description = "The job's state", body = JobRecord)),
+    security(("bearer" = ["jobs:read"])),
+)]
 #[tracing::instrument(name = "get_job", skip_all, fields(job_id = %path))]
 pub async fn get_job(
     _: Authorized<scope::JobsRead>,
