@@ -43,6 +43,11 @@ static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
         .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 });
 
+/// The document as JSON.
+pub fn document() -> &'static str {
+    &DOCUMENT
+}
+
 /// `GET /openapi.json`.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations", responses(
     (status = 200, description = "This document", body = Object),

@@ -15,6 +15,12 @@ use crate::state::AppState;
 /// (`"htm"`) is an error, not a silently empty body.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "to": "Ada Lovelace <ada@example.com>",
+    "subject": "Welcome",
+    "text": "Hello Ada",
+    "idempotency_key": "welcome:user-42"
+}))]
 pub struct AddJobBody {
     /// One recipient mailbox, e.g. `Ada <ada@example.com>`; no lists or groups.
     #[schema(max_length = 998)]
