@@ -7,6 +7,10 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::problem::ApiError;
 
+/// Past this many remembered subjects, buckets that are full again are
+/// dropped, so the map stays as large as the set of recently busy callers.
+const FORGET_ABOVE_SUBJECTS: usize = 10_000;
+
 /// A token bucket per token subject, refilled at the configured rate with a
 /// burst of one second's worth.
 #[derive(Debug)]
@@ -27,6 +31,9 @@ impl RateLimit {
     /// Takes one request from `subject`'s bucket, or answers 429 with how
     /// long to wait.
     pub fn check(&self, subject: &str) -> Result<(), ApiError> {
+        if self.limiter.len() > FORGET_ABOVE_SUBJECTS {
+            self.limiter.retain_recent();
+        }
         let subject = subject.to_owned();
         self.limiter.check_key(&subject).map_err(|not_until| {
             let wait = not_until.wait_time_from(self.clock.now());

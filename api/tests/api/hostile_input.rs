@@ -45,6 +45,21 @@ async fn cr_lf_or_nul_in_any_field_that_becomes_a_header_is_refused() {
             assert_problem(response, 422, &format!("`{field}`")).await;
         }
     }
+    for bad in ["a\tb", "clé"] {
+        let response = api
+            .client
+            .post(format!("{}/addJob", api.address))
+            .bearer_auth(&token)
+            .header(
+                "Idempotency-Key",
+                reqwest::header::HeaderValue::from_bytes(bad.as_bytes()).expect("a header value"),
+            )
+            .json(&valid_body())
+            .send()
+            .await
+            .expect("request");
+        assert_problem(response, 422, "Idempotency-Key").await;
+    }
     assert_eq!(api.queue_len().await, 0);
 }
 
