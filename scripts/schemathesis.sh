@@ -48,7 +48,10 @@ token="$(target/debug/sendonce-api token --sub schemathesis --ttl 1h)"
 target/debug/sendonce-api >"target/schemathesis-api.log" 2>&1 &
 api_pid=$!
 
-"$venv/bin/schemathesis" run "http://127.0.0.1:$port/openapi.json" \
+# schemathesis keeps a cache in its working directory: keep it under target/.
+mkdir -p target/schemathesis
+cd target/schemathesis
+"../../$venv/bin/schemathesis" run "http://127.0.0.1:$port/openapi.json" \
   --wait-for-schema 30 \
   --header "Authorization: Bearer $token" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \

@@ -13,7 +13,7 @@
 //! Take an [`Authorized`] argument naming the scope the route needs; the
 //! scope is then part of the handler's signature and cannot be forgotten:
 //!
-//! ```ignore
+//! ```text
 //! pub async fn add_job(caller: Authorized<scope::JobsWrite>, ...) -> ... {
 //!     let subject = caller.claims.sub.as_deref();
 //! ```
