@@ -186,3 +186,60 @@ pub async fn add_job(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// JSON objects shaped like a request: the known fields with text that
+    /// mixes addresses, control characters and non-ASCII, sometimes an
+    /// unknown field or a wrong type.
+    fn request_like() -> impl Strategy<Value = Vec<u8>> {
+        let text = prop_oneof![
+            "[a-z]{1,8}@[a-z]{1,8}\\.test",
+            "[A-Za-z ]{0,8} <[a-z]{1,8}@[a-z]{1,8}\\.test>",
+            "\\PC{0,24}",
+            ".{0,24}",
+        ];
+        let field = prop_oneof![
+            Just("to"),
+            Just("subject"),
+            Just("text"),
+            Just("html"),
+            Just("from"),
+            Just("reply_to"),
+            Just("idempotency_key"),
+            Just("htm"),
+        ];
+        let value = prop_oneof![
+            text.prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            Just(serde_json::Value::Null),
+        ];
+        proptest::collection::btree_map(field, value, 0..8)
+            .prop_map(|map| serde_json::to_vec(&map).unwrap_or_default())
+    }
+
+    proptest! {
+        #[test]
+        fn any_body_is_refused_or_becomes_a_task_that_survives_the_queue(
+            bytes in prop_oneof![request_like(), proptest::collection::vec(any::<u8>(), 0..64)],
+        ) {
+            let Ok(body) = serde_json::from_slice::<AddJobBody>(&bytes) else {
+                return Ok(());
+            };
+            match NewJob::try_from(body) {
+                Err(e) => prop_assert!(
+                    matches!(e, ApiError::InvalidField { .. }),
+                    "a parsed body was refused with {e:?}"
+                ),
+                Ok(job) => {
+                    let task = Task::new(job.email, job.key);
+                    prop_assert_eq!(Task::from_json(&task.to_json()).ok(), Some(task));
+                }
+            }
+        }
+    }
+}

@@ -54,6 +54,7 @@ fn decode_cursor(cursor: &str) -> Result<i64, ApiError> {
         .ok()
         .and_then(|bytes| String::from_utf8(bytes).ok())
         .and_then(|s| s.strip_prefix("v1:")?.parse().ok())
+        .filter(|id| encode_cursor(*id) == cursor)
         .ok_or_else(|| ApiError::InvalidField {
             field: "cursor",
             reason: "is not a cursor this API issued".into(),
@@ -260,5 +261,40 @@ pub async fn discard(
         Ok(HttpResponse::NoContent().finish())
     } else {
         Err(ApiError::NotFound(format!("no dead-letter entry {id}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn issued_cursors_decode_to_their_id(id in any::<i64>()) {
+            prop_assert_eq!(decode_cursor(&encode_cursor(id)).ok(), Some(id));
+        }
+
+        #[test]
+        fn a_cursor_is_accepted_only_in_the_form_this_api_issues(padding in "[+]|0{1,3}", id in 0..i64::MAX) {
+            let forged = URL_SAFE_NO_PAD.encode(format!("v1:{padding}{id}"));
+            prop_assert!(decode_cursor(&forged).is_err());
+        }
+
+        #[test]
+        fn any_text_is_refused_as_a_cursor_or_is_one_this_api_issues(s in "\\PC{0,40}|[A-Za-z0-9_-]{0,40}") {
+            if let Ok(id) = decode_cursor(&s) {
+                prop_assert_eq!(encode_cursor(id), s);
+            }
+        }
+
+        #[test]
+        fn only_positive_integers_are_ids(s in "[-+]?[0-9]{1,25}|\\PC{0,12}") {
+            match parse_id(&s) {
+                Ok(id) => prop_assert!(id > 0),
+                Err(_) => prop_assert!(s.parse::<i64>().is_ok_and(|id| id <= 0) || s.parse::<i64>().is_err()),
+            }
+        }
     }
 }
