@@ -9,6 +9,8 @@
 //! - [`routes`]: one module per resource.
 //! - [`problem`]: `ApiError` and its RFC 9457 problem+json form.
 //! - [`state`]: what handlers share.
+//! - [`telemetry`]: metric names, the request-id and request-metrics
+//!   middlewares, and each request's root span.
 
 pub mod auth;
 pub mod config;
@@ -16,5 +18,6 @@ pub mod problem;
 pub mod routes;
 pub mod startup;
 pub mod state;
+pub mod telemetry;
 
 pub use startup::Application;

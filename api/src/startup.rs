@@ -4,6 +4,7 @@ use std::net::TcpListener;
 
 use actix_web::dev::Server;
 use actix_web::error::JsonPayloadError;
+use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -16,6 +17,7 @@ use crate::config::ApiConfig;
 use crate::problem::ApiError;
 use crate::routes;
 use crate::state::AppState;
+use crate::telemetry;
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -113,7 +115,9 @@ fn serve(
     let metrics = metrics.map(web::Data::new);
     let server = HttpServer::new(move || {
         let mut app = App::new()
-            .wrap(TracingLogger::default())
+            .wrap(from_fn(telemetry::record_request))
+            .wrap(TracingLogger::<telemetry::RequestSpan>::new())
+            .wrap(from_fn(telemetry::request_id))
             .app_data(state.clone())
             .app_data(keys.clone())
             .app_data(
