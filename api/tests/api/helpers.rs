@@ -21,10 +21,18 @@ pub struct TestApi {
 }
 
 pub async fn spawn_api() -> TestApi {
+    spawn_api_on_redis(shared_redis_url()).await
+}
+
+/// The Redis every test shares (keys isolated by prefix).
+pub fn shared_redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A running API on the given Redis, such as a test's private one.
+pub async fn spawn_api_on_redis(redis_url: String) -> TestApi {
     let db = TestDatabase::create().await;
     let prefix = unique_prefix();
-    let redis_url =
-        std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let config = ApiConfig::parse_from([
         "sendonce-api",
         "--api-addr",

@@ -4,4 +4,5 @@
 mod add_job;
 mod auth;
 mod helpers;
+mod operations;
 mod shutdown;
