@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use serde_json::Value;
 use tokio::time::Instant;
 
 /// How often [`eventually`] probes.
@@ -79,6 +80,34 @@ impl CapturedChild {
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         terminate(self.id());
+    }
+
+    /// Waits until a stdout line is a JSON object with `field`, and returns
+    /// that field's value: how a test learns, say, the port a process bound.
+    ///
+    /// # Panics
+    ///
+    /// If no such line appears within `deadline`.
+    pub async fn wait_for_json_field(&self, field: &str, deadline: Duration) -> Value {
+        eventually(&format!("a log line with `{field}`"), deadline, || async {
+            self.stdout()
+                .iter()
+                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                .find_map(|line| line.get(field).cloned())
+        })
+        .await
+    }
+
+    /// Sends SIGTERM, waits for the exit and returns the exit status with
+    /// everything written to stdout.
+    pub async fn stop(mut self) -> (ExitStatus, Vec<String>) {
+        self.terminate();
+        tokio::task::spawn_blocking(move || {
+            let status = self.wait();
+            (status, self.stdout())
+        })
+        .await
+        .expect("join the waiting thread")
     }
 
     /// Waits for the process to exit and for its output to be read to the

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use sendonce_testkit::{
-    CapturedChild, RedisOptions, RedisServer, TestDatabase, eventually, unique_prefix,
+    CapturedChild, RedisOptions, RedisServer, TestDatabase, eventually, sample, unique_prefix,
 };
 use serde_json::Value;
 
@@ -101,14 +101,8 @@ async fn start_api_process(rust_log: &str) -> ApiProcess {
         .env("LOG_FORMAT", "json")
         .env("RUST_LOG", rust_log);
     let child = CapturedChild::spawn(command);
-    let port = eventually("the API logs its port", DEADLINE, || async {
-        child
-            .stdout()
-            .iter()
-            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .find_map(|line| line["port"].as_u64())
-    })
-    .await;
+    let port = child.wait_for_json_field("port", DEADLINE).await;
+    let port = port.as_u64().expect("the port as a number");
     ApiProcess {
         child,
         address: format!("http://127.0.0.1:{port}"),
@@ -125,25 +119,13 @@ impl ApiProcess {
         response.text().await.expect("the metrics text")
     }
 
-    /// Stops the process and returns every line it wrote to stdout.
-    async fn stop(mut self) -> Vec<String> {
-        self.child.terminate();
-        let (status, child) = tokio::task::spawn_blocking(move || {
-            let status = self.child.wait();
-            (status, self.child)
-        })
-        .await
-        .expect("join");
+    /// Stops the process, checks it exits cleanly, and returns every line
+    /// it wrote to stdout.
+    async fn stop(self) -> Vec<String> {
+        let (status, stdout) = self.child.stop().await;
         assert!(status.success(), "the API exited with {status}");
-        child.stdout()
+        stdout
     }
-}
-
-/// The value of the series `series` (name and labels, as rendered).
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 #[tokio::test]

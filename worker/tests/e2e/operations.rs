@@ -5,7 +5,7 @@
 use std::process::Command;
 
 use sendonce_shared::domain::{Body, Email, EmailAddress, IdempotencyKey, Subject, Task};
-use sendonce_testkit::{CapturedChild, Fault, RedisOptions, RedisServer, eventually};
+use sendonce_testkit::{CapturedChild, Fault, RedisOptions, RedisServer, eventually, sample};
 use serde_json::Value;
 
 use crate::helpers::{DEADLINE, Options, TestSystem, email, spawn_system};
@@ -27,14 +27,8 @@ async fn start_worker_process(system: &TestSystem) -> WorkerProcess {
             "info,sendonce_worker=debug,sendonce_shared=debug",
         );
     let child = CapturedChild::spawn(command);
-    let addr = eventually("the worker logs its METRICS_ADDR", DEADLINE, || async {
-        child
-            .stdout()
-            .iter()
-            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .find_map(|line| line["metrics_addr"].as_str().map(str::to_owned))
-    })
-    .await;
+    let addr = child.wait_for_json_field("metrics_addr", DEADLINE).await;
+    let addr = addr.as_str().expect("METRICS_ADDR as text");
     WorkerProcess {
         child,
         address: format!("http://{addr}"),
@@ -59,24 +53,11 @@ impl WorkerProcess {
 
     /// SIGTERMs the worker, checks it exits cleanly, and returns every line
     /// it wrote to stdout.
-    async fn stop(mut self) -> Vec<String> {
-        self.child.terminate();
-        let (status, child) = tokio::task::spawn_blocking(move || {
-            let status = self.child.wait();
-            (status, self.child)
-        })
-        .await
-        .expect("join");
+    async fn stop(self) -> Vec<String> {
+        let (status, stdout) = self.child.stop().await;
         assert!(status.success(), "the worker exited with {status}");
-        child.stdout()
+        stdout
     }
-}
-
-/// The value of the series `series` (name and labels, as rendered).
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 fn keyed_task(to: &str, key: &str) -> Task {
