@@ -256,3 +256,33 @@ async fn the_workers_readyz_answers_503_while_redis_is_down_and_200_once_it_retu
     assert_eq!(worker.get("/healthz").await.status(), 200);
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn the_queue_depth_gauges_show_the_tasks_waiting_and_held() {
+    let system = spawn_system(Options {
+        worker_args: ["--worker-concurrency", "1", "--smtp-timeout-ms", "60000"]
+            .map(String::from)
+            .to_vec(),
+        ..Options::default()
+    })
+    .await;
+    // The first task popped holds the only slot while its reply is slow;
+    // the other two wait in the ready queue.
+    let slow = format!("eve+{}@example.com", Fault::SlowData(DEADLINE));
+    for n in 0..3 {
+        system
+            .push_task(&keyed_task(&slow, &format!("depth:{n}")))
+            .await;
+    }
+    let worker = start_worker_process(&system).await;
+
+    eventually("ready 2, processing 1, one in flight", DEADLINE, || async {
+        let text = worker.metrics().await;
+        (sample(&text, r#"sendonce_queue_depth{queue="ready"}"#) == Some(2.0)
+            && sample(&text, r#"sendonce_queue_depth{queue="processing"}"#) == Some(1.0)
+            && sample(&text, r#"sendonce_queue_depth{queue="scheduled"}"#) == Some(0.0)
+            && sample(&text, "sendonce_inflight") == Some(1.0))
+        .then_some(())
+    })
+    .await;
+}
