@@ -193,7 +193,7 @@ async fn every_api_metric_is_there_from_start_up_and_requests_are_counted_by_rou
 }
 
 #[tokio::test]
-async fn bearer_tokens_never_appear_in_the_api_logs_which_carry_request_ids() {
+async fn the_api_logs_json_lines_with_request_ids_and_never_a_bearer_token() {
     let api = start_api_process("trace").await;
     let client = reqwest::Client::new();
     let keys = sendonce_api::auth::JwtKeys::hs256(&SECRET.to_owned().into());
@@ -222,6 +222,9 @@ async fn bearer_tokens_never_appear_in_the_api_logs_which_carry_request_ids() {
     }
     let lines = api.stop().await;
 
+    for line in &lines {
+        serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    }
     assert!(
         lines
             .iter()
