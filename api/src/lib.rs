@@ -12,6 +12,8 @@
 //! - [`openapi`]: the OpenAPI 3.1 document served at `/openapi.json`.
 //! - [`problem`]: `ApiError` and its RFC 9457 problem+json form.
 //! - [`state`]: what handlers share.
+//! - [`telemetry`]: metric names, the request-id and request-metrics
+//!   middlewares, and each request's root span.
 
 pub mod auth;
 pub mod config;
@@ -21,5 +23,6 @@ pub mod rate_limit;
 pub mod routes;
 pub mod startup;
 pub mod state;
+pub mod telemetry;
 
 pub use startup::Application;

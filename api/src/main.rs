@@ -72,7 +72,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Serve => {
             telemetry::init(config.common.log_format, &config.common.rust_log)?;
-            let metrics = telemetry::install_metrics()?;
+            let metrics = sendonce_api::telemetry::install_metrics()?;
             let app = Application::build(config, Some(metrics)).await?;
             tracing::info!(port = app.port(), "API listening");
             app.run_until_stopped(telemetry::shutdown_signal()).await

@@ -4,6 +4,7 @@ use std::net::TcpListener;
 
 use actix_web::dev::Server;
 use actix_web::error::JsonPayloadError;
+use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -18,6 +19,7 @@ use crate::problem::ApiError;
 use crate::rate_limit::RateLimit;
 use crate::routes;
 use crate::state::AppState;
+use crate::telemetry;
 
 /// A bound, not yet running API server.
 pub struct Application {
@@ -123,7 +125,9 @@ fn serve(
     let max_body_bytes = limits.max_body_bytes;
     let server = HttpServer::new(move || {
         let mut app = App::new()
-            .wrap(TracingLogger::default())
+            .wrap(from_fn(telemetry::record_request))
+            .wrap(TracingLogger::<telemetry::RequestSpan>::new())
+            .wrap(from_fn(telemetry::request_id))
             .app_data(state.clone())
             .app_data(keys.clone())
             .app_data(

@@ -155,7 +155,7 @@ pub async fn add_job(
         .map_err(ApiError::unavailable)?;
     match enqueued {
         Enqueued::New => {
-            metrics::counter!("sendonce_jobs_enqueued_total").increment(1);
+            crate::telemetry::job_enqueued();
             tracing::info!("job queued");
             Ok(HttpResponse::Accepted().json(JobAccepted {
                 job_id: task.job_id,

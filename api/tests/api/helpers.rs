@@ -21,7 +21,12 @@ pub struct TestApi {
 }
 
 pub async fn spawn_api() -> TestApi {
-    spawn_api_with(&["--jwt-secret", SECRET]).await
+    spawn_api_on_redis(shared_redis_url()).await
+}
+
+/// The Redis every test shares (keys isolated by prefix).
+pub fn shared_redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
 /// A path under `api/tests/fixtures`.
@@ -29,12 +34,19 @@ pub fn fixture(name: &str) -> String {
     format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A running API on the given Redis, such as a test's private one.
+pub async fn spawn_api_on_redis(redis_url: String) -> TestApi {
+    spawn_api_configured(redis_url, &["--jwt-secret", SECRET]).await
+}
+
 /// Like [`spawn_api`], with `settings` (flags) instead of the HS256 secret.
 pub async fn spawn_api_with(settings: &[&str]) -> TestApi {
+    spawn_api_configured(shared_redis_url(), settings).await
+}
+
+async fn spawn_api_configured(redis_url: String, settings: &[&str]) -> TestApi {
     let db = TestDatabase::create().await;
     let prefix = unique_prefix();
-    let redis_url =
-        std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let config = ApiConfig::parse_from(
         [
             "sendonce-api",
@@ -137,4 +149,10 @@ pub async fn assert_problem(response: reqwest::Response, status: u16, needle: &s
         "detail {detail:?} does not mention {needle:?}"
     );
     problem
+}
+
+/// Keys that mint HS256 tokens with `secret`, as an API configured with it would.
+pub fn hs256_keys(secret: &str) -> JwtKeys {
+    let config = ApiConfig::parse_from(["sendonce-api", "--jwt-secret", secret]);
+    JwtKeys::from_config(&config).expect("JWT settings")
 }

@@ -5,5 +5,6 @@ mod add_job;
 mod auth;
 mod helpers;
 mod hostile_input;
+mod operations;
 mod shutdown;
 mod startup;
