@@ -213,6 +213,21 @@ async fn an_hs256_token_signed_with_the_rsa_public_key_is_refused() {
 }
 
 #[tokio::test]
+async fn hs256_tokens_signed_with_an_ec_or_ed25519_public_key_are_refused() {
+    for (flag, public) in [("ES256", "ec-public.pem"), ("EdDSA", "ed25519-public.pem")] {
+        let path = fixture(public);
+        let api = spawn_api_with(&["--jwt-algorithm", flag, "--jwt-public-key-file", &path]).await;
+        let confused = sign_with(
+            Algorithm::HS256,
+            &writer_claims(),
+            &EncodingKey::from_secret(&pem(public)),
+        );
+        assert_unauthorized(api.post_job(Some(&confused), &valid_body()).await).await;
+        assert_eq!(api.queue_len().await, 0, "{flag}");
+    }
+}
+
+#[tokio::test]
 async fn an_rs256_token_is_refused_when_the_api_is_configured_for_hs256() {
     let api = spawn_api().await;
     let key = EncodingKey::from_rsa_pem(&pem("rsa-private.pem")).expect("a private key fixture");
@@ -271,11 +286,18 @@ async fn every_route_refuses_a_token_without_its_scope_with_403() {
 }
 
 #[tokio::test]
-async fn health_readiness_and_metrics_need_no_token() {
+async fn health_readiness_metrics_and_the_openapi_document_need_no_token() {
     let api = spawn_api().await;
     for path in ["/healthz", "/readyz"] {
         assert_eq!(api.call("GET", path, None).await.status(), 200, "{path}");
     }
+    let document: Value = api
+        .call("GET", "/openapi.json", None)
+        .await
+        .json()
+        .await
+        .expect("a JSON document");
+    assert_eq!(document["openapi"], "3.1.0");
     let metrics = api.call("GET", "/metrics", None).await.status();
     assert_ne!(metrics, 401);
     assert_ne!(metrics, 403);
