@@ -40,10 +40,11 @@ const UNMATCHED_ROUTE: &str = "unmatched";
 /// arrive every few seconds and say nothing about the traffic.
 const QUIET_ROUTES: &[&str] = &["/healthz", "/readyz", "/metrics"];
 
-/// Each route and the status it answers when all goes well; these series
-/// are registered at zero on start-up, so dashboards and alerts see them
-/// before the first request.
-const ROUTES: &[(&str, u16)] = &[
+/// Each route's pattern, as `startup` registers it, and the status it
+/// answers when all goes well; these series are registered at zero on
+/// start-up, so dashboards and alerts see them before the first request.
+/// A test requests every entry and checks it is counted under its pattern.
+pub const ROUTES: &[(&str, u16)] = &[
     ("/addJob", 202),
     ("/jobs/{job_id}", 200),
     ("/failedJobs", 200),
