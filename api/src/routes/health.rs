@@ -4,15 +4,20 @@ use actix_web::{HttpResponse, web};
 use metrics_exporter_prometheus::PrometheusHandle;
 use sendonce_shared::readiness;
 
-use crate::problem::ApiError;
+use crate::problem::{ApiError, Problem};
 use crate::state::AppState;
 
 /// `GET /healthz`: the process answers. Never touches a dependency.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "The process answers", body = Object)))]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
 /// `GET /readyz`: Redis and Postgres answer in time.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "Redis and Postgres answer", body = Object),
+    (status = 503, description = "A dependency is down", body = Problem, content_type = "application/problem+json"),
+))]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     readiness::check(&state.queue, &state.store)
         .await
@@ -21,6 +26,10 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
 }
 
 /// `GET /metrics`: Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses(
+    (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
+    (status = 404, description = "No metrics exporter in this process"),
+))]
 pub async fn metrics(handle: Option<web::Data<PrometheusHandle>>) -> HttpResponse {
     match handle {
         Some(h) => HttpResponse::Ok()

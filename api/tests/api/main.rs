@@ -4,5 +4,7 @@
 mod add_job;
 mod auth;
 mod helpers;
+mod hostile_input;
 mod operations;
 mod shutdown;
+mod startup;

@@ -11,7 +11,7 @@ use sendonce_testkit::{
 use serde_json::Value;
 
 use crate::helpers::{
-    SECRET, assert_problem, shared_redis_url, spawn_api, spawn_api_on_redis, valid_body,
+    SECRET, assert_problem, hs256_keys, shared_redis_url, spawn_api, spawn_api_on_redis, valid_body,
 };
 
 /// How long a test waits for the API to reach a state.
@@ -132,7 +132,7 @@ impl ApiProcess {
 async fn every_api_metric_is_there_from_start_up_and_requests_are_counted_by_route() {
     let api = start_api_process("info").await;
     let client = reqwest::Client::new();
-    let token = sendonce_api::auth::JwtKeys::hs256(&SECRET.to_owned().into())
+    let token = hs256_keys(SECRET)
         .mint("tests", "jobs:write jobs:read", Duration::from_secs(600))
         .expect("mint a token");
 
@@ -227,17 +227,13 @@ async fn every_route_registered_at_start_up_is_the_pattern_requests_are_counted_
 async fn the_api_logs_json_lines_with_request_ids_and_never_a_bearer_token() {
     let api = start_api_process("trace").await;
     let client = reqwest::Client::new();
-    let keys = sendonce_api::auth::JwtKeys::hs256(&SECRET.to_owned().into());
+    let keys = hs256_keys(SECRET);
     let valid = keys
         .mint("tests", "jobs:write", Duration::from_secs(600))
         .expect("mint a token");
-    let forged = sendonce_api::auth::JwtKeys::hs256(
-        &"another-secret-that-is-long-enough-for-hs256"
-            .to_owned()
-            .into(),
-    )
-    .mint("tests", "jobs:write", Duration::from_secs(600))
-    .expect("mint a token");
+    let forged = hs256_keys("another-secret-that-is-long-enough-for-hs256")
+        .mint("tests", "jobs:write", Duration::from_secs(600))
+        .expect("mint a token");
     let garbage = "not-a-jwt-but-still-a-secret-0123456789";
 
     for token in [&valid, &forged, garbage] {
