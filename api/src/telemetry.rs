@@ -40,10 +40,12 @@ const UNMATCHED_ROUTE: &str = "unmatched";
 /// arrive every few seconds and say nothing about the traffic.
 const QUIET_ROUTES: &[&str] = &["/healthz", "/readyz", "/metrics"];
 
-/// Each route and the status it answers when all goes well; these series
-/// are registered at zero on start-up, so dashboards and alerts see them
-/// before the first request.
-const ROUTES: &[(&str, u16)] = &[
+/// Each route's pattern, as `startup` registers it, and the status it
+/// answers when all goes well; these series are registered at zero on
+/// start-up, so dashboards and alerts see them before the first request.
+/// Tests check that every entry is counted under its pattern and that every
+/// path of the OpenAPI document is here.
+pub const ROUTES: &[(&str, u16)] = &[
     ("/addJob", 202),
     ("/jobs/{job_id}", 200),
     ("/failedJobs", 200),
@@ -53,6 +55,7 @@ const ROUTES: &[(&str, u16)] = &[
     ("/healthz", 200),
     ("/readyz", 200),
     ("/metrics", 200),
+    ("/openapi.json", 200),
 ];
 
 /// Upper bounds of the request duration buckets, in seconds: most requests
@@ -205,5 +208,18 @@ mod tests {
         assert!(!is_sensible_id(b"id with spaces"));
         assert!(!is_sensible_id(b"line\nbreak"));
         assert!(!is_sensible_id(&[b'a'; MAX_REQUEST_ID_LEN + 1]));
+    }
+
+    #[test]
+    fn every_path_of_the_openapi_document_is_registered_at_start_up() {
+        let document: serde_json::Value =
+            serde_json::from_str(crate::openapi::document()).expect("the document is JSON");
+        let paths = document["paths"].as_object().expect("paths");
+        for path in paths.keys() {
+            assert!(
+                ROUTES.iter().any(|(route, _)| route == path),
+                "{path} is served but missing from telemetry::ROUTES"
+            );
+        }
     }
 }

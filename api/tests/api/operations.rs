@@ -193,6 +193,37 @@ async fn every_api_metric_is_there_from_start_up_and_requests_are_counted_by_rou
 }
 
 #[tokio::test]
+async fn every_route_registered_at_start_up_is_the_pattern_requests_are_counted_under() {
+    let api = start_api_process("info").await;
+    let client = reqwest::Client::new();
+
+    // Any method and status will do: only the route label is checked.
+    for (pattern, _) in sendonce_api::telemetry::ROUTES {
+        let path = pattern.replace("{job_id}", "0").replace("{id}", "0");
+        client
+            .get(format!("{}{path}", api.address))
+            .send()
+            .await
+            .expect("GET");
+    }
+    let after = api.metrics().await;
+
+    for (pattern, _) in sendonce_api::telemetry::ROUTES {
+        let prefix = format!(r#"sendonce_api_requests_total{{route="{pattern}",status=""#);
+        let counted: f64 = after
+            .lines()
+            .filter(|line| line.starts_with(&prefix))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert!(
+            counted >= 1.0,
+            "no request counted under {pattern}:\n{after}"
+        );
+    }
+    api.stop().await;
+}
+
+#[tokio::test]
 async fn the_api_logs_json_lines_with_request_ids_and_never_a_bearer_token() {
     let api = start_api_process("trace").await;
     let client = reqwest::Client::new();
