@@ -289,7 +289,7 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Summary> {
 }
 
 /// SIGKILLs a random worker every `kill_every` or so and starts a new one
-/// in its place, restarting Redis once halfway; returns how many workers
+/// in its place, and restarts Redis at the middle; returns how many workers
 /// were killed.
 async fn chaos(
     scenario: &Scenario,
@@ -298,28 +298,27 @@ async fn chaos(
     redis: &mut RedisServer,
 ) -> anyhow::Result<usize> {
     let started = Instant::now();
-    let mut kills = 0;
+    let (end, restart_at) = (started + scenario.chaos, started + scenario.chaos / 2);
     let mut redis_restarted = false;
-    let mut generation = 1;
+    let mut kills = 0;
+    let mut next_kill = started + scenario.kill_every.mul_f64(rand::random_range(0.5..1.5));
     loop {
-        let pause = scenario.kill_every.mul_f64(rand::random_range(0.5..1.5));
-        if started.elapsed() + pause >= scenario.chaos {
-            tokio::time::sleep_until(started + scenario.chaos).await;
-            return Ok(kills);
-        }
-        tokio::time::sleep(pause).await;
-        if !redis_restarted && started.elapsed() >= scenario.chaos / 2 {
+        if !redis_restarted && restart_at <= next_kill.min(end) {
+            tokio::time::sleep_until(restart_at).await;
             redis.restart().await;
             redis_restarted = true;
-        }
-        if workers.is_empty() {
             continue;
         }
+        if next_kill >= end || workers.is_empty() {
+            tokio::time::sleep_until(end).await;
+            return Ok(kills);
+        }
+        tokio::time::sleep_until(next_kill).await;
         let slot = rand::random_range(0..workers.len());
         workers[slot].kill();
         kills += 1;
-        workers[slot] = cluster::start_worker(env, format!("worker{slot}-{generation}"))?;
-        generation += 1;
+        workers[slot] = cluster::start_worker(env, format!("worker{slot}-{kills}"))?;
+        next_kill += scenario.kill_every.mul_f64(rand::random_range(0.5..1.5));
     }
 }
 
