@@ -205,6 +205,8 @@ impl Worker {
         }
     }
 
+    /// Counts a popped task into `handling` when its handling starts, and
+    /// out again once it is recorded and acknowledged.
     fn count_handling(&self, raw: &str, start: bool) {
         let mut handling = self.handling.lock().unwrap_or_else(PoisonError::into_inner);
         if start {
