@@ -68,6 +68,10 @@ cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log "schemathesis against the running API"; ./scripts/schemathesis.sh
+# The chaos test (chaos/tests) starts the API and worker binaries as
+# processes; cargo builds a package's own binaries for its tests only.
+log "cargo build --bins"
+cargo build --workspace --bins --locked
 log "cargo test"
 set +e
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$state_dir/test.log"

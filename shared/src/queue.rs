@@ -165,6 +165,18 @@ if ARGV[2] == '1' then redis.call('DEL', KEYS[1]) end
 return n
 ";
 
+const RETURN_HELD: &str = r"
+-- KEYS: processing, queue. ARGV: tasks.
+local n = 0
+for _, task in ipairs(ARGV) do
+  if redis.call('LREM', KEYS[1], 1, task) == 1 then
+    redis.call('RPUSH', KEYS[2], task)
+    n = n + 1
+  end
+end
+return n
+";
+
 /// The queue operations both binaries use.
 #[derive(Clone)]
 pub struct Queue {
@@ -173,6 +185,7 @@ pub struct Queue {
     enqueue: Script,
     promote: Script,
     reap: Script,
+    return_held: Script,
 }
 
 impl std::fmt::Debug for Queue {
@@ -190,6 +203,7 @@ impl Queue {
             enqueue: Script::new(ENQUEUE),
             promote: Script::new(PROMOTE),
             reap: Script::new(REAP),
+            return_held: Script::new(RETURN_HELD),
         }
     }
 
@@ -303,6 +317,35 @@ impl Queue {
             .arg(block.as_secs_f64())
             .query_async(conn)
             .await?)
+    }
+
+    /// Everything in `worker`'s processing list.
+    pub async fn held_by(&self, worker: &str) -> Result<Vec<String>, QueueError> {
+        let mut conn = self.conn().await?;
+        Ok(redis::cmd("LRANGE")
+            .arg(self.keys.processing(worker))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await?)
+    }
+
+    /// Moves one copy of each of `tasks` from `worker`'s processing list to
+    /// the head of the queue, each move atomic; a task no longer in the list
+    /// is skipped. Returns how many moved.
+    pub async fn return_held(&self, worker: &str, tasks: &[String]) -> Result<usize, QueueError> {
+        if tasks.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.conn().await?;
+        let n: i64 = self
+            .return_held
+            .key(self.keys.processing(worker))
+            .key(self.keys.queue())
+            .arg(tasks)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(usize::try_from(n).unwrap_or(0))
     }
 
     /// Removes a finished task from `worker`'s processing list.

@@ -9,12 +9,13 @@
 //! the data went out is never recomputed: recomputing it would see the
 //! `sending` state and wrongly call a known outcome uncertain.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::Utc;
 use sendonce_shared::domain::{JobId, Task};
-use sendonce_shared::queue::{L1Claim, Queue};
+use sendonce_shared::queue::{L1Claim, Queue, QueueError};
 use sendonce_shared::store::{Claim, DeadReason, DedupLayer, Failure, Store};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -87,6 +88,9 @@ pub struct Worker {
     mailer: Mailer,
     policy: RetryPolicy,
     config: WorkerConfig,
+    /// The popped tasks being handled, with multiplicity; anything else in
+    /// this worker's processing list is stranded (see `return_stranded`).
+    handling: Mutex<HashMap<String, usize>>,
 }
 
 impl Worker {
@@ -105,6 +109,7 @@ impl Worker {
             mailer,
             policy,
             config,
+            handling: Mutex::default(),
         }
     }
 
@@ -164,7 +169,15 @@ impl Worker {
             let popper = match &mut conn {
                 Some(c) => c,
                 None => match Queue::popper(&self.config.common.redis_url, POP_BLOCK).await {
-                    Ok(c) => conn.insert(c),
+                    Ok(c) => {
+                        if let Err(e) = self.return_stranded().await {
+                            tracing::warn!(error = %error_chain(&e), "cannot check this worker's processing list");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(INFRA_BACKOFF_MAX);
+                            continue;
+                        }
+                        conn.insert(c)
+                    }
                     Err(e) => {
                         tracing::warn!(error = %error_chain(&e), "cannot connect to Redis to pop");
                         tokio::time::sleep(backoff).await;
@@ -176,9 +189,11 @@ impl Worker {
             match self.queue.pop(popper, &self.id, POP_BLOCK).await {
                 Ok(Some(raw)) => {
                     backoff = INFRA_BACKOFF_MIN;
+                    self.count_handling(&raw, true);
                     let worker = Arc::clone(&self);
                     inflight.spawn(async move {
-                        worker.handle(raw).await;
+                        worker.handle(raw.clone()).await;
+                        worker.count_handling(&raw, false);
                         drop(permit);
                     });
                 }
@@ -191,6 +206,49 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Counts a popped task into `handling` when its handling starts, and
+    /// out again once it is recorded and acknowledged.
+    fn count_handling(&self, raw: &str, start: bool) {
+        let mut handling = self.handling.lock().unwrap_or_else(PoisonError::into_inner);
+        if start {
+            *handling.entry(raw.to_owned()).or_default() += 1;
+        } else if let Some(n) = handling.get_mut(raw) {
+            *n -= 1;
+            if *n == 0 {
+                handling.remove(raw);
+            }
+        }
+    }
+
+    /// Hands back to the queue what this worker's processing list holds
+    /// beyond the tasks it is handling. A pop whose reply was lost (Redis
+    /// died after the move) leaves such a task there, and no reaper takes it
+    /// while this worker's heartbeat lives. Runs between pops only, so no
+    /// move is under way; the tasks being handled are read before the list,
+    /// so one finishing meanwhile is never taken for stranded.
+    async fn return_stranded(&self) -> Result<usize, QueueError> {
+        let mut handling = self
+            .handling
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let mut stranded = Vec::new();
+        for raw in self.queue.held_by(&self.id).await? {
+            match handling.get_mut(&raw) {
+                Some(n) if *n > 0 => *n -= 1,
+                _ => stranded.push(raw),
+            }
+        }
+        let returned = self.queue.return_held(&self.id, &stranded).await?;
+        if returned > 0 {
+            tracing::warn!(
+                returned,
+                "handed back tasks stranded in this worker's processing list by a lost pop reply"
+            );
+        }
+        Ok(returned)
     }
 
     /// Heartbeat, retry promotion and crash recovery, until `stop`.

@@ -1,5 +1,7 @@
 use std::time::Duration;
 
+use sendonce_shared::domain::{Body, Email, EmailAddress, IdempotencyKey, Subject, Task};
+use sendonce_testkit::{RedisOptions, RedisServer};
 use tokio::net::TcpListener;
 
 use crate::helpers::{DEADLINE, Options, email, spawn_system, terminate};
@@ -123,4 +125,53 @@ async fn a_slow_but_alive_worker_keeps_its_task_past_the_lease() {
         "nobody took the task over"
     );
     assert_eq!(system.smtp.messages().len(), 1);
+}
+
+#[tokio::test]
+async fn a_task_moved_into_a_live_workers_list_by_a_pop_whose_reply_was_lost_is_still_sent() {
+    let mut redis = RedisServer::start(RedisOptions { appendonly: true }).await;
+    let system = spawn_system(Options {
+        redis_url: Some(redis.url()),
+        ..Options::default()
+    })
+    .await;
+    let worker = system.spawn_worker().await;
+    // One job through first, so the worker is past its start-up and blocked
+    // in a pop when Redis dies.
+    let warm_up = system.post_ok(&email("first@example.com", None)).await;
+    system
+        .wait_for_status(warm_up["job_id"].as_str().expect("job id"), "sent")
+        .await;
+    let task = Task::new(
+        Email {
+            from: None,
+            to: EmailAddress::parse("stranded@example.com").expect("valid"),
+            reply_to: None,
+            subject: Subject::parse("Stranded").expect("valid"),
+            body: Body::new(Some("moved, then forgotten".into()), None).expect("valid"),
+        },
+        Some(IdempotencyKey::parse("stranded:1").expect("valid")),
+    );
+    // What a BLMOVE leaves behind when Redis dies before its reply reaches
+    // the worker: the task in the worker's own list, unknown to the worker,
+    // whose heartbeat keeps every reaper away.
+    let client = redis::Client::open(redis.url()).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    redis::cmd("LPUSH")
+        .arg(system.queue().keys().processing(&worker.id))
+        .arg(task.to_json())
+        .query_async::<()>(&mut conn)
+        .await
+        .expect("LPUSH");
+
+    redis.restart().await;
+
+    let job = system
+        .wait_for_status(&task.job_id.to_string(), "sent")
+        .await;
+    assert_eq!(job["attempts"], 1);
+    assert_eq!(system.smtp.messages().len(), 2);
 }

@@ -1,0 +1,136 @@
+//! What a run posts: the keys, the fault each key's recipient asks for, and
+//! which posts reuse a key posted before.
+
+use std::time::Duration;
+
+use sendonce_testkit::Fault;
+use serde_json::{Value, json};
+
+/// Domain of every recipient; the SMTP server's record is mapped back to
+/// keys through the local part.
+const DOMAIN: &str = "chaos.test";
+
+/// One idempotency key and the message posted under it (the same body on
+/// every post, so a repost is a replay, not a conflict).
+#[derive(Debug, Clone)]
+pub struct Key {
+    /// The idempotency key.
+    pub key: String,
+    /// Its recipient, unique to the key: `user<n>[+fault]@chaos.test`.
+    pub rcpt: String,
+    /// The fault the recipient asks the SMTP server for.
+    pub fault: Option<Fault>,
+}
+
+impl Key {
+    /// The `POST /addJob` body.
+    pub fn body(&self) -> Value {
+        json!({
+            "to": self.rcpt,
+            "subject": format!("chaos {}", self.key),
+            "text": "Sent by the sendonce chaos test.",
+            "idempotency_key": self.key,
+        })
+    }
+}
+
+/// Every key, and the posts in order as indexes into the keys.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The keys, in the order of their first post.
+    pub keys: Vec<Key>,
+    /// The key of each post.
+    pub posts: Vec<usize>,
+}
+
+impl Plan {
+    /// `posts` posts of which `reuse_percent` percent (rounded down) reuse
+    /// an earlier, randomly chosen key; the reuses are spread evenly.
+    pub fn new(posts: usize, reuse_percent: usize) -> Self {
+        let mut plan = Self {
+            keys: Vec::new(),
+            posts: Vec::with_capacity(posts),
+        };
+        for p in 0..posts {
+            let reuse = (p + 1) * reuse_percent / 100 != p * reuse_percent / 100;
+            let key = if reuse && !plan.keys.is_empty() {
+                rand::random_range(0..plan.keys.len())
+            } else {
+                let n = plan.keys.len();
+                let fault = random_fault();
+                let rcpt = match fault {
+                    Some(fault) => format!("user{n}+{fault}@{DOMAIN}"),
+                    None => format!("user{n}@{DOMAIN}"),
+                };
+                plan.keys.push(Key {
+                    key: format!("chaos:{n}"),
+                    rcpt,
+                    fault,
+                });
+                n
+            };
+            plan.posts.push(key);
+        }
+        plan
+    }
+
+    /// The key a recipient seen by the SMTP server belongs to.
+    pub fn key_of_rcpt(&self, rcpt: &str) -> Option<usize> {
+        let local = rcpt.strip_suffix(DOMAIN)?.strip_suffix('@')?;
+        let n: usize = local
+            .split('+')
+            .next()?
+            .strip_prefix("user")?
+            .parse()
+            .ok()?;
+        self.keys.get(n).filter(|key| key.rcpt == rcpt).map(|_| n)
+    }
+
+    /// How many posts reuse a key posted before.
+    pub fn reused_posts(&self) -> usize {
+        self.posts.len() - self.keys.len()
+    }
+}
+
+/// The mix of recipients: mostly healthy, then every fault the issue names
+/// (4xx at RCPT, 5xx, a slow reply to the data, a connection cut after the
+/// data), plus transient failures that succeed on a retry.
+fn random_fault() -> Option<Fault> {
+    match rand::random_range(0..100) {
+        0..55 => None,
+        55..65 => Some(Fault::Flaky(rand::random_range(1..=2))),
+        65..75 => Some(Fault::SlowData(Duration::from_millis(rand::random_range(
+            200..=1200,
+        )))),
+        75..80 => Some(Fault::TempfailRcpt),
+        80..85 => Some(Fault::RejectRcpt),
+        85..90 => Some(Fault::RejectData),
+        _ => Some(Fault::DropAfterData),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quarter_of_the_posts_reuse_an_earlier_key() {
+        let plan = Plan::new(1000, 25);
+        assert_eq!(plan.posts.len(), 1000);
+        assert_eq!(plan.reused_posts(), 250);
+        for (p, &key) in plan.posts.iter().enumerate() {
+            assert!(key <= p, "post {p} uses key {key} before it exists");
+        }
+    }
+
+    #[test]
+    fn recipients_map_back_to_their_keys() {
+        let plan = Plan::new(200, 20);
+        for (n, key) in plan.keys.iter().enumerate() {
+            assert_eq!(plan.key_of_rcpt(&key.rcpt), Some(n));
+        }
+        assert_eq!(plan.key_of_rcpt("user0+nonsense@chaos.test"), None);
+        assert_eq!(plan.key_of_rcpt("user999999@chaos.test"), None);
+        assert_eq!(plan.key_of_rcpt("someone@example.com"), None);
+    }
+}

@@ -1,0 +1,35 @@
+//! The small chaos run, part of every `cargo test`: 300 posts over 15 s of
+//! worker kills and one Redis restart. Needs the workspace's binaries built
+//! (`cargo build --workspace --bins`; `scripts/test.sh` does it).
+
+use std::time::Duration;
+
+use sendonce_chaos::{Scenario, cluster};
+
+#[tokio::test]
+async fn under_kills_and_a_redis_restart_no_key_takes_effect_twice_and_no_job_is_lost() {
+    let scenario = Scenario {
+        posts: 300,
+        reuse_percent: 25,
+        workers: 4,
+        chaos: Duration::from_secs(15),
+        kill_every: Duration::from_secs(2),
+        drain_timeout: Duration::from_secs(90),
+        bin_dir: cluster::find_bin_dir().expect("the sendonce binaries"),
+    };
+
+    let summary = sendonce_chaos::run(&scenario).await.expect("the chaos run");
+
+    println!("{summary}");
+    let violations = summary.check();
+    assert!(
+        violations.is_empty(),
+        "{summary}\n{}",
+        violations.join("\n")
+    );
+    assert!(
+        summary.kills >= 3,
+        "too few kills to mean anything: {summary}"
+    );
+    assert!(summary.cut_keys > 0, "no data transfer was cut: {summary}");
+}
