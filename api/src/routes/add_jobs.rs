@@ -1,0 +1,146 @@
+//! `POST /addJobs`: up to [`MAX_JOBS`] `/addJob` bodies in one request,
+//! enqueued in one Redis round trip, answered item by item in order.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures::future::join_all;
+use sendonce_shared::domain::Task;
+use sendonce_shared::queue::Enqueued;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::auth::{Caller, scope};
+use crate::problem::{ApiError, Problem};
+use crate::routes::add_job::{AddJobBody, JobAccepted, NewJob, answer};
+use crate::state::AppState;
+
+/// Most jobs in one request.
+pub const MAX_JOBS: usize = 1000;
+
+/// Largest accepted request body: room for [`MAX_JOBS`] ordinary jobs.
+pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// The request body. Each job is kept raw here and read on its own, so a
+/// job with a wrong type or an unknown field fails alone, next to the
+/// valid ones.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddJobsBody {
+    /// `/addJob` bodies.
+    pub jobs: Vec<Box<RawValue>>,
+}
+
+/// One item of the answer, at the position of its job in the request.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum ItemAnswer {
+    /// Accepted: new (`queued`) or a replay of an accepted key.
+    Accepted(JobAccepted),
+    /// Refused; nothing was enqueued for this item.
+    Refused {
+        /// Why, as the problem `/addJob` would have answered.
+        error: Problem,
+    },
+}
+
+/// The answer.
+#[derive(Debug, Serialize)]
+pub struct AddJobsAnswer {
+    /// One per job, in request order.
+    pub items: Vec<ItemAnswer>,
+}
+
+fn parse(raw: &RawValue) -> Result<Task, ApiError> {
+    let body: AddJobBody = serde_json::from_str(raw.get())
+        .map_err(|e| ApiError::BadRequest(format!("the job is invalid: {e}")))?;
+    let job = NewJob::try_from(body)?;
+    Ok(Task::new(job.email, job.key))
+}
+
+/// `POST /addJobs`. Answers 200 with one item per job when the request is
+/// well-formed, whatever the items' fates; 4xx when it is not.
+#[tracing::instrument(name = "add_jobs", skip_all, fields(jobs, queued))]
+pub async fn add_jobs(
+    caller: Caller,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Json<AddJobsBody>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(scope::JOBS_WRITE)?;
+    if req.headers().contains_key("Idempotency-Key") {
+        return Err(ApiError::BadRequest(
+            "the Idempotency-Key header does not apply to /addJobs; give each job its \
+             `idempotency_key`"
+                .into(),
+        ));
+    }
+    let jobs = body.into_inner().jobs;
+    if jobs.is_empty() || jobs.len() > MAX_JOBS {
+        return Err(ApiError::InvalidField {
+            field: "jobs",
+            reason: format!("must hold 1 to {MAX_JOBS} jobs, not {}", jobs.len()),
+        });
+    }
+    tracing::Span::current().record("jobs", jobs.len());
+
+    let parsed: Vec<Result<Task, ApiError>> = jobs.iter().map(|raw| parse(raw)).collect();
+    drop(jobs);
+    let mut valid = Vec::with_capacity(parsed.len());
+    let mut refused = Vec::with_capacity(parsed.len());
+    for item in parsed {
+        refused.push(match item {
+            Ok(task) => {
+                let fingerprint = task.email.fingerprint();
+                valid.push((task, fingerprint));
+                None
+            }
+            Err(e) => Some(e),
+        });
+    }
+    let outcomes = state
+        .queue
+        .enqueue_many(&valid, state.replay_ttl)
+        .await
+        .map_err(ApiError::unavailable)?;
+    let queued = outcomes.iter().filter(|o| **o == Enqueued::New).count();
+    metrics::counter!("sendonce_jobs_enqueued_total").increment(queued as u64);
+    tracing::Span::current().record("queued", queued);
+    tracing::info!("batch queued");
+
+    let answers = join_all(valid.into_iter().zip(outcomes).map(
+        |((task, fingerprint), enqueued)| {
+            let state = &state;
+            async move { answer(state, task, &fingerprint, enqueued).await }
+        },
+    ))
+    .await;
+    let mut answers = answers.into_iter();
+    let items = refused
+        .into_iter()
+        .map(|refusal| {
+            let outcome = match refusal {
+                None => answers.next().unwrap_or_else(|| {
+                    Err(ApiError::Internal(anyhow::anyhow!(
+                        "fewer answers than valid jobs"
+                    )))
+                }),
+                Some(e) => Err(e),
+            };
+            match outcome {
+                Ok((_, accepted)) => ItemAnswer::Accepted(accepted),
+                Err(e) => ItemAnswer::Refused { error: e.problem() },
+            }
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(AddJobsAnswer { items }))
+}
+
+/// The route, with a body limit sized for a full batch.
+pub fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path)
+        .app_data(
+            web::JsonConfig::default()
+                .limit(MAX_BODY_BYTES)
+                .error_handler(crate::startup::json_error),
+        )
+        .route(web::post().to(add_jobs))
+}
