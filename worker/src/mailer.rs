@@ -164,8 +164,16 @@ impl managed::Manager for SmtpManager {
         if conn.has_broken() {
             return Err(RecycleError::message("connection broken"));
         }
-        if metrics.last_used() > IDLE_CHECK_AFTER && !conn.test_connected().await {
-            return Err(RecycleError::message("idle connection closed by server"));
+        // Bounded: a peer that vanished without a FIN or RST would
+        // otherwise hold this task, and its slot, forever.
+        if metrics.last_used() > IDLE_CHECK_AFTER
+            && !tokio::time::timeout(self.timeout, conn.test_connected())
+                .await
+                .unwrap_or(false)
+        {
+            return Err(RecycleError::message(
+                "idle connection closed or silent on NOOP",
+            ));
         }
         Ok(())
     }
@@ -391,7 +399,55 @@ fn reply_text(response: &Response) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
+    use deadpool::managed::Manager;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::TcpListener;
+
     use super::*;
+
+    /// A server that greets and answers EHLO, then reads but never answers
+    /// again, like a peer gone without closing the connection.
+    async fn silent_after_ehlo() -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.expect("accept");
+            let (read, mut write) = socket.into_split();
+            let mut lines = BufReader::new(read).lines();
+            write
+                .write_all(b"220 silent ESMTP\r\n")
+                .await
+                .expect("greet");
+            let _ehlo = lines.next_line().await;
+            write.write_all(b"250 silent\r\n").await.expect("ehlo");
+            while let Ok(Some(_)) = lines.next_line().await {}
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_whose_server_went_silent_is_discarded_not_waited_on() {
+        let port = silent_after_ehlo().await;
+        let settings = SmtpSettings::from_url(&format!("smtp://127.0.0.1:{port}")).expect("url");
+        let manager = SmtpManager {
+            settings,
+            timeout: Duration::from_millis(300),
+        };
+        let mut conn = manager.create().await.expect("connect");
+        let idle = Metrics {
+            created: Instant::now() - IDLE_CHECK_AFTER * 2,
+            ..Metrics::default()
+        };
+
+        let recycled =
+            tokio::time::timeout(Duration::from_secs(10), manager.recycle(&mut conn, &idle))
+                .await
+                .expect("recycling must not wait on a silent server");
+
+        assert!(recycled.is_err(), "a silent connection must not be reused");
+    }
 
     #[test]
     fn smtp_urls_parse_like_lettre() {
