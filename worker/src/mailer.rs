@@ -123,24 +123,49 @@ pub struct SmtpManager {
     timeout: Duration,
 }
 
+/// Opening a pooled SMTP connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The TCP connection could not be made.
+    #[error("could not connect: {0}")]
+    Tcp(#[source] std::io::Error),
+    /// No TCP connection within `SMTP_TIMEOUT_MS`.
+    #[error("no TCP connection within {0:?}")]
+    Timeout(Duration),
+    /// The SMTP greeting, EHLO, STARTTLS or AUTH failed.
+    #[error(transparent)]
+    Smtp(#[from] lettre::transport::smtp::Error),
+}
+
 impl managed::Manager for SmtpManager {
     type Type = AsyncSmtpConnection;
-    type Error = lettre::transport::smtp::Error;
+    type Error = ConnectError;
 
     async fn create(&self) -> Result<AsyncSmtpConnection, Self::Error> {
         let s = &self.settings;
-        let implicit = match s.tls {
-            TlsMode::Implicit => Some(s.tls_parameters()?),
-            _ => None,
+        let mut conn = if s.tls == TlsMode::Implicit {
+            AsyncSmtpConnection::connect_tokio1(
+                (s.host.as_str(), s.port),
+                Some(self.timeout),
+                &s.hello,
+                Some(s.tls_parameters()?),
+                None,
+            )
+            .await?
+        } else {
+            let tcp = tokio::time::timeout(
+                self.timeout,
+                tokio::net::TcpStream::connect((s.host.as_str(), s.port)),
+            )
+            .await
+            .map_err(|_| ConnectError::Timeout(self.timeout))?
+            .map_err(ConnectError::Tcp)?;
+            // lettre writes the message and its closing dot in two writes;
+            // with Nagle's algorithm the dot waits for the server's delayed
+            // ACK (40 ms on Linux), on every message.
+            tcp.set_nodelay(true).map_err(ConnectError::Tcp)?;
+            AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &s.hello).await?
         };
-        let mut conn = AsyncSmtpConnection::connect_tokio1(
-            (s.host.as_str(), s.port),
-            Some(self.timeout),
-            &s.hello,
-            implicit,
-            None,
-        )
-        .await?;
         let starttls = match s.tls {
             TlsMode::Required => true,
             TlsMode::Opportunistic => conn.can_starttls(),
