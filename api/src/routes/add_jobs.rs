@@ -106,14 +106,28 @@ pub async fn add_jobs(
     tracing::Span::current().record("queued", queued);
     tracing::info!("batch queued");
 
-    let answers = join_all(valid.into_iter().zip(outcomes).map(
-        |((task, fingerprint), enqueued)| {
-            let state = &state;
-            async move { answer(state, task, &fingerprint, enqueued).await }
-        },
-    ))
+    // New jobs answer at once; only replays read the job's state, and those
+    // reads run concurrently. (Boxing a future per job cost a third of the
+    // handler's time in a profile of all-new batches.)
+    let mut answers = Vec::with_capacity(valid.len());
+    let mut replays = Vec::new();
+    for (i, ((task, fingerprint), enqueued)) in valid.into_iter().zip(outcomes).enumerate() {
+        if enqueued == Enqueued::New {
+            answers.push(Some(answer(&state, task, &fingerprint, enqueued).await));
+        } else {
+            answers.push(None);
+            replays.push((i, task, fingerprint, enqueued));
+        }
+    }
+    let replayed = join_all(replays.into_iter().map(|(i, task, fingerprint, enqueued)| {
+        let state = &state;
+        async move { (i, answer(state, task, &fingerprint, enqueued).await) }
+    }))
     .await;
-    let mut answers = answers.into_iter();
+    for (i, outcome) in replayed {
+        answers[i] = Some(outcome);
+    }
+    let mut answers = answers.into_iter().flatten();
     let items = refused
         .into_iter()
         .map(|refusal| {
