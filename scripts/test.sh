@@ -67,6 +67,7 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+log "schemathesis against the running API"; ./scripts/schemathesis.sh
 log "cargo test"
 set +e
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$state_dir/test.log"

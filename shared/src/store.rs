@@ -165,7 +165,7 @@ pub struct Failure<'a> {
 }
 
 /// A job's state as clients see it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct JobRecord {
     /// The job.
     pub job_id: JobId,
@@ -189,7 +189,7 @@ pub struct JobRecord {
 }
 
 /// One dead-letter entry as the API lists it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct FailedJob {
     /// The entry's id (used to retry or discard it).
     pub id: i64,

@@ -8,7 +8,7 @@ use sendonce_shared::queue::Enqueued;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::auth::{Caller, scope};
+use crate::auth::{Authorized, scope};
 use crate::problem::{ApiError, Problem};
 use crate::routes::add_job::{AddJobBody, JobAccepted, NewJob, answer};
 use crate::state::AppState;
@@ -22,15 +22,16 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// The request body. Each job is kept raw here and read on its own, so a
 /// job with a wrong type or an unknown field fails alone, next to the
 /// valid ones.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddJobsBody {
-    /// `/addJob` bodies.
+    /// `/addJob` bodies, 1 to 1000.
+    #[schema(value_type = Vec<AddJobBody>)]
     pub jobs: Vec<Box<RawValue>>,
 }
 
 /// One item of the answer, at the position of its job in the request.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum ItemAnswer {
     /// Accepted: new (`queued`) or a replay of an accepted key.
@@ -38,12 +39,12 @@ pub enum ItemAnswer {
     /// Refused; nothing was enqueued for this item.
     Refused {
         /// Why, as the problem `/addJob` would have answered.
-        error: Problem,
+        error: Problem<'static>,
     },
 }
 
 /// The answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AddJobsAnswer {
     /// One per job, in request order.
     pub items: Vec<ItemAnswer>,
@@ -58,14 +59,23 @@ fn parse(raw: &RawValue) -> Result<Task, ApiError> {
 
 /// `POST /addJobs`. Answers 200 with one item per job when the request is
 /// well-formed, whatever the items' fates; 4xx when it is not.
+#[utoipa::path(
+    post,
+    path = "/addJobs",
+    tag = "jobs",
+    request_body = AddJobsBody,
+    responses(
+        (status = 200, description = "One answer per job, in request order: the accepted job or the problem with that job", body = AddJobsAnswer),
+    ),
+    security(("bearer" = ["jobs:write"])),
+)]
 #[tracing::instrument(name = "add_jobs", skip_all, fields(jobs, queued))]
 pub async fn add_jobs(
-    caller: Caller,
+    _: Authorized<scope::JobsWrite>,
     req: HttpRequest,
     state: web::Data<AppState>,
     body: web::Json<AddJobsBody>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require(scope::JOBS_WRITE)?;
     if req.headers().contains_key("Idempotency-Key") {
         return Err(ApiError::BadRequest(
             "the Idempotency-Key header does not apply to /addJobs; give each job its \
@@ -102,7 +112,7 @@ pub async fn add_jobs(
         .await
         .map_err(ApiError::unavailable)?;
     let queued = outcomes.iter().filter(|o| **o == Enqueued::New).count();
-    metrics::counter!("sendonce_jobs_enqueued_total").increment(queued as u64);
+    metrics::counter!(crate::telemetry::JOBS_ENQUEUED).increment(queued as u64);
     tracing::Span::current().record("queued", queued);
     tracing::info!("batch queued");
 

@@ -5,4 +5,7 @@ mod add_job;
 mod add_jobs;
 mod auth;
 mod helpers;
+mod hostile_input;
+mod operations;
 mod shutdown;
+mod startup;
