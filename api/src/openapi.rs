@@ -14,7 +14,7 @@ use utoipa::openapi::{Content, Header, Object, Type};
 use utoipa::{Modify, OpenApi};
 
 use crate::problem::Problem;
-use crate::routes::{add_job, failed_jobs, health, jobs};
+use crate::routes::{add_job, add_jobs, failed_jobs, health, jobs};
 
 /// The document.
 #[derive(Debug, OpenApi)]
@@ -22,6 +22,7 @@ use crate::routes::{add_job, failed_jobs, health, jobs};
     info(title = "sendonce", description = "Transactional email with an exactly-once effect."),
     paths(
         add_job::add_job,
+        add_jobs::add_jobs,
         jobs::get_job,
         failed_jobs::list,
         failed_jobs::retry_one,
@@ -175,6 +176,7 @@ mod tests {
         );
         for path in [
             "/addJob",
+            "/addJobs",
             "/jobs/{job_id}",
             "/failedJobs",
             "/failedJobs/retry",

@@ -78,6 +78,25 @@ pub struct Problem<'a> {
     detail: String,
 }
 
+impl ApiError {
+    /// The problem details this error answers with; also how a batch
+    /// reports one item's error.
+    pub fn problem(&self) -> Problem<'static> {
+        let status = self.status_code();
+        let detail = match self {
+            Self::Unavailable(_) => "a dependency is unavailable; retry later".to_owned(),
+            Self::Internal(_) => "an internal error occurred".to_owned(),
+            other => other.to_string(),
+        };
+        Problem {
+            r#type: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail,
+        }
+    }
+}
+
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
@@ -99,11 +118,6 @@ impl ResponseError for ApiError {
         if status.is_server_error() && !matches!(self, Self::NotReady(_)) {
             tracing::error!(error = ?anyhow_chain(self), "request failed");
         }
-        let detail = match self {
-            Self::Unavailable(_) => "a dependency is unavailable; retry later".to_owned(),
-            Self::Internal(_) => "an internal error occurred".to_owned(),
-            other => other.to_string(),
-        };
         let mut response = HttpResponse::build(status);
         response.content_type("application/problem+json");
         match self {
@@ -128,12 +142,7 @@ impl ResponseError for ApiError {
             }
             _ => {}
         }
-        response.json(Problem {
-            r#type: "about:blank",
-            title: status.canonical_reason().unwrap_or("Error"),
-            status: status.as_u16(),
-            detail,
-        })
+        response.json(self.problem())
     }
 }
 

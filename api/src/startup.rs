@@ -87,7 +87,7 @@ impl Application {
     }
 }
 
-fn json_error(err: JsonPayloadError, _: &actix_web::HttpRequest) -> actix_web::Error {
+pub(crate) fn json_error(err: JsonPayloadError, _: &actix_web::HttpRequest) -> actix_web::Error {
     match err {
         JsonPayloadError::Overflow { limit }
         | JsonPayloadError::OverflowKnownLength { limit, .. } => {
@@ -136,6 +136,7 @@ fn serve(
                     .error_handler(json_error),
             )
             .route("/addJob", web::post().to(routes::add_job::add_job))
+            .service(routes::add_jobs::resource("/addJobs"))
             .app_data(web::QueryConfig::default().error_handler(|err, _| {
                 ApiError::BadRequest(format!("the query string is invalid: {err}")).into()
             }))

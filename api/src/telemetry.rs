@@ -47,6 +47,7 @@ const QUIET_ROUTES: &[&str] = &["/healthz", "/readyz", "/metrics"];
 /// path of the OpenAPI document is here.
 pub const ROUTES: &[(&str, u16)] = &[
     ("/addJob", 202),
+    ("/addJobs", 200),
     ("/jobs/{job_id}", 200),
     ("/failedJobs", 200),
     ("/failedJobs/retry", 200),

@@ -1,5 +1,6 @@
 //! `POST /addJob`: validate, then enqueue once per idempotency key.
 
+use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use sendonce_shared::domain::{
     Body, Email, EmailAddress, IdempotencyKey, InvalidValue, JobId, Subject, Task,
@@ -153,16 +154,32 @@ pub async fn add_job(
         .enqueue(&task, &fingerprint, state.replay_ttl)
         .await
         .map_err(ApiError::unavailable)?;
+    let (status, accepted) = answer(&state, task, &fingerprint, enqueued).await?;
+    if status == StatusCode::ACCEPTED {
+        crate::telemetry::job_enqueued();
+        tracing::info!("job queued");
+    }
+    Ok(HttpResponse::build(status).json(accepted))
+}
+
+/// What an enqueue outcome answers: `202` for a new job, `200` with the
+/// original job for a replay of the same request, 422 when the key was used
+/// for a different one. `POST /addJobs` answers each item with it.
+pub async fn answer(
+    state: &AppState,
+    task: Task,
+    fingerprint: &str,
+    enqueued: Enqueued,
+) -> Result<(StatusCode, JobAccepted), ApiError> {
     match enqueued {
-        Enqueued::New => {
-            crate::telemetry::job_enqueued();
-            tracing::info!("job queued");
-            Ok(HttpResponse::Accepted().json(JobAccepted {
+        Enqueued::New => Ok((
+            StatusCode::ACCEPTED,
+            JobAccepted {
                 job_id: task.job_id,
                 idempotency_key: task.idempotency_key,
                 status: "queued".into(),
-            }))
-        }
+            },
+        )),
         Enqueued::Replay {
             job_id,
             fingerprint: original,
@@ -177,12 +194,15 @@ pub async fn add_job(
                 .job(job_id)
                 .await?
                 .map_or_else(|| "queued".to_owned(), |r| r.status);
-            tracing::info!(original_job_id = %job_id, "replay of an accepted key; nothing enqueued");
-            Ok(HttpResponse::Ok().json(JobAccepted {
-                job_id,
-                idempotency_key: task.idempotency_key,
-                status,
-            }))
+            tracing::info!(original_job_id = %job_id, idempotency_key = %task.idempotency_key, "replay of an accepted key; nothing enqueued");
+            Ok((
+                StatusCode::OK,
+                JobAccepted {
+                    job_id,
+                    idempotency_key: task.idempotency_key,
+                    status,
+                },
+            ))
         }
     }
 }

@@ -112,6 +112,16 @@ impl TestApi {
         request.send().await.expect("POST /addJob")
     }
 
+    pub async fn post_jobs(&self, token: &str, jobs: &[Value]) -> reqwest::Response {
+        self.client
+            .post(format!("{}/addJobs", self.address))
+            .bearer_auth(token)
+            .json(&json!({ "jobs": jobs }))
+            .send()
+            .await
+            .expect("POST /addJobs")
+    }
+
     /// How many tasks wait in this API's queue.
     pub async fn queue_len(&self) -> usize {
         let client = redis::Client::open(self.redis_url.as_str()).expect("redis url");
