@@ -24,8 +24,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use secrecy::SecretString;
+use clap::Parser;
 use sendonce_api::auth::JwtKeys;
+use sendonce_api::config::ApiConfig;
 use sendonce_testkit::{RedisOptions, RedisServer, SmtpServer, TestDatabase};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -192,7 +193,8 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Summary> {
     let db = TestDatabase::create().await;
     let smtp = SmtpServer::start().await;
     let secret = format!("chaos-{}", uuid::Uuid::now_v7().simple());
-    let token = JwtKeys::hs256(&SecretString::from(secret.clone())).mint(
+    let api_config = ApiConfig::parse_from(["sendonce-api", "--jwt-secret", &secret]);
+    let token = JwtKeys::from_config(&api_config)?.mint(
         "chaos",
         "jobs:write jobs:read",
         Duration::from_secs(3600),
