@@ -17,6 +17,8 @@ const FORGET_ABOVE_SUBJECTS: usize = 10_000;
 pub struct RateLimit {
     limiter: DefaultKeyedRateLimiter<String>,
     clock: DefaultClock,
+    /// The bucket's size: one second's worth.
+    burst: NonZeroU32,
 }
 
 impl RateLimit {
@@ -25,21 +27,51 @@ impl RateLimit {
         Self {
             limiter: RateLimiter::keyed(Quota::per_second(per_sec)),
             clock: DefaultClock::default(),
+            burst: per_sec,
         }
     }
 
     /// Takes one request from `subject`'s bucket, or answers 429 with how
     /// long to wait.
     pub fn check(&self, subject: &str) -> Result<(), ApiError> {
+        self.take(subject, NonZeroU32::MIN)
+    }
+
+    /// For a batch of `n` jobs, whose request already paid for one through
+    /// [`RateLimit::check`]: takes the other `n - 1` from `subject`'s bucket,
+    /// so a batch costs what its jobs would cost one by one. 429 with how
+    /// long to wait when the bucket is short; 422 when `n` exceeds the burst,
+    /// since waiting would never help.
+    pub fn check_batch(&self, subject: &str, n: usize) -> Result<(), ApiError> {
+        if n > self.burst.get() as usize {
+            return Err(ApiError::InvalidField {
+                field: "jobs",
+                reason: format!(
+                    "{n} jobs exceed the rate limit's burst of {} (RATE_LIMIT_PER_SEC); \
+                     send smaller batches",
+                    self.burst
+                ),
+            });
+        }
+        let Some(rest) = u32::try_from(n - 1).ok().and_then(NonZeroU32::new) else {
+            return Ok(());
+        };
+        self.take(subject, rest)
+    }
+
+    fn take(&self, subject: &str, n: NonZeroU32) -> Result<(), ApiError> {
         if self.limiter.len() > FORGET_ABOVE_SUBJECTS {
             self.limiter.retain_recent();
         }
         let subject = subject.to_owned();
-        self.limiter.check_key(&subject).map_err(|not_until| {
-            let wait = not_until.wait_time_from(self.clock.now());
-            ApiError::TooManyRequests {
-                retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
-            }
+        let wait = match self.limiter.check_key_n(&subject, n) {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(not_until)) => not_until.wait_time_from(self.clock.now()),
+            // Unreachable below the burst; waiting a full refill is the honest answer.
+            Err(_) => std::time::Duration::from_secs(1),
+        };
+        Err(ApiError::TooManyRequests {
+            retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
         })
     }
 }

@@ -128,20 +128,22 @@ pub enum Enqueued {
 }
 
 impl Enqueued {
-    /// Reads the replay record a key already had, if any.
-    fn from_record(prev: Option<String>) -> Self {
+    /// Reads the replay record the scripts answered for a key already
+    /// accepted. They answer only records of the form `<job id> <fingerprint>`
+    /// (and overwrite anything else), so one that does not parse is an error,
+    /// never a silent "queued".
+    fn from_record(prev: Option<String>) -> Result<Self, QueueError> {
         let Some(prev) = prev else {
-            return Self::New;
+            return Ok(Self::New);
         };
         let (job, fingerprint) = prev.split_once(' ').unwrap_or((&prev, ""));
-        match job.parse() {
-            Ok(job_id) => Self::Replay {
-                job_id,
-                fingerprint: fingerprint.to_owned(),
-            },
-            // A record we cannot read must not block the key forever.
-            Err(_) => Self::New,
-        }
+        let job_id = job
+            .parse()
+            .map_err(|_| QueueError::Unexpected(format!("unreadable replay record {prev:?}")))?;
+        Ok(Self::Replay {
+            job_id,
+            fingerprint: fingerprint.to_owned(),
+        })
     }
 }
 
@@ -157,10 +159,17 @@ pub enum L1Claim {
     },
 }
 
+/// A replay record: `<job id (a UUID)> <fingerprint>`. A key holding
+/// anything else (damaged, or written by hand) is treated as never accepted
+/// and overwritten, so it neither blocks the key nor replays a bogus job.
+const RECORD_PATTERN: &str = "^%x+%-%x+%-%x+%-%x+%-%x+ ";
+
 const ENQUEUE: &str = r"
--- KEYS: idem, queue, job marker. ARGV: replay record, task, ttl secs, key.
+-- KEYS: idem, queue, job marker. ARGV: replay record, task, ttl secs, key,
+-- record pattern.
 local prev = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'GET', 'EX', ARGV[3])
-if prev then return prev end
+if prev and string.match(prev, ARGV[5]) then return prev end
+if prev then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3]) end
 redis.call('LPUSH', KEYS[2], ARGV[2])
 redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[3])
 return false
@@ -168,18 +177,20 @@ return false
 
 const ENQUEUE_MANY: &str = r"
 -- KEYS: queue, then per task its idem key and its job marker.
--- ARGV: ttl secs, then per task its replay record, task and key.
+-- ARGV: ttl secs, record pattern, then per task its replay record, task
+-- and key.
 -- Tasks are handled in order, so a key repeated in the batch replays its
 -- first occurrence. Answers, per task, the previous record or false.
 local answers, fresh = {}, {}
 for i = 1, (#KEYS - 1) / 2 do
-  local prev = redis.call('SET', KEYS[2 * i], ARGV[3 * i - 1], 'NX', 'GET', 'EX', ARGV[1])
-  if prev then
+  local prev = redis.call('SET', KEYS[2 * i], ARGV[3 * i], 'NX', 'GET', 'EX', ARGV[1])
+  if prev and string.match(prev, ARGV[2]) then
     answers[i] = prev
   else
+    if prev then redis.call('SET', KEYS[2 * i], ARGV[3 * i], 'EX', ARGV[1]) end
     answers[i] = false
-    fresh[#fresh + 1] = ARGV[3 * i]
-    redis.call('SET', KEYS[2 * i + 1], ARGV[3 * i + 1], 'EX', ARGV[1])
+    fresh[#fresh + 1] = ARGV[3 * i + 1]
+    redis.call('SET', KEYS[2 * i + 1], ARGV[3 * i + 2], 'EX', ARGV[1])
   end
 end
 for i = 1, #fresh, 1000 do
@@ -287,9 +298,10 @@ impl Queue {
             .arg(task.to_json())
             .arg(ttl.as_secs().max(1))
             .arg(task.idempotency_key.as_str())
+            .arg(RECORD_PATTERN)
             .invoke_async(&mut conn)
             .await?;
-        Ok(Enqueued::from_record(prev))
+        Enqueued::from_record(prev)
     }
 
     /// Enqueues a batch of `(task, fingerprint)` in one script call (one
@@ -305,7 +317,10 @@ impl Queue {
             return Ok(Vec::new());
         }
         let mut invocation = self.enqueue_many.prepare_invoke();
-        invocation.key(self.keys.queue()).arg(ttl.as_secs().max(1));
+        invocation
+            .key(self.keys.queue())
+            .arg(ttl.as_secs().max(1))
+            .arg(RECORD_PATTERN);
         for (task, fingerprint) in batch {
             invocation
                 .key(self.keys.idem(&task.idempotency_key))
@@ -323,7 +338,7 @@ impl Queue {
                 batch.len()
             )));
         }
-        Ok(answers.into_iter().map(Enqueued::from_record).collect())
+        answers.into_iter().map(Enqueued::from_record).collect()
     }
 
     /// Pushes tasks straight onto the queue in one round trip (requeue

@@ -10,6 +10,7 @@ use serde_json::value::RawValue;
 
 use crate::auth::{Authorized, scope};
 use crate::problem::{ApiError, Problem};
+use crate::rate_limit::RateLimit;
 use crate::routes::add_job::{AddJobBody, JobAccepted, NewJob, answer};
 use crate::state::AppState;
 
@@ -71,7 +72,7 @@ fn parse(raw: &RawValue) -> Result<Task, ApiError> {
 )]
 #[tracing::instrument(name = "add_jobs", skip_all, fields(jobs, queued))]
 pub async fn add_jobs(
-    _: Authorized<scope::JobsWrite>,
+    caller: Authorized<scope::JobsWrite>,
     req: HttpRequest,
     state: web::Data<AppState>,
     body: web::Json<AddJobsBody>,
@@ -91,6 +92,11 @@ pub async fn add_jobs(
         });
     }
     tracing::Span::current().record("jobs", jobs.len());
+    // The extractor took one job's worth from the caller's bucket; a batch
+    // pays for the rest of its jobs too.
+    if let Some(limit) = req.app_data::<web::Data<RateLimit>>() {
+        limit.check_batch(caller.claims.sub.as_deref().unwrap_or_default(), jobs.len())?;
+    }
 
     let parsed: Vec<Result<Task, ApiError>> = jobs.iter().map(|raw| parse(raw)).collect();
     drop(jobs);

@@ -1,6 +1,6 @@
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApi, assert_problem, spawn_api, valid_body};
+use crate::helpers::{SECRET, TestApi, assert_problem, spawn_api, spawn_api_with, valid_body};
 
 fn keyed(key: &str) -> Value {
     let mut body = valid_body();
@@ -162,4 +162,33 @@ async fn redis_queue(api: &TestApi) -> Vec<String> {
         .query_async(&mut conn)
         .await
         .expect("LRANGE")
+}
+
+#[tokio::test]
+async fn a_batch_costs_its_jobs_against_the_rate_limit() {
+    let api = spawn_api_with(&["--jwt-secret", SECRET, "--rate-limit-per-sec", "2"]).await;
+    let token = api.token("jobs:write");
+    let job = |i: usize| keyed(&format!("limited:{i}"));
+
+    let oversized = api.post_jobs(&token, &[job(0), job(1), job(2)]).await;
+    assert_problem(oversized, 422, "burst of 2").await;
+    assert_eq!(
+        api.queue_len().await,
+        0,
+        "an oversized batch enqueues nothing"
+    );
+
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut i = 0;
+    let limited = loop {
+        assert!(tokio::time::Instant::now() < deadline, "never limited");
+        let response = api.post_jobs(&token, &[job(i), job(i + 1)]).await;
+        i += 2;
+        if response.status() == 429 {
+            break response;
+        }
+        assert_eq!(response.status(), 200);
+    };
+    assert!(limited.headers().contains_key("retry-after"));
+    assert_problem(limited, 429, "too many requests").await;
 }
