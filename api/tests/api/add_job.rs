@@ -141,11 +141,7 @@ async fn unreadable_bodies_are_refused_with_400() {
 async fn a_damaged_replay_record_is_replaced_and_the_job_really_queued() {
     let api = spawn_api().await;
     let token = api.token("jobs:write");
-    let client = redis::Client::open(api.redis_url.as_str()).expect("redis url");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect to redis");
+    let mut conn = api.redis().await;
     let _: () = redis::cmd("SET")
         .arg(format!("{{{}}}:idem:damaged:1", api.prefix))
         .arg("not a record")

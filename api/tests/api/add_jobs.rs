@@ -150,11 +150,7 @@ async fn a_batch_needs_the_jobs_write_scope_and_no_idempotency_key_header() {
 }
 
 async fn redis_queue(api: &TestApi) -> Vec<String> {
-    let client = redis::Client::open(api.redis_url.as_str()).expect("redis url");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect to redis");
+    let mut conn = api.redis().await;
     redis::cmd("LRANGE")
         .arg(format!("{{{}}}:queue", api.prefix))
         .arg(0)

@@ -5,7 +5,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
-use crate::helpers::{SECRET, assert_problem, fixture, spawn_api, spawn_api_with, valid_body};
+use crate::helpers::{
+    SECRET, assert_problem, challenge, fixture, spawn_api, spawn_api_with, valid_body,
+};
 
 fn now() -> u64 {
     SystemTime::now()
@@ -35,12 +37,7 @@ fn writer_claims() -> Value {
 }
 
 async fn assert_unauthorized(response: reqwest::Response) {
-    let challenge = response
-        .headers()
-        .get("www-authenticate")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let challenge = challenge(&response);
     assert_eq!(challenge, "Bearer error=\"invalid_token\"");
     assert_problem(response, 401, "token").await;
 }
@@ -269,12 +266,7 @@ async fn every_route_refuses_a_token_without_its_scope_with_403() {
         let response = api
             .call(method, path, Some(&api.token(&others.join(" "))))
             .await;
-        let challenge = response
-            .headers()
-            .get("www-authenticate")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
+        let challenge = challenge(&response);
         assert_eq!(
             challenge,
             format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\""),

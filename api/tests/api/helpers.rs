@@ -122,13 +122,18 @@ impl TestApi {
             .expect("POST /addJobs")
     }
 
-    /// How many tasks wait in this API's queue.
-    pub async fn queue_len(&self) -> usize {
-        let client = redis::Client::open(self.redis_url.as_str()).expect("redis url");
-        let mut conn = client
+    /// A connection to this API's Redis.
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.redis_url.as_str())
+            .expect("redis url")
             .get_multiplexed_async_connection()
             .await
-            .expect("connect to redis");
+            .expect("connect to redis")
+    }
+
+    /// How many tasks wait in this API's queue.
+    pub async fn queue_len(&self) -> usize {
+        let mut conn = self.redis().await;
         redis::cmd("LLEN")
             .arg(format!("{{{}}}:queue", self.prefix))
             .query_async(&mut conn)
@@ -165,4 +170,14 @@ pub async fn assert_problem(response: reqwest::Response, status: u16, needle: &s
 pub fn hs256_keys(secret: &str) -> JwtKeys {
     let config = ApiConfig::parse_from(["sendonce-api", "--jwt-secret", secret]);
     JwtKeys::from_config(&config).expect("JWT settings")
+}
+
+/// The `WWW-Authenticate` challenge of `response`, or "".
+pub fn challenge(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
 }
