@@ -67,6 +67,7 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+log "schemathesis against the running API"; ./scripts/schemathesis.sh
 # The chaos test (chaos/tests) starts the API and worker binaries as
 # processes; cargo builds a package's own binaries for its tests only.
 log "cargo build --bins"

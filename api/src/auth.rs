@@ -1,39 +1,99 @@
 //! Bearer-JWT authentication and scopes.
 //!
-//! Tokens are HS256-signed with `JWT_SECRET`; the accepted algorithm is
-//! fixed here, never taken from the token's header. `exp` is required. The
-//! space-separated `scope` claim lists what the bearer may do.
+//! The accepted algorithm comes from `JWT_ALGORITHM`, never from the token's
+//! header: HS256 with `JWT_SECRET`, or RS256 / ES256 / EdDSA with the PEM
+//! public key in `JWT_PUBLIC_KEY_FILE`. `alg: none` and HMAC tokens keyed
+//! with a public key's bytes (algorithm confusion) therefore never verify.
+//! `exp` is required, `nbf` honoured, both within `JWT_LEEWAY_SECS`; `iss`
+//! and `aud` are required and checked when `JWT_ISSUER` / `JWT_AUDIENCE` are
+//! set. The space-separated `scope` claim lists what the bearer may do.
+//!
+//! # Using it in a handler
+//!
+//! Take an [`Authorized`] argument naming the scope the route needs; the
+//! scope is then part of the handler's signature and cannot be forgotten:
+//!
+//! ```text
+//! pub async fn add_job(caller: Authorized<scope::JobsWrite>, ...) -> ... {
+//!     let subject = caller.claims.sub.as_deref();
+//! ```
+//!
+//! Extraction answers 401 (`WWW-Authenticate: Bearer error="invalid_token"`)
+//! without a valid token, 403 (`error="insufficient_scope"`) without the
+//! scope, and 429 when a write scope's per-subject rate limit is spent.
 
 use std::future::{Ready, ready};
+use std::marker::PhantomData;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::http::header;
 use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
+use anyhow::{Context, bail};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+use crate::config::{ApiConfig, AppEnv, JwtAlgorithm};
 use crate::problem::ApiError;
+use crate::rate_limit::RateLimit;
 
-/// Clock skew tolerated on `exp`, in seconds.
-const LEEWAY_SECS: u64 = 30;
+/// Shortest `JWT_SECRET` accepted outside development: HS256's own output
+/// size, below which the key is easier to guess than the hash.
+pub const MIN_SECRET_BYTES: usize = 32;
 
-/// The scopes routes ask for.
+/// Secrets printed in this repository (docker-compose.yml, README): anyone
+/// can sign tokens with them, so production refuses them.
+const PUBLISHED_SECRETS: &[&str] = &["dev-only-insecure-jwt-secret-change-me-0123456789"];
+
+/// The scopes routes ask for, as types so a handler names its scope in its
+/// signature (`Authorized<scope::JobsWrite>`).
 pub mod scope {
-    /// Post jobs.
-    pub const JOBS_WRITE: &str = "jobs:write";
-    /// Read job status.
-    pub const JOBS_READ: &str = "jobs:read";
-    /// Read the dead-letter table.
-    pub const FAILED_READ: &str = "failed:read";
-    /// Requeue or discard dead-letter entries.
-    pub const FAILED_WRITE: &str = "failed:write";
+    /// A scope a route can require.
+    pub trait Scope {
+        /// The scope as it appears in the token's `scope` claim.
+        const NAME: &'static str;
+        /// Whether calls under this scope count against `RATE_LIMIT_PER_SEC`.
+        const RATE_LIMITED: bool;
+    }
+
+    /// Post jobs (`jobs:write`).
+    #[derive(Debug)]
+    pub struct JobsWrite;
+    /// Read job status (`jobs:read`).
+    #[derive(Debug)]
+    pub struct JobsRead;
+    /// Read the dead-letter table (`failed:read`).
+    #[derive(Debug)]
+    pub struct FailedRead;
+    /// Requeue or discard dead-letter entries (`failed:write`).
+    #[derive(Debug)]
+    pub struct FailedWrite;
+
+    impl Scope for JobsWrite {
+        const NAME: &'static str = "jobs:write";
+        const RATE_LIMITED: bool = true;
+    }
+    impl Scope for JobsRead {
+        const NAME: &'static str = "jobs:read";
+        const RATE_LIMITED: bool = false;
+    }
+    impl Scope for FailedRead {
+        const NAME: &'static str = "failed:read";
+        const RATE_LIMITED: bool = false;
+    }
+    impl Scope for FailedWrite {
+        const NAME: &'static str = "failed:write";
+        const RATE_LIMITED: bool = true;
+    }
 }
 
-/// The claims sendonce reads.
+use scope::Scope;
+
+/// The claims sendonce reads. `nbf`, `iss` and `aud` are checked by the
+/// validation, not read.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
-    /// Who the token was issued to.
+    /// Who the token was issued to; the rate limit's key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
     /// Expiry, Unix seconds.
@@ -53,32 +113,94 @@ impl Claims {
     }
 }
 
-/// Verifies and mints tokens.
+/// Verifies tokens, and mints them when the key is symmetric.
 #[derive(Clone)]
 pub struct JwtKeys {
     decoding: DecodingKey,
-    encoding: EncodingKey,
+    /// Only with HS256: the API holds no private key for the others.
+    encoding: Option<EncodingKey>,
     validation: Validation,
 }
 
 impl std::fmt::Debug for JwtKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JwtKeys").finish_non_exhaustive()
+        f.debug_struct("JwtKeys")
+            .field("algorithms", &self.validation.algorithms)
+            .finish_non_exhaustive()
     }
 }
 
 impl JwtKeys {
-    /// Keys for HS256 with `secret`.
-    pub fn hs256(secret: &SecretString) -> Self {
-        let bytes = secret.expose_secret().as_bytes();
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = LEEWAY_SECS;
-        validation.set_required_spec_claims(&["exp"]);
-        Self {
-            decoding: DecodingKey::from_secret(bytes),
-            encoding: EncodingKey::from_secret(bytes),
-            validation,
+    /// Reads and checks the JWT settings. The error names the variable at
+    /// fault: a missing or weak `JWT_SECRET`, an unreadable or mismatched
+    /// `JWT_PUBLIC_KEY_FILE`, or a setting that does not fit the algorithm.
+    pub fn from_config(config: &ApiConfig) -> anyhow::Result<Self> {
+        let (algorithm, decoding, encoding) = match config.jwt_algorithm {
+            JwtAlgorithm::Hs256 => {
+                if config.jwt_public_key_file.is_some() {
+                    bail!(
+                        "JWT_PUBLIC_KEY_FILE is set but JWT_ALGORITHM is HS256; set JWT_ALGORITHM to the key's algorithm"
+                    );
+                }
+                let secret = config
+                    .jwt_secret
+                    .as_ref()
+                    .context("JWT_SECRET is required when JWT_ALGORITHM is HS256")?;
+                check_secret(secret, config.app_env)?;
+                let bytes = secret.expose_secret().as_bytes();
+                (
+                    Algorithm::HS256,
+                    DecodingKey::from_secret(bytes),
+                    Some(EncodingKey::from_secret(bytes)),
+                )
+            }
+            asymmetric => {
+                if config.jwt_secret.is_some() {
+                    bail!(
+                        "JWT_SECRET is set but JWT_ALGORITHM is {asymmetric:?}; unset it, tokens are verified with JWT_PUBLIC_KEY_FILE"
+                    );
+                }
+                let path = config.jwt_public_key_file.as_ref().with_context(|| {
+                    format!("JWT_PUBLIC_KEY_FILE is required when JWT_ALGORITHM is {asymmetric:?}")
+                })?;
+                let pem = std::fs::read(path).with_context(|| {
+                    format!("failed to read JWT_PUBLIC_KEY_FILE {}", path.display())
+                })?;
+                let (algorithm, key) = match asymmetric {
+                    JwtAlgorithm::Rs256 => (Algorithm::RS256, DecodingKey::from_rsa_pem(&pem)),
+                    JwtAlgorithm::Es256 => (Algorithm::ES256, DecodingKey::from_ec_pem(&pem)),
+                    _ => (Algorithm::EdDSA, DecodingKey::from_ed_pem(&pem)),
+                };
+                let key = key.with_context(|| {
+                    format!(
+                        "JWT_PUBLIC_KEY_FILE {} is not a PEM public key for {asymmetric:?}",
+                        path.display()
+                    )
+                })?;
+                (algorithm, key, None)
+            }
+        };
+        let mut validation = Validation::new(algorithm);
+        validation.leeway = config.jwt_leeway_secs;
+        validation.validate_nbf = true;
+        let mut required = vec!["exp"];
+        if let Some(issuer) = &config.jwt_issuer {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
         }
+        match &config.jwt_audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
+            None => validation.validate_aud = false,
+        }
+        validation.set_required_spec_claims(&required);
+        Ok(Self {
+            decoding,
+            encoding,
+            validation,
+        })
     }
 
     /// Verifies `token` and returns its claims.
@@ -88,49 +210,85 @@ impl JwtKeys {
             .map_err(|e| ApiError::Unauthorized(format!("the bearer token is invalid: {e}")))
     }
 
-    /// Mints a token for `sub` with `scope`, valid for `ttl`.
+    /// Mints an HS256 token for `sub` with `scope`, valid for `ttl`, with the
+    /// configured `iss` and `aud`.
     pub fn mint(&self, sub: &str, scope: &str, ttl: Duration) -> anyhow::Result<String> {
+        let encoding = self.encoding.as_ref().context(
+            "only HS256 tokens can be minted here; tokens for a public key come from its issuer",
+        )?;
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-        let claims = Claims {
-            sub: Some(sub.to_owned()),
-            exp: now + ttl.as_secs(),
-            iat: Some(now),
-            scope: scope.to_owned(),
-        };
+        let mut claims = serde_json::json!({
+            "sub": sub,
+            "exp": now + ttl.as_secs(),
+            "iat": now,
+            "scope": scope,
+        });
+        if let Some(issuer) = self.validation.iss.iter().flatten().next() {
+            claims["iss"] = issuer.as_str().into();
+        }
+        if let Some(audience) = self.validation.aud.iter().flatten().next() {
+            claims["aud"] = audience.as_str().into();
+        }
         Ok(jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
             &claims,
-            &self.encoding,
+            encoding,
         )?)
     }
 }
 
-/// The verified caller of a request. Extracting it answers 401 when the
-/// token is missing or invalid.
-#[derive(Debug, Clone)]
-pub struct Caller(pub Claims);
-
-impl Caller {
-    /// Answers 403 unless the caller holds `scope`.
-    pub fn require(&self, scope: &'static str) -> Result<&Claims, ApiError> {
-        if self.0.has_scope(scope) {
-            Ok(&self.0)
-        } else {
-            Err(ApiError::Forbidden(scope))
-        }
+fn check_secret(secret: &SecretString, env: AppEnv) -> anyhow::Result<()> {
+    if env == AppEnv::Development {
+        return Ok(());
     }
+    let secret = secret.expose_secret();
+    if PUBLISHED_SECRETS.contains(&secret) {
+        bail!(
+            "JWT_SECRET is the published development secret; set a private one (e.g. `openssl rand -hex 32`) or APP_ENV=development"
+        );
+    }
+    if secret.len() < MIN_SECRET_BYTES {
+        bail!(
+            "JWT_SECRET is shorter than {MIN_SECRET_BYTES} bytes; set a longer one (e.g. `openssl rand -hex 32`) or APP_ENV=development"
+        );
+    }
+    Ok(())
 }
 
-impl FromRequest for Caller {
+/// A verified caller holding scope `S`. See the module docs.
+#[derive(Debug)]
+pub struct Authorized<S: Scope> {
+    /// The token's claims.
+    pub claims: Claims,
+    _scope: PhantomData<S>,
+}
+
+impl<S: Scope> FromRequest for Authorized<S> {
     type Error = ApiError;
     type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(authenticate(req))
+        ready(authorize::<S>(req))
     }
 }
 
-fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
+fn authorize<S: Scope>(req: &HttpRequest) -> Result<Authorized<S>, ApiError> {
+    let claims = authenticate(req)?;
+    if !claims.has_scope(S::NAME) {
+        return Err(ApiError::Forbidden(S::NAME));
+    }
+    if S::RATE_LIMITED
+        && let Some(limit) = req.app_data::<web::Data<RateLimit>>()
+    {
+        limit.check(claims.sub.as_deref().unwrap_or_default())?;
+    }
+    Ok(Authorized {
+        claims,
+        _scope: PhantomData,
+    })
+}
+
+fn authenticate(req: &HttpRequest) -> Result<Claims, ApiError> {
     let keys = req
         .app_data::<web::Data<JwtKeys>>()
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("JwtKeys not configured")))?;
@@ -148,5 +306,5 @@ fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
         .ok_or_else(|| {
             ApiError::Unauthorized("the Authorization header must be `Bearer <token>`".into())
         })?;
-    keys.verify(token).map(Caller)
+    keys.verify(token)
 }

@@ -1,10 +1,40 @@
 //! The API's settings.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use secrecy::SecretString;
 use sendonce_shared::config::CommonConfig;
+
+/// Which deployment this is. Development relaxes the start-up refusals of
+/// weak or published secrets, and nothing else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AppEnv {
+    /// Every start-up check applies.
+    Production,
+    /// Published and short `JWT_SECRET`s are tolerated (docker-compose).
+    Development,
+}
+
+/// The one algorithm bearer tokens must be signed with. Taken from here,
+/// never from a token's header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum JwtAlgorithm {
+    /// HMAC-SHA256 with `JWT_SECRET`.
+    #[value(name = "HS256")]
+    Hs256,
+    /// RSA PKCS#1 v1.5 with SHA-256; public key in `JWT_PUBLIC_KEY_FILE`.
+    #[value(name = "RS256")]
+    Rs256,
+    /// ECDSA P-256 with SHA-256; public key in `JWT_PUBLIC_KEY_FILE`.
+    #[value(name = "ES256")]
+    Es256,
+    /// Ed25519; public key in `JWT_PUBLIC_KEY_FILE`.
+    #[value(name = "EdDSA")]
+    EdDsa,
+}
 
 /// Settings of `sendonce-api`.
 #[derive(Debug, Clone, Parser)]
@@ -17,9 +47,43 @@ pub struct ApiConfig {
     #[arg(long, env = "API_ADDR", default_value = "0.0.0.0:8080")]
     pub api_addr: SocketAddr,
 
-    /// HS256 key that signs and verifies bearer tokens.
+    /// `production` refuses weak or published secrets at start-up;
+    /// `development` allows them.
+    #[arg(long, env = "APP_ENV", value_enum, default_value_t = AppEnv::Production)]
+    pub app_env: AppEnv,
+
+    /// Algorithm every bearer token must be signed with.
+    #[arg(long, env = "JWT_ALGORITHM", value_enum, default_value_t = JwtAlgorithm::Hs256)]
+    pub jwt_algorithm: JwtAlgorithm,
+
+    /// HS256 key that signs and verifies bearer tokens (at least 32 bytes).
     #[arg(long, env = "JWT_SECRET", hide_env_values = true, value_parser = parse_secret)]
-    pub jwt_secret: SecretString,
+    pub jwt_secret: Option<SecretString>,
+
+    /// PEM public key (SPKI) verifying RS256, ES256 or EdDSA tokens.
+    #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds (0 to 60).
+    #[arg(long, env = "JWT_LEEWAY_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=60))]
+    pub jwt_leeway_secs: u64,
+
+    /// When set, tokens must carry this `iss`.
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// When set, tokens must carry this `aud`.
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..=64 * 1024 * 1024))]
+    pub max_body_bytes: u64,
+
+    /// Requests per second each token subject may make to the write
+    /// endpoints; unset means no limit.
+    #[arg(long, env = "RATE_LIMIT_PER_SEC")]
+    pub rate_limit_per_sec: Option<NonZeroU32>,
 }
 
 fn parse_secret(s: &str) -> Result<SecretString, String> {

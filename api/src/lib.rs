@@ -5,16 +5,24 @@
 //! - [`config`]: `ApiConfig`, every setting with its environment variable.
 //! - [`startup`]: `Application::build` binds the listener (port 0 in tests)
 //!   and wires the routes; `run_until_stopped` drains on shutdown.
-//! - [`auth`]: bearer-JWT verification, the `Caller` extractor and scopes.
+//! - [`auth`]: bearer-JWT verification, the `Authorized<scope>` extractor
+//!   and scopes.
+//! - [`rate_limit`]: per-subject limits on the write endpoints.
 //! - [`routes`]: one module per resource.
+//! - [`openapi`]: the OpenAPI 3.1 document served at `/openapi.json`.
 //! - [`problem`]: `ApiError` and its RFC 9457 problem+json form.
 //! - [`state`]: what handlers share.
+//! - [`telemetry`]: metric names, the request-id and request-metrics
+//!   middlewares, and each request's root span.
 
 pub mod auth;
 pub mod config;
+pub mod openapi;
 pub mod problem;
+pub mod rate_limit;
 pub mod routes;
 pub mod startup;
 pub mod state;
+pub mod telemetry;
 
 pub use startup::Application;

@@ -24,6 +24,8 @@ enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Print the OpenAPI document (also served at /openapi.json).
+    Openapi,
     /// Print a bearer token signed with JWT_SECRET.
     Token {
         /// Who the token is for (`sub`).
@@ -54,8 +56,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token { sub, scope, ttl } => {
             println!(
                 "{}",
-                JwtKeys::hs256(&config.jwt_secret).mint(&sub, &scope, ttl)?
+                JwtKeys::from_config(&config)?.mint(&sub, &scope, ttl)?
             );
+            Ok(())
+        }
+        Command::Openapi => {
+            println!("{}", sendonce_api::openapi::document());
             Ok(())
         }
         Command::Migrate => {
@@ -66,7 +72,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Serve => {
             telemetry::init(config.common.log_format, &config.common.rust_log)?;
-            let metrics = telemetry::install_metrics()?;
+            let metrics = sendonce_api::telemetry::install_metrics()?;
             let app = Application::build(config, Some(metrics)).await?;
             tracing::info!(port = app.port(), "API listening");
             app.run_until_stopped(telemetry::shutdown_signal()).await

@@ -38,6 +38,15 @@ pub enum ApiError {
     /// The body is larger than allowed.
     #[error("the request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// The body is not JSON.
+    #[error("the body must be JSON (Content-Type: application/json)")]
+    UnsupportedMediaType,
+    /// The caller's write rate limit is spent.
+    #[error("too many requests; retry in {retry_after_secs} s")]
+    TooManyRequests {
+        /// Seconds until the next request is allowed.
+        retry_after_secs: u64,
+    },
     /// A readiness probe found dependencies down.
     #[error("not ready: {0} did not answer in time")]
     NotReady(String),
@@ -56,13 +65,36 @@ impl ApiError {
     }
 }
 
-/// RFC 9457 problem details.
-#[derive(Debug, Serialize)]
-struct Problem<'a> {
+/// RFC 9457 problem details, the body of every error answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem<'a> {
+    /// Always `about:blank`: the status says what kind of problem it is.
     r#type: &'a str,
+    /// The status's reason phrase.
     title: &'a str,
+    /// The HTTP status.
     status: u16,
+    /// What went wrong, naming the field at fault; opaque for 5xx.
     detail: String,
+}
+
+impl ApiError {
+    /// The problem details this error answers with; also how a batch
+    /// reports one item's error.
+    pub fn problem(&self) -> Problem<'static> {
+        let status = self.status_code();
+        let detail = match self {
+            Self::Unavailable(_) => "a dependency is unavailable; retry later".to_owned(),
+            Self::Internal(_) => "an internal error occurred".to_owned(),
+            other => other.to_string(),
+        };
+        Problem {
+            r#type: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail,
+        }
+    }
 }
 
 impl ResponseError for ApiError {
@@ -74,6 +106,8 @@ impl ResponseError for ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -84,11 +118,6 @@ impl ResponseError for ApiError {
         if status.is_server_error() && !matches!(self, Self::NotReady(_)) {
             tracing::error!(error = ?anyhow_chain(self), "request failed");
         }
-        let detail = match self {
-            Self::Unavailable(_) => "a dependency is unavailable; retry later".to_owned(),
-            Self::Internal(_) => "an internal error occurred".to_owned(),
-            other => other.to_string(),
-        };
         let mut response = HttpResponse::build(status);
         response.content_type("application/problem+json");
         match self {
@@ -108,14 +137,12 @@ impl ResponseError for ApiError {
             Self::Unavailable(_) => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
             }
+            Self::TooManyRequests { retry_after_secs } => {
+                response.insert_header((header::RETRY_AFTER, *retry_after_secs));
+            }
             _ => {}
         }
-        response.json(Problem {
-            r#type: "about:blank",
-            title: status.canonical_reason().unwrap_or("Error"),
-            status: status.as_u16(),
-            detail,
-        })
+        response.json(self.problem())
     }
 }
 

@@ -4,6 +4,7 @@ use std::net::TcpListener;
 
 use actix_web::dev::Server;
 use actix_web::error::JsonPayloadError;
+use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -13,12 +14,12 @@ use tracing_actix_web::TracingLogger;
 
 use crate::auth::JwtKeys;
 use crate::config::ApiConfig;
+use crate::openapi;
 use crate::problem::ApiError;
+use crate::rate_limit::RateLimit;
 use crate::routes;
 use crate::state::AppState;
-
-/// Largest accepted request body.
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+use crate::telemetry;
 
 /// A bound, not yet running API server.
 pub struct Application {
@@ -41,6 +42,7 @@ impl Application {
         config: ApiConfig,
         metrics: Option<PrometheusHandle>,
     ) -> anyhow::Result<Self> {
+        let keys = JwtKeys::from_config(&config)?;
         let store = Store::new(store::connect(&config.common.database_url, 16)?);
         store
             .migrate()
@@ -58,8 +60,12 @@ impl Application {
         let listener = TcpListener::bind(config.api_addr)
             .with_context(|| format!("failed to bind API_ADDR {}", config.api_addr))?;
         let port = listener.local_addr()?.port();
-        let keys = JwtKeys::hs256(&config.jwt_secret);
-        let server = serve(listener, state, keys, metrics)?;
+        let limits = Limits {
+            max_body_bytes: usize::try_from(config.max_body_bytes)
+                .context("MAX_BODY_BYTES does not fit in memory")?,
+            rate: config.rate_limit_per_sec.map(RateLimit::per_second),
+        };
+        let server = serve(listener, state, keys, limits, metrics)?;
         Ok(Self { port, server })
     }
 
@@ -81,16 +87,13 @@ impl Application {
     }
 }
 
-fn json_error(err: JsonPayloadError, _: &actix_web::HttpRequest) -> actix_web::Error {
+pub(crate) fn json_error(err: JsonPayloadError, _: &actix_web::HttpRequest) -> actix_web::Error {
     match err {
         JsonPayloadError::Overflow { limit }
         | JsonPayloadError::OverflowKnownLength { limit, .. } => {
             ApiError::PayloadTooLarge(limit).into()
         }
-        JsonPayloadError::ContentType => {
-            ApiError::BadRequest("the body must be JSON (Content-Type: application/json)".into())
-                .into()
-        }
+        JsonPayloadError::ContentType => ApiError::UnsupportedMediaType.into(),
         JsonPayloadError::Deserialize(e) => {
             ApiError::BadRequest(format!("the JSON body is invalid: {e}")).into()
         }
@@ -102,26 +105,38 @@ async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
     Err(ApiError::NotFound("no such route".into()))
 }
 
+/// Request limits from the configuration.
+struct Limits {
+    max_body_bytes: usize,
+    rate: Option<RateLimit>,
+}
+
 fn serve(
     listener: TcpListener,
     state: AppState,
     keys: JwtKeys,
+    limits: Limits,
     metrics: Option<PrometheusHandle>,
 ) -> anyhow::Result<Server> {
     let state = web::Data::new(state);
     let keys = web::Data::new(keys);
     let metrics = metrics.map(web::Data::new);
+    let rate = limits.rate.map(web::Data::new);
+    let max_body_bytes = limits.max_body_bytes;
     let server = HttpServer::new(move || {
         let mut app = App::new()
-            .wrap(TracingLogger::default())
+            .wrap(from_fn(telemetry::record_request))
+            .wrap(TracingLogger::<telemetry::RequestSpan>::new())
+            .wrap(from_fn(telemetry::request_id))
             .app_data(state.clone())
             .app_data(keys.clone())
             .app_data(
                 web::JsonConfig::default()
-                    .limit(MAX_BODY_BYTES)
+                    .limit(max_body_bytes)
                     .error_handler(json_error),
             )
             .route("/addJob", web::post().to(routes::add_job::add_job))
+            .service(routes::add_jobs::resource("/addJobs"))
             .app_data(web::QueryConfig::default().error_handler(|err, _| {
                 ApiError::BadRequest(format!("the query string is invalid: {err}")).into()
             }))
@@ -145,9 +160,13 @@ fn serve(
             .route("/healthz", web::get().to(routes::health::healthz))
             .default_service(web::to(not_found))
             .route("/readyz", web::get().to(routes::health::readyz))
-            .route("/metrics", web::get().to(routes::health::metrics));
+            .route("/metrics", web::get().to(routes::health::metrics))
+            .route("/openapi.json", web::get().to(openapi::openapi_json));
         if let Some(m) = &metrics {
             app = app.app_data(m.clone());
+        }
+        if let Some(r) = &rate {
+            app = app.app_data(r.clone());
         }
         app
     })

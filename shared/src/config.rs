@@ -4,7 +4,11 @@
 
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use std::ffi::OsStr;
+
+use clap::builder::TypedValueParser;
+use clap::error::ErrorKind;
+use clap::{Arg, Args, Command, ValueEnum};
 use secrecy::{ExposeSecret, SecretString};
 
 /// How log lines are written.
@@ -24,7 +28,7 @@ pub struct CommonConfig {
         long,
         env = "DATABASE_URL",
         default_value = "postgres://postgres@127.0.0.1:5432/sendonce",
-        value_parser = parse_postgres_url,
+        value_parser = secret(parse_postgres_url),
         hide_env_values = true
     )]
     pub database_url: SecretString,
@@ -34,7 +38,7 @@ pub struct CommonConfig {
         long,
         env = "REDIS_URL",
         default_value = "redis://127.0.0.1:6379",
-        value_parser = parse_redis_url,
+        value_parser = secret(parse_redis_url),
         hide_env_values = true
     )]
     pub redis_url: SecretString,
@@ -62,6 +66,61 @@ impl CommonConfig {
     /// The dedup lifetime as a duration.
     pub fn dedup_ttl(&self) -> Duration {
         Duration::from_secs(self.dedup_ttl_secs)
+    }
+}
+
+/// Wraps the parser of a setting whose value may hold a secret (a URL with
+/// a password), so a rejected value is not echoed: clap's own error message
+/// quotes the value, which would print the password to the terminal and to
+/// the orchestrator's logs. The error names the flag, the variable and the
+/// cause instead.
+pub fn secret<T, F>(parse: F) -> SecretValueParser<F>
+where
+    F: Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static,
+    T: Clone + Send + Sync + 'static,
+{
+    SecretValueParser(parse)
+}
+
+/// See [`secret`].
+#[derive(Clone)]
+pub struct SecretValueParser<F>(F);
+
+impl<F> std::fmt::Debug for SecretValueParser<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretValueParser")
+    }
+}
+
+impl<T, F> TypedValueParser for SecretValueParser<F>
+where
+    F: Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static,
+    T: Clone + Send + Sync + 'static,
+{
+    type Value = T;
+
+    fn parse_ref(&self, cmd: &Command, arg: Option<&Arg>, value: &OsStr) -> Result<T, clap::Error> {
+        let reject = |cause: &str| {
+            let name = match arg {
+                Some(arg) => match (arg.get_long(), arg.get_env()) {
+                    (Some(long), Some(env)) => {
+                        format!("--{long} ({})", env.to_string_lossy())
+                    }
+                    (Some(long), None) => format!("--{long}"),
+                    _ => arg.get_id().to_string(),
+                },
+                None => "a setting".to_owned(),
+            };
+            clap::Error::raw(
+                ErrorKind::ValueValidation,
+                format!(
+                    "invalid value for {name} (value not shown: it may hold a secret): {cause}\n"
+                ),
+            )
+            .with_cmd(cmd)
+        };
+        let text = value.to_str().ok_or_else(|| reject("not valid UTF-8"))?;
+        (self.0)(text).map_err(|cause| reject(&cause))
     }
 }
 
@@ -98,4 +157,59 @@ pub fn parse_millis(s: &str) -> Result<Duration, String> {
 /// Reads a secret for a place that needs the plain text.
 pub fn expose(secret: &SecretString) -> &str {
     secret.expose_secret()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        common: CommonConfig,
+    }
+
+    fn rejection(args: &[&str]) -> String {
+        let err = Cli::try_parse_from(std::iter::once("sendonce").chain(args.iter().copied()))
+            .expect_err("the value must be rejected");
+        assert_eq!(err.kind(), ErrorKind::ValueValidation);
+        err.to_string()
+    }
+
+    #[test]
+    fn a_rejected_database_url_is_named_without_its_password() {
+        let message = rejection(&[
+            "--database-url",
+            "postgres://app:hunter2-secret@db:notaport/sendonce",
+        ]);
+        assert!(message.contains("DATABASE_URL"), "{message}");
+        assert!(
+            message.contains("not a Postgres connection string"),
+            "{message}"
+        );
+        assert!(!message.contains("hunter2-secret"), "{message}");
+    }
+
+    #[test]
+    fn a_rejected_redis_url_is_named_without_its_password() {
+        let message = rejection(&["--redis-url", "rediss://:hunter2-secret@cache:notaport"]);
+        assert!(message.contains("REDIS_URL"), "{message}");
+        assert!(message.contains("not a Redis URL"), "{message}");
+        assert!(!message.contains("hunter2-secret"), "{message}");
+    }
+
+    #[test]
+    fn valid_urls_are_accepted() {
+        let cli = Cli::try_parse_from([
+            "sendonce",
+            "--database-url",
+            "postgres://app:pw@db:5432/sendonce",
+            "--redis-url",
+            "redis://:pw@cache:6379",
+        ])
+        .expect("valid URLs");
+        assert_eq!(expose(&cli.common.redis_url), "redis://:pw@cache:6379");
+    }
 }

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use lettre::message::{Mailbox, Mailboxes};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// Why a value was refused. The field name lives in the caller, which knows
@@ -50,7 +51,9 @@ pub enum InvalidValue {
 
 /// A job's identity, minted by the API as a UUIDv7 so ids sort by creation
 /// time and carry it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
 #[serde(transparent)]
 pub struct JobId(Uuid);
 
@@ -102,8 +105,9 @@ impl fmt::Display for JobId {
 
 /// The client's business key ("welcome:user-42"): 1 to 255 printable ASCII
 /// characters. At most one email is ever accepted by SMTP per key.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(try_from = "String", into = "String")]
+#[schema(value_type = String, pattern = "^[ -~]{1,255}$")]
 pub struct IdempotencyKey(String);
 
 impl IdempotencyKey {
@@ -206,7 +210,13 @@ impl EmailAddress {
         if !whole {
             return Err(InvalidValue::NotOneMailbox);
         }
-        Ok(Self(mailbox))
+        // `"" <a@b>` prints as `a@b` and `" Ada " <a@b>` as `Ada <a@b>`:
+        // normalise so the stored form parses back to the same value.
+        let name = mailbox
+            .name
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty());
+        Ok(Self(Mailbox::new(name, mailbox.email)))
     }
 
     /// The lettre mailbox, for building the message.
@@ -421,6 +431,18 @@ mod tests {
     }
 
     #[test]
+    fn empty_or_padded_display_names_are_stored_in_the_form_they_print_as() {
+        for (given, printed) in [
+            ("\"\" <ada@example.com>", "ada@example.com"),
+            ("\" Ada \" <ada@example.com>", "Ada <ada@example.com>"),
+        ] {
+            let address = EmailAddress::parse(given).expect("valid");
+            assert_eq!(address.to_string(), printed);
+            assert_eq!(EmailAddress::parse(printed), Ok(address));
+        }
+    }
+
+    #[test]
     fn lists_groups_garbage_and_injection_are_refused() {
         for bad in [
             "",
@@ -472,5 +494,83 @@ mod tests {
     fn subjects_refuse_line_breaks() {
         assert!(Subject::parse("a\r\nBcc: x@y.z").is_err());
         assert!(Subject::parse("x".repeat(999)).is_err());
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Mailbox-shaped text: display names with quotes, commas, dots and
+        /// non-ASCII, local parts with the specials RFC 5322 allows.
+        fn mailbox_like() -> impl Strategy<Value = String> {
+            let name = "[ -~\u{e9}\u{4e2d}]{0,24}";
+            let local = "[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,20}";
+            let domain = "[a-z0-9-]{1,12}(\\.[a-z]{2,6}){1,2}";
+            (name, local, domain, 0..4u8).prop_map(|(name, local, domain, shape)| match shape {
+                0 => format!("{local}@{domain}"),
+                1 => format!("{name} <{local}@{domain}>"),
+                2 => format!("\"{name}\" <{local}@{domain}>"),
+                _ => format!("<{local}@{domain}>"),
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn an_accepted_address_prints_as_text_that_parses_back_to_it(s in mailbox_like()) {
+                if let Ok(address) = EmailAddress::parse(&s) {
+                    let printed = address.to_string();
+                    prop_assert_eq!(EmailAddress::parse(&printed), Ok(address), "printed {:?}", printed);
+                }
+            }
+
+            #[test]
+            fn no_accepted_address_holds_a_control_character(s in "\\PC{0,8}[\\x00-\\x1f\\x7f]\\PC{0,8}@x.test") {
+                prop_assert!(EmailAddress::parse(&s).is_err());
+            }
+
+            #[test]
+            fn any_text_parses_as_an_address_or_is_refused_without_panicking(s in "\\PC{0,64}|.{0,64}") {
+                if let Ok(address) = EmailAddress::parse(&s) {
+                    prop_assert!(!address.to_string().contains(['\r', '\n', '\0']));
+                }
+            }
+
+            #[test]
+            fn a_key_is_accepted_exactly_when_it_is_1_to_255_printable_ascii(s in ".{0,300}|[ -~]{0,300}") {
+                let expected = (1..=IdempotencyKey::MAX_LEN).contains(&s.len())
+                    && s.bytes().all(|b| b == b' ' || b.is_ascii_graphic());
+                let parsed = IdempotencyKey::parse(s.clone());
+                prop_assert_eq!(parsed.is_ok(), expected);
+                if let Ok(key) = parsed {
+                    let json = serde_json::to_string(&key).expect("serialise");
+                    prop_assert_eq!(serde_json::from_str::<IdempotencyKey>(&json).ok(), Some(key));
+                }
+            }
+
+            #[test]
+            fn an_accepted_subject_is_one_short_line(s in ".{0,1100}|\\PC{0,1100}") {
+                if let Ok(subject) = Subject::parse(s) {
+                    prop_assert!(subject.as_str().len() <= Subject::MAX_LEN);
+                    prop_assert!(!subject.as_str().chars().any(char::is_control));
+                }
+            }
+
+            #[test]
+            fn a_task_of_accepted_parts_survives_the_queue(
+                to in mailbox_like(),
+                subject in "\\PC{0,80}",
+                text in proptest::option::of(".{0,80}"),
+                html in proptest::option::of(".{0,80}"),
+            ) {
+                let (Ok(to), Ok(subject), Ok(body)) =
+                    (EmailAddress::parse(&to), Subject::parse(subject), Body::new(text, html))
+                else {
+                    return Ok(());
+                };
+                let task = Task::new(Email { from: None, to, reply_to: None, subject, body }, None);
+                prop_assert_eq!(Task::from_json(&task.to_json()).ok(), Some(task));
+            }
+        }
     }
 }

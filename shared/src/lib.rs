@@ -11,10 +11,12 @@
 //!   key.
 //! - [`store`]: the Postgres store: migrations, the L2 claim (the authority
 //!   on "at most one effect per key"), job states and the dead-letter table.
-//! - [`telemetry`]: log set-up.
+//! - [`readiness`]: the `/readyz` check both binaries serve.
+//! - [`telemetry`]: log and metrics set-up, the shutdown signal.
 
 pub mod config;
 pub mod domain;
 pub mod queue;
+pub mod readiness;
 pub mod store;
 pub mod telemetry;

@@ -40,6 +40,9 @@ pub enum QueueError {
     /// The connection settings were unusable.
     #[error("invalid Redis configuration: {0}")]
     Config(String),
+    /// Redis answered in a shape the caller did not expect.
+    #[error("unexpected answer from Redis: {0}")]
+    Unexpected(String),
 }
 
 /// Names of the Redis keys under one prefix.
@@ -124,6 +127,24 @@ pub enum Enqueued {
     },
 }
 
+impl Enqueued {
+    /// Reads the replay record a key already had, if any.
+    fn from_record(prev: Option<String>) -> Self {
+        let Some(prev) = prev else {
+            return Self::New;
+        };
+        let (job, fingerprint) = prev.split_once(' ').unwrap_or((&prev, ""));
+        match job.parse() {
+            Ok(job_id) => Self::Replay {
+                job_id,
+                fingerprint: fingerprint.to_owned(),
+            },
+            // A record we cannot read must not block the key forever.
+            Err(_) => Self::New,
+        }
+    }
+}
+
 /// Outcome of the L1 claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum L1Claim {
@@ -143,6 +164,28 @@ if prev then return prev end
 redis.call('LPUSH', KEYS[2], ARGV[2])
 redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[3])
 return false
+";
+
+const ENQUEUE_MANY: &str = r"
+-- KEYS: queue, then per task its idem key and its job marker.
+-- ARGV: ttl secs, then per task its replay record, task and key.
+-- Tasks are handled in order, so a key repeated in the batch replays its
+-- first occurrence. Answers, per task, the previous record or false.
+local answers, fresh = {}, {}
+for i = 1, (#KEYS - 1) / 2 do
+  local prev = redis.call('SET', KEYS[2 * i], ARGV[3 * i - 1], 'NX', 'GET', 'EX', ARGV[1])
+  if prev then
+    answers[i] = prev
+  else
+    answers[i] = false
+    fresh[#fresh + 1] = ARGV[3 * i]
+    redis.call('SET', KEYS[2 * i + 1], ARGV[3 * i + 1], 'EX', ARGV[1])
+  end
+end
+for i = 1, #fresh, 1000 do
+  redis.call('LPUSH', KEYS[1], unpack(fresh, i, math.min(i + 999, #fresh)))
+end
+return answers
 ";
 
 const PROMOTE: &str = r"
@@ -183,6 +226,7 @@ pub struct Queue {
     pool: Pool,
     keys: Keys,
     enqueue: Script,
+    enqueue_many: Script,
     promote: Script,
     reap: Script,
     return_held: Script,
@@ -201,6 +245,7 @@ impl Queue {
             pool,
             keys: Keys::new(prefix),
             enqueue: Script::new(ENQUEUE),
+            enqueue_many: Script::new(ENQUEUE_MANY),
             promote: Script::new(PROMOTE),
             reap: Script::new(REAP),
             return_held: Script::new(RETURN_HELD),
@@ -244,20 +289,41 @@ impl Queue {
             .arg(task.idempotency_key.as_str())
             .invoke_async(&mut conn)
             .await?;
-        Ok(match prev {
-            None => Enqueued::New,
-            Some(prev) => {
-                let (job, fingerprint) = prev.split_once(' ').unwrap_or((&prev, ""));
-                match job.parse() {
-                    Ok(job_id) => Enqueued::Replay {
-                        job_id,
-                        fingerprint: fingerprint.to_owned(),
-                    },
-                    // A record we cannot read must not block the key forever.
-                    Err(_) => Enqueued::New,
-                }
-            }
-        })
+        Ok(Enqueued::from_record(prev))
+    }
+
+    /// Enqueues a batch of `(task, fingerprint)` in one script call (one
+    /// round trip, atomic), with [`Queue::enqueue`]'s replay semantics per
+    /// key: a key accepted earlier, or earlier in the same batch, is not
+    /// enqueued again and answers with the accepted job. Answers in order.
+    pub async fn enqueue_many(
+        &self,
+        batch: &[(Task, String)],
+        ttl: Duration,
+    ) -> Result<Vec<Enqueued>, QueueError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut invocation = self.enqueue_many.prepare_invoke();
+        invocation.key(self.keys.queue()).arg(ttl.as_secs().max(1));
+        for (task, fingerprint) in batch {
+            invocation
+                .key(self.keys.idem(&task.idempotency_key))
+                .key(self.keys.job(task.job_id))
+                .arg(format!("{} {fingerprint}", task.job_id))
+                .arg(task.to_json())
+                .arg(task.idempotency_key.as_str());
+        }
+        let mut conn = self.conn().await?;
+        let answers: Vec<Option<String>> = invocation.invoke_async(&mut conn).await?;
+        if answers.len() != batch.len() {
+            return Err(QueueError::Unexpected(format!(
+                "the enqueue script answered {} items for {}",
+                answers.len(),
+                batch.len()
+            )));
+        }
+        Ok(answers.into_iter().map(Enqueued::from_record).collect())
     }
 
     /// Pushes tasks straight onto the queue in one round trip (requeue

@@ -165,7 +165,7 @@ pub struct Failure<'a> {
 }
 
 /// A job's state as clients see it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct JobRecord {
     /// The job.
     pub job_id: JobId,
@@ -189,7 +189,7 @@ pub struct JobRecord {
 }
 
 /// One dead-letter entry as the API lists it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct FailedJob {
     /// The entry's id (used to retry or discard it).
     pub id: i64,
@@ -287,10 +287,14 @@ impl Store {
         let job = task.job_id.as_uuid();
         let inserted = conn
             .query_opt(
-                "INSERT INTO deliveries (idempotency_key, job_id, state, attempts)
+                &conn
+                    .prepare_cached(
+                        "INSERT INTO deliveries (idempotency_key, job_id, state, attempts)
                  VALUES ($1, $2, 'processing', 1)
                  ON CONFLICT (idempotency_key) DO NOTHING
                  RETURNING attempts",
+                    )
+                    .await?,
                 &[&key, &job],
             )
             .await?;
@@ -301,12 +305,16 @@ impl Store {
         }
         let taken = conn
             .query_opt(
-                "UPDATE deliveries
+                &conn
+                    .prepare_cached(
+                        "UPDATE deliveries
                  SET state = 'processing', attempts = attempts + 1,
                      next_attempt_at = NULL, updated_at = now()
                  WHERE idempotency_key = $1 AND job_id = $2
                    AND state IN ('queued', 'processing', 'retrying')
                  RETURNING attempts",
+                    )
+                    .await?,
                 &[&key, &job],
             )
             .await?;
@@ -317,7 +325,11 @@ impl Store {
         }
         let row = conn
             .query_one(
-                "SELECT job_id, state, attempts FROM deliveries WHERE idempotency_key = $1",
+                &conn
+                    .prepare_cached(
+                        "SELECT job_id, state, attempts FROM deliveries WHERE idempotency_key = $1",
+                    )
+                    .await?,
                 &[&key],
             )
             .await?;
@@ -359,12 +371,12 @@ impl Store {
     /// The job that owns `key` in L2, if any job claimed it yet.
     #[tracing::instrument(skip_all)]
     pub async fn owner(&self, key: &IdempotencyKey) -> Result<Option<JobId>, StoreError> {
-        let row = self
-            .pool
-            .get()
-            .await?
+        let conn = self.pool.get().await?;
+        let row = conn
             .query_opt(
-                "SELECT job_id FROM deliveries WHERE idempotency_key = $1",
+                &conn
+                    .prepare_cached("SELECT job_id FROM deliveries WHERE idempotency_key = $1")
+                    .await?,
                 &[&key.as_str()],
             )
             .await?;
@@ -376,13 +388,15 @@ impl Store {
     /// first); the caller must then not send.
     #[tracing::instrument(skip_all)]
     pub async fn mark_sending(&self, task: &Task) -> Result<bool, StoreError> {
-        let n = self
-            .pool
-            .get()
-            .await?
+        let conn = self.pool.get().await?;
+        let n = conn
             .execute(
-                "UPDATE deliveries SET state = 'sending', updated_at = now()
+                &conn
+                    .prepare_cached(
+                        "UPDATE deliveries SET state = 'sending', updated_at = now()
                  WHERE idempotency_key = $1 AND job_id = $2 AND state = 'processing'",
+                    )
+                    .await?,
                 &[&task.idempotency_key.as_str(), &task.job_id.as_uuid()],
             )
             .await?;
@@ -392,21 +406,23 @@ impl Store {
     /// Records the server's acceptance.
     #[tracing::instrument(skip_all)]
     pub async fn mark_sent(&self, task: &Task, smtp_reply: &str) -> Result<(), StoreError> {
-        self.pool
-            .get()
-            .await?
-            .execute(
-                "UPDATE deliveries
+        let conn = self.pool.get().await?;
+        conn.execute(
+            &conn
+                .prepare_cached(
+                    "UPDATE deliveries
                  SET state = 'sent', smtp_reply = $3, last_error = NULL,
                      sent_at = now(), updated_at = now()
                  WHERE idempotency_key = $1 AND job_id = $2 AND state = 'sending'",
-                &[
-                    &task.idempotency_key.as_str(),
-                    &task.job_id.as_uuid(),
-                    &smtp_reply,
-                ],
-            )
-            .await?;
+                )
+                .await?,
+            &[
+                &task.idempotency_key.as_str(),
+                &task.job_id.as_uuid(),
+                &smtp_reply,
+            ],
+        )
+        .await?;
         Ok(())
     }
 
@@ -655,21 +671,23 @@ impl Store {
         owner: Option<JobId>,
         layer: DedupLayer,
     ) -> Result<(), StoreError> {
-        self.pool
-            .get()
-            .await?
-            .execute(
-                "INSERT INTO duplicate_jobs (job_id, idempotency_key, duplicate_of, layer)
+        let conn = self.pool.get().await?;
+        conn.execute(
+            &conn
+                .prepare_cached(
+                    "INSERT INTO duplicate_jobs (job_id, idempotency_key, duplicate_of, layer)
                  VALUES ($1, $2, $3, $4)
                  ON CONFLICT (job_id) DO NOTHING",
-                &[
-                    &task.job_id.as_uuid(),
-                    &task.idempotency_key.as_str(),
-                    &owner.map(|o| o.as_uuid()),
-                    &layer.as_str(),
-                ],
-            )
-            .await?;
+                )
+                .await?,
+            &[
+                &task.job_id.as_uuid(),
+                &task.idempotency_key.as_str(),
+                &owner.map(|o| o.as_uuid()),
+                &layer.as_str(),
+            ],
+        )
+        .await?;
         Ok(())
     }
 }

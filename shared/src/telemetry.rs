@@ -1,4 +1,6 @@
-//! Log set-up shared by both binaries.
+//! Log and metrics set-up and the shutdown signal, shared by both binaries.
+//! Each binary names and registers its own metrics (`api::telemetry`,
+//! `worker::telemetry`).
 
 use tracing_subscriber::EnvFilter;
 
@@ -24,9 +26,22 @@ pub fn init(format: LogFormat, filter: &str) -> anyhow::Result<()> {
 }
 
 /// Installs the global Prometheus recorder and returns the handle that
-/// renders it for `/metrics`.
-pub fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
+/// renders it for `/metrics`. Each histogram named in `buckets` gets those
+/// upper bounds (in its unit, seconds for durations); any other histogram is
+/// rendered as a summary.
+pub fn install_metrics(
+    buckets: &[(&str, &[f64])],
+) -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
+    let mut builder = metrics_exporter_prometheus::PrometheusBuilder::new();
+    for (name, bounds) in buckets {
+        builder = builder
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full((*name).to_owned()),
+                bounds,
+            )
+            .map_err(|e| anyhow::anyhow!("invalid buckets for {name}: {e}"))?;
+    }
+    builder
         .install_recorder()
         .map_err(|e| anyhow::anyhow!("could not install the metrics recorder: {e}"))
 }

@@ -8,14 +8,21 @@
 //! - [`postgres`]: a throwaway database per test.
 //! - [`redis`]: key prefixes for the shared Redis, and private
 //!   `redis-server` processes for tests that stop or flush Redis.
+//! - [`metrics`]: reading one series from a Prometheus text exposition.
+//! - [`process`]: child processes with captured output (for log tests), and
+//!   [`eventually`], the poller tests wait with.
 //!
 //! Helpers panic with a message instead of returning errors where a test
 //! could do nothing but fail, so tests stay short.
 
+pub mod metrics;
 pub mod postgres;
+pub mod process;
 pub mod redis;
 pub mod smtp;
 
+pub use metrics::sample;
 pub use postgres::TestDatabase;
+pub use process::{CapturedChild, eventually};
 pub use redis::{RedisOptions, RedisServer, unique_prefix};
 pub use smtp::{Fault, MailEvent, ReceivedMail, SmtpServer};

@@ -206,11 +206,16 @@ async fn launch(options: RedisOptions, port: u16, dir: &Path) -> Result<Child, S
             ));
         }
         // Checking the pid makes sure the answer comes from our process and
-        // not from whoever else may have grabbed the port.
+        // not from whoever else may have grabbed the port. INFO answers while
+        // the append-only file is still being loaded; PING answers `-LOADING`
+        // until the data is back, so it says when clients can be served.
         if let Ok(info) = command(port, &["INFO", "server"]).await
             && info
                 .lines()
                 .any(|line| line.trim() == format!("process_id:{}", child.id()))
+            && command(port, &["PING"])
+                .await
+                .is_ok_and(|reply| reply == "PONG")
         {
             return Ok(child);
         }

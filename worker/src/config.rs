@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use sendonce_shared::config::{CommonConfig, parse_millis};
+use sendonce_shared::config::{CommonConfig, parse_millis, secret};
 use sendonce_shared::domain::EmailAddress;
 
 use crate::mailer::SmtpSettings;
@@ -31,7 +31,7 @@ pub struct WorkerConfig {
         long = "smtp-url",
         env = "SMTP_URL",
         default_value = "smtp://127.0.0.1:1025",
-        value_parser = parse_smtp_url,
+        value_parser = secret(parse_smtp_url),
         hide_env_values = true
     )]
     pub smtp: SmtpSettings,

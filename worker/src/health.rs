@@ -2,16 +2,13 @@
 //! and Prometheus metrics.
 
 use std::net::TcpListener;
-use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use metrics_exporter_prometheus::PrometheusHandle;
 use sendonce_shared::queue::Queue;
+use sendonce_shared::readiness;
 use sendonce_shared::store::Store;
-
-/// How long a dependency may take to answer a readiness probe.
-const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 struct State {
     queue: Queue,
@@ -26,6 +23,10 @@ pub fn serve(
     store: Store,
     metrics: Option<PrometheusHandle>,
 ) -> std::io::Result<Server> {
+    tracing::info!(
+        metrics_addr = %listener.local_addr()?,
+        "serving /healthz, /readyz and /metrics"
+    );
     let state = web::Data::new(State {
         queue,
         store,
@@ -49,27 +50,17 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn readyz(state: web::Data<State>) -> HttpResponse {
-    let redis = tokio::time::timeout(READY_TIMEOUT, state.queue.ping()).await;
-    let postgres = tokio::time::timeout(READY_TIMEOUT, state.store.ping()).await;
-    let mut down = Vec::new();
-    if !matches!(redis, Ok(Ok(()))) {
-        down.push("redis");
-    }
-    if !matches!(postgres, Ok(Ok(()))) {
-        down.push("postgres");
-    }
-    if down.is_empty() {
-        HttpResponse::Ok().json(serde_json::json!({"status": "ready"}))
-    } else {
-        HttpResponse::ServiceUnavailable()
+    match readiness::check(&state.queue, &state.store).await {
+        Ok(()) => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
+        Err(not_ready) => HttpResponse::ServiceUnavailable()
             .content_type("application/problem+json")
             .json(serde_json::json!({
                 "type": "about:blank",
                 "title": "Service Unavailable",
                 "status": 503,
-                "detail": format!("not ready: {} did not answer within {READY_TIMEOUT:?}", down.join(" and ")),
-                "down": down,
-            }))
+                "detail": format!("not ready: {not_ready}"),
+                "down": not_ready.down,
+            })),
     }
 }
 

@@ -10,6 +10,8 @@
 //!   failure is known to be before or after the data went out.
 //! - [`retry`]: exponential backoff with full jitter.
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics` on `METRICS_ADDR`.
+//! - [`telemetry`]: every metric's name and help, registered at start-up,
+//!   and the one-line recorders the run loop calls.
 //!
 //! The protocol and its proofs are in `docs/exactly-once.md`.
 
@@ -18,6 +20,7 @@ pub mod health;
 pub mod mailer;
 pub mod retry;
 pub mod runner;
+pub mod telemetry;
 
 use std::net::TcpListener;
 

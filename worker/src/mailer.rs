@@ -123,24 +123,49 @@ pub struct SmtpManager {
     timeout: Duration,
 }
 
+/// Opening a pooled SMTP connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The TCP connection could not be made.
+    #[error("could not connect: {0}")]
+    Tcp(#[source] std::io::Error),
+    /// No TCP connection within `SMTP_TIMEOUT_MS`.
+    #[error("no TCP connection within {0:?}")]
+    Timeout(Duration),
+    /// The SMTP greeting, EHLO, STARTTLS or AUTH failed.
+    #[error(transparent)]
+    Smtp(#[from] lettre::transport::smtp::Error),
+}
+
 impl managed::Manager for SmtpManager {
     type Type = AsyncSmtpConnection;
-    type Error = lettre::transport::smtp::Error;
+    type Error = ConnectError;
 
     async fn create(&self) -> Result<AsyncSmtpConnection, Self::Error> {
         let s = &self.settings;
-        let implicit = match s.tls {
-            TlsMode::Implicit => Some(s.tls_parameters()?),
-            _ => None,
+        let mut conn = if s.tls == TlsMode::Implicit {
+            AsyncSmtpConnection::connect_tokio1(
+                (s.host.as_str(), s.port),
+                Some(self.timeout),
+                &s.hello,
+                Some(s.tls_parameters()?),
+                None,
+            )
+            .await?
+        } else {
+            let tcp = tokio::time::timeout(
+                self.timeout,
+                tokio::net::TcpStream::connect((s.host.as_str(), s.port)),
+            )
+            .await
+            .map_err(|_| ConnectError::Timeout(self.timeout))?
+            .map_err(ConnectError::Tcp)?;
+            // lettre writes the message and its closing dot in two writes;
+            // with Nagle's algorithm the dot waits for the server's delayed
+            // ACK (40 ms on Linux), on every message.
+            tcp.set_nodelay(true).map_err(ConnectError::Tcp)?;
+            AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &s.hello).await?
         };
-        let mut conn = AsyncSmtpConnection::connect_tokio1(
-            (s.host.as_str(), s.port),
-            Some(self.timeout),
-            &s.hello,
-            implicit,
-            None,
-        )
-        .await?;
         let starttls = match s.tls {
             TlsMode::Required => true,
             TlsMode::Opportunistic => conn.can_starttls(),
@@ -164,8 +189,16 @@ impl managed::Manager for SmtpManager {
         if conn.has_broken() {
             return Err(RecycleError::message("connection broken"));
         }
-        if metrics.last_used() > IDLE_CHECK_AFTER && !conn.test_connected().await {
-            return Err(RecycleError::message("idle connection closed by server"));
+        // Bounded: a peer that vanished without a FIN or RST would
+        // otherwise hold this task, and its slot, forever.
+        if metrics.last_used() > IDLE_CHECK_AFTER
+            && !tokio::time::timeout(self.timeout, conn.test_connected())
+                .await
+                .unwrap_or(false)
+        {
+            return Err(RecycleError::message(
+                "idle connection closed or silent on NOOP",
+            ));
         }
         Ok(())
     }
@@ -391,7 +424,55 @@ fn reply_text(response: &Response) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
+    use deadpool::managed::Manager;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::TcpListener;
+
     use super::*;
+
+    /// A server that greets and answers EHLO, then reads but never answers
+    /// again, like a peer gone without closing the connection.
+    async fn silent_after_ehlo() -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.expect("accept");
+            let (read, mut write) = socket.into_split();
+            let mut lines = BufReader::new(read).lines();
+            write
+                .write_all(b"220 silent ESMTP\r\n")
+                .await
+                .expect("greet");
+            let _ehlo = lines.next_line().await;
+            write.write_all(b"250 silent\r\n").await.expect("ehlo");
+            while let Ok(Some(_)) = lines.next_line().await {}
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_whose_server_went_silent_is_discarded_not_waited_on() {
+        let port = silent_after_ehlo().await;
+        let settings = SmtpSettings::from_url(&format!("smtp://127.0.0.1:{port}")).expect("url");
+        let manager = SmtpManager {
+            settings,
+            timeout: Duration::from_millis(300),
+        };
+        let mut conn = manager.create().await.expect("connect");
+        let idle = Metrics {
+            created: Instant::now() - IDLE_CHECK_AFTER * 2,
+            ..Metrics::default()
+        };
+
+        let recycled =
+            tokio::time::timeout(Duration::from_secs(10), manager.recycle(&mut conn, &idle))
+                .await
+                .expect("recycling must not wait on a silent server");
+
+        assert!(recycled.is_err(), "a silent connection must not be reused");
+    }
 
     #[test]
     fn smtp_urls_parse_like_lettre() {

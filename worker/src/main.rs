@@ -17,7 +17,7 @@ async fn main() -> ExitCode {
 
 async fn run(config: WorkerConfig) -> anyhow::Result<()> {
     telemetry::init(config.common.log_format, &config.common.rust_log)?;
-    let metrics = telemetry::install_metrics()?;
+    let metrics = sendonce_worker::telemetry::install_metrics()?;
     let app = Application::build(config, Some(metrics)).await?;
     app.run_until_stopped(telemetry::shutdown_signal()).await
 }

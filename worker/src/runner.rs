@@ -25,11 +25,14 @@ use tracing::Instrument;
 use crate::config::{OnUncertain, WorkerConfig};
 use crate::mailer::{Delivered, Mailer, SendError};
 use crate::retry::RetryPolicy;
+use crate::telemetry;
 
 /// How long one blocking pop waits before checking for shutdown.
 const POP_BLOCK: Duration = Duration::from_secs(1);
 /// How often due retries are moved back to the queue.
 const PROMOTE_EVERY: Duration = Duration::from_millis(200);
+/// How often the queue-depth gauges are refreshed.
+const DEPTH_EVERY: Duration = Duration::from_secs(5);
 /// Most retries promoted per round.
 const PROMOTE_BATCH: usize = 500;
 /// Backoff bounds when Redis or Postgres fail under a task.
@@ -254,7 +257,8 @@ impl Worker {
         let mut beat = tokio::time::interval(lease / 3);
         let mut promote = tokio::time::interval(PROMOTE_EVERY);
         let mut reap = tokio::time::interval(lease / 2);
-        for timer in [&mut beat, &mut promote, &mut reap] {
+        let mut depth = tokio::time::interval(DEPTH_EVERY);
+        for timer in [&mut beat, &mut promote, &mut reap, &mut depth] {
             timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
         loop {
@@ -276,27 +280,30 @@ impl Worker {
                     match self.queue.reap_dead(&self.id).await {
                         Ok(0) => {}
                         Ok(n) => {
-                            metrics::counter!("sendonce_tasks_recovered_total").increment(n as u64);
+                            telemetry::tasks_recovered(n);
                             tracing::warn!(recovered = n, "handed back the tasks of dead workers");
                         }
                         Err(e) => tracing::warn!(error = %error_chain(&e), "reaping dead workers failed"),
                     }
                 }
+                _ = depth.tick() => match self.queue.depths().await {
+                    Ok(depths) => telemetry::queue_depth(&depths),
+                    Err(e) => tracing::warn!(error = %error_chain(&e), "reading queue depths failed"),
+                },
             }
         }
     }
 
     /// Processes one popped task to the end, whatever fails underneath.
     async fn handle(&self, raw: String) {
-        metrics::gauge!("sendonce_inflight").increment(1.0);
+        let _inflight = telemetry::inflight();
         let task = match Task::from_json(&raw) {
             Ok(task) => task,
             Err(e) => {
                 tracing::error!(error = %e, "task does not parse: moved to the poison list");
-                metrics::counter!("sendonce_poison_tasks_total").increment(1);
+                telemetry::poison_task();
                 self.until_ok("poison", || self.queue.poison(&self.id, &raw))
                     .await;
-                metrics::gauge!("sendonce_inflight").decrement(1.0);
                 return;
             }
         };
@@ -312,7 +319,6 @@ impl Worker {
         }
         .instrument(span)
         .await;
-        metrics::gauge!("sendonce_inflight").decrement(1.0);
     }
 
     /// Claims the key and, when this job owns it, sends.
@@ -380,8 +386,7 @@ impl Worker {
             .mailer
             .send(&message, async || self.store.mark_sending(task).await)
             .await;
-        metrics::histogram!("sendonce_smtp_send_duration_seconds")
-            .record(started.elapsed().as_secs_f64());
+        telemetry::smtp_send(started.elapsed());
         Ok(match sent {
             Ok(Delivered::Accepted { reply }) => Verdict::Sent { reply },
             Ok(Delivered::Fenced) => Verdict::Fenced,
@@ -430,14 +435,13 @@ impl Worker {
             Verdict::Sent { reply } => {
                 self.store.mark_sent(task, reply).await?;
                 self.queue.ack(&self.id, raw).await?;
-                metrics::counter!("sendonce_emails_sent_total").increment(1);
+                telemetry::email_sent();
                 tracing::info!(smtp_reply = %reply, "sent");
             }
             Verdict::Duplicate { holder, layer } => {
                 self.store.record_duplicate(task, *holder, *layer).await?;
                 self.queue.ack(&self.id, raw).await?;
-                metrics::counter!("sendonce_duplicates_skipped_total", "layer" => layer.as_str())
-                    .increment(1);
+                telemetry::duplicate_skipped(*layer);
                 tracing::info!(
                     duplicate_of = holder.map(|h| h.to_string()),
                     layer = layer.as_str(),
@@ -459,7 +463,7 @@ impl Worker {
                 self.queue
                     .retry_later(&self.id, raw, due.timestamp_millis())
                     .await?;
-                metrics::counter!("sendonce_retries_total").increment(1);
+                telemetry::retry_scheduled();
                 tracing::warn!(%error, next_attempt_at = %due, "transient failure; retry scheduled");
             }
             Verdict::Dead {
@@ -474,8 +478,7 @@ impl Worker {
                 };
                 self.store.dead_letter(task, failure).await?;
                 self.queue.ack(&self.id, raw).await?;
-                metrics::counter!("sendonce_dead_lettered_total", "reason" => reason.as_str())
-                    .increment(1);
+                telemetry::dead_lettered(*reason);
                 tracing::error!(reason = reason.as_str(), %error, "dead-lettered");
             }
         }

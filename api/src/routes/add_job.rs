@@ -1,5 +1,6 @@
 //! `POST /addJob`: validate, then enqueue once per idempotency key.
 
+use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use sendonce_shared::domain::{
     Body, Email, EmailAddress, IdempotencyKey, InvalidValue, JobId, Subject, Task,
@@ -7,18 +8,26 @@ use sendonce_shared::domain::{
 use sendonce_shared::queue::Enqueued;
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{Caller, scope};
+use crate::auth::{Authorized, scope};
 use crate::problem::ApiError;
 use crate::state::AppState;
 
 /// The request body, as sent. Unknown fields are refused so a typo
 /// (`"htm"`) is an error, not a silently empty body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "to": "Ada Lovelace <ada@example.com>",
+    "subject": "Welcome",
+    "text": "Hello Ada",
+    "idempotency_key": "welcome:user-42"
+}))]
 pub struct AddJobBody {
-    /// One recipient mailbox.
+    /// One recipient mailbox, e.g. `Ada <ada@example.com>`; no lists or groups.
+    #[schema(max_length = 998)]
     pub to: String,
-    /// Subject line.
+    /// Subject line: no control characters.
+    #[schema(max_length = 998)]
     pub subject: String,
     /// Plain-text body.
     #[serde(default)]
@@ -32,8 +41,9 @@ pub struct AddJobBody {
     /// Reply-To mailbox.
     #[serde(default)]
     pub reply_to: Option<String>,
-    /// The client's business key.
+    /// The client's business key: 1 to 255 printable ASCII characters.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 255)]
     pub idempotency_key: Option<String>,
 }
 
@@ -76,7 +86,7 @@ impl TryFrom<AddJobBody> for NewJob {
 }
 
 /// The answer: which job now stands for the key, and its state.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct JobAccepted {
     /// The job.
     pub job_id: JobId,
@@ -102,14 +112,25 @@ pub fn header_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError>
 
 /// `POST /addJob`. Answers 202 for a new job, 200 with the original job for
 /// a replay of the same request, 422 when the key was used for another one.
+#[utoipa::path(
+    post,
+    path = "/addJob",
+    tag = "jobs",
+    request_body = AddJobBody,
+    params(("Idempotency-Key" = Option<String>, Header, description = "The key, instead of `idempotency_key`; both must match when both are given")),
+    responses(
+        (status = 202, description = "A new job was queued", body = JobAccepted),
+        (status = 200, description = "A replay of an accepted request: nothing was queued", body = JobAccepted),
+    ),
+    security(("bearer" = ["jobs:write"])),
+)]
 #[tracing::instrument(name = "add_job", skip_all, fields(job_id, idempotency_key))]
 pub async fn add_job(
-    caller: Caller,
+    _: Authorized<scope::JobsWrite>,
     req: HttpRequest,
     state: web::Data<AppState>,
     body: web::Json<AddJobBody>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require(scope::JOBS_WRITE)?;
     let job = NewJob::try_from(body.into_inner())?;
     let key = match (job.key, header_key(&req)?) {
         (Some(body_key), Some(header)) if body_key != header => {
@@ -133,16 +154,32 @@ pub async fn add_job(
         .enqueue(&task, &fingerprint, state.replay_ttl)
         .await
         .map_err(ApiError::unavailable)?;
+    let (status, accepted) = answer(&state, task, &fingerprint, enqueued).await?;
+    if status == StatusCode::ACCEPTED {
+        crate::telemetry::job_enqueued();
+        tracing::info!("job queued");
+    }
+    Ok(HttpResponse::build(status).json(accepted))
+}
+
+/// What an enqueue outcome answers: `202` for a new job, `200` with the
+/// original job for a replay of the same request, 422 when the key was used
+/// for a different one. `POST /addJobs` answers each item with it.
+pub async fn answer(
+    state: &AppState,
+    task: Task,
+    fingerprint: &str,
+    enqueued: Enqueued,
+) -> Result<(StatusCode, JobAccepted), ApiError> {
     match enqueued {
-        Enqueued::New => {
-            metrics::counter!("sendonce_jobs_enqueued_total").increment(1);
-            tracing::info!("job queued");
-            Ok(HttpResponse::Accepted().json(JobAccepted {
+        Enqueued::New => Ok((
+            StatusCode::ACCEPTED,
+            JobAccepted {
                 job_id: task.job_id,
                 idempotency_key: task.idempotency_key,
                 status: "queued".into(),
-            }))
-        }
+            },
+        )),
         Enqueued::Replay {
             job_id,
             fingerprint: original,
@@ -157,12 +194,72 @@ pub async fn add_job(
                 .job(job_id)
                 .await?
                 .map_or_else(|| "queued".to_owned(), |r| r.status);
-            tracing::info!(original_job_id = %job_id, "replay of an accepted key; nothing enqueued");
-            Ok(HttpResponse::Ok().json(JobAccepted {
-                job_id,
-                idempotency_key: task.idempotency_key,
-                status,
-            }))
+            tracing::info!(original_job_id = %job_id, idempotency_key = %task.idempotency_key, "replay of an accepted key; nothing enqueued");
+            Ok((
+                StatusCode::OK,
+                JobAccepted {
+                    job_id,
+                    idempotency_key: task.idempotency_key,
+                    status,
+                },
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// JSON objects shaped like a request: the known fields with text that
+    /// mixes addresses, control characters and non-ASCII, sometimes an
+    /// unknown field or a wrong type.
+    fn request_like() -> impl Strategy<Value = Vec<u8>> {
+        let text = prop_oneof![
+            "[a-z]{1,8}@[a-z]{1,8}\\.test",
+            "[A-Za-z ]{0,8} <[a-z]{1,8}@[a-z]{1,8}\\.test>",
+            "\\PC{0,24}",
+            ".{0,24}",
+        ];
+        let field = prop_oneof![
+            Just("to"),
+            Just("subject"),
+            Just("text"),
+            Just("html"),
+            Just("from"),
+            Just("reply_to"),
+            Just("idempotency_key"),
+            Just("htm"),
+        ];
+        let value = prop_oneof![
+            text.prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            Just(serde_json::Value::Null),
+        ];
+        proptest::collection::btree_map(field, value, 0..8)
+            .prop_map(|map| serde_json::to_vec(&map).unwrap_or_default())
+    }
+
+    proptest! {
+        #[test]
+        fn any_body_is_refused_or_becomes_a_task_that_survives_the_queue(
+            bytes in prop_oneof![request_like(), proptest::collection::vec(any::<u8>(), 0..64)],
+        ) {
+            let Ok(body) = serde_json::from_slice::<AddJobBody>(&bytes) else {
+                return Ok(());
+            };
+            match NewJob::try_from(body) {
+                Err(e) => prop_assert!(
+                    matches!(e, ApiError::InvalidField { .. }),
+                    "a parsed body was refused with {e:?}"
+                ),
+                Ok(job) => {
+                    let task = Task::new(job.email, job.key);
+                    prop_assert_eq!(Task::from_json(&task.to_json()).ok(), Some(task));
+                }
+            }
         }
     }
 }

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use sendonce_shared::store::{DeadReason, FailedFilter, FailedJob, RequeueError, RequeueSelection};
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{Caller, scope};
+use crate::auth::{Authorized, scope};
 use crate::problem::ApiError;
 use crate::state::AppState;
 
@@ -18,21 +18,25 @@ const MAX_LIMIT: i64 = 500;
 const MAX_IDS: usize = 1000;
 
 /// `GET /failedJobs` query string.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// Page size, 1 to 500.
+    /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
     /// `failed` or `uncertain`.
+    #[param(pattern = "^(failed|uncertain)$")]
     pub reason: Option<String>,
-    /// RFC 3339 instant.
+    /// Only entries dead-lettered at or after this RFC 3339 instant.
+    #[param(format = DateTime)]
     pub since: Option<String>,
 }
 
 /// One page.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Page {
     /// Entries, newest first.
     pub items: Vec<FailedJob>,
@@ -50,6 +54,7 @@ fn decode_cursor(cursor: &str) -> Result<i64, ApiError> {
         .ok()
         .and_then(|bytes| String::from_utf8(bytes).ok())
         .and_then(|s| s.strip_prefix("v1:")?.parse().ok())
+        .filter(|id| encode_cursor(*id) == cursor)
         .ok_or_else(|| ApiError::InvalidField {
             field: "cursor",
             reason: "is not a cursor this API issued".into(),
@@ -65,14 +70,28 @@ fn parse_reason(field: &'static str, reason: Option<&str>) -> Result<Option<Dead
         .transpose()
 }
 
+/// How many entries were requeued.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Requeued {
+    /// Entries put back on the queue.
+    pub requeued: u64,
+}
+
 /// `GET /failedJobs`.
+#[utoipa::path(
+    get,
+    path = "/failedJobs",
+    tag = "dead letters",
+    params(ListQuery),
+    responses((status = 200, description = "One page, newest first", body = Page)),
+    security(("bearer" = ["failed:read"])),
+)]
 #[tracing::instrument(name = "list_failed_jobs", skip_all)]
 pub async fn list(
-    caller: Caller,
+    _: Authorized<scope::FailedRead>,
     state: web::Data<AppState>,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require(scope::FAILED_READ)?;
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(ApiError::InvalidField {
@@ -137,28 +156,35 @@ async fn requeue(state: &AppState, selection: RequeueSelection) -> Result<u64, A
 }
 
 /// `POST /failedJobs/{id}/retry`.
+#[utoipa::path(
+    post,
+    path = "/failedJobs/{id}/retry",
+    tag = "dead letters",
+    params(("id" = i64, Path, minimum = 1, description = "The entry's `id`")),
+    responses((status = 200, description = "The entry was requeued", body = Requeued)),
+    security(("bearer" = ["failed:write"])),
+)]
 #[tracing::instrument(name = "retry_failed_job", skip_all, fields(id = %path))]
 pub async fn retry_one(
-    caller: Caller,
+    _: Authorized<scope::FailedWrite>,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require(scope::FAILED_WRITE)?;
     let id = parse_id(&path)?;
     match requeue(&state, RequeueSelection::Ids(vec![id])).await? {
         0 => Err(ApiError::NotFound(format!("no dead-letter entry {id}"))),
         _ => {
             tracing::info!(id, "dead-letter entry requeued");
-            Ok(HttpResponse::Ok().json(serde_json::json!({"requeued": 1})))
+            Ok(HttpResponse::Ok().json(Requeued { requeued: 1 }))
         }
     }
 }
 
 /// `POST /failedJobs/retry` body: ids, or all (optionally of one reason).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkRetry {
-    /// Entry ids.
+    /// Entry ids, 1 to 1000 of them.
     #[serde(default)]
     pub ids: Option<Vec<i64>>,
     /// Every entry.
@@ -170,13 +196,20 @@ pub struct BulkRetry {
 }
 
 /// `POST /failedJobs/retry`.
+#[utoipa::path(
+    post,
+    path = "/failedJobs/retry",
+    tag = "dead letters",
+    request_body = BulkRetry,
+    responses((status = 200, description = "The selected entries were requeued", body = Requeued)),
+    security(("bearer" = ["failed:write"])),
+)]
 #[tracing::instrument(name = "retry_failed_jobs", skip_all)]
 pub async fn retry_bulk(
-    caller: Caller,
+    _: Authorized<scope::FailedWrite>,
     state: web::Data<AppState>,
     body: web::Json<BulkRetry>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require(scope::FAILED_WRITE)?;
     let body = body.into_inner();
     let selection = match (body.ids, body.all) {
         (Some(ids), None | Some(false)) if body.reason.is_none() => {
@@ -199,17 +232,24 @@ pub async fn retry_bulk(
     };
     let requeued = requeue(&state, selection).await?;
     tracing::info!(requeued, "dead-letter entries requeued");
-    Ok(HttpResponse::Ok().json(serde_json::json!({"requeued": requeued})))
+    Ok(HttpResponse::Ok().json(Requeued { requeued }))
 }
 
 /// `DELETE /failedJobs/{id}`.
+#[utoipa::path(
+    delete,
+    path = "/failedJobs/{id}",
+    tag = "dead letters",
+    params(("id" = i64, Path, minimum = 1, description = "The entry's `id`")),
+    responses((status = 204, description = "The entry was discarded")),
+    security(("bearer" = ["failed:write"])),
+)]
 #[tracing::instrument(name = "discard_failed_job", skip_all, fields(id = %path))]
 pub async fn discard(
-    caller: Caller,
+    _: Authorized<scope::FailedWrite>,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require(scope::FAILED_WRITE)?;
     let id = parse_id(&path)?;
     if state
         .store
@@ -221,5 +261,40 @@ pub async fn discard(
         Ok(HttpResponse::NoContent().finish())
     } else {
         Err(ApiError::NotFound(format!("no dead-letter entry {id}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn issued_cursors_decode_to_their_id(id in any::<i64>()) {
+            prop_assert_eq!(decode_cursor(&encode_cursor(id)).ok(), Some(id));
+        }
+
+        #[test]
+        fn a_cursor_is_accepted_only_in_the_form_this_api_issues(padding in "[+]|0{1,3}", id in 0..i64::MAX) {
+            let forged = URL_SAFE_NO_PAD.encode(format!("v1:{padding}{id}"));
+            prop_assert!(decode_cursor(&forged).is_err());
+        }
+
+        #[test]
+        fn any_text_is_refused_as_a_cursor_or_is_one_this_api_issues(s in "\\PC{0,40}|[A-Za-z0-9_-]{0,40}") {
+            if let Ok(id) = decode_cursor(&s) {
+                prop_assert_eq!(encode_cursor(id), s);
+            }
+        }
+
+        #[test]
+        fn only_positive_integers_are_ids(s in "[-+]?[0-9]{1,25}|\\PC{0,12}") {
+            match parse_id(&s) {
+                Ok(id) => prop_assert!(id > 0),
+                Err(_) => prop_assert!(s.parse::<i64>().is_ok_and(|id| id <= 0) || s.parse::<i64>().is_err()),
+            }
+        }
     }
 }

@@ -2,19 +2,27 @@
 
 use actix_web::{HttpResponse, web};
 use sendonce_shared::domain::JobId;
+use sendonce_shared::store::JobRecord;
 
-use crate::auth::{Caller, scope};
+use crate::auth::{Authorized, scope};
 use crate::problem::ApiError;
 use crate::state::AppState;
 
 /// `GET /jobs/{job_id}`.
+#[utoipa::path(
+    get,
+    path = "/jobs/{job_id}",
+    tag = "jobs",
+    params(("job_id" = uuid::Uuid, Path, description = "The `job_id` `POST /addJob` answered")),
+    responses((status = 200, description = "The job's state", body = JobRecord)),
+    security(("bearer" = ["jobs:read"])),
+)]
 #[tracing::instrument(name = "get_job", skip_all, fields(job_id = %path))]
 pub async fn get_job(
-    caller: Caller,
+    _: Authorized<scope::JobsRead>,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require(scope::JOBS_READ)?;
     let job: JobId = path.parse().map_err(|e| ApiError::InvalidField {
         field: "job_id",
         reason: format!("{e}"),

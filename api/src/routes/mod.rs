@@ -1,6 +1,7 @@
 //! One module per resource.
 
 pub mod add_job;
+pub mod add_jobs;
 pub mod failed_jobs;
 pub mod health;
 pub mod jobs;

@@ -1,9 +1,11 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::{EncodingKey, Header};
-use serde_json::json;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
 
-use crate::helpers::{SECRET, assert_problem, spawn_api, valid_body};
+use crate::helpers::{SECRET, assert_problem, fixture, spawn_api, spawn_api_with, valid_body};
 
 fn now() -> u64 {
     SystemTime::now()
@@ -12,13 +14,24 @@ fn now() -> u64 {
         .as_secs()
 }
 
-fn sign(claims: &serde_json::Value, secret: &str) -> String {
-    jsonwebtoken::encode(
-        &Header::default(),
+fn sign(claims: &Value, secret: &str) -> String {
+    sign_with(
+        Algorithm::HS256,
         claims,
         &EncodingKey::from_secret(secret.as_bytes()),
     )
-    .expect("sign")
+}
+
+fn sign_with(algorithm: Algorithm, claims: &Value, key: &EncodingKey) -> String {
+    jsonwebtoken::encode(&Header::new(algorithm), claims, key).expect("sign")
+}
+
+fn pem(name: &str) -> Vec<u8> {
+    std::fs::read(fixture(name)).expect("read a key fixture")
+}
+
+fn writer_claims() -> Value {
+    json!({"sub": "tests", "exp": now() + 600, "scope": "jobs:write"})
 }
 
 async fn assert_unauthorized(response: reqwest::Response) {
@@ -28,10 +41,7 @@ async fn assert_unauthorized(response: reqwest::Response) {
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    assert!(
-        challenge.starts_with("Bearer"),
-        "challenge was {challenge:?}"
-    );
+    assert_eq!(challenge, "Bearer error=\"invalid_token\"");
     assert_problem(response, 401, "token").await;
 }
 
@@ -46,7 +56,7 @@ async fn a_missing_token_is_refused_with_401() {
 async fn a_token_signed_with_another_key_is_refused_with_401() {
     let api = spawn_api().await;
     let forged = sign(
-        &json!({"sub": "eve", "exp": now() + 600, "scope": "jobs:write"}),
+        &writer_claims(),
         "not-the-secret-not-the-secret-not-the-secret",
     );
     assert_unauthorized(api.post_job(Some(&forged), &valid_body()).await).await;
@@ -84,10 +94,211 @@ async fn a_malformed_authorization_header_is_refused_with_401() {
 }
 
 #[tokio::test]
-async fn a_token_without_the_jobs_write_scope_is_refused_with_403() {
+async fn an_unsigned_alg_none_token_is_refused_with_401() {
     let api = spawn_api().await;
-    let reader = api.token("jobs:read failed:read");
-    let response = api.post_job(Some(&reader), &valid_body()).await;
-    assert_problem(response, 403, "jobs:write").await;
+    let part = |v: Value| URL_SAFE_NO_PAD.encode(v.to_string());
+    let unsigned = format!(
+        "{}.{}.",
+        part(json!({"alg": "none", "typ": "JWT"})),
+        part(writer_claims())
+    );
+    assert_unauthorized(api.post_job(Some(&unsigned), &valid_body()).await).await;
     assert_eq!(api.queue_len().await, 0);
+}
+
+#[tokio::test]
+async fn a_token_is_accepted_with_clock_skew_inside_the_leeway_and_refused_outside_it() {
+    let api = spawn_api_with(&["--jwt-secret", SECRET, "--jwt-leeway-secs", "30"]).await;
+    let claims =
+        |exp: u64, nbf: u64| json!({"sub": "skew", "exp": exp, "nbf": nbf, "scope": "jobs:write"});
+    let t = now();
+    let just_expired = sign(&claims(t - 10, t - 600), SECRET);
+    let not_quite_valid_yet = sign(&claims(t + 600, t + 10), SECRET);
+    assert_eq!(
+        api.post_job(Some(&just_expired), &valid_body())
+            .await
+            .status(),
+        202
+    );
+    assert_eq!(
+        api.post_job(Some(&not_quite_valid_yet), &valid_body())
+            .await
+            .status(),
+        202
+    );
+
+    let long_expired = sign(&claims(t - 120, t - 600), SECRET);
+    let not_valid_yet = sign(&claims(t + 600, t + 120), SECRET);
+    assert_unauthorized(api.post_job(Some(&long_expired), &valid_body()).await).await;
+    assert_unauthorized(api.post_job(Some(&not_valid_yet), &valid_body()).await).await;
+    assert_eq!(api.queue_len().await, 2);
+}
+
+#[tokio::test]
+async fn issuer_and_audience_are_required_and_checked_when_configured() {
+    let api = spawn_api_with(&[
+        "--jwt-secret",
+        SECRET,
+        "--jwt-issuer",
+        "https://issuer.test",
+        "--jwt-audience",
+        "sendonce",
+    ])
+    .await;
+    let with = |extra: Value| {
+        let mut claims = writer_claims();
+        claims
+            .as_object_mut()
+            .expect("an object")
+            .extend(extra.as_object().expect("an object").clone());
+        sign(&claims, SECRET)
+    };
+    let good = with(json!({"iss": "https://issuer.test", "aud": "sendonce"}));
+    assert_eq!(api.post_job(Some(&good), &valid_body()).await.status(), 202);
+    for bad in [
+        json!({}),
+        json!({"iss": "https://issuer.test"}),
+        json!({"aud": "sendonce"}),
+        json!({"iss": "https://evil.test", "aud": "sendonce"}),
+        json!({"iss": "https://issuer.test", "aud": "other"}),
+    ] {
+        assert_unauthorized(api.post_job(Some(&with(bad)), &valid_body()).await).await;
+    }
+    assert_eq!(api.queue_len().await, 1);
+}
+
+#[tokio::test]
+async fn tokens_signed_with_the_configured_asymmetric_key_are_accepted() {
+    for (algorithm, flag, public, private) in [
+        (
+            Algorithm::RS256,
+            "RS256",
+            "rsa-public.pem",
+            "rsa-private.pem",
+        ),
+        (Algorithm::ES256, "ES256", "ec-public.pem", "ec-private.pem"),
+        (
+            Algorithm::EdDSA,
+            "EdDSA",
+            "ed25519-public.pem",
+            "ed25519-private.pem",
+        ),
+    ] {
+        let public = fixture(public);
+        let api =
+            spawn_api_with(&["--jwt-algorithm", flag, "--jwt-public-key-file", &public]).await;
+        let key = match algorithm {
+            Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem(private)),
+            Algorithm::ES256 => EncodingKey::from_ec_pem(&pem(private)),
+            _ => EncodingKey::from_ed_pem(&pem(private)),
+        }
+        .expect("a private key fixture");
+        let token = sign_with(algorithm, &writer_claims(), &key);
+        let response = api.post_job(Some(&token), &valid_body()).await;
+        assert_eq!(response.status(), 202, "{flag}");
+    }
+}
+
+#[tokio::test]
+async fn an_hs256_token_signed_with_the_rsa_public_key_is_refused() {
+    let public = fixture("rsa-public.pem");
+    let api = spawn_api_with(&["--jwt-algorithm", "RS256", "--jwt-public-key-file", &public]).await;
+    let confused = sign_with(
+        Algorithm::HS256,
+        &writer_claims(),
+        &EncodingKey::from_secret(&pem("rsa-public.pem")),
+    );
+    assert_unauthorized(api.post_job(Some(&confused), &valid_body()).await).await;
+    assert_eq!(api.queue_len().await, 0);
+}
+
+#[tokio::test]
+async fn hs256_tokens_signed_with_an_ec_or_ed25519_public_key_are_refused() {
+    for (flag, public) in [("ES256", "ec-public.pem"), ("EdDSA", "ed25519-public.pem")] {
+        let path = fixture(public);
+        let api = spawn_api_with(&["--jwt-algorithm", flag, "--jwt-public-key-file", &path]).await;
+        let confused = sign_with(
+            Algorithm::HS256,
+            &writer_claims(),
+            &EncodingKey::from_secret(&pem(public)),
+        );
+        assert_unauthorized(api.post_job(Some(&confused), &valid_body()).await).await;
+        assert_eq!(api.queue_len().await, 0, "{flag}");
+    }
+}
+
+#[tokio::test]
+async fn an_rs256_token_is_refused_when_the_api_is_configured_for_hs256() {
+    let api = spawn_api().await;
+    let key = EncodingKey::from_rsa_pem(&pem("rsa-private.pem")).expect("a private key fixture");
+    let token = sign_with(Algorithm::RS256, &writer_claims(), &key);
+    assert_unauthorized(api.post_job(Some(&token), &valid_body()).await).await;
+}
+
+/// Every authenticated route, with the scope it needs.
+const ROUTES: [(&str, &str, &str); 6] = [
+    ("POST", "/addJob", "jobs:write"),
+    (
+        "GET",
+        "/jobs/0197a000-0000-7000-8000-000000000000",
+        "jobs:read",
+    ),
+    ("GET", "/failedJobs", "failed:read"),
+    ("POST", "/failedJobs/retry", "failed:write"),
+    ("POST", "/failedJobs/1/retry", "failed:write"),
+    ("DELETE", "/failedJobs/1", "failed:write"),
+];
+
+#[tokio::test]
+async fn every_route_refuses_a_missing_token_with_401() {
+    let api = spawn_api().await;
+    for (method, path, _) in ROUTES {
+        assert_unauthorized(api.call(method, path, None).await).await;
+    }
+}
+
+#[tokio::test]
+async fn every_route_refuses_a_token_without_its_scope_with_403() {
+    let api = spawn_api().await;
+    for (method, path, scope) in ROUTES {
+        let others: Vec<&str> = ROUTES
+            .iter()
+            .map(|(_, _, s)| *s)
+            .filter(|s| *s != scope)
+            .collect();
+        let response = api
+            .call(method, path, Some(&api.token(&others.join(" "))))
+            .await;
+        let challenge = response
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        assert_eq!(
+            challenge,
+            format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\""),
+            "{method} {path}"
+        );
+        assert_problem(response, 403, scope).await;
+    }
+    assert_eq!(api.queue_len().await, 0);
+}
+
+#[tokio::test]
+async fn health_readiness_metrics_and_the_openapi_document_need_no_token() {
+    let api = spawn_api().await;
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(api.call("GET", path, None).await.status(), 200, "{path}");
+    }
+    let document: Value = api
+        .call("GET", "/openapi.json", None)
+        .await
+        .json()
+        .await
+        .expect("a JSON document");
+    assert_eq!(document["openapi"], "3.1.0");
+    let metrics = api.call("GET", "/metrics", None).await.status();
+    assert_ne!(metrics, 401);
+    assert_ne!(metrics, 403);
 }

@@ -21,24 +21,48 @@ pub struct TestApi {
 }
 
 pub async fn spawn_api() -> TestApi {
+    spawn_api_on_redis(shared_redis_url()).await
+}
+
+/// The Redis every test shares (keys isolated by prefix).
+pub fn shared_redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A path under `api/tests/fixtures`.
+pub fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A running API on the given Redis, such as a test's private one.
+pub async fn spawn_api_on_redis(redis_url: String) -> TestApi {
+    spawn_api_configured(redis_url, &["--jwt-secret", SECRET]).await
+}
+
+/// Like [`spawn_api`], with `settings` (flags) instead of the HS256 secret.
+pub async fn spawn_api_with(settings: &[&str]) -> TestApi {
+    spawn_api_configured(shared_redis_url(), settings).await
+}
+
+async fn spawn_api_configured(redis_url: String, settings: &[&str]) -> TestApi {
     let db = TestDatabase::create().await;
     let prefix = unique_prefix();
-    let redis_url =
-        std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let config = ApiConfig::parse_from([
-        "sendonce-api",
-        "--api-addr",
-        "127.0.0.1:0",
-        "--database-url",
-        db.url(),
-        "--redis-url",
-        &redis_url,
-        "--redis-key-prefix",
-        &prefix,
-        "--jwt-secret",
-        SECRET,
-    ]);
-    let keys = JwtKeys::hs256(&config.jwt_secret);
+    let config = ApiConfig::parse_from(
+        [
+            "sendonce-api",
+            "--api-addr",
+            "127.0.0.1:0",
+            "--database-url",
+            db.url(),
+            "--redis-url",
+            &redis_url,
+            "--redis-key-prefix",
+            &prefix,
+        ]
+        .iter()
+        .chain(settings),
+    );
+    let keys = JwtKeys::from_config(&config).expect("JWT settings");
     let app = sendonce_api::Application::build(config, None)
         .await
         .expect("build the API");
@@ -65,6 +89,18 @@ impl TestApi {
             .expect("mint a token")
     }
 
+    /// `method` `path` with `token`, no body.
+    pub async fn call(&self, method: &str, path: &str, token: Option<&str>) -> reqwest::Response {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("an HTTP method");
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.address));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("request")
+    }
+
     pub async fn post_job(&self, token: Option<&str>, body: &Value) -> reqwest::Response {
         let mut request = self
             .client
@@ -74,6 +110,16 @@ impl TestApi {
             request = request.bearer_auth(token);
         }
         request.send().await.expect("POST /addJob")
+    }
+
+    pub async fn post_jobs(&self, token: &str, jobs: &[Value]) -> reqwest::Response {
+        self.client
+            .post(format!("{}/addJobs", self.address))
+            .bearer_auth(token)
+            .json(&json!({ "jobs": jobs }))
+            .send()
+            .await
+            .expect("POST /addJobs")
     }
 
     /// How many tasks wait in this API's queue.
@@ -113,4 +159,10 @@ pub async fn assert_problem(response: reqwest::Response, status: u16, needle: &s
         "detail {detail:?} does not mention {needle:?}"
     );
     problem
+}
+
+/// Keys that mint HS256 tokens with `secret`, as an API configured with it would.
+pub fn hs256_keys(secret: &str) -> JwtKeys {
+    let config = ApiConfig::parse_from(["sendonce-api", "--jwt-secret", secret]);
+    JwtKeys::from_config(&config).expect("JWT settings")
 }

@@ -2,6 +2,10 @@
 //! enqueueing. Delivery end to end is tested in the worker crate.
 
 mod add_job;
+mod add_jobs;
 mod auth;
 mod helpers;
+mod hostile_input;
+mod operations;
 mod shutdown;
+mod startup;

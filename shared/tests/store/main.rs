@@ -1,5 +1,8 @@
 //! The Postgres store against a real server: migrations under concurrency,
 //! the L2 claim and the `sending` fence. Each test has its own database.
+//! [`readiness`] tests the `/readyz` check against live and dead servers.
+
+mod readiness;
 
 use futures::future::join_all;
 use sendonce_shared::domain::{Body, Email, EmailAddress, IdempotencyKey, Subject, Task};

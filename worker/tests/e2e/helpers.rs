@@ -82,7 +82,8 @@ pub async fn spawn_system(options: Options) -> TestSystem {
         "--jwt-secret",
         SECRET,
     ]);
-    let token = JwtKeys::hs256(&config.jwt_secret)
+    let token = JwtKeys::from_config(&config)
+        .expect("JWT settings")
         .mint(
             "tests",
             "jobs:write jobs:read failed:read failed:write",

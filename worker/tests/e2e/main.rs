@@ -6,4 +6,5 @@ mod crash;
 mod delivery;
 mod failures;
 mod helpers;
+mod operations;
 mod window;

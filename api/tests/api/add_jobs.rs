@@ -1,0 +1,165 @@
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApi, assert_problem, spawn_api, valid_body};
+
+fn keyed(key: &str) -> Value {
+    let mut body = valid_body();
+    body["idempotency_key"] = json!(key);
+    body
+}
+
+async fn items(api: &TestApi, jobs: &[Value]) -> Vec<Value> {
+    let token = api.token("jobs:write");
+    let response = api.post_jobs(&token, jobs).await;
+    assert_eq!(response.status().as_u16(), 200);
+    let answer: Value = response.json().await.expect("json");
+    answer["items"].as_array().expect("items").clone()
+}
+
+#[tokio::test]
+async fn items_are_answered_in_request_order_with_errors_next_to_valid_jobs() {
+    let api = spawn_api().await;
+    let jobs = [
+        keyed("batch:first"),
+        json!({"to": "not an address", "subject": "s", "text": "t"}),
+        keyed("batch:second"),
+        json!({"to": 5, "subject": "s", "text": "t"}),
+        keyed("batch:third"),
+    ];
+
+    let items = items(&api, &jobs).await;
+
+    assert_eq!(items.len(), 5);
+    for (i, key) in [(0, "batch:first"), (2, "batch:second"), (4, "batch:third")] {
+        assert_eq!(items[i]["idempotency_key"], key, "item {i}");
+        assert_eq!(items[i]["status"], "queued", "item {i}");
+    }
+    assert_eq!(items[1]["error"]["status"], 422);
+    assert!(
+        items[1]["error"]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("`to`"))
+    );
+    assert_eq!(items[3]["error"]["status"], 400);
+    assert_eq!(api.queue_len().await, 3);
+    let oldest_first: Vec<String> = redis_queue(&api)
+        .await
+        .iter()
+        .rev()
+        .map(|raw| {
+            let task: Value = serde_json::from_str(raw).expect("task json");
+            task["idempotency_key"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        oldest_first,
+        ["batch:first", "batch:second", "batch:third"],
+        "workers take the jobs in request order"
+    );
+}
+
+#[tokio::test]
+async fn an_empty_batch_and_a_batch_over_the_limit_are_refused_and_enqueue_nothing() {
+    let api = spawn_api().await;
+    let token = api.token("jobs:write");
+
+    let empty = api.post_jobs(&token, &[]).await;
+    let over = api.post_jobs(&token, &vec![valid_body(); 1001]).await;
+
+    assert_problem(empty, 422, "`jobs` must hold 1 to 1000 jobs").await;
+    assert_problem(over, 422, "not 1001").await;
+    assert_eq!(api.queue_len().await, 0);
+}
+
+#[tokio::test]
+async fn a_full_batch_of_a_thousand_jobs_is_queued() {
+    let api = spawn_api().await;
+    let jobs: Vec<Value> = (0..1000).map(|i| keyed(&format!("full:{i}"))).collect();
+
+    let items = items(&api, &jobs).await;
+
+    assert_eq!(items.len(), 1000);
+    assert!(items.iter().all(|i| i["status"] == "queued"));
+    assert_eq!(api.queue_len().await, 1000);
+}
+
+#[tokio::test]
+async fn a_key_repeated_within_one_batch_is_queued_once() {
+    let api = spawn_api().await;
+    let mut other_body = keyed("batch:dup");
+    other_body["subject"] = json!("something else");
+    let jobs = [keyed("batch:dup"), keyed("batch:dup"), other_body];
+
+    let items = items(&api, &jobs).await;
+
+    assert_eq!(items[0]["status"], "queued");
+    assert_eq!(
+        items[1]["job_id"], items[0]["job_id"],
+        "the repeat answers with the first job"
+    );
+    assert_eq!(items[2]["error"]["status"], 422);
+    assert!(
+        items[2]["error"]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("already used for a different request"))
+    );
+    assert_eq!(api.queue_len().await, 1);
+}
+
+#[tokio::test]
+async fn keys_accepted_earlier_replay_across_batches_and_single_posts() {
+    let api = spawn_api().await;
+    let token = api.token("jobs:write");
+    let single: Value = api
+        .post_job(Some(&token), &keyed("replay:single"))
+        .await
+        .json()
+        .await
+        .expect("json");
+
+    let first = items(&api, &[keyed("replay:single"), keyed("replay:batch")]).await;
+    let second = items(&api, &[keyed("replay:batch")]).await;
+
+    assert_eq!(first[0]["job_id"], single["job_id"]);
+    assert_eq!(first[0]["status"], "queued");
+    assert_eq!(second[0]["job_id"], first[1]["job_id"]);
+    assert_eq!(api.queue_len().await, 2);
+}
+
+#[tokio::test]
+async fn a_batch_needs_the_jobs_write_scope_and_no_idempotency_key_header() {
+    let api = spawn_api().await;
+    let read_only = api.token("jobs:read");
+    let forbidden = api.post_jobs(&read_only, &[valid_body()]).await;
+    assert_problem(forbidden, 403, "jobs:write").await;
+
+    let with_header = api
+        .client
+        .post(format!("{}/addJobs", api.address))
+        .bearer_auth(api.token("jobs:write"))
+        .header("Idempotency-Key", "batch:header")
+        .json(&json!({"jobs": [valid_body()]}))
+        .send()
+        .await
+        .expect("request");
+    assert_problem(with_header, 400, "Idempotency-Key").await;
+    assert_eq!(api.queue_len().await, 0);
+}
+
+async fn redis_queue(api: &TestApi) -> Vec<String> {
+    let client = redis::Client::open(api.redis_url.as_str()).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to redis");
+    redis::cmd("LRANGE")
+        .arg(format!("{{{}}}:queue", api.prefix))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .expect("LRANGE")
+}

@@ -1,0 +1,271 @@
+//! Operating the API: readiness, metrics, request ids and what its logs
+//! hold. The metrics and log tests run the real binary, which installs the
+//! process-wide metrics recorder and log subscriber.
+
+use std::process::Command;
+use std::time::Duration;
+
+use sendonce_testkit::{
+    CapturedChild, RedisOptions, RedisServer, TestDatabase, eventually, sample, unique_prefix,
+};
+use serde_json::Value;
+
+use crate::helpers::{
+    SECRET, assert_problem, hs256_keys, shared_redis_url, spawn_api, spawn_api_on_redis, valid_body,
+};
+
+/// How long a test waits for the API to reach a state.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+async fn get(client: &reqwest::Client, url: &str) -> reqwest::Response {
+    client.get(url).send().await.expect("GET")
+}
+
+#[tokio::test]
+async fn readyz_answers_503_while_redis_is_down_and_200_once_it_returns() {
+    let mut redis = RedisServer::start(RedisOptions::default()).await;
+    let api = spawn_api_on_redis(redis.url()).await;
+    let (readyz, healthz) = (
+        format!("{}/readyz", api.address),
+        format!("{}/healthz", api.address),
+    );
+    assert_eq!(get(&api.client, &readyz).await.status(), 200);
+
+    redis.stop();
+    let down = eventually(
+        "/readyz answers 503 with Redis stopped",
+        DEADLINE,
+        || async {
+            let response = get(&api.client, &readyz).await;
+            (response.status() == 503).then_some(response)
+        },
+    )
+    .await;
+    assert_problem(down, 503, "redis").await;
+    assert_eq!(get(&api.client, &healthz).await.status(), 200);
+
+    redis.restart().await;
+    eventually(
+        "/readyz answers 200 once Redis is back",
+        DEADLINE,
+        || async { (get(&api.client, &readyz).await.status() == 200).then_some(()) },
+    )
+    .await;
+    assert_eq!(get(&api.client, &healthz).await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_request_id_is_echoed_and_one_is_generated_when_absent() {
+    let api = spawn_api().await;
+    let url = format!("{}/healthz", api.address);
+
+    let given = api
+        .client
+        .get(&url)
+        .header("X-Request-Id", "lb-req-42")
+        .send()
+        .await
+        .expect("GET /healthz");
+    let generated = get(&api.client, &url).await;
+    let unsafe_one = api
+        .client
+        .get(&url)
+        .header("X-Request-Id", "has spaces and \"quotes\"")
+        .send()
+        .await
+        .expect("GET /healthz");
+
+    assert_eq!(given.headers()["x-request-id"], "lb-req-42");
+    for response in [generated, unsafe_one] {
+        let id = response.headers()["x-request-id"].to_str().expect("ASCII");
+        uuid::Uuid::parse_str(id).expect("a generated id is a UUID");
+    }
+}
+
+/// The API binary with JSON logs, its own database and key prefix.
+struct ApiProcess {
+    child: CapturedChild,
+    address: String,
+    _db: TestDatabase,
+}
+
+async fn start_api_process(rust_log: &str) -> ApiProcess {
+    let db = TestDatabase::create().await;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sendonce-api"));
+    command
+        .env("API_ADDR", "127.0.0.1:0")
+        .env("DATABASE_URL", db.url())
+        .env("REDIS_URL", shared_redis_url())
+        .env("REDIS_KEY_PREFIX", unique_prefix())
+        .env("JWT_SECRET", SECRET)
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", rust_log);
+    let child = CapturedChild::spawn(command);
+    let port = child.wait_for_json_field("port", DEADLINE).await;
+    let port = port.as_u64().expect("the port as a number");
+    ApiProcess {
+        child,
+        address: format!("http://127.0.0.1:{port}"),
+        _db: db,
+    }
+}
+
+impl ApiProcess {
+    async fn metrics(&self) -> String {
+        let response = reqwest::get(format!("{}/metrics", self.address))
+            .await
+            .expect("GET /metrics");
+        assert_eq!(response.status(), 200);
+        response.text().await.expect("the metrics text")
+    }
+
+    /// Stops the process, checks it exits cleanly, and returns every line
+    /// it wrote to stdout.
+    async fn stop(self) -> Vec<String> {
+        let (status, stdout) = self.child.stop().await;
+        assert!(status.success(), "the API exited with {status}");
+        stdout
+    }
+}
+
+#[tokio::test]
+async fn every_api_metric_is_there_from_start_up_and_requests_are_counted_by_route() {
+    let api = start_api_process("info").await;
+    let client = reqwest::Client::new();
+    let token = hs256_keys(SECRET)
+        .mint("tests", "jobs:write jobs:read", Duration::from_secs(600))
+        .expect("mint a token");
+
+    let at_start = api.metrics().await;
+    let accepted: Value = client
+        .post(format!("{}/addJob", api.address))
+        .bearer_auth(&token)
+        .json(&valid_body())
+        .send()
+        .await
+        .expect("POST /addJob")
+        .json()
+        .await
+        .expect("a JSON answer");
+    let job_id = accepted["job_id"].as_str().expect("a job id");
+    let job = client
+        .get(format!("{}/jobs/{job_id}", api.address))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("GET /jobs");
+    assert_eq!(job.status(), 200);
+    let after = api.metrics().await;
+
+    assert_eq!(sample(&at_start, "sendonce_jobs_enqueued_total"), Some(0.0));
+    assert_eq!(
+        sample(
+            &at_start,
+            r#"sendonce_api_requests_total{route="/addJob",status="202"}"#
+        ),
+        Some(0.0)
+    );
+    assert!(at_start.contains("sendonce_api_request_duration_seconds_bucket"));
+    assert_eq!(sample(&after, "sendonce_jobs_enqueued_total"), Some(1.0));
+    assert_eq!(
+        sample(
+            &after,
+            r#"sendonce_api_requests_total{route="/addJob",status="202"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &after,
+            r#"sendonce_api_requests_total{route="/jobs/{job_id}",status="200"}"#
+        ),
+        Some(1.0),
+        "requests are labelled with the route's pattern, not the path:\n{after}"
+    );
+    assert!(!after.contains(job_id), "a raw path leaked into a label");
+    assert!(
+        sample(
+            &after,
+            r#"sendonce_api_request_duration_seconds_count{route="/addJob"}"#
+        ) >= Some(1.0)
+    );
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn every_route_registered_at_start_up_is_the_pattern_requests_are_counted_under() {
+    let api = start_api_process("info").await;
+    let client = reqwest::Client::new();
+
+    // Any method and status will do: only the route label is checked.
+    for (pattern, _) in sendonce_api::telemetry::ROUTES {
+        let path = pattern.replace("{job_id}", "0").replace("{id}", "0");
+        client
+            .get(format!("{}{path}", api.address))
+            .send()
+            .await
+            .expect("GET");
+    }
+    let after = api.metrics().await;
+
+    for (pattern, _) in sendonce_api::telemetry::ROUTES {
+        let prefix = format!(r#"sendonce_api_requests_total{{route="{pattern}",status=""#);
+        let counted: f64 = after
+            .lines()
+            .filter(|line| line.starts_with(&prefix))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert!(
+            counted >= 1.0,
+            "no request counted under {pattern}:\n{after}"
+        );
+    }
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn the_api_logs_json_lines_with_request_ids_and_never_a_bearer_token() {
+    let api = start_api_process("trace").await;
+    let client = reqwest::Client::new();
+    let keys = hs256_keys(SECRET);
+    let valid = keys
+        .mint("tests", "jobs:write", Duration::from_secs(600))
+        .expect("mint a token");
+    let forged = hs256_keys("another-secret-that-is-long-enough-for-hs256")
+        .mint("tests", "jobs:write", Duration::from_secs(600))
+        .expect("mint a token");
+    let garbage = "not-a-jwt-but-still-a-secret-0123456789";
+
+    for token in [&valid, &forged, garbage] {
+        let response = client
+            .post(format!("{}/addJob", api.address))
+            .bearer_auth(token)
+            .header("X-Request-Id", "ops-log-test")
+            .json(&valid_body())
+            .send()
+            .await
+            .expect("POST /addJob");
+        assert_eq!(response.headers()["x-request-id"], "ops-log-test");
+    }
+    let lines = api.stop().await;
+
+    for line in &lines {
+        serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains("request answered") && line.contains("ops-log-test")),
+        "no log line carries the request id"
+    );
+    for token in [&valid, &forged, garbage] {
+        // The signature alone is enough to replay a token; look for it too.
+        let signature = token.rsplit('.').next().unwrap_or(token);
+        for line in &lines {
+            assert!(
+                !line.contains(signature),
+                "a token leaked into the log: {line}"
+            );
+        }
+    }
+}

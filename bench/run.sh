@@ -1,0 +1,298 @@
+#!/usr/bin/env bash
+# The sendonce benchmark. Starts a private Redis, a private Postgres cluster
+# (default durability), an SMTP sink (postfix's smtp-sink), the release API
+# and workers, measures each phase BENCH_RUNS times and prints one table of
+# medians, next to the machine's own limits measured in the same run.
+#
+#   bench/run.sh                 # 3 runs of each phase, 10 s each
+#   BENCH_RUNS=1 BENCH_SECS=5 bench/run.sh
+#
+# Installs what is missing (Debian, root): wrk, postfix (smtp-sink),
+# redis-server/redis-tools, postgresql(-contrib) for pgbench, and oha with
+# cargo into target/bench-tools. Every phase has a deadline; a phase that
+# misses it stops the run with a message saying which and why.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+runs=${BENCH_RUNS:-3}
+secs=${BENCH_SECS:-10}
+drain_tasks=${BENCH_DRAIN_TASKS:-20000}
+drain_deadline=${BENCH_DRAIN_DEADLINE_SECS:-300}
+log_filter=${BENCH_RUST_LOG:-warn}
+
+state=$(mktemp -d -t sendonce-bench.XXXXXX)
+pids=() workers=()
+cleanup() {
+  for pid in "${pids[@]}" "${workers[@]}"; do kill "$pid" 2>/dev/null || true; done
+  if [ -n "${pg_bin:-}" ] && [ -d "$state/pg" ]; then
+    runuser -u postgres -- "$pg_bin/pg_ctl" -D "$state/pg" -m fast stop >/dev/null 2>&1 || true
+  fi
+  wait 2>/dev/null || true
+  rm -rf "$state"
+}
+trap cleanup EXIT
+
+say() { printf '== %s\n' "$*" >&2; }
+die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.6g\n", (a[NR/2]+a[NR/2+1])/2}'; }
+# Polls `cmd` until it succeeds or `secs` pass; `what` names it in the error.
+wait_for() {
+  local what=$1 limit=$2; shift 2
+  local end=$((SECONDS + limit))
+  until "$@" >/dev/null 2>&1; do
+    [ $SECONDS -lt $end ] || die "$what did not happen within ${limit}s"
+    sleep 0.1
+  done
+}
+
+# --- tools ----------------------------------------------------------------
+apt_install() {
+  [ "$(id -u)" = 0 ] || die "need root to install $*; install them first"
+  [ -n "${apt_updated:-}" ] || { apt-get update -qq; apt_updated=1; }
+  say "installing $*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+command -v wrk >/dev/null || apt_install wrk
+command -v smtp-sink >/dev/null || apt_install postfix
+command -v redis-server >/dev/null || apt_install redis-server
+command -v redis-benchmark >/dev/null || apt_install redis-tools
+command -v python3 >/dev/null || apt_install python3
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1 || true)
+[ -x "${pg_bin:-/nonexistent}/initdb" ] || { apt_install postgresql; pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1); }
+command -v pgbench >/dev/null || [ -x "$pg_bin/pgbench" ] || apt_install postgresql-contrib
+pgbench=$(command -v pgbench || echo "$pg_bin/pgbench")
+oha=$root/target/bench-tools/bin/oha
+if [ ! -x "$oha" ]; then
+  say "building oha into target/bench-tools (once)"
+  cargo install --locked --quiet --root "$root/target/bench-tools" oha
+fi
+
+say "building release binaries"
+cargo build --release --locked --quiet --bins
+api_bin=$root/target/release/sendonce-api
+worker_bin=$root/target/release/sendonce-worker
+
+# --- services -------------------------------------------------------------
+redis_port=$(free_port)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
+  --dir "$state" --daemonize no --logfile "$state/redis.log" &
+pids+=($!)
+wait_for "redis-server start" 10 redis-cli -p "$redis_port" ping
+redis=(redis-cli -p "$redis_port")
+
+pg_port=$(free_port)
+mkdir -p "$state/pg" && chown postgres "$state" "$state/pg"
+runuser -u postgres -- "$pg_bin/initdb" -D "$state/pg" -A trust -U postgres >/dev/null
+runuser -u postgres -- "$pg_bin/pg_ctl" -D "$state/pg" -l "$state/pg.log" -w \
+  -o "-p $pg_port -k $state -c listen_addresses=127.0.0.1 -c max_connections=300" start >/dev/null \
+  || die "Postgres did not start: $(tail -n3 "$state/pg.log")"
+pg_url="postgres://postgres@127.0.0.1:$pg_port/postgres"
+psql_q() { psql "$pg_url" -qAtX -v ON_ERROR_STOP=1 -c "$1"; }
+
+smtp_port=$(free_port)
+smtp-sink -u nobody -t 30 "127.0.0.1:$smtp_port" 1024 2>"$state/smtp-sink.log" &
+pids+=($!)
+wait_for "smtp-sink start" 10 bash -c "exec 3<>/dev/tcp/127.0.0.1/$smtp_port"
+
+export DATABASE_URL=$pg_url REDIS_URL="redis://127.0.0.1:$redis_port" REDIS_KEY_PREFIX=bench
+export JWT_SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+export LOG_FORMAT=json RUST_LOG=$log_filter
+api_port=$(free_port)
+API_ADDR=127.0.0.1:$api_port "$api_bin" >"$state/api.log" 2>&1 &
+api_pid=$!
+pids+=($api_pid)
+api=http://127.0.0.1:$api_port
+wait_for "the API answering /healthz" 30 curl -sf "$api/healthz"
+token=$("$api_bin" token --sub bench --scope jobs:write --ttl 1h)
+export BENCH_TOKEN=$token
+
+# Resets Redis and the tables between phases, so each starts empty.
+reset_state() {
+  "${redis[@]}" flushall >/dev/null
+  psql_q "TRUNCATE deliveries, duplicate_jobs, failed_jobs" >/dev/null
+}
+peak_rss_mib() { awk '/VmHWM/ {printf "%.1f\n", $2 / 1024}' "/proc/$1/status"; }
+
+# --- machine limits -------------------------------------------------------
+say "machine limits: redis-benchmark LPUSH, pgbench claim+sent"
+lpush=() pgb=()
+for _ in $(seq "$runs"); do
+  lpush+=("$(redis-benchmark -p "$redis_port" -t lpush -n 200000 -c 50 -d 400 --csv \
+    | awk -F'"' '$2 == "LPUSH" {print $4}')")
+  pgb+=("$("$pgbench" -n -h 127.0.0.1 -p "$pg_port" -U postgres -c 16 -j 2 -T "$secs" \
+    -f "$root/bench/claim.sql" postgres 2>/dev/null \
+    | awk '/^tps/ {print $3; exit}')")
+  reset_state
+done
+
+# --- API: saturation and fixed rate ---------------------------------------
+body='{"to":"Ada <ada@example.com>","subject":"Welcome","text":"Hello from the benchmark!"}'
+say "API: POST /addJob at saturation (wrk, ${secs}s)"
+sat=()
+for _ in $(seq "$runs"); do
+  out=$(wrk -t2 -c64 -d"${secs}s" -s "$root/bench/add_job.lua" "$api/addJob")
+  if grep -q "Non-2xx" <<<"$out"; then die "POST /addJob answered errors under load:
+$out"; fi
+  sat+=("$(awk '/^Requests\/sec/ {print $2}' <<<"$out")")
+  reset_state
+done
+
+oha_json() {
+  "$oha" --no-tui --output-format json --latency-correction -z "${secs}s" -q "$1" -c 64 \
+    -m POST -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+    -d "$body" "$api/addJob"
+}
+# Prints "p50 p99 p99.9" in ms, or fails if any request did not succeed.
+oha_latency() {
+  python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+codes = r.get("statusCodeDistribution", {})
+bad = {k: v for k, v in codes.items() if not k.startswith("2")}
+# Requests still in flight when the duration ends are cut by oha itself.
+errors = {k: v for k, v in r.get("errorDistribution", {}).items() if "deadline" not in k}
+if bad or errors:
+    sys.exit("requests failed: %s %s" % (bad, errors))
+p = r["latencyPercentiles"]
+print(" ".join("%.3f" % (p[k] * 1000) for k in ("p50", "p99", "p99.9")))'
+}
+say "API: latency at 5000 req/s offered (oha, ${secs}s)"
+p50=() p99=() p999=()
+for _ in $(seq "$runs"); do
+  read -r a b c < <(oha_json 5000 | oha_latency) || die "the fixed-rate run failed"
+  p50+=("$a") p99+=("$b") p999+=("$c")
+  reset_state
+done
+
+say "API: POST /addJobs, 1000 jobs a request (wrk, ${secs}s)"
+batch=()
+for _ in $(seq "$runs"); do
+  out=$(wrk -t2 -c4 -d"${secs}s" -s "$root/bench/add_jobs.lua" "$api/addJobs")
+  if grep -q "Non-2xx" <<<"$out"; then die "POST /addJobs answered errors under load:
+$out"; fi
+  batch+=("$(awk '/^Requests\/sec/ {printf "%.0f\n", $2 * 1000}' <<<"$out")")
+  reset_state
+done
+api_rss=$(peak_rss_mib "$api_pid")
+
+# --- drain ----------------------------------------------------------------
+python3 - "$drain_tasks" >"$state/fill.json" <<'EOF'
+import json, sys
+job = {"to": "Ada <ada@example.com>", "subject": "Drain", "text": "Hello from the benchmark!"}
+print(json.dumps({"jobs": [job] * min(1000, int(sys.argv[1]))}))
+EOF
+fill_queue() {
+  local n=0
+  while [ $n -lt "$drain_tasks" ]; do
+    curl -sf -o /dev/null "$api/addJobs" -H "Authorization: Bearer $token" \
+      -H 'Content-Type: application/json' --data-binary "@$state/fill.json" \
+      || die "filling the queue failed"
+    n=$((n + 1000))
+  done
+}
+workers=()
+start_workers() {
+  workers=()
+  for i in $(seq "$1"); do
+    SMTP_URL=smtp://127.0.0.1:$smtp_port METRICS_ADDR=127.0.0.1:0 \
+      "$worker_bin" >"$state/worker-$i.log" 2>&1 &
+    workers+=($!)
+  done
+}
+# Stops the workers (SIGTERM: they drain and exit 0); sets workers_rss to
+# the largest peak RSS among them, in MiB.
+stop_workers() {
+  local r pid
+  workers_rss=0
+  for pid in "${workers[@]}"; do
+    r=$(peak_rss_mib "$pid")
+    workers_rss=$(awk -v a="$workers_rss" -v b="$r" 'BEGIN {print (b > a) ? b : a}')
+    kill -TERM "$pid"
+  done
+  for pid in "${workers[@]}"; do
+    wait "$pid" || die "a worker exited non-zero: $(tail -n3 "$state"/worker-*.log)"
+  done
+  workers=()
+}
+sent_count() { psql_q "SELECT count(*) FROM deliveries WHERE state = 'sent'"; }
+# Waits until `n` keys are sent; dies with the queue's state past the deadline.
+await_sent() {
+  local n=$1 end=$((SECONDS + drain_deadline)) last=-1 now
+  while now=$(sent_count); [ "$now" -lt "$n" ]; do
+    if [ $SECONDS -ge $end ]; then
+      die "drain stalled: $now of $n sent after ${drain_deadline}s; queue $("${redis[@]}" llen '{bench}:queue'), states: $(psql_q "SELECT string_agg(state || '=' || c, ' ') FROM (SELECT state, count(*) c FROM deliveries GROUP BY state) s")"
+    fi
+    sleep 0.2
+  done
+}
+# Emails per second between the first and the last `sent` commit.
+sent_rate() { psql_q "SELECT round((count(*) - 1) / extract(epoch FROM max(sent_at) - min(sent_at)))::int FROM deliveries WHERE state = 'sent'"; }
+
+declare -A drain rss
+for n in 1 5; do
+  drain[$n]="" rss[$n]=0
+  for _ in $(seq "$runs"); do
+    say "drain: $drain_tasks tasks, $n worker(s)"
+    reset_state
+    fill_queue
+    [ "$("${redis[@]}" llen '{bench}:queue')" = "$drain_tasks" ] || die "the queue does not hold $drain_tasks tasks"
+    start_workers "$n"
+    await_sent "$drain_tasks"
+    drain[$n]+=" $(sent_rate)"
+    stop_workers
+    rss[$n]=$(awk -v a="${rss[$n]}" -v b="$workers_rss" 'BEGIN {print (b > a) ? b : a}')
+  done
+done
+
+# --- enqueue-to-accepted latency ------------------------------------------
+say "enqueue-to-accepted latency at 1000 emails/s, 5 workers (${secs}s)"
+e2e50=() e2e99=()
+for _ in $(seq "$runs"); do
+  reset_state
+  start_workers 5
+  oha_json 1000 | oha_latency >/dev/null || die "the 1000/s run failed"
+  accepted=$("${redis[@]}" --scan --pattern '{bench}:idem:*' | wc -l)
+  await_sent "$accepted"
+  read -r a b < <(psql_q "
+    SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1),
+           round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 1)
+    FROM (SELECT extract(epoch FROM sent_at) * 1000
+                 - ('x' || substr(replace(job_id::text, '-', ''), 1, 12))::bit(48)::bigint AS ms
+          FROM deliveries WHERE state = 'sent') t" | tr '|' ' ')
+  e2e50+=("$a") e2e99+=("$b")
+  stop_workers
+done
+
+# --- the table ------------------------------------------------------------
+m() { median "$@"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+check() { awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN {print ((op == ">=" ? v >= t : v <= t) ? "yes" : "no")}'; }
+lp=$(m "${lpush[@]}") pg=$(m "${pgb[@]}")
+s=$(m "${sat[@]}") l50=$(m "${p50[@]}") l99=$(m "${p99[@]}") l999=$(m "${p999[@]}")
+bt=$(m "${batch[@]}")
+# shellcheck disable=SC2086
+d1=$(m ${drain[1]}) d5=$(m ${drain[5]})
+e50=$(m "${e2e50[@]}") e99=$(m "${e2e99[@]}")
+wrss=$(awk -v a="${rss[1]}" -v b="${rss[5]}" 'BEGIN {print (b > a) ? b : a}')
+cat <<TABLE
+
+sendonce benchmark: $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+machine: $(nproc) CPUs, $(lscpu | sed -n 's/^Model name: *//p' | head -n1), $(free -g | awk '/^Mem:/ {print $2}') GiB RAM; load after run: $(cut -d' ' -f1-3 /proc/loadavg)
+medians of $runs runs, ${secs}s phases, RUST_LOG=$log_filter; drain from $drain_tasks queued tasks
+
+| figure | median | runs | target | met | machine limit (same run) | ratio |
+|---|---:|---|---|---|---|---:|
+| POST /addJob at saturation, req/s | $s | ${sat[*]} | >= 25000 | $(check "$s" ">=" 25000) | redis-benchmark LPUSH $lp/s | $(ratio "$s" "$lp") |
+| POST /addJob p50 @ 5000/s, ms | $l50 | ${p50[*]} | | | | |
+| POST /addJob p99 @ 5000/s, ms | $l99 | ${p99[*]} | <= 5 | $(check "$l99" "<=" 5) | | |
+| POST /addJob p99.9 @ 5000/s, ms | $l999 | ${p999[*]} | | | | |
+| POST /addJobs (1000/request), jobs/s | $bt | ${batch[*]} | >= 100000 | $(check "$bt" ">=" 100000) | redis-benchmark LPUSH $lp/s | $(ratio "$bt" "$lp") |
+| drain, 1 worker, emails/s | $d1 | ${drain[1]# } | | | pgbench claim+sent $pg/s | $(ratio "$d1" "$pg") |
+| drain, 5 workers, emails/s | $d5 | ${drain[5]# } | >= 5000 | $(check "$d5" ">=" 5000) | pgbench claim+sent $pg/s | $(ratio "$d5" "$pg") |
+| enqueue-to-accepted p50 @ 1000/s, ms | $e50 | ${e2e50[*]} | | | | |
+| enqueue-to-accepted p99 @ 1000/s, ms | $e99 | ${e2e99[*]} | | | | |
+| peak RSS, API, MiB | $api_rss | | | | | |
+| peak RSS, one worker, MiB | $wrss | | <= 64 | $(check "$wrss" "<=" 64) | | |
+TABLE

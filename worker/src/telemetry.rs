@@ -1,0 +1,152 @@
+//! The worker's metrics: every name, its help text, its buckets, and the
+//! one-line recorders the run loop calls. All of them are registered at
+//! start-up, so `/metrics` shows every series at zero before anything
+//! happens and alerts on them never see "no data".
+
+use std::time::Duration;
+
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
+use metrics_exporter_prometheus::PrometheusHandle;
+use sendonce_shared::queue::Depths;
+use sendonce_shared::store::{DeadReason, DedupLayer};
+
+/// Emails the SMTP server accepted.
+pub const EMAILS_SENT: &str = "sendonce_emails_sent_total";
+/// Tasks skipped because another job holds their key, by `layer`.
+pub const DUPLICATES_SKIPPED: &str = "sendonce_duplicates_skipped_total";
+/// Transient failures scheduled for another attempt.
+pub const RETRIES: &str = "sendonce_retries_total";
+/// Tasks moved to the dead-letter table, by `reason`.
+pub const DEAD_LETTERED: &str = "sendonce_dead_lettered_total";
+/// Time of one SMTP conversation, from connect to the final reply.
+pub const SMTP_SEND_DURATION: &str = "sendonce_smtp_send_duration_seconds";
+/// Tasks waiting or held, by `queue`.
+pub const QUEUE_DEPTH: &str = "sendonce_queue_depth";
+/// Tasks this process is working on.
+pub const INFLIGHT: &str = "sendonce_inflight";
+/// Tasks of dead workers handed back to the queue by this one.
+pub const TASKS_RECOVERED: &str = "sendonce_tasks_recovered_total";
+/// Tasks that did not parse, moved to the poison list.
+pub const POISON_TASKS: &str = "sendonce_poison_tasks_total";
+
+/// Upper bounds of the SMTP duration buckets, in seconds: a local relay
+/// answers in milliseconds, a remote one in seconds, and the default
+/// `SMTP_TIMEOUT_MS` is 30 s.
+const SMTP_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Installs the global recorder and registers every metric at zero.
+pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    let handle =
+        sendonce_shared::telemetry::install_metrics(&[(SMTP_SEND_DURATION, SMTP_BUCKETS)])?;
+    register();
+    Ok(handle)
+}
+
+fn register() {
+    describe_counter!(EMAILS_SENT, "Emails the SMTP server accepted.");
+    describe_counter!(
+        DUPLICATES_SKIPPED,
+        "Tasks skipped because another job holds their idempotency key, by dedup layer."
+    );
+    describe_counter!(RETRIES, "Transient failures scheduled for another attempt.");
+    describe_counter!(
+        DEAD_LETTERED,
+        "Tasks moved to the dead-letter table, by reason."
+    );
+    describe_histogram!(
+        SMTP_SEND_DURATION,
+        Unit::Seconds,
+        "Time of one SMTP conversation, from connect to the final reply."
+    );
+    describe_gauge!(
+        QUEUE_DEPTH,
+        "Tasks ready, scheduled for a retry, or held by workers (the whole queue, as this worker last saw it)."
+    );
+    describe_gauge!(INFLIGHT, "Tasks this process is working on.");
+    describe_counter!(
+        TASKS_RECOVERED,
+        "Tasks of dead workers handed back to the queue."
+    );
+    describe_counter!(
+        POISON_TASKS,
+        "Tasks that did not parse, moved to the poison list."
+    );
+
+    for name in [EMAILS_SENT, RETRIES, TASKS_RECOVERED, POISON_TASKS] {
+        counter!(name).absolute(0);
+    }
+    for layer in [DedupLayer::L1, DedupLayer::L2] {
+        counter!(DUPLICATES_SKIPPED, "layer" => layer.as_str()).absolute(0);
+    }
+    for reason in [DeadReason::Failed, DeadReason::Uncertain] {
+        counter!(DEAD_LETTERED, "reason" => reason.as_str()).absolute(0);
+    }
+    let _ = histogram!(SMTP_SEND_DURATION);
+    queue_depth(&Depths::default());
+    gauge!(INFLIGHT).set(0.0);
+}
+
+/// Records an accepted email.
+pub fn email_sent() {
+    counter!(EMAILS_SENT).increment(1);
+}
+
+/// Records a skipped duplicate.
+pub fn duplicate_skipped(layer: DedupLayer) {
+    counter!(DUPLICATES_SKIPPED, "layer" => layer.as_str()).increment(1);
+}
+
+/// Records a scheduled retry.
+pub fn retry_scheduled() {
+    counter!(RETRIES).increment(1);
+}
+
+/// Records a dead-lettered task.
+pub fn dead_lettered(reason: DeadReason) {
+    counter!(DEAD_LETTERED, "reason" => reason.as_str()).increment(1);
+}
+
+/// Records how long an SMTP conversation took.
+pub fn smtp_send(elapsed: Duration) {
+    histogram!(SMTP_SEND_DURATION).record(elapsed.as_secs_f64());
+}
+
+/// Records tasks handed back from dead workers.
+pub fn tasks_recovered(n: usize) {
+    counter!(TASKS_RECOVERED).increment(n as u64);
+}
+
+/// Records a task that did not parse.
+pub fn poison_task() {
+    counter!(POISON_TASKS).increment(1);
+}
+
+/// Sets the queue-depth gauges.
+pub fn queue_depth(depths: &Depths) {
+    gauge!(QUEUE_DEPTH, "queue" => "ready").set(depths.ready as f64);
+    gauge!(QUEUE_DEPTH, "queue" => "scheduled").set(depths.scheduled as f64);
+    gauge!(QUEUE_DEPTH, "queue" => "processing").set(depths.processing as f64);
+}
+
+/// Counts one task in flight until the returned guard is dropped, so every
+/// way out of a task (including a panic or an abort at shutdown) lowers the
+/// gauge again.
+pub fn inflight() -> InflightGuard {
+    gauge!(INFLIGHT).increment(1.0);
+    InflightGuard(())
+}
+
+/// See [`inflight`].
+#[derive(Debug)]
+#[must_use = "the task counts as in flight only while the guard lives"]
+pub struct InflightGuard(());
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        gauge!(INFLIGHT).decrement(1.0);
+    }
+}
