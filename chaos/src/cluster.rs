@@ -90,11 +90,7 @@ impl Process {
 
     /// Sends SIGTERM and waits for the exit.
     pub async fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .context("failed to run kill")?;
-        anyhow::ensure!(status.success(), "kill -TERM {} failed", self.name);
+        sendonce_testkit::process::terminate(self.child.id());
         let deadline = Instant::now() + STOP_TIMEOUT;
         loop {
             if let Some(status) = self.child.try_wait()? {
@@ -155,6 +151,31 @@ pub async fn start_api(env: &Environment) -> anyhow::Result<(Process, String)> {
         );
         tokio::time::sleep(POLL_INTERVAL).await;
     }
+}
+
+/// A bearer token for posting jobs, minted by `sendonce-api token` with the
+/// run's `JWT_SECRET`.
+pub fn mint_token(env: &Environment) -> anyhow::Result<String> {
+    let output = Command::new(env.bin_dir.join(API_BIN))
+        .args(["token", "--sub", "chaos", "--scope", "jobs:write jobs:read"])
+        .args(["--ttl", "2h"])
+        .env_clear()
+        .envs(env.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("failed to run {API_BIN} token"))?;
+    anyhow::ensure!(
+        output.status.success(),
+        "{API_BIN} token exited with {}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    let token = String::from_utf8(output.stdout)
+        .context("the token is not UTF-8")?
+        .trim()
+        .to_owned();
+    anyhow::ensure!(!token.is_empty(), "{API_BIN} token printed nothing");
+    Ok(token)
 }
 
 /// Starts a worker; `name` names its log file.

@@ -24,9 +24,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
-use sendonce_api::auth::JwtKeys;
-use sendonce_api::config::ApiConfig;
 use sendonce_testkit::{RedisOptions, RedisServer, SmtpServer, TestDatabase};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -193,12 +190,6 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Summary> {
     let db = TestDatabase::create().await;
     let smtp = SmtpServer::start().await;
     let secret = format!("chaos-{}", uuid::Uuid::now_v7().simple());
-    let api_config = ApiConfig::parse_from(["sendonce-api", "--jwt-secret", &secret]);
-    let token = JwtKeys::from_config(&api_config)?.mint(
-        "chaos",
-        "jobs:write jobs:read",
-        Duration::from_secs(3600),
-    )?;
     let env = Environment {
         bin_dir: scenario.bin_dir.clone(),
         log_dir: log_dir.clone(),
@@ -231,6 +222,7 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Summary> {
         .collect(),
     };
 
+    let token = cluster::mint_token(&env)?;
     let (mut api, base) = cluster::start_api(&env).await?;
     let mut workers = Vec::with_capacity(scenario.workers);
     for slot in 0..scenario.workers {
