@@ -27,6 +27,9 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::domain::{IdempotencyKey, JobId, Task};
 
+mod shared;
+use shared::SharedConnection;
+
 /// A Redis operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -97,8 +100,10 @@ impl Keys {
     }
 }
 
-/// Opens a pool of multiplexed connections. `response_timeout` bounds every
-/// command; blocking pops use their own connection (see [`Queue::popper`]).
+/// Opens the pool that [`Queue`] opens its one shared multiplexed connection
+/// from (and a replacement when that one breaks). `response_timeout` bounds
+/// every command; blocking pops use their own connection (see
+/// [`Queue::popper`]).
 pub fn connect(url: &SecretString, max_size: usize) -> Result<Pool, QueueError> {
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
@@ -234,7 +239,7 @@ return n
 /// The queue operations both binaries use.
 #[derive(Clone)]
 pub struct Queue {
-    pool: Pool,
+    conn: SharedConnection,
     keys: Keys,
     enqueue: Script,
     enqueue_many: Script,
@@ -253,7 +258,7 @@ impl Queue {
     /// Operations on the keys under `prefix`.
     pub fn new(pool: Pool, prefix: &str) -> Self {
         Self {
-            pool,
+            conn: SharedConnection::new(pool),
             keys: Keys::new(prefix),
             enqueue: Script::new(ENQUEUE),
             enqueue_many: Script::new(ENQUEUE_MANY),
@@ -268,8 +273,8 @@ impl Queue {
         &self.keys
     }
 
-    async fn conn(&self) -> Result<deadpool_redis::Connection, QueueError> {
-        Ok(self.pool.get().await?)
+    async fn conn(&self) -> Result<shared::Conn, QueueError> {
+        Ok(self.conn.get().await?)
     }
 
     /// Checks that Redis answers.
@@ -570,7 +575,7 @@ impl Queue {
 
     async fn invoke_reap(
         &self,
-        conn: &mut deadpool_redis::Connection,
+        conn: &mut shared::Conn,
         worker: &str,
         force: bool,
     ) -> Result<i64, QueueError> {

@@ -20,8 +20,8 @@ pub struct NotReady {
 }
 
 /// Pings Redis and Postgres concurrently, each bounded by [`TIMEOUT`]. A
-/// pool reconnects on its next use, so readiness recovers by itself once a
-/// dependency is back.
+/// broken connection is replaced on the next use (a probe is a use), so
+/// readiness recovers by itself once a dependency is back.
 pub async fn check(queue: &Queue, store: &Store) -> Result<(), NotReady> {
     let (redis, postgres) = tokio::join!(
         tokio::time::timeout(TIMEOUT, queue.ping()),

@@ -1,7 +1,9 @@
 //! The Postgres store against a real server: migrations under concurrency,
 //! the L2 claim and the `sending` fence. Each test has its own database.
-//! [`readiness`] tests the `/readyz` check against live and dead servers.
+//! [`readiness`] tests the `/readyz` check against live and dead servers;
+//! [`connection`] the queue's one shared Redis connection.
 
+mod connection;
 mod readiness;
 
 use futures::future::join_all;

@@ -1,0 +1,88 @@
+//! The queue's one shared Redis connection, against a `redis-server` of the
+//! test's own, so that counting its clients counts only ours.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use secrecy::SecretString;
+use sendonce_shared::queue::{self, Queue};
+use sendonce_testkit::{RedisOptions, RedisServer, unique_prefix};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn queue_at(url: &str) -> Queue {
+    // A pool of 8: before the shared connection, 200 callers opened all 8.
+    let pool = queue::connect(&SecretString::from(url.to_owned()), 8).expect("Redis pool");
+    Queue::new(pool, &unique_prefix())
+}
+
+async fn observer(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("observer connection")
+}
+
+/// Clients connected besides the observer itself.
+async fn other_clients(observer: &mut redis::aio::MultiplexedConnection) -> usize {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(observer)
+        .await
+        .expect("CLIENT LIST");
+    list.lines().count() - 1
+}
+
+#[tokio::test]
+async fn concurrent_callers_share_one_connection() {
+    let server = RedisServer::start(RedisOptions::default()).await;
+    let mut observer = observer(&server).await;
+    let queue = queue_at(&server.url());
+    queue
+        .ping()
+        .await
+        .expect("the first command opens the connection");
+
+    let results = tokio::time::timeout(DEADLINE, join_all((0..200).map(|_| queue.ping())))
+        .await
+        .expect("200 pings answer");
+
+    let failed: Vec<_> = results.iter().filter(|r| r.is_err()).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(other_clients(&mut observer).await, 1);
+}
+
+#[tokio::test]
+async fn a_connection_killed_under_the_queue_is_replaced_on_the_next_command() {
+    let server = RedisServer::start(RedisOptions::default()).await;
+    let mut observer = observer(&server).await;
+    let queue = queue_at(&server.url());
+    queue
+        .ping()
+        .await
+        .expect("the first command opens the connection");
+    let killed: u64 = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"])
+        .query_async(&mut observer)
+        .await
+        .expect("CLIENT KILL");
+    assert_eq!(killed, 1, "the queue's one connection");
+
+    // The command that meets the dead connection fails (its caller must
+    // know: nothing is retried behind its back); the next one reconnects.
+    let mut failures = Vec::new();
+    let answered = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match queue.ping().await {
+                Ok(()) => break,
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+    })
+    .await;
+
+    assert!(answered.is_ok(), "never reconnected: {failures:?}");
+    assert!(failures.len() <= 1, "{failures:?}");
+    assert_eq!(other_clients(&mut observer).await, 1);
+}
