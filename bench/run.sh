@@ -6,6 +6,7 @@
 #
 #   bench/run.sh                 # 3 runs of each phase, 10 s each
 #   BENCH_RUNS=1 BENCH_SECS=5 bench/run.sh
+#   BENCH_BIN_DIR=/tmp/old bench/run.sh    # binaries built elsewhere (A/B)
 #
 # Installs what is missing (Debian, root): wrk, postfix (smtp-sink),
 # redis-server/redis-tools, postgresql(-contrib) for pgbench, and oha with
@@ -69,10 +70,17 @@ if [ ! -x "$oha" ]; then
   cargo install --locked --quiet --root "$root/target/bench-tools" oha
 fi
 
-say "building release binaries"
-cargo build --release --locked --quiet --bins
-api_bin=$root/target/release/sendonce-api
-worker_bin=$root/target/release/sendonce-worker
+if [ -n "${BENCH_BIN_DIR:-}" ]; then
+  # Measure binaries built elsewhere (an A/B against another commit).
+  bin_dir=$(cd "$BENCH_BIN_DIR" && pwd)
+else
+  say "building release binaries"
+  cargo build --release --locked --quiet --bins
+  bin_dir=$root/target/release
+fi
+api_bin=$bin_dir/sendonce-api
+worker_bin=$bin_dir/sendonce-worker
+[ -x "$api_bin" ] && [ -x "$worker_bin" ] || die "no sendonce-api and sendonce-worker in $bin_dir"
 
 # --- services -------------------------------------------------------------
 redis_port=$(free_port)
@@ -132,7 +140,10 @@ body='{"to":"Ada <ada@example.com>","subject":"Welcome","text":"Hello from the b
 say "API: POST /addJob at saturation (wrk, ${secs}s)"
 sat=()
 for _ in $(seq "$runs"); do
+  "$root/bench/cpu.py" snap >"$state/cpu.before"
   out=$(wrk -t2 -c64 -d"${secs}s" -s "$root/bench/add_job.lua" "$api/addJob")
+  "$root/bench/cpu.py" snap >"$state/cpu.after"
+  cpu_sat=$("$root/bench/cpu.py" diff "$state/cpu.before" "$state/cpu.after")
   if grep -q "Non-2xx" <<<"$out"; then die "POST /addJob answered errors under load:
 $out"; fi
   sat+=("$(awk '/^Requests\/sec/ {print $2}' <<<"$out")")
@@ -169,7 +180,10 @@ done
 say "API: POST /addJobs, 1000 jobs a request (wrk, ${secs}s)"
 batch=()
 for _ in $(seq "$runs"); do
+  "$root/bench/cpu.py" snap >"$state/cpu.before"
   out=$(wrk -t2 -c4 -d"${secs}s" -s "$root/bench/add_jobs.lua" "$api/addJobs")
+  "$root/bench/cpu.py" snap >"$state/cpu.after"
+  cpu_batch=$("$root/bench/cpu.py" diff "$state/cpu.before" "$state/cpu.after")
   if grep -q "Non-2xx" <<<"$out"; then die "POST /addJobs answered errors under load:
 $out"; fi
   batch+=("$(awk '/^Requests\/sec/ {printf "%.0f\n", $2 * 1000}' <<<"$out")")
@@ -230,7 +244,7 @@ await_sent() {
 # Emails per second between the first and the last `sent` commit.
 sent_rate() { psql_q "SELECT round((count(*) - 1) / extract(epoch FROM max(sent_at) - min(sent_at)))::int FROM deliveries WHERE state = 'sent'"; }
 
-declare -A drain rss
+declare -A drain rss cpu_drain
 for n in 1 5; do
   drain[$n]="" rss[$n]=0
   for _ in $(seq "$runs"); do
@@ -238,8 +252,11 @@ for n in 1 5; do
     reset_state
     fill_queue
     [ "$("${redis[@]}" llen '{bench}:queue')" = "$drain_tasks" ] || die "the queue does not hold $drain_tasks tasks"
+    "$root/bench/cpu.py" snap >"$state/cpu.before"
     start_workers "$n"
     await_sent "$drain_tasks"
+    "$root/bench/cpu.py" snap >"$state/cpu.after"
+    cpu_drain[$n]=$("$root/bench/cpu.py" diff "$state/cpu.before" "$state/cpu.after")
     drain[$n]+=" $(sent_rate)"
     stop_workers
     rss[$n]=$(awk -v a="${rss[$n]}" -v b="$workers_rss" 'BEGIN {print (b > a) ? b : a}')
@@ -278,7 +295,7 @@ e50=$(m "${e2e50[@]}") e99=$(m "${e2e99[@]}")
 wrss=$(awk -v a="${rss[1]}" -v b="${rss[5]}" 'BEGIN {print (b > a) ? b : a}')
 cat <<TABLE
 
-sendonce benchmark: $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+sendonce benchmark: $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)${BENCH_BIN_DIR:+, binaries from $bin_dir}
 machine: $(nproc) CPUs, $(lscpu | sed -n 's/^Model name: *//p' | head -n1), $(free -g | awk '/^Mem:/ {print $2}') GiB RAM; load after run: $(cut -d' ' -f1-3 /proc/loadavg)
 medians of $runs runs, ${secs}s phases, RUST_LOG=$log_filter; drain from $drain_tasks queued tasks
 
@@ -295,4 +312,10 @@ medians of $runs runs, ${secs}s phases, RUST_LOG=$log_filter; drain from $drain_
 | enqueue-to-accepted p99 @ 1000/s, ms | $e99 | ${e2e99[*]} | | | | |
 | peak RSS, API, MiB | $api_rss | | | | | |
 | peak RSS, one worker, MiB | $wrss | | <= 64 | $(check "$wrss" "<=" 64) | | |
+
+Where the cores went (last run of each phase, bench/cpu.py):
+- POST /addJob at saturation: $cpu_sat
+- POST /addJobs: $cpu_batch
+- drain, 1 worker: ${cpu_drain[1]}
+- drain, 5 workers: ${cpu_drain[5]}
 TABLE
