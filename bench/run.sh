@@ -122,6 +122,21 @@ reset_state() {
   psql_q "TRUNCATE deliveries, duplicate_jobs, failed_jobs" >/dev/null
 }
 peak_rss_mib() { awk '/VmHWM/ {printf "%.1f\n", $2 / 1024}' "/proc/$1/status"; }
+# Runs "$@" and writes where the cores went meanwhile to $state/cpu.last.
+with_cpu() {
+  "$root/bench/cpu.py" snap >"$state/cpu.before"
+  "$@"
+  "$root/bench/cpu.py" snap >"$state/cpu.after"
+  "$root/bench/cpu.py" diff "$state/cpu.before" "$state/cpu.after" >"$state/cpu.last"
+}
+# wrk against `path` with `connections` and `script`; the output goes to
+# $state/wrk.out, and any non-2xx answer stops the run.
+run_wrk() {
+  local path=$1 connections=$2 script=$3
+  wrk -t2 -c"$connections" -d"${secs}s" -s "$root/bench/$script" "$api$path" >"$state/wrk.out"
+  if grep -q "Non-2xx" "$state/wrk.out"; then die "$path answered errors under load:
+$(cat "$state/wrk.out")"; fi
+}
 
 # --- machine limits -------------------------------------------------------
 say "machine limits: redis-benchmark LPUSH, pgbench claim+sent"
@@ -140,13 +155,9 @@ body='{"to":"Ada <ada@example.com>","subject":"Welcome","text":"Hello from the b
 say "API: POST /addJob at saturation (wrk, ${secs}s)"
 sat=()
 for _ in $(seq "$runs"); do
-  "$root/bench/cpu.py" snap >"$state/cpu.before"
-  out=$(wrk -t2 -c64 -d"${secs}s" -s "$root/bench/add_job.lua" "$api/addJob")
-  "$root/bench/cpu.py" snap >"$state/cpu.after"
-  cpu_sat=$("$root/bench/cpu.py" diff "$state/cpu.before" "$state/cpu.after")
-  if grep -q "Non-2xx" <<<"$out"; then die "POST /addJob answered errors under load:
-$out"; fi
-  sat+=("$(awk '/^Requests\/sec/ {print $2}' <<<"$out")")
+  with_cpu run_wrk /addJob 64 add_job.lua
+  cpu_sat=$(cat "$state/cpu.last")
+  sat+=("$(awk '/^Requests\/sec/ {print $2}' "$state/wrk.out")")
   reset_state
 done
 
@@ -180,13 +191,9 @@ done
 say "API: POST /addJobs, 1000 jobs a request (wrk, ${secs}s)"
 batch=()
 for _ in $(seq "$runs"); do
-  "$root/bench/cpu.py" snap >"$state/cpu.before"
-  out=$(wrk -t2 -c4 -d"${secs}s" -s "$root/bench/add_jobs.lua" "$api/addJobs")
-  "$root/bench/cpu.py" snap >"$state/cpu.after"
-  cpu_batch=$("$root/bench/cpu.py" diff "$state/cpu.before" "$state/cpu.after")
-  if grep -q "Non-2xx" <<<"$out"; then die "POST /addJobs answered errors under load:
-$out"; fi
-  batch+=("$(awk '/^Requests\/sec/ {printf "%.0f\n", $2 * 1000}' <<<"$out")")
+  with_cpu run_wrk /addJobs 4 add_jobs.lua
+  cpu_batch=$(cat "$state/cpu.last")
+  batch+=("$(awk '/^Requests\/sec/ {printf "%.0f\n", $2 * 1000}' "$state/wrk.out")")
   reset_state
 done
 api_rss=$(peak_rss_mib "$api_pid")
@@ -244,6 +251,9 @@ await_sent() {
 # Emails per second between the first and the last `sent` commit.
 sent_rate() { psql_q "SELECT round((count(*) - 1) / extract(epoch FROM max(sent_at) - min(sent_at)))::int FROM deliveries WHERE state = 'sent'"; }
 
+# Starts $1 workers and waits until the queue is drained.
+drain_with() { start_workers "$1"; await_sent "$drain_tasks"; }
+
 declare -A drain rss cpu_drain
 for n in 1 5; do
   drain[$n]="" rss[$n]=0
@@ -252,11 +262,8 @@ for n in 1 5; do
     reset_state
     fill_queue
     [ "$("${redis[@]}" llen '{bench}:queue')" = "$drain_tasks" ] || die "the queue does not hold $drain_tasks tasks"
-    "$root/bench/cpu.py" snap >"$state/cpu.before"
-    start_workers "$n"
-    await_sent "$drain_tasks"
-    "$root/bench/cpu.py" snap >"$state/cpu.after"
-    cpu_drain[$n]=$("$root/bench/cpu.py" diff "$state/cpu.before" "$state/cpu.after")
+    with_cpu drain_with "$n"
+    cpu_drain[$n]=$(cat "$state/cpu.last")
     drain[$n]+=" $(sent_rate)"
     stop_workers
     rss[$n]=$(awk -v a="${rss[$n]}" -v b="$workers_rss" 'BEGIN {print (b > a) ? b : a}')

@@ -24,6 +24,19 @@ async fn observer(server: &RedisServer) -> redis::aio::MultiplexedConnection {
         .expect("observer connection")
 }
 
+/// A server of the test's own, a connection to watch it with, and a queue
+/// whose shared connection is open.
+async fn connected() -> (RedisServer, redis::aio::MultiplexedConnection, Queue) {
+    let server = RedisServer::start(RedisOptions::default()).await;
+    let observer = observer(&server).await;
+    let queue = queue_at(&server.url());
+    queue
+        .ping()
+        .await
+        .expect("the first command opens the connection");
+    (server, observer, queue)
+}
+
 /// Clients connected besides the observer itself.
 async fn other_clients(observer: &mut redis::aio::MultiplexedConnection) -> usize {
     let list: String = redis::cmd("CLIENT")
@@ -36,13 +49,7 @@ async fn other_clients(observer: &mut redis::aio::MultiplexedConnection) -> usiz
 
 #[tokio::test]
 async fn concurrent_callers_share_one_connection() {
-    let server = RedisServer::start(RedisOptions::default()).await;
-    let mut observer = observer(&server).await;
-    let queue = queue_at(&server.url());
-    queue
-        .ping()
-        .await
-        .expect("the first command opens the connection");
+    let (_server, mut observer, queue) = connected().await;
 
     let results = tokio::time::timeout(DEADLINE, join_all((0..200).map(|_| queue.ping())))
         .await
@@ -55,13 +62,7 @@ async fn concurrent_callers_share_one_connection() {
 
 #[tokio::test]
 async fn a_connection_killed_under_the_queue_is_replaced_on_the_next_command() {
-    let server = RedisServer::start(RedisOptions::default()).await;
-    let mut observer = observer(&server).await;
-    let queue = queue_at(&server.url());
-    queue
-        .ping()
-        .await
-        .expect("the first command opens the connection");
+    let (_server, mut observer, queue) = connected().await;
     let killed: u64 = redis::cmd("CLIENT")
         .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"])
         .query_async(&mut observer)
