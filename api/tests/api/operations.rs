@@ -55,6 +55,49 @@ async fn readyz_answers_503_while_redis_is_down_and_200_once_it_returns() {
 }
 
 #[tokio::test]
+async fn a_job_posted_while_redis_is_down_gets_503_and_its_retry_is_queued_once_redis_returns() {
+    let mut redis = RedisServer::start(RedisOptions::default()).await;
+    let api = spawn_api_on_redis(redis.url()).await;
+    let token = api.token("jobs:write");
+    let mut body = valid_body();
+    body["idempotency_key"] = "outage:1".into();
+    // Opens the API's shared Redis connection, which the stop then breaks.
+    assert_eq!(
+        api.post_job(Some(&token), &valid_body()).await.status(),
+        202
+    );
+
+    redis.stop();
+    let refused = api.post_job(Some(&token), &body).await;
+    assert_eq!(refused.headers()["retry-after"], "1");
+    assert_problem(refused, 503, "retry later").await;
+
+    redis.restart().await;
+    // The first request may still meet the broken connection; a client
+    // retrying with the same key must get its job queued once, not twice.
+    let accepted = eventually(
+        "POST /addJob is accepted once Redis is back",
+        DEADLINE,
+        || async {
+            let response = api.post_job(Some(&token), &body).await;
+            (response.status() == 202).then_some(response)
+        },
+    )
+    .await;
+    let accepted: Value = accepted.json().await.expect("JSON");
+    let replay = api.post_job(Some(&token), &body).await;
+
+    assert_eq!(replay.status(), 200);
+    let replay: Value = replay.json().await.expect("JSON");
+    assert_eq!(replay["job_id"], accepted["job_id"]);
+    assert_eq!(
+        api.queue_len().await,
+        1,
+        "the restarted Redis holds the retried job only"
+    );
+}
+
+#[tokio::test]
 async fn a_request_id_is_echoed_and_one_is_generated_when_absent() {
     let api = spawn_api().await;
     let url = format!("{}/healthz", api.address);
