@@ -14,8 +14,7 @@
 //! is retried here: a script whose reply was lost may have run), and the
 //! next command gets a new connection.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use deadpool_redis::Pool;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
@@ -25,36 +24,41 @@ use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
 #[derive(Clone)]
 pub(crate) struct SharedConnection {
     pool: Pool,
-    current: Arc<Mutex<Option<(u64, MultiplexedConnection)>>>,
-    generation: Arc<AtomicU64>,
+    current: Arc<Mutex<Current>>,
+}
+
+/// The connection callers get now, if one is open, and its generation:
+/// bumped when it is discarded, so a handle on an older connection can never
+/// discard a newer one.
+#[derive(Default)]
+struct Current {
+    generation: u64,
+    conn: Option<MultiplexedConnection>,
 }
 
 impl SharedConnection {
     pub(crate) fn new(pool: Pool) -> Self {
         Self {
             pool,
-            current: Arc::new(Mutex::new(None)),
-            generation: Arc::new(AtomicU64::new(0)),
+            current: Arc::default(),
         }
     }
 
     /// A handle on the shared connection, opening one if there is none.
     pub(crate) async fn get(&self) -> Result<Conn, deadpool_redis::PoolError> {
-        if let Some((generation, inner)) = self.lock().clone() {
-            return Ok(self.handle(generation, inner));
+        {
+            let current = self.lock();
+            if let Some(inner) = &current.conn {
+                return Ok(self.handle(current.generation, inner.clone()));
+            }
         }
         // Detached from the pool: it is ours for as long as it works.
         let opened = deadpool_redis::Connection::take(self.pool.get().await?);
         let mut current = self.lock();
         // Another caller may have opened one meanwhile; keep the first, so
         // every caller converges on one connection.
-        let (generation, inner) = current
-            .get_or_insert_with(|| {
-                let generation = self.generation.fetch_add(1, Ordering::Relaxed);
-                (generation, opened)
-            })
-            .clone();
-        Ok(self.handle(generation, inner))
+        let inner = current.conn.get_or_insert(opened).clone();
+        Ok(self.handle(current.generation, inner))
     }
 
     fn handle(&self, generation: u64, inner: MultiplexedConnection) -> Conn {
@@ -65,8 +69,8 @@ impl SharedConnection {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(u64, MultiplexedConnection)>> {
-        // The guarded value is a plain handle; a panic elsewhere cannot leave
+    fn lock(&self) -> MutexGuard<'_, Current> {
+        // The guarded value is plain handles; a panic elsewhere cannot leave
         // it half-written.
         self.current.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -74,8 +78,8 @@ impl SharedConnection {
     /// Forgets connection `generation` if it is still the current one.
     fn discard(&self, generation: u64) {
         let mut current = self.lock();
-        if current.as_ref().is_some_and(|(g, _)| *g == generation) {
-            *current = None;
+        if current.generation == generation && current.conn.take().is_some() {
+            current.generation += 1;
             tracing::warn!("Redis connection broken; the next command opens a new one");
         }
     }
