@@ -10,9 +10,8 @@
 //! |---|---|---|
 //! | `{p}:queue` | list | ready tasks; the API `LPUSH`es, workers take from the right |
 //! | `{p}:processing:<worker>` | list | tasks a worker holds; removed on acknowledge |
-//! | `{p}:scheduled` | sorted set | tasks waiting for a retry, scored by due time (ms) |
-//! | `{p}:workers` | set | worker ids that may hold tasks |
-//! | `{p}:heartbeat:<worker>` | string, PX lease | present while the worker is alive |
+//! | `{p}:scheduled` | sorted set | tasks waiting for a retry, scored by due time (ms, Redis clock) |
+//! | `{p}:leases` | sorted set | worker ids that may hold tasks, scored by lease deadline (ms, Redis clock) |
 //! | `{p}:dedup:<key>` | string, EX ttl | L1 claim: the job id that holds the key |
 //! | `{p}:idem:<key>` | string, EX ttl | API replay record: `<job id> <fingerprint>` |
 //! | `{p}:job:<job id>` | string, EX ttl | the key of a job the API accepted, so it reads `queued` before a worker sees it |
@@ -48,6 +47,15 @@ pub enum QueueError {
     Unexpected(String),
 }
 
+/// Every due time and lease deadline is computed and compared inside a
+/// script from Redis's own `TIME`, so workers' clocks never meet.
+const NOW_MS: &str = r"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+";
+
 /// Names of the Redis keys under one prefix.
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -70,17 +78,13 @@ impl Keys {
     pub fn scheduled(&self) -> String {
         format!("{}:scheduled", self.tag)
     }
-    /// The set of registered workers.
-    pub fn workers(&self) -> String {
-        format!("{}:workers", self.tag)
+    /// Worker leases: each registered worker, scored by its deadline.
+    pub fn leases(&self) -> String {
+        format!("{}:leases", self.tag)
     }
     /// A worker's processing list.
     pub fn processing(&self, worker: &str) -> String {
         format!("{}:processing:{worker}", self.tag)
-    }
-    /// A worker's heartbeat.
-    pub fn heartbeat(&self, worker: &str) -> String {
-        format!("{}:heartbeat:{worker}", self.tag)
     }
     /// The L1 dedup key of an idempotency key.
     pub fn dedup(&self, key: &IdempotencyKey) -> String {
@@ -167,6 +171,9 @@ pub enum L1Claim {
 /// A replay record: `<job id (a UUID)> <fingerprint>`. A key holding
 /// anything else (damaged, or written by hand) is treated as never accepted
 /// and overwritten, so it neither blocks the key nor replays a bogus job.
+/// Most lapsed workers reaped per round.
+const REAP_BATCH: usize = 100;
+
 const RECORD_PATTERN: &str = "^%x+%-%x+%-%x+%-%x+%-%x+ ";
 
 const ENQUEUE: &str = r"
@@ -205,8 +212,8 @@ return answers
 ";
 
 const PROMOTE: &str = r"
--- KEYS: scheduled, queue. ARGV: now ms, batch size.
-local due = redis.call('ZRANGE', KEYS[1], '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, ARGV[2])
+-- KEYS: scheduled, queue. ARGV: batch size.
+local due = redis.call('ZRANGE', KEYS[1], '-inf', now_ms(), 'BYSCORE', 'LIMIT', 0, ARGV[1])
 for _, task in ipairs(due) do
   redis.call('ZREM', KEYS[1], task)
   redis.call('RPUSH', KEYS[2], task)
@@ -214,14 +221,40 @@ end
 return #due
 ";
 
+const HEARTBEAT: &str = r"
+-- KEYS: leases. ARGV: worker id, lease ms.
+redis.call('ZADD', KEYS[1], now_ms() + tonumber(ARGV[2]), ARGV[1])
+";
+
+/// Lapsed leases, unless this Redis has been up for less than a lease: then
+/// it restarted (or failed over) recently, and a live worker may not yet
+/// have had a full lease to renew; its deadline, kept in the AOF as an
+/// absolute time, would make it look dead.
+const LAPSED: &str = r"
+-- KEYS: leases. ARGV: lease ms, batch size.
+local info = redis.call('INFO', 'server')
+local up = tonumber(string.match(info, 'uptime_in_seconds:(%d+)'))
+if up and up * 1000 < tonumber(ARGV[1]) then return {} end
+return redis.call('ZRANGE', KEYS[1], '-inf', now_ms(), 'BYSCORE', 'LIMIT', 0, ARGV[2])
+";
+
 const REAP: &str = r"
--- KEYS: heartbeat, processing, queue, workers. ARGV: worker id, force.
-if ARGV[2] ~= '1' and redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+-- KEYS: leases, processing, queue. ARGV: worker id, force.
+local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if ARGV[2] ~= '1' and deadline and tonumber(deadline) > now_ms() then return -1 end
 local n = 0
 while redis.call('LMOVE', KEYS[2], KEYS[3], 'RIGHT', 'RIGHT') do n = n + 1 end
-redis.call('SREM', KEYS[4], ARGV[1])
-if ARGV[2] == '1' then redis.call('DEL', KEYS[1]) end
+redis.call('ZREM', KEYS[1], ARGV[1])
 return n
+";
+
+const RETRY_LATER: &str = r"
+-- KEYS: processing, scheduled. ARGV: task, delay ms.
+-- A copy this worker no longer holds (a reaper handed it on) is not
+-- scheduled: that would make a second copy.
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('ZADD', KEYS[2], now_ms() + tonumber(ARGV[2]), ARGV[1])
+return 1
 ";
 
 const RETURN_HELD: &str = r"
@@ -244,7 +277,10 @@ pub struct Queue {
     enqueue: Script,
     enqueue_many: Script,
     promote: Script,
+    heartbeat: Script,
+    lapsed: Script,
     reap: Script,
+    retry_later: Script,
     return_held: Script,
 }
 
@@ -262,8 +298,11 @@ impl Queue {
             keys: Keys::new(prefix),
             enqueue: Script::new(ENQUEUE),
             enqueue_many: Script::new(ENQUEUE_MANY),
-            promote: Script::new(PROMOTE),
-            reap: Script::new(REAP),
+            promote: Script::new(&format!("{NOW_MS}{PROMOTE}")),
+            heartbeat: Script::new(&format!("{NOW_MS}{HEARTBEAT}")),
+            lapsed: Script::new(&format!("{NOW_MS}{LAPSED}")),
+            reap: Script::new(&format!("{NOW_MS}{REAP}")),
+            retry_later: Script::new(&format!("{NOW_MS}{RETRY_LATER}")),
             return_held: Script::new(RETURN_HELD),
         }
     }
@@ -446,30 +485,26 @@ impl Queue {
         Ok(())
     }
 
-    /// Moves a held task to the delayed set, due at `due_ms` (Unix ms), in
-    /// one transaction: it is never in neither place.
+    /// Moves a held task to the delayed set, due `delay` from now by
+    /// Redis's clock, in one script: it is never in neither place. `false`
+    /// when this worker's list no longer held it (a reaper handed it on), and
+    /// nothing was scheduled.
     pub async fn retry_later(
         &self,
         worker: &str,
         raw: &str,
-        due_ms: i64,
-    ) -> Result<(), QueueError> {
+        delay: Duration,
+    ) -> Result<bool, QueueError> {
         let mut conn = self.conn().await?;
-        redis::pipe()
-            .atomic()
-            .cmd("ZADD")
-            .arg(self.keys.scheduled())
-            .arg(due_ms)
+        let moved: i64 = self
+            .retry_later
+            .key(self.keys.processing(worker))
+            .key(self.keys.scheduled())
             .arg(raw)
-            .ignore()
-            .cmd("LREM")
-            .arg(self.keys.processing(worker))
-            .arg(1)
-            .arg(raw)
-            .ignore()
-            .query_async::<()>(&mut conn)
+            .arg(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX))
+            .invoke_async(&mut conn)
             .await?;
-        Ok(())
+        Ok(moved == 1)
     }
 
     /// Moves a held task that cannot be parsed to the poison list.
@@ -491,15 +526,14 @@ impl Queue {
         Ok(())
     }
 
-    /// Moves up to `batch` due tasks from the delayed set to the queue.
-    /// Atomic, so every worker may run it at once.
-    pub async fn promote_due(&self, now_ms: i64, batch: usize) -> Result<usize, QueueError> {
+    /// Moves up to `batch` tasks due by Redis's clock from the delayed set to
+    /// the queue. Atomic, so every worker may run it at once.
+    pub async fn promote_due(&self, batch: usize) -> Result<usize, QueueError> {
         let mut conn = self.conn().await?;
         Ok(self
             .promote
             .key(self.keys.scheduled())
             .key(self.keys.queue())
-            .arg(now_ms)
             .arg(batch)
             .invoke_async(&mut conn)
             .await?)
@@ -528,37 +562,37 @@ impl Queue {
         })
     }
 
-    /// Registers `worker` and renews its heartbeat for `lease`.
+    /// Registers `worker` and renews its lease for `lease` from now, by
+    /// Redis's clock.
     pub async fn heartbeat(&self, worker: &str, lease: Duration) -> Result<(), QueueError> {
         let mut conn = self.conn().await?;
-        redis::pipe()
-            .cmd("SET")
-            .arg(self.keys.heartbeat(worker))
-            .arg(1)
-            .arg("PX")
-            .arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX))
-            .ignore()
-            .cmd("SADD")
-            .arg(self.keys.workers())
+        self.heartbeat
+            .key(self.keys.leases())
             .arg(worker)
-            .ignore()
-            .query_async::<()>(&mut conn)
+            .arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX))
+            .invoke_async::<()>(&mut conn)
             .await?;
         Ok(())
     }
 
-    /// Hands the tasks of every worker whose heartbeat has lapsed back to the
-    /// queue. The liveness check and the move are one script per worker, so
-    /// any number of reapers may run at once and a live worker (heartbeat
-    /// present) is never robbed. Returns how many tasks were handed back.
-    pub async fn reap_dead(&self, me: &str) -> Result<usize, QueueError> {
+    /// Hands the tasks of workers whose lease has lapsed back to the queue,
+    /// reading only lapsed leases (so its cost does not grow with the number
+    /// of live workers). Each move re-checks the lease in the same script as
+    /// the move, so any number of reapers may run at once and a worker that
+    /// renewed meanwhile is never robbed. Reaps nothing while Redis has been
+    /// up for less than `lease` (see [`LAPSED`]). Returns how many tasks
+    /// were handed back.
+    pub async fn reap_dead(&self, me: &str, lease: Duration) -> Result<usize, QueueError> {
         let mut conn = self.conn().await?;
-        let workers: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(self.keys.workers())
-            .query_async(&mut conn)
+        let lapsed: Vec<String> = self
+            .lapsed
+            .key(self.keys.leases())
+            .arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX))
+            .arg(REAP_BATCH)
+            .invoke_async(&mut conn)
             .await?;
         let mut moved = 0;
-        for worker in workers.iter().filter(|w| w.as_str() != me) {
+        for worker in lapsed.iter().filter(|w| w.as_str() != me) {
             let n: i64 = self.invoke_reap(&mut conn, worker, false).await?;
             moved += usize::try_from(n).unwrap_or(0);
         }
@@ -581,10 +615,9 @@ impl Queue {
     ) -> Result<i64, QueueError> {
         Ok(self
             .reap
-            .key(self.keys.heartbeat(worker))
+            .key(self.keys.leases())
             .key(self.keys.processing(worker))
             .key(self.keys.queue())
-            .key(self.keys.workers())
             .arg(worker)
             .arg(if force { "1" } else { "0" })
             .invoke_async(conn)
@@ -594,8 +627,10 @@ impl Queue {
     /// Lengths of the ready queue, the delayed set and all processing lists.
     pub async fn depths(&self) -> Result<Depths, QueueError> {
         let mut conn = self.conn().await?;
-        let workers: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(self.keys.workers())
+        let workers: Vec<String> = redis::cmd("ZRANGE")
+            .arg(self.keys.leases())
+            .arg(0)
+            .arg(-1)
             .query_async(&mut conn)
             .await?;
         let mut pipe = redis::pipe();

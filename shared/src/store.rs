@@ -1,9 +1,19 @@
 //! The Postgres store: the L2 claim (the authority on "at most one effect per
-//! key"), job states, duplicates and the dead-letter table.
+//! key"), job states, duplicates, the dead-letter table and worker leases.
 //!
-//! Every state change is a conditional `UPDATE ... WHERE state IN (...)`, so
-//! two holders of the same task (one of them wrongly presumed dead) can never
-//! both move it to `sending`: the row is the fencing token.
+//! # Layout
+//!
+//! - this module: the pool, errors, migrations and the shared record types;
+//! - [`claims`]: the attempt's life on its key's row: claim (which takes a
+//!   fencing token), `sending`, `sent`, `retrying`, dead-letter, duplicate;
+//! - `dead_letters`: listing, discarding and requeueing DLQ entries;
+//! - `jobs`: a job's state as clients read it;
+//! - [`leases`]: worker leases on the database clock, and the sweeper that
+//!   resolves rows whose holder lost its lease.
+//!
+//! Every write for an attempt is conditional on the attempt's fencing
+//! token (`deliveries.fence`); `docs/exactly-once.md` says why each
+//! transition is safe.
 
 use std::time::Duration;
 
@@ -11,9 +21,16 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use secrecy::{ExposeSecret, SecretString};
 use tokio_postgres::NoTls;
-use uuid::Uuid;
 
-use crate::domain::{IdempotencyKey, JobId, Task};
+use crate::domain::JobId;
+
+pub mod claims;
+mod dead_letters;
+mod jobs;
+pub mod leases;
+
+pub use claims::{Claim, Fence};
+pub use leases::Swept;
 
 mod embedded {
     refinery::embed_migrations!("../migrations");
@@ -57,11 +74,20 @@ pub enum RequeueError<E> {
 }
 
 /// Opens a pool. Connections are made lazily; call [`Store::ping`] to check.
+/// Every session runs with `synchronous_commit = on`.
 pub fn connect(url: &SecretString, max_size: usize) -> Result<Pool, StoreError> {
-    let pg: tokio_postgres::Config = url
+    let mut pg: tokio_postgres::Config = url
         .expose_secret()
         .parse()
         .map_err(|e: tokio_postgres::Error| StoreError::Config(e.to_string()))?;
+    // The fence must survive a server crash whatever the server's default:
+    // a `sending` lost to `synchronous_commit = off` would let a redelivered
+    // task send again without anyone knowing.
+    let options = match pg.get_options() {
+        Some(given) => format!("{given} -c synchronous_commit=on"),
+        None => "-c synchronous_commit=on".to_owned(),
+    };
+    pg.options(&options);
     let manager = Manager::from_config(
         pg,
         NoTls,
@@ -76,31 +102,6 @@ pub fn connect(url: &SecretString, max_size: usize) -> Result<Pool, StoreError> 
         .wait_timeout(Some(Duration::from_secs(10)))
         .build()
         .map_err(|e| StoreError::Config(e.to_string()))
-}
-
-/// Where an idempotency key stands for the job trying to claim it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Claim {
-    /// This job owns the key and may attempt a send; this is attempt number
-    /// `attempt` (1-based).
-    Proceed {
-        /// The attempt about to be made.
-        attempt: i32,
-    },
-    /// Another job owns the key.
-    Duplicate {
-        /// The owner.
-        owner: JobId,
-    },
-    /// This job already reached a terminal state; a redelivery after a
-    /// crash between recording and acknowledging.
-    AlreadyDone,
-    /// A previous attempt of this job was cut while its data was going out:
-    /// nobody knows whether the server accepted it.
-    Ambiguous {
-        /// Attempts made so far.
-        attempts: i32,
-    },
 }
 
 /// Why a task is in the dead-letter table.
@@ -265,429 +266,23 @@ impl Store {
     /// Applies pending migrations under an advisory lock, so concurrent
     /// start-ups serialise instead of racing on the schema history table.
     pub async fn migrate(&self) -> Result<usize, StoreError> {
+        self.migrate_to(refinery::Target::Latest).await
+    }
+
+    /// Applies migrations up to `target` (upgrade tests start from an older
+    /// schema this way), under the same lock as [`Store::migrate`].
+    pub async fn migrate_to(&self, target: refinery::Target) -> Result<usize, StoreError> {
         let mut conn = self.pool.get().await?;
         conn.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_ID])
             .await?;
         let client: &mut tokio_postgres::Client = &mut conn;
-        let result = embedded::migrations::runner().run_async(client).await;
+        let result = embedded::migrations::runner()
+            .set_target(target)
+            .run_async(client)
+            .await;
         // Unlock even on failure; the session may go back to the pool.
         conn.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_ID])
             .await?;
         Ok(result?.applied_migrations().len())
-    }
-
-    /// The L2 claim. Inserts the key's row for a first attempt; otherwise
-    /// takes the row for this same job when it is waiting for an attempt.
-    /// The `UPDATE` waits on a concurrent requeue's row lock, so it sees the
-    /// requeued state rather than the stale terminal one.
-    #[tracing::instrument(skip_all)]
-    pub async fn claim(&self, task: &Task) -> Result<Claim, StoreError> {
-        let conn = self.pool.get().await?;
-        let key = task.idempotency_key.as_str();
-        let job = task.job_id.as_uuid();
-        let inserted = conn
-            .query_opt(
-                &conn
-                    .prepare_cached(
-                        "INSERT INTO deliveries (idempotency_key, job_id, state, attempts)
-                 VALUES ($1, $2, 'processing', 1)
-                 ON CONFLICT (idempotency_key) DO NOTHING
-                 RETURNING attempts",
-                    )
-                    .await?,
-                &[&key, &job],
-            )
-            .await?;
-        if let Some(row) = inserted {
-            return Ok(Claim::Proceed {
-                attempt: row.get(0),
-            });
-        }
-        let taken = conn
-            .query_opt(
-                &conn
-                    .prepare_cached(
-                        "UPDATE deliveries
-                 SET state = 'processing', attempts = attempts + 1,
-                     next_attempt_at = NULL, updated_at = now()
-                 WHERE idempotency_key = $1 AND job_id = $2
-                   AND state IN ('queued', 'processing', 'retrying')
-                 RETURNING attempts",
-                    )
-                    .await?,
-                &[&key, &job],
-            )
-            .await?;
-        if let Some(row) = taken {
-            return Ok(Claim::Proceed {
-                attempt: row.get(0),
-            });
-        }
-        let row = conn
-            .query_one(
-                &conn
-                    .prepare_cached(
-                        "SELECT job_id, state, attempts FROM deliveries WHERE idempotency_key = $1",
-                    )
-                    .await?,
-                &[&key],
-            )
-            .await?;
-        let owner: Uuid = row.get(0);
-        let state: &str = row.get(1);
-        Ok(if owner != job {
-            Claim::Duplicate {
-                owner: owner.into(),
-            }
-        } else if state == "sending" {
-            Claim::Ambiguous {
-                attempts: row.get(2),
-            }
-        } else {
-            Claim::AlreadyDone
-        })
-    }
-
-    /// Under `ON_UNCERTAIN=resend`: takes back a key left in `sending` by a
-    /// cut attempt of this same job, for one more attempt. `None` when
-    /// another holder got there first.
-    #[tracing::instrument(skip_all)]
-    pub async fn reopen_ambiguous(&self, task: &Task) -> Result<Option<i32>, StoreError> {
-        let row = self
-            .pool
-            .get()
-            .await?
-            .query_opt(
-                "UPDATE deliveries
-                 SET state = 'processing', attempts = attempts + 1, updated_at = now()
-                 WHERE idempotency_key = $1 AND job_id = $2 AND state = 'sending'
-                 RETURNING attempts",
-                &[&task.idempotency_key.as_str(), &task.job_id.as_uuid()],
-            )
-            .await?;
-        Ok(row.map(|r| r.get(0)))
-    }
-
-    /// The job that owns `key` in L2, if any job claimed it yet.
-    #[tracing::instrument(skip_all)]
-    pub async fn owner(&self, key: &IdempotencyKey) -> Result<Option<JobId>, StoreError> {
-        let conn = self.pool.get().await?;
-        let row = conn
-            .query_opt(
-                &conn
-                    .prepare_cached("SELECT job_id FROM deliveries WHERE idempotency_key = $1")
-                    .await?,
-                &[&key.as_str()],
-            )
-            .await?;
-        Ok(row.map(|r| JobId::from(r.get::<_, Uuid>(0))))
-    }
-
-    /// Records that the message data is about to go out. Returns `false` when
-    /// this holder no longer owns the attempt (another holder got there
-    /// first); the caller must then not send.
-    #[tracing::instrument(skip_all)]
-    pub async fn mark_sending(&self, task: &Task) -> Result<bool, StoreError> {
-        let conn = self.pool.get().await?;
-        let n = conn
-            .execute(
-                &conn
-                    .prepare_cached(
-                        "UPDATE deliveries SET state = 'sending', updated_at = now()
-                 WHERE idempotency_key = $1 AND job_id = $2 AND state = 'processing'",
-                    )
-                    .await?,
-                &[&task.idempotency_key.as_str(), &task.job_id.as_uuid()],
-            )
-            .await?;
-        Ok(n == 1)
-    }
-
-    /// Records the server's acceptance.
-    #[tracing::instrument(skip_all)]
-    pub async fn mark_sent(&self, task: &Task, smtp_reply: &str) -> Result<(), StoreError> {
-        let conn = self.pool.get().await?;
-        conn.execute(
-            &conn
-                .prepare_cached(
-                    "UPDATE deliveries
-                 SET state = 'sent', smtp_reply = $3, last_error = NULL,
-                     sent_at = now(), updated_at = now()
-                 WHERE idempotency_key = $1 AND job_id = $2 AND state = 'sending'",
-                )
-                .await?,
-            &[
-                &task.idempotency_key.as_str(),
-                &task.job_id.as_uuid(),
-                &smtp_reply,
-            ],
-        )
-        .await?;
-        Ok(())
-    }
-
-    /// Records a transient failure and when the next attempt is due.
-    #[tracing::instrument(skip_all)]
-    pub async fn mark_retrying(
-        &self,
-        task: &Task,
-        error: &str,
-        smtp_reply: Option<&str>,
-        next_attempt_at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        self.pool
-            .get()
-            .await?
-            .execute(
-                "UPDATE deliveries
-                 SET state = 'retrying', last_error = $3, smtp_reply = $4,
-                     next_attempt_at = $5, updated_at = now()
-                 WHERE idempotency_key = $1 AND job_id = $2
-                   AND state IN ('processing', 'sending')",
-                &[
-                    &task.idempotency_key.as_str(),
-                    &task.job_id.as_uuid(),
-                    &error,
-                    &smtp_reply,
-                    &next_attempt_at,
-                ],
-            )
-            .await?;
-        Ok(())
-    }
-
-    /// Moves the task's key to a terminal failure state and writes its DLQ
-    /// entry, in one transaction. Idempotent: a redelivered task that is
-    /// already dead writes nothing.
-    #[tracing::instrument(skip_all)]
-    pub async fn dead_letter(&self, task: &Task, failure: Failure<'_>) -> Result<(), StoreError> {
-        let mut conn = self.pool.get().await?;
-        let tx = conn.transaction().await?;
-        let row = tx
-            .query_opt(
-                "UPDATE deliveries
-                 SET state = $3, last_error = $4, smtp_reply = $5,
-                     next_attempt_at = NULL, updated_at = now()
-                 WHERE idempotency_key = $1 AND job_id = $2
-                   AND state IN ('queued', 'processing', 'retrying', 'sending')
-                 RETURNING attempts",
-                &[
-                    &task.idempotency_key.as_str(),
-                    &task.job_id.as_uuid(),
-                    &failure.reason.as_str(),
-                    &failure.error,
-                    &failure.smtp_reply,
-                ],
-            )
-            .await?;
-        if let Some(row) = row {
-            let attempts: i32 = row.get(0);
-            let task_json =
-                serde_json::to_value(task).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            tx.execute(
-                "INSERT INTO failed_jobs
-                     (job_id, idempotency_key, task, reason, error, smtp_reply, attempts)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
-                 ON CONFLICT (job_id) DO NOTHING",
-                &[
-                    &task.job_id.as_uuid(),
-                    &task.idempotency_key.as_str(),
-                    &task_json,
-                    &failure.reason.as_str(),
-                    &failure.error,
-                    &failure.smtp_reply,
-                    &attempts,
-                ],
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// The state of a job the workers have seen, if any.
-    #[tracing::instrument(skip_all)]
-    pub async fn job(&self, job: JobId) -> Result<Option<JobRecord>, StoreError> {
-        let row = self
-            .pool
-            .get()
-            .await?
-            .query_opt(
-                "SELECT idempotency_key,
-                        CASE state WHEN 'sending' THEN 'processing' ELSE state END,
-                        attempts, last_error, next_attempt_at, updated_at, sent_at
-                 FROM deliveries WHERE job_id = $1
-                 UNION ALL
-                 SELECT idempotency_key, 'duplicate', 0, NULL, NULL, created_at, NULL
-                 FROM duplicate_jobs WHERE job_id = $1
-                 LIMIT 1",
-                &[&job.as_uuid()],
-            )
-            .await?;
-        Ok(row.map(|r| JobRecord {
-            job_id: job,
-            idempotency_key: r.get(0),
-            status: r.get(1),
-            attempts: r.get(2),
-            last_error: r.get(3),
-            next_attempt_at: r.get(4),
-            created_at: job.created_at(),
-            updated_at: r.get(5),
-            sent_at: r.get(6),
-        }))
-    }
-
-    /// A page of the dead-letter table, newest first, after the entry
-    /// `before` (keyset pagination on the monotonic id, so entries that
-    /// arrive while paging never shift a page).
-    #[tracing::instrument(skip_all)]
-    pub async fn failed_page(
-        &self,
-        filter: &FailedFilter,
-        before: Option<i64>,
-        limit: i64,
-    ) -> Result<Vec<FailedJob>, StoreError> {
-        let rows = self
-            .pool
-            .get()
-            .await?
-            .query(
-                "SELECT id, job_id, idempotency_key, task->>'to', task->>'subject',
-                        reason, error, smtp_reply, attempts, failed_at
-                 FROM failed_jobs
-                 WHERE ($1::bigint IS NULL OR id < $1)
-                   AND ($2::text IS NULL OR reason = $2)
-                   AND ($3::timestamptz IS NULL OR failed_at >= $3)
-                 ORDER BY id DESC
-                 LIMIT $4",
-                &[
-                    &before,
-                    &filter.reason.map(DeadReason::as_str),
-                    &filter.since,
-                    &limit,
-                ],
-            )
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|r| FailedJob {
-                id: r.get(0),
-                job_id: JobId::from(r.get::<_, Uuid>(1)),
-                idempotency_key: r.get(2),
-                to: r.get(3),
-                subject: r.get(4),
-                reason: r.get(5),
-                error: r.get(6),
-                smtp_reply: r.get(7),
-                attempts: r.get(8),
-                failed_at: r.get(9),
-            })
-            .collect())
-    }
-
-    /// Discards one dead-letter entry. Its key stays terminal: the job is
-    /// given up, not made sendable by a new job with the same key.
-    #[tracing::instrument(skip_all)]
-    pub async fn discard_failed(&self, id: i64) -> Result<bool, StoreError> {
-        let n = self
-            .pool
-            .get()
-            .await?
-            .execute("DELETE FROM failed_jobs WHERE id = $1", &[&id])
-            .await?;
-        Ok(n == 1)
-    }
-
-    /// Requeues dead-letter entries with a fresh attempt budget, keeping
-    /// their job ids and keys. In one transaction per batch: the entries are
-    /// deleted and their keys set back to `queued`, `push` puts the tasks on
-    /// the queue, and only then does the transaction commit. A worker that
-    /// pops a task before the commit waits on the row lock in its claim and
-    /// then sees `queued`; if `push` fails, nothing changes.
-    #[tracing::instrument(skip_all)]
-    pub async fn requeue_failed<E>(
-        &self,
-        selection: &RequeueSelection,
-        push: impl AsyncFn(Vec<String>) -> Result<(), E>,
-    ) -> Result<u64, RequeueError<E>> {
-        const BATCH: i64 = 500;
-        let mut total = 0;
-        loop {
-            let mut conn = self.pool.get().await.map_err(StoreError::from)?;
-            let tx = conn.transaction().await.map_err(StoreError::from)?;
-            let rows = match selection {
-                RequeueSelection::Ids(ids) => {
-                    tx.query(
-                        "DELETE FROM failed_jobs WHERE id = ANY($1)
-                         RETURNING job_id, idempotency_key, task::text",
-                        &[ids],
-                    )
-                    .await
-                }
-                RequeueSelection::All(reason) => {
-                    tx.query(
-                        "DELETE FROM failed_jobs WHERE id IN (
-                             SELECT id FROM failed_jobs
-                             WHERE ($1::text IS NULL OR reason = $1)
-                             ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)
-                         RETURNING job_id, idempotency_key, task::text",
-                        &[&reason.map(DeadReason::as_str), &BATCH],
-                    )
-                    .await
-                }
-            }
-            .map_err(StoreError::from)?;
-            if rows.is_empty() {
-                return Ok(total);
-            }
-            let jobs: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
-            let keys: Vec<String> = rows.iter().map(|r| r.get(1)).collect();
-            tx.execute(
-                "UPDATE deliveries d
-                 SET state = 'queued', attempts = 0, last_error = NULL,
-                     next_attempt_at = NULL, updated_at = now()
-                 FROM unnest($1::uuid[], $2::text[]) AS r(job_id, key)
-                 WHERE d.job_id = r.job_id AND d.idempotency_key = r.key
-                   AND d.state IN ('failed', 'uncertain')",
-                &[&jobs, &keys],
-            )
-            .await
-            .map_err(StoreError::from)?;
-            let tasks: Vec<String> = rows.iter().map(|r| r.get(2)).collect();
-            push(tasks).await.map_err(RequeueError::Push)?;
-            tx.commit().await.map_err(StoreError::from)?;
-            total += rows.len() as u64;
-            if matches!(selection, RequeueSelection::Ids(_)) {
-                return Ok(total);
-            }
-        }
-    }
-
-    /// Records that `task` was skipped because `owner` holds its key.
-    #[tracing::instrument(skip_all)]
-    pub async fn record_duplicate(
-        &self,
-        task: &Task,
-        owner: Option<JobId>,
-        layer: DedupLayer,
-    ) -> Result<(), StoreError> {
-        let conn = self.pool.get().await?;
-        conn.execute(
-            &conn
-                .prepare_cached(
-                    "INSERT INTO duplicate_jobs (job_id, idempotency_key, duplicate_of, layer)
-                 VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (job_id) DO NOTHING",
-                )
-                .await?,
-            &[
-                &task.job_id.as_uuid(),
-                &task.idempotency_key.as_str(),
-                &owner.map(|o| o.as_uuid()),
-                &layer.as_str(),
-            ],
-        )
-        .await?;
-        Ok(())
     }
 }

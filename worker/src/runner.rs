@@ -8,15 +8,20 @@
 //! idempotent, so it is retried until it succeeds. A verdict reached after
 //! the data went out is never recomputed: recomputing it would see the
 //! `sending` state and wrongly call a known outcome uncertain.
+//!
+//! Every write for an attempt carries the attempt's fencing token. A copy
+//! whose write finds the token gone (another holder claimed since) is
+//! acknowledged only once the key is terminal; until then it waits a lease
+//! in the delayed set, so the job always has a copy that will come back.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use chrono::Utc;
+use anyhow::Context;
 use sendonce_shared::domain::{JobId, Task};
 use sendonce_shared::queue::{L1Claim, Queue, QueueError};
-use sendonce_shared::store::{Claim, DeadReason, DedupLayer, Failure, Store};
+use sendonce_shared::store::{Claim, DeadReason, DedupLayer, Failure, Fence, Store, Swept};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +36,8 @@ use crate::telemetry;
 const POP_BLOCK: Duration = Duration::from_secs(1);
 /// How often due retries are moved back to the queue.
 const PROMOTE_EVERY: Duration = Duration::from_millis(200);
+/// How often rows abandoned by dead holders are looked for.
+const SWEEP_EVERY_LEASES: u32 = 2;
 /// How often the queue-depth gauges are refreshed.
 const DEPTH_EVERY: Duration = Duration::from_secs(5);
 /// Most retries promoted per round.
@@ -57,19 +64,24 @@ pub enum Verdict {
     /// A redelivered task whose job already ended.
     AlreadyDone,
     /// Another holder of this same task owns the attempt (this worker was
-    /// presumed dead and its task handed on); this copy is dropped.
+    /// presumed dead and its task handed on, or its lease lapsed); this copy
+    /// sent nothing and steps aside.
     Fenced,
     /// A transient failure; try again after the delay.
     Retry {
+        /// The attempt's token.
+        fence: Fence,
         /// What went wrong.
         error: String,
         /// The server's reply, if any.
         reply: Option<String>,
-        /// When the next attempt is due.
-        due: chrono::DateTime<Utc>,
+        /// How long until the next attempt.
+        delay: Duration,
     },
     /// To the dead-letter table.
     Dead {
+        /// The token of the attempt this verdict ends.
+        fence: Fence,
         /// `failed` or `uncertain`.
         reason: DeadReason,
         /// What went wrong.
@@ -123,10 +135,7 @@ impl Worker {
     /// returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let worker = Arc::new(self);
-        worker
-            .queue
-            .heartbeat(&worker.id, worker.config.worker_lease)
-            .await?;
+        worker.renew_leases().await?;
         tracing::info!(worker_id = %worker.id, concurrency = worker.config.worker_concurrency, "worker started");
 
         let stop = CancellationToken::new();
@@ -151,8 +160,11 @@ impl Worker {
             );
             inflight.shutdown().await;
         }
-        let handed_back = worker.queue.hand_back(&worker.id).await?;
         stop.cancel();
+        if let Err(e) = worker.store.release_lease(&worker.id).await {
+            tracing::warn!(error = %error_chain(&e), "could not release the lease; it lapses by itself");
+        }
+        let handed_back = worker.queue.hand_back(&worker.id).await?;
         let _ = upkeep.await;
         tracing::info!(handed_back, "worker stopped");
         Ok(())
@@ -251,39 +263,65 @@ impl Worker {
         Ok(returned)
     }
 
+    /// Renews this worker's lease in Redis (which guards its processing
+    /// list against reapers) and in Postgres (which guards its rows, and
+    /// without which it starts no data).
+    async fn renew_leases(&self) -> anyhow::Result<()> {
+        let lease = self.config.worker_lease;
+        let (redis, postgres) = tokio::join!(
+            self.queue.heartbeat(&self.id, lease),
+            self.store.renew_lease(&self.id, lease)
+        );
+        redis.context("failed to renew the lease in Redis")?;
+        postgres.context("failed to renew the lease in Postgres")?;
+        Ok(())
+    }
+
     /// Heartbeat, retry promotion and crash recovery, until `stop`.
     async fn upkeep(self: Arc<Self>, stop: CancellationToken) {
         let lease = self.config.worker_lease;
         let mut beat = tokio::time::interval(lease / 3);
         let mut promote = tokio::time::interval(PROMOTE_EVERY);
         let mut reap = tokio::time::interval(lease / 2);
+        let mut sweep = tokio::time::interval(lease * SWEEP_EVERY_LEASES);
         let mut depth = tokio::time::interval(DEPTH_EVERY);
-        for timer in [&mut beat, &mut promote, &mut reap, &mut depth] {
+        for timer in [&mut beat, &mut promote, &mut reap, &mut sweep, &mut depth] {
             timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
                 _ = beat.tick() => {
-                    if let Err(e) = self.queue.heartbeat(&self.id, lease).await {
-                        tracing::warn!(error = %error_chain(&e), "heartbeat failed");
+                    if let Err(e) = self.renew_leases().await {
+                        tracing::warn!(error = format!("{e:#}"), "renewing the lease failed");
                     }
                 }
                 _ = promote.tick() => {
-                    match self.queue.promote_due(Utc::now().timestamp_millis(), PROMOTE_BATCH).await {
+                    match self.queue.promote_due(PROMOTE_BATCH).await {
                         Ok(0) => {}
                         Ok(n) => tracing::debug!(promoted = n, "due retries back on the queue"),
                         Err(e) => tracing::warn!(error = %error_chain(&e), "promoting due retries failed"),
                     }
                 }
                 _ = reap.tick() => {
-                    match self.queue.reap_dead(&self.id).await {
+                    match self.queue.reap_dead(&self.id, lease).await {
                         Ok(0) => {}
                         Ok(n) => {
                             telemetry::tasks_recovered(n);
                             tracing::warn!(recovered = n, "handed back the tasks of dead workers");
                         }
                         Err(e) => tracing::warn!(error = %error_chain(&e), "reaping dead workers failed"),
+                    }
+                }
+                _ = sweep.tick() => {
+                    let push = |raw: String| {
+                        let queue = self.queue.clone();
+                        async move { queue.push(&[raw]).await }
+                    };
+                    match self.store.sweep_abandoned(lease, push).await {
+                        Ok(swept) if swept == Swept::default() => {}
+                        Ok(swept) => tracing::warn!(?swept, "resolved rows abandoned by dead holders"),
+                        Err(e) => tracing::warn!(error = %error_chain(&e), "sweeping abandoned rows failed"),
                     }
                 }
                 _ = depth.tick() => match self.queue.depths().await {
@@ -341,8 +379,8 @@ impl Worker {
                 }
             }
         }
-        let attempt = match self.store.claim(task).await? {
-            Claim::Proceed { attempt } => attempt,
+        let (attempt, fence) = match self.store.claim(task, &self.id).await? {
+            Claim::Proceed { attempt, fence } => (attempt, fence),
             Claim::Duplicate { owner } => {
                 return Ok(Verdict::Duplicate {
                     holder: Some(owner),
@@ -350,31 +388,34 @@ impl Worker {
                 });
             }
             Claim::AlreadyDone => return Ok(Verdict::AlreadyDone),
-            Claim::Ambiguous { attempts }
+            Claim::Held => return Ok(Verdict::Fenced),
+            Claim::Ambiguous { attempts, fence }
                 if self.config.on_uncertain == OnUncertain::Resend
                     && !self.policy.exhausted(attempts) =>
             {
-                match self.store.reopen_ambiguous(task).await? {
-                    Some(attempt) => attempt,
+                match self.store.reopen_ambiguous(task, fence, &self.id).await? {
+                    Some(taken) => taken,
                     None => return Ok(Verdict::Fenced),
                 }
             }
-            Claim::Ambiguous { attempts } => {
+            Claim::Ambiguous { attempts, fence } => {
                 return Ok(Verdict::Dead {
+                    fence,
                     reason: DeadReason::Uncertain,
                     error: format!(
-                        "attempt {attempts} was cut after its data went out (worker crash or \
-                         shutdown); the server may or may not have accepted it"
+                        "attempt {attempts} was cut after its data went out (worker crash, \
+                         shutdown or lost lease); the server may or may not have accepted it"
                     ),
                     reply: None,
                 });
             }
         };
-        tracing::debug!(attempt, "key claimed; sending");
+        tracing::debug!(attempt, fence = fence.get(), "key claimed; sending");
         let message = match self.mailer.build_message(task) {
             Ok(m) => m,
             Err(e) => {
                 return Ok(Verdict::Dead {
+                    fence,
                     reason: DeadReason::Failed,
                     error: format!("the message could not be built: {e}"),
                     reply: None,
@@ -384,41 +425,60 @@ impl Worker {
         let started = std::time::Instant::now();
         let sent = self
             .mailer
-            .send(&message, async || self.store.mark_sending(task).await)
+            .send(&message, async || {
+                self.store.mark_sending(task, fence, &self.id).await
+            })
             .await;
         telemetry::smtp_send(started.elapsed());
         Ok(match sent {
             Ok(Delivered::Accepted { reply }) => Verdict::Sent { reply },
             Ok(Delivered::Fenced) => Verdict::Fenced,
-            Err(SendError::Hook(e)) => return Err(e.into()),
+            // The `sending` write may or may not have committed, but the
+            // data certainly did not go out: a plain retry, by this same
+            // token, not a rerun that would find `sending` and call it
+            // uncertain.
+            Err(SendError::Hook(e)) => Verdict::Retry {
+                fence,
+                error: format!(
+                    "could not record that the data is going out ({}); nothing was sent",
+                    error_chain(&e)
+                ),
+                reply: None,
+                delay: self.policy.delay(attempt),
+            },
             Err(SendError::Permanent { error, reply }) => Verdict::Dead {
+                fence,
                 reason: DeadReason::Failed,
                 error,
                 reply,
             },
             Err(SendError::Transient { error, reply }) if self.policy.exhausted(attempt) => {
                 Verdict::Dead {
+                    fence,
                     reason: DeadReason::Failed,
                     error: format!("gave up after {attempt} attempts: {error}"),
                     reply,
                 }
             }
             Err(SendError::Transient { error, reply }) => Verdict::Retry {
+                fence,
                 error,
                 reply,
-                due: Utc::now() + self.policy.delay(attempt),
+                delay: self.policy.delay(attempt),
             },
             Err(SendError::Uncertain { error })
                 if self.config.on_uncertain == OnUncertain::Resend
                     && !self.policy.exhausted(attempt) =>
             {
                 Verdict::Retry {
+                    fence,
                     error: format!("outcome unknown, resending (ON_UNCERTAIN=resend): {error}"),
                     reply: None,
-                    due: Utc::now() + self.policy.delay(attempt),
+                    delay: self.policy.delay(attempt),
                 }
             }
             Err(SendError::Uncertain { error }) => Verdict::Dead {
+                fence,
                 reason: DeadReason::Uncertain,
                 error: format!(
                     "attempt {attempt}: the data went out but no reply was read ({error}); \
@@ -452,21 +512,26 @@ impl Worker {
                 self.queue.ack(&self.id, raw).await?;
                 tracing::info!("redelivered after its outcome was recorded; acknowledged");
             }
-            Verdict::Fenced => {
-                self.queue.ack(&self.id, raw).await?;
-                tracing::warn!("another holder owns this attempt; dropped this copy unsent");
-            }
-            Verdict::Retry { error, reply, due } => {
-                self.store
-                    .mark_retrying(task, error, reply.as_deref(), *due)
-                    .await?;
-                self.queue
-                    .retry_later(&self.id, raw, due.timestamp_millis())
-                    .await?;
+            Verdict::Fenced => self.step_aside(task, raw).await?,
+            Verdict::Retry {
+                fence,
+                error,
+                reply,
+                delay,
+            } => {
+                if !self
+                    .store
+                    .mark_retrying(task, *fence, error, reply.as_deref(), *delay)
+                    .await?
+                {
+                    return self.step_aside(task, raw).await;
+                }
+                self.queue.retry_later(&self.id, raw, *delay).await?;
                 telemetry::retry_scheduled();
-                tracing::warn!(%error, next_attempt_at = %due, "transient failure; retry scheduled");
+                tracing::warn!(%error, ?delay, "transient failure; retry scheduled");
             }
             Verdict::Dead {
+                fence,
                 reason,
                 error,
                 reply,
@@ -476,11 +541,33 @@ impl Worker {
                     error,
                     smtp_reply: reply.as_deref(),
                 };
-                self.store.dead_letter(task, failure).await?;
+                if !self.store.dead_letter(task, *fence, failure).await? {
+                    return self.step_aside(task, raw).await;
+                }
                 self.queue.ack(&self.id, raw).await?;
                 telemetry::dead_lettered(*reason);
                 tracing::error!(reason = reason.as_str(), %error, "dead-lettered");
             }
+        }
+        Ok(())
+    }
+
+    /// This copy lost its attempt to another holder (or its write found the
+    /// key already finished). It is acknowledged only when the key is
+    /// terminal; otherwise it waits a lease in the delayed set, so that if
+    /// the other holder dies too, a copy still comes back for the job.
+    async fn step_aside(&self, task: &Task, raw: &str) -> anyhow::Result<()> {
+        if self.store.is_terminal(task).await? {
+            self.queue.ack(&self.id, raw).await?;
+            tracing::info!("another holder finished this job; copy acknowledged");
+        } else {
+            self.queue
+                .retry_later(&self.id, raw, self.config.worker_lease)
+                .await?;
+            telemetry::copy_fenced();
+            tracing::warn!(
+                "another holder owns this attempt; this copy sent nothing and waits a lease"
+            );
         }
         Ok(())
     }

@@ -30,6 +30,8 @@ pub const INFLIGHT: &str = "sendonce_inflight";
 pub const TASKS_RECOVERED: &str = "sendonce_tasks_recovered_total";
 /// Tasks that did not parse, moved to the poison list.
 pub const POISON_TASKS: &str = "sendonce_poison_tasks_total";
+/// Task copies that found another holder owning their attempt.
+pub const COPIES_FENCED: &str = "sendonce_copies_fenced_total";
 
 /// Upper bounds of the SMTP duration buckets, in seconds: a local relay
 /// answers in milliseconds, a remote one in seconds, and the default
@@ -76,7 +78,18 @@ fn register() {
         "Tasks that did not parse, moved to the poison list."
     );
 
-    for name in [EMAILS_SENT, RETRIES, TASKS_RECOVERED, POISON_TASKS] {
+    describe_counter!(
+        COPIES_FENCED,
+        "Task copies that found another holder owning their attempt (a paused or cut-off worker resumed, or a spare copy); they sent nothing."
+    );
+
+    for name in [
+        EMAILS_SENT,
+        RETRIES,
+        TASKS_RECOVERED,
+        POISON_TASKS,
+        COPIES_FENCED,
+    ] {
         counter!(name).absolute(0);
     }
     for layer in [DedupLayer::L1, DedupLayer::L2] {
@@ -103,6 +116,11 @@ pub fn duplicate_skipped(layer: DedupLayer) {
 /// Records a scheduled retry.
 pub fn retry_scheduled() {
     counter!(RETRIES).increment(1);
+}
+
+/// Records a copy that stepped aside for another holder.
+pub fn copy_fenced() {
+    counter!(COPIES_FENCED).increment(1);
 }
 
 /// Records a dead-lettered task.

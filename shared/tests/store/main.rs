@@ -5,11 +5,19 @@
 
 mod connection;
 mod readiness;
+mod requeue;
+mod state_machine;
+mod upgrade;
+
+use std::time::Duration;
 
 use futures::future::join_all;
 use sendonce_shared::domain::{Body, Email, EmailAddress, IdempotencyKey, Subject, Task};
 use sendonce_shared::store::{self, Claim, Store};
 use sendonce_testkit::TestDatabase;
+
+/// A lease long enough to outlive any test.
+const LEASE: Duration = Duration::from_secs(600);
 
 fn store_for(db: &TestDatabase) -> Store {
     Store::new(store::connect(&secrecy::SecretString::from(db.url().to_owned()), 4).expect("pool"))
@@ -53,7 +61,8 @@ async fn l2_alone_lets_one_of_many_racing_jobs_own_a_key() {
     store.migrate().await.expect("migrate");
     let tasks: Vec<Task> = (0..8).map(|_| task("race:l2")).collect();
 
-    let claims = join_all(tasks.iter().map(|t| store.claim(t))).await;
+    store.renew_lease("w", LEASE).await.expect("lease");
+    let claims = join_all(tasks.iter().map(|t| store.claim(t, "w"))).await;
 
     let proceed = claims
         .iter()
@@ -67,24 +76,56 @@ async fn l2_alone_lets_one_of_many_racing_jobs_own_a_key() {
 }
 
 #[tokio::test]
-async fn two_holders_of_one_job_cannot_both_start_sending() {
+async fn of_two_holders_of_one_job_only_the_newest_token_starts_sending() {
     let db = TestDatabase::create().await;
     let store = store_for(&db);
     store.migrate().await.expect("migrate");
+    store.renew_lease("a", LEASE).await.expect("lease");
+    store.renew_lease("b", LEASE).await.expect("lease");
     let t = task("fence:1");
-    assert!(matches!(
-        store.claim(&t).await,
-        Ok(Claim::Proceed { attempt: 1 })
-    ));
-    // The same task held twice, as after a wrongly presumed death.
-    assert!(matches!(
-        store.claim(&t).await,
-        Ok(Claim::Proceed { attempt: 2 })
-    ));
+    let Ok(Claim::Proceed {
+        attempt: 1,
+        fence: first,
+    }) = store.claim(&t, "a").await
+    else {
+        panic!("the first claim proceeds");
+    };
+    // A live holder keeps its attempt: a spare copy waits.
+    assert_eq!(store.claim(&t, "b").await.ok(), Some(Claim::Held));
+    // The same task held twice, as after a wrongly presumed death: A's lease
+    // lapsed and B took the attempt over.
+    store.release_lease("a").await.expect("lapse");
+    let Ok(Claim::Proceed {
+        attempt: 2,
+        fence: second,
+    }) = store.claim(&t, "b").await
+    else {
+        panic!("the re-claim proceeds");
+    };
+    assert!(second > first);
 
-    let fenced = join_all([store.mark_sending(&t), store.mark_sending(&t)]).await;
+    let fenced = join_all([
+        store.mark_sending(&t, first, "a"),
+        store.mark_sending(&t, second, "b"),
+    ])
+    .await;
 
-    let winners = fenced.iter().filter(|r| matches!(r, Ok(true))).count();
-    assert_eq!(winners, 1, "{fenced:?}");
-    assert!(matches!(store.claim(&t).await, Ok(Claim::Ambiguous { .. })));
+    assert!(matches!(fenced[..], [Ok(false), Ok(true)]), "{fenced:?}");
+    assert_eq!(store.claim(&t, "a").await.ok(), Some(Claim::Held));
+}
+
+#[tokio::test]
+async fn a_holder_whose_lease_lapsed_does_not_start_sending() {
+    let db = TestDatabase::create().await;
+    let store = store_for(&db);
+    store.migrate().await.expect("migrate");
+    store.renew_lease("a", LEASE).await.expect("lease");
+    let t = task("fence:lapsed");
+    let Ok(Claim::Proceed { fence, .. }) = store.claim(&t, "a").await else {
+        panic!("the claim proceeds");
+    };
+
+    store.release_lease("a").await.expect("lapse");
+
+    assert_eq!(store.mark_sending(&t, fence, "a").await.ok(), Some(false));
 }

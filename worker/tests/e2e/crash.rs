@@ -2,23 +2,8 @@ use std::time::Duration;
 
 use sendonce_shared::domain::{Body, Email, EmailAddress, IdempotencyKey, Subject, Task};
 use sendonce_testkit::{RedisOptions, RedisServer};
-use tokio::net::TcpListener;
 
-use crate::helpers::{DEADLINE, Options, email, spawn_system, terminate};
-
-/// An "SMTP server" that accepts connections and never answers, so a
-/// worker pointed at it holds its claimed tasks without sending.
-async fn black_hole() -> (String, tokio::task::JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("smtp://{}", listener.local_addr().expect("addr"));
-    let task = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            held.push(stream);
-        }
-    });
-    (url, task)
-}
+use crate::helpers::{DEADLINE, Options, black_hole, email, spawn_system, terminate};
 
 #[tokio::test]
 async fn tasks_of_a_sigkilled_worker_are_delivered_once_by_another() {

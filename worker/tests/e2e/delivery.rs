@@ -142,11 +142,11 @@ async fn a_stopped_worker_exits_cleanly_and_deregisters() {
         .get_multiplexed_async_connection()
         .await
         .expect("connect");
-    let registered: bool = redis::cmd("SISMEMBER")
-        .arg(system.queue().keys().workers())
+    let lease: Option<f64> = redis::cmd("ZSCORE")
+        .arg(system.queue().keys().leases())
         .arg(&id)
         .query_async(&mut conn)
         .await
-        .expect("SISMEMBER");
-    assert!(!registered, "worker {id} is still registered");
+        .expect("ZSCORE");
+    assert_eq!(lease, None, "worker {id} is still registered");
 }

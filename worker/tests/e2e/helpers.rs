@@ -1,3 +1,6 @@
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Parser;
@@ -5,10 +8,13 @@ use sendonce_api::auth::JwtKeys;
 use sendonce_api::config::ApiConfig;
 use sendonce_shared::domain::Task;
 use sendonce_shared::queue::{self, Queue};
+use sendonce_testkit::process::{CapturedChild, eventually};
 use sendonce_testkit::{SmtpServer, TestDatabase, unique_prefix};
 use sendonce_worker::config::WorkerConfig;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 /// How long a test waits for the system to reach a state.
@@ -334,4 +340,187 @@ pub fn email(to: &str, key: Option<&str>) -> Value {
         body["idempotency_key"] = json!(key);
     }
     body
+}
+
+impl TestSystem {
+    /// Starts a worker in this process with extra flags (later flags win).
+    pub async fn spawn_worker_with(&self, extra: &[&str]) -> TestWorker {
+        let mut args = self.worker_args();
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let config = WorkerConfig::parse_from(args);
+        let app = sendonce_worker::Application::build(config, None)
+            .await
+            .expect("build the worker");
+        let id = app.worker_id().to_owned();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(app.run_until_stopped(async {
+            let _ = rx.await;
+        }));
+        TestWorker {
+            id,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    /// Starts the worker binary with extra flags and its output captured,
+    /// so a test can pause it (SIGSTOP), read its log, or kill it.
+    pub fn spawn_captured_worker(&self, extra: &[&str]) -> CapturedChild {
+        let mut args = self.worker_args();
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sendonce-worker"));
+        command
+            .args(&args[1..])
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "warn");
+        CapturedChild::spawn(command)
+    }
+
+    /// The state and attempts of `key`'s row, if a worker claimed it.
+    pub async fn delivery(&self, key: &str) -> Option<(String, i32)> {
+        let db = self.db.connect().await;
+        db.query_opt(
+            "SELECT state, attempts FROM deliveries WHERE idempotency_key = $1",
+            &[&key],
+        )
+        .await
+        .expect("read the delivery row")
+        .map(|r| (r.get(0), r.get(1)))
+    }
+
+    /// Polls until `key`'s row satisfies `want`.
+    pub async fn wait_for_delivery(&self, key: &str, want: impl Fn(&str, i32) -> bool) {
+        eventually(&format!("the row of {key}"), DEADLINE, || async {
+            self.delivery(key)
+                .await
+                .filter(|(state, attempts)| want(state, *attempts))
+        })
+        .await;
+    }
+
+    /// Polls until nothing is queued, scheduled or held by a worker.
+    pub async fn wait_for_drained_queue(&self) {
+        let queue = self.queue();
+        eventually("an empty queue", DEADLINE, || async {
+            let depths = queue.depths().await.ok()?;
+            (depths.ready + depths.scheduled + depths.processing == 0).then_some(())
+        })
+        .await;
+    }
+}
+
+/// Sends `signal` (`STOP`, `CONT`, `KILL`) to process `pid`.
+pub fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
+/// An "SMTP server" that accepts connections and never answers, so a
+/// worker pointed at it holds its claimed tasks without sending.
+pub async fn black_hole() -> (String, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("smtp://{}", listener.local_addr().expect("addr"));
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    (url, task)
+}
+
+/// A TCP proxy that holds every connection it accepts until [`Gate::open`],
+/// then relays it to `target`: a server that is slow to greet.
+pub struct Gate {
+    pub url: String,
+    open: watch::Sender<bool>,
+    _task: JoinHandle<()>,
+}
+
+impl Gate {
+    pub async fn to(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("smtp://{}", listener.local_addr().expect("addr"));
+        let (open, opened) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut opened = opened.clone();
+                tokio::spawn(async move {
+                    if opened.wait_for(|open| *open).await.is_err() {
+                        return;
+                    }
+                    if let Ok(mut server) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        Self {
+            url,
+            open,
+            _task: task,
+        }
+    }
+
+    pub fn open(&self) {
+        self.open.send_replace(true);
+    }
+}
+
+/// A TCP proxy in front of Postgres that, the first time the server's
+/// replies contain `marker` (a `RAISE NOTICE` from a test trigger), closes
+/// the client's side at once and drains the server's: the statement
+/// commits, but its reply is lost on the way back.
+pub async fn postgres_cutting_reply_on(target: SocketAddr, marker: &'static [u8]) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let armed = Arc::new(AtomicBool::new(true));
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let armed = Arc::clone(&armed);
+            tokio::spawn(async move {
+                let Ok(server) = TcpStream::connect(target).await else {
+                    return;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let upstream = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+                    server_write
+                });
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match server_read.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    let chunk = &buf[..n];
+                    if chunk.windows(marker.len()).any(|w| w == marker)
+                        && armed.swap(false, Ordering::SeqCst)
+                    {
+                        drop(client_write);
+                        upstream.abort();
+                        // Keep the server's side open long enough for the
+                        // commit, reading and dropping what it says.
+                        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                            while let Ok(n) = server_read.read(&mut buf).await {
+                                if n == 0 {
+                                    break;
+                                }
+                            }
+                        })
+                        .await;
+                        return;
+                    }
+                    if client_write.write_all(chunk).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
 }

@@ -5,6 +5,7 @@
 mod crash;
 mod delivery;
 mod failures;
+mod fencing;
 mod helpers;
 mod operations;
 mod window;

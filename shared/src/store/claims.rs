@@ -1,0 +1,414 @@
+//! An attempt's life on its key's row, every write fenced by its token.
+//!
+//! A claim (first or re-claim, by any worker) sets `fence = fence + 1` and
+//! names the claiming worker `holder`; the new value is the attempt's
+//! [`Fence`]. Every later write for that attempt carries the token in its
+//! `WHERE`, so a holder that was presumed dead and resumed (a paused process,
+//! a VM migration) finds zero rows and stops. The one write that is not
+//! fenced is [`Store::mark_sent`]: a `250` that a worker read is a fact,
+//! whoever holds the row by then.
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use super::{DedupLayer, Failure, Store, StoreError};
+use crate::domain::{IdempotencyKey, JobId, Task};
+
+/// An attempt's fencing token: strictly greater than the token of every
+/// earlier claim on the same key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Fence(pub(super) i64);
+
+impl Fence {
+    /// The stored number.
+    pub fn get(self) -> i64 {
+        self.0
+    }
+}
+
+/// Where an idempotency key stands for the job trying to claim it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This job owns the key and this worker holds the attempt `attempt`
+    /// (1-based) under token `fence`.
+    Proceed {
+        /// The attempt about to be made.
+        attempt: i32,
+        /// Its token.
+        fence: Fence,
+    },
+    /// Another job owns the key.
+    Duplicate {
+        /// The owner.
+        owner: JobId,
+    },
+    /// This job already reached a terminal state; a redelivery after a
+    /// crash between recording and acknowledging.
+    AlreadyDone,
+    /// Another copy of this job holds the attempt, and its holder's lease is
+    /// live: this copy must wait (it is a spare one, made by a reaper that
+    /// judged a paused or cut-off worker dead).
+    Held,
+    /// An attempt of this job was cut while its data was going out and its
+    /// holder's lease has lapsed: nobody knows whether the server accepted
+    /// it.
+    Ambiguous {
+        /// Attempts made so far.
+        attempts: i32,
+        /// The cut attempt's token.
+        fence: Fence,
+    },
+}
+
+/// Whether a worker holds a live lease, judged in SQL by the database
+/// clock. `$holder` is the column or parameter naming the worker.
+macro_rules! live {
+    ($holder:literal) => {
+        concat!(
+            "EXISTS (SELECT 1 FROM worker_leases l WHERE l.worker_id = ",
+            $holder,
+            " AND l.expires_at > now())"
+        )
+    };
+}
+pub(crate) use live;
+
+const CLAIM_NEW: &str = "INSERT INTO deliveries
+        (idempotency_key, job_id, state, attempts, fence, holder, task)
+    VALUES ($1, $2, 'processing', 1, 1, $3, $4::text::jsonb)
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING attempts, fence";
+
+/// A re-claim takes a row waiting for an attempt, or one in `processing`
+/// whose holder is this worker or has lost its lease: never one a live
+/// worker is working on.
+const CLAIM_AGAIN: &str = concat!(
+    "UPDATE deliveries d
+    SET state = 'processing', attempts = attempts + 1, fence = fence + 1,
+        holder = $3, next_attempt_at = NULL, updated_at = now()
+    WHERE idempotency_key = $1 AND job_id = $2
+      AND (state IN ('queued', 'retrying')
+           OR (state = 'processing'
+               AND (holder IS NOT DISTINCT FROM $3 OR NOT ",
+    live!("d.holder"),
+    ")))
+    RETURNING attempts, fence"
+);
+
+const CLAIM_LOOK: &str = concat!(
+    "SELECT job_id, state, attempts, fence, ",
+    live!("d.holder"),
+    " FROM deliveries d WHERE idempotency_key = $1"
+);
+
+/// Only a live holder with the newest token starts the data.
+const MARK_SENDING: &str = concat!(
+    "UPDATE deliveries SET state = 'sending', updated_at = now()
+    WHERE idempotency_key = $1 AND fence = $2 AND state = 'processing' AND ",
+    live!("$3")
+);
+
+/// Unfenced: a `250` read is the truth. Withdraws any DLQ entry another
+/// holder filed meanwhile (so it cannot be requeued and sent again).
+const MARK_SENT: &str = "WITH sent AS (
+        UPDATE deliveries
+        SET state = 'sent', smtp_reply = $3, last_error = NULL,
+            next_attempt_at = NULL, sent_at = now(), updated_at = now()
+        WHERE idempotency_key = $1 AND job_id = $2 AND state <> 'sent'
+        RETURNING job_id)
+    DELETE FROM failed_jobs f USING sent WHERE f.job_id = sent.job_id";
+
+/// Repeatable by the same holder (its record step is retried until it
+/// succeeds), refused to anyone else.
+const MARK_RETRYING: &str = "UPDATE deliveries
+    SET state = 'retrying', last_error = $3, smtp_reply = $4,
+        next_attempt_at = now() + $5::bigint * interval '1 millisecond',
+        updated_at = now()
+    WHERE idempotency_key = $1 AND fence = $2
+      AND state IN ('processing', 'sending', 'retrying')";
+
+/// One statement: the fenced state change and, when it applied, the DLQ
+/// entry. The task comes from the caller or, for a row the sweeper found,
+/// from the row.
+const DEAD_LETTER: &str = "WITH dead AS (
+        UPDATE deliveries
+        SET state = $3, last_error = $4, smtp_reply = $5,
+            next_attempt_at = NULL, updated_at = now()
+        WHERE idempotency_key = $1 AND fence = $2
+          AND state IN ('processing', 'sending')
+        RETURNING job_id, idempotency_key, attempts, task),
+    entry AS (
+        INSERT INTO failed_jobs
+            (job_id, idempotency_key, task, reason, error, smtp_reply, attempts)
+        SELECT job_id, idempotency_key,
+               COALESCE($6::text::jsonb, task,
+                        jsonb_build_object('job_id', job_id,
+                                           'idempotency_key', idempotency_key)),
+               $3, $4, $5, attempts
+        FROM dead
+        ON CONFLICT (job_id) DO NOTHING)
+    SELECT count(*) FROM dead";
+
+const REOPEN: &str = concat!(
+    "UPDATE deliveries d
+    SET state = 'processing', attempts = attempts + 1, fence = fence + 1,
+        holder = $3, updated_at = now()
+    WHERE idempotency_key = $1 AND fence = $2 AND state = 'sending' AND NOT ",
+    live!("d.holder"),
+    " RETURNING attempts, fence"
+);
+
+impl Store {
+    /// The L2 claim, by `worker`. Inserts the key's row for a first attempt;
+    /// otherwise takes the row for this same job when it waits for an
+    /// attempt or its holder is gone. Either way the attempt gets a new
+    /// token. The `UPDATE` waits on a concurrent requeue's row lock, so it
+    /// sees the requeued state rather than the stale terminal one.
+    #[tracing::instrument(skip_all)]
+    pub async fn claim(&self, task: &Task, worker: &str) -> Result<Claim, StoreError> {
+        let conn = self.pool.get().await?;
+        let key = task.idempotency_key.as_str();
+        let job = task.job_id.as_uuid();
+        let inserted = conn
+            .query_opt(
+                &conn.prepare_cached(CLAIM_NEW).await?,
+                &[&key, &job, &worker, &task.to_json()],
+            )
+            .await?;
+        if let Some(row) = inserted {
+            return Ok(Claim::Proceed {
+                attempt: row.get(0),
+                fence: Fence(row.get(1)),
+            });
+        }
+        let taken = conn
+            .query_opt(
+                &conn.prepare_cached(CLAIM_AGAIN).await?,
+                &[&key, &job, &worker],
+            )
+            .await?;
+        if let Some(row) = taken {
+            return Ok(Claim::Proceed {
+                attempt: row.get(0),
+                fence: Fence(row.get(1)),
+            });
+        }
+        let row = conn
+            .query_one(&conn.prepare_cached(CLAIM_LOOK).await?, &[&key])
+            .await?;
+        let owner: Uuid = row.get(0);
+        let state: &str = row.get(1);
+        let holder_live: bool = row.get(4);
+        Ok(if owner != job {
+            Claim::Duplicate {
+                owner: owner.into(),
+            }
+        } else if matches!(state, "sent" | "failed" | "uncertain") {
+            Claim::AlreadyDone
+        } else if state == "sending" && !holder_live {
+            Claim::Ambiguous {
+                attempts: row.get(2),
+                fence: Fence(row.get(3)),
+            }
+        } else {
+            // `processing` or `sending` under a live holder, or a state that
+            // changed between the statements: look again later.
+            Claim::Held
+        })
+    }
+
+    /// Under `ON_UNCERTAIN=resend`: takes a key left in `sending` by the cut
+    /// attempt `cut` (whose holder lost its lease) for one more attempt by
+    /// `worker`. `None` when the row moved on meanwhile.
+    #[tracing::instrument(skip_all)]
+    pub async fn reopen_ambiguous(
+        &self,
+        task: &Task,
+        cut: Fence,
+        worker: &str,
+    ) -> Result<Option<(i32, Fence)>, StoreError> {
+        let conn = self.pool.get().await?;
+        let row = conn
+            .query_opt(
+                &conn.prepare_cached(REOPEN).await?,
+                &[&task.idempotency_key.as_str(), &cut.0, &worker],
+            )
+            .await?;
+        Ok(row.map(|r| (r.get(0), Fence(r.get(1)))))
+    }
+
+    /// The job that owns `key` in L2, if any job claimed it yet.
+    #[tracing::instrument(skip_all)]
+    pub async fn owner(&self, key: &IdempotencyKey) -> Result<Option<JobId>, StoreError> {
+        let conn = self.pool.get().await?;
+        let row = conn
+            .query_opt(
+                &conn
+                    .prepare_cached("SELECT job_id FROM deliveries WHERE idempotency_key = $1")
+                    .await?,
+                &[&key.as_str()],
+            )
+            .await?;
+        Ok(row.map(|r| JobId::from(r.get::<_, Uuid>(0))))
+    }
+
+    /// Whether `task`'s key has reached a terminal state.
+    #[tracing::instrument(skip_all)]
+    pub async fn is_terminal(&self, task: &Task) -> Result<bool, StoreError> {
+        let conn = self.pool.get().await?;
+        let row = conn
+            .query_opt(
+                &conn
+                    .prepare_cached(
+                        "SELECT state IN ('sent', 'failed', 'uncertain')
+                         FROM deliveries WHERE idempotency_key = $1",
+                    )
+                    .await?,
+                &[&task.idempotency_key.as_str()],
+            )
+            .await?;
+        Ok(row.is_some_and(|r| r.get(0)))
+    }
+
+    /// Records that the data of attempt `fence` is about to go out. `false`
+    /// when the attempt lost its token to a newer claim, or `worker`'s lease
+    /// has lapsed (others may already judge it dead): the caller must then
+    /// not send.
+    #[tracing::instrument(skip_all)]
+    pub async fn mark_sending(
+        &self,
+        task: &Task,
+        fence: Fence,
+        worker: &str,
+    ) -> Result<bool, StoreError> {
+        let conn = self.pool.get().await?;
+        let n = conn
+            .execute(
+                &conn.prepare_cached(MARK_SENDING).await?,
+                &[&task.idempotency_key.as_str(), &fence.0, &worker],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Records the server's acceptance, whoever holds the row now, unless it
+    /// already says `sent`; withdraws any dead-letter entry of the job.
+    #[tracing::instrument(skip_all)]
+    pub async fn mark_sent(&self, task: &Task, smtp_reply: &str) -> Result<(), StoreError> {
+        let conn = self.pool.get().await?;
+        conn.execute(
+            &conn.prepare_cached(MARK_SENT).await?,
+            &[
+                &task.idempotency_key.as_str(),
+                &task.job_id.as_uuid(),
+                &smtp_reply,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Records a transient failure of attempt `fence`, the next due in
+    /// `delay` (for `GET /jobs`; the queue keeps its own due time). `false`
+    /// when the attempt lost its token.
+    #[tracing::instrument(skip_all)]
+    pub async fn mark_retrying(
+        &self,
+        task: &Task,
+        fence: Fence,
+        error: &str,
+        smtp_reply: Option<&str>,
+        delay: Duration,
+    ) -> Result<bool, StoreError> {
+        let conn = self.pool.get().await?;
+        let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+        let n = conn
+            .execute(
+                &conn.prepare_cached(MARK_RETRYING).await?,
+                &[
+                    &task.idempotency_key.as_str(),
+                    &fence.0,
+                    &error,
+                    &smtp_reply,
+                    &delay_ms,
+                ],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Moves attempt `fence` of `task` to a terminal failure and writes its
+    /// DLQ entry, in one statement. `false` when the attempt lost its token
+    /// or the key is already terminal (a redelivery), and nothing was
+    /// written.
+    #[tracing::instrument(skip_all)]
+    pub async fn dead_letter(
+        &self,
+        task: &Task,
+        fence: Fence,
+        failure: Failure<'_>,
+    ) -> Result<bool, StoreError> {
+        dead_letter(
+            self,
+            task.idempotency_key.as_str(),
+            fence,
+            Some(&task.to_json()),
+            failure,
+        )
+        .await
+    }
+
+    /// Records that `task` was skipped because `owner` holds its key.
+    #[tracing::instrument(skip_all)]
+    pub async fn record_duplicate(
+        &self,
+        task: &Task,
+        owner: Option<JobId>,
+        layer: DedupLayer,
+    ) -> Result<(), StoreError> {
+        let conn = self.pool.get().await?;
+        conn.execute(
+            &conn
+                .prepare_cached(
+                    "INSERT INTO duplicate_jobs (job_id, idempotency_key, duplicate_of, layer)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (job_id) DO NOTHING",
+                )
+                .await?,
+            &[
+                &task.job_id.as_uuid(),
+                &task.idempotency_key.as_str(),
+                &owner.map(|o| o.as_uuid()),
+                &layer.as_str(),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// [`Store::dead_letter`] by key, for callers that hold no parsed task.
+pub(super) async fn dead_letter(
+    store: &Store,
+    key: &str,
+    fence: Fence,
+    task_json: Option<&str>,
+    failure: Failure<'_>,
+) -> Result<bool, StoreError> {
+    let conn = store.pool.get().await?;
+    let row = conn
+        .query_one(
+            &conn.prepare_cached(DEAD_LETTER).await?,
+            &[
+                &key,
+                &fence.0,
+                &failure.reason.as_str(),
+                &failure.error,
+                &failure.smtp_reply,
+                &task_json,
+            ],
+        )
+        .await?;
+    Ok(row.get::<_, i64>(0) == 1)
+}

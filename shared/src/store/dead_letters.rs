@@ -1,0 +1,167 @@
+//! The dead-letter table: listing, discarding and requeueing entries.
+
+use std::collections::HashSet;
+
+use uuid::Uuid;
+
+use super::{
+    DeadReason, FailedFilter, FailedJob, RequeueError, RequeueSelection, Store, StoreError,
+};
+use crate::domain::JobId;
+
+/// Entries requeued per transaction.
+const REQUEUE_BATCH: i64 = 500;
+
+impl Store {
+    /// A page of the dead-letter table, newest first, after the entry
+    /// `before` (keyset pagination on the monotonic id, so entries that
+    /// arrive while paging never shift a page).
+    #[tracing::instrument(skip_all)]
+    pub async fn failed_page(
+        &self,
+        filter: &FailedFilter,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<FailedJob>, StoreError> {
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query(
+                "SELECT id, job_id, idempotency_key, task->>'to', task->>'subject',
+                        reason, error, smtp_reply, attempts, failed_at
+                 FROM failed_jobs
+                 WHERE ($1::bigint IS NULL OR id < $1)
+                   AND ($2::text IS NULL OR reason = $2)
+                   AND ($3::timestamptz IS NULL OR failed_at >= $3)
+                 ORDER BY id DESC
+                 LIMIT $4",
+                &[
+                    &before,
+                    &filter.reason.map(DeadReason::as_str),
+                    &filter.since,
+                    &limit,
+                ],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| FailedJob {
+                id: r.get(0),
+                job_id: JobId::from(r.get::<_, Uuid>(1)),
+                idempotency_key: r.get(2),
+                to: r.get(3),
+                subject: r.get(4),
+                reason: r.get(5),
+                error: r.get(6),
+                smtp_reply: r.get(7),
+                attempts: r.get(8),
+                failed_at: r.get(9),
+            })
+            .collect())
+    }
+
+    /// Discards one dead-letter entry. Its key stays terminal: the job is
+    /// given up, not made sendable by a new job with the same key.
+    #[tracing::instrument(skip_all)]
+    pub async fn discard_failed(&self, id: i64) -> Result<bool, StoreError> {
+        let n = self
+            .pool
+            .get()
+            .await?
+            .execute("DELETE FROM failed_jobs WHERE id = $1", &[&id])
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Requeues dead-letter entries with a fresh attempt budget, keeping
+    /// their job ids and keys. In one transaction per batch: the entries are
+    /// deleted and their keys set back to `queued`, `push` puts the tasks of
+    /// the keys that moved on the queue, and only then does the transaction
+    /// commit. A worker that pops a task before the commit waits on the row
+    /// lock in its claim and then sees `queued`; if `push` fails, nothing
+    /// changes.
+    ///
+    /// "All" means the entries that existed when the call began: an entry
+    /// that fails again while the call runs gets a new id above that bound,
+    /// so one call requeues each entry at most once (each extra requeue of an
+    /// `uncertain` entry would be a possible extra email). An entry whose key
+    /// is no longer `failed` or `uncertain` (a late `250` was recorded) is
+    /// removed without being pushed.
+    #[tracing::instrument(skip_all)]
+    pub async fn requeue_failed<E>(
+        &self,
+        selection: &RequeueSelection,
+        push: impl AsyncFn(Vec<String>) -> Result<(), E>,
+    ) -> Result<u64, RequeueError<E>> {
+        let bound: i64 = {
+            let conn = self.pool.get().await.map_err(StoreError::from)?;
+            conn.query_one("SELECT COALESCE(max(id), 0) FROM failed_jobs", &[])
+                .await
+                .map_err(StoreError::from)?
+                .get(0)
+        };
+        let mut total = 0;
+        loop {
+            let mut conn = self.pool.get().await.map_err(StoreError::from)?;
+            let tx = conn.transaction().await.map_err(StoreError::from)?;
+            let rows = match selection {
+                RequeueSelection::Ids(ids) => {
+                    tx.query(
+                        "DELETE FROM failed_jobs WHERE id = ANY($1)
+                         RETURNING job_id, idempotency_key, task::text",
+                        &[ids],
+                    )
+                    .await
+                }
+                RequeueSelection::All(reason) => {
+                    tx.query(
+                        "DELETE FROM failed_jobs WHERE id IN (
+                             SELECT id FROM failed_jobs
+                             WHERE id <= $3 AND ($1::text IS NULL OR reason = $1)
+                             ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)
+                         RETURNING job_id, idempotency_key, task::text",
+                        &[&reason.map(DeadReason::as_str), &REQUEUE_BATCH, &bound],
+                    )
+                    .await
+                }
+            }
+            .map_err(StoreError::from)?;
+            if rows.is_empty() {
+                return Ok(total);
+            }
+            let jobs: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
+            let keys: Vec<String> = rows.iter().map(|r| r.get(1)).collect();
+            let moved: HashSet<Uuid> = tx
+                .query(
+                    "UPDATE deliveries d
+                     SET state = 'queued', attempts = 0, last_error = NULL,
+                         next_attempt_at = NULL, updated_at = now()
+                     FROM unnest($1::uuid[], $2::text[]) AS r(job_id, key)
+                     WHERE d.job_id = r.job_id AND d.idempotency_key = r.key
+                       AND d.state IN ('failed', 'uncertain')
+                     RETURNING d.job_id",
+                    &[&jobs, &keys],
+                )
+                .await
+                .map_err(StoreError::from)?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let tasks: Vec<String> = rows
+                .iter()
+                .filter(|r| moved.contains(&r.get::<_, Uuid>(0)))
+                .map(|r| r.get(2))
+                .collect();
+            let moved = tasks.len() as u64;
+            if !tasks.is_empty() {
+                push(tasks).await.map_err(RequeueError::Push)?;
+            }
+            tx.commit().await.map_err(StoreError::from)?;
+            total += moved;
+            if matches!(selection, RequeueSelection::Ids(_)) {
+                return Ok(total);
+            }
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! A job's state as clients read it.
+
+use super::{JobRecord, Store, StoreError};
+use crate::domain::JobId;
+
+impl Store {
+    /// The state of a job the workers have seen, if any.
+    #[tracing::instrument(skip_all)]
+    pub async fn job(&self, job: JobId) -> Result<Option<JobRecord>, StoreError> {
+        let row = self
+            .pool
+            .get()
+            .await?
+            .query_opt(
+                "SELECT idempotency_key,
+                        CASE state WHEN 'sending' THEN 'processing' ELSE state END,
+                        attempts, last_error, next_attempt_at, updated_at, sent_at
+                 FROM deliveries WHERE job_id = $1
+                 UNION ALL
+                 SELECT idempotency_key, 'duplicate', 0, NULL, NULL, created_at, NULL
+                 FROM duplicate_jobs WHERE job_id = $1
+                 LIMIT 1",
+                &[&job.as_uuid()],
+            )
+            .await?;
+        Ok(row.map(|r| JobRecord {
+            job_id: job,
+            idempotency_key: r.get(0),
+            status: r.get(1),
+            attempts: r.get(2),
+            last_error: r.get(3),
+            next_attempt_at: r.get(4),
+            created_at: job.created_at(),
+            updated_at: r.get(5),
+            sent_at: r.get(6),
+        }))
+    }
+}

@@ -1,0 +1,92 @@
+//! Upgrading a live database: migration 2 (fencing) over a schema-1
+//! database holding jobs in every state.
+
+use refinery::Target;
+use sendonce_shared::store::Claim;
+use sendonce_testkit::TestDatabase;
+
+use crate::{LEASE, store_for, task};
+
+const STATES: [&str; 7] = [
+    "queued",
+    "processing",
+    "retrying",
+    "sending",
+    "sent",
+    "failed",
+    "uncertain",
+];
+
+#[tokio::test]
+async fn migration_2_keeps_jobs_in_every_state_and_their_promise() {
+    let db = TestDatabase::create().await;
+    let store = store_for(&db);
+    store
+        .migrate_to(Target::Version(1))
+        .await
+        .expect("schema 1");
+    let client = db.connect().await;
+    let tasks: Vec<_> = STATES
+        .iter()
+        .map(|state| task(&format!("upgrade:{state}")))
+        .collect();
+    for (t, state) in tasks.iter().zip(STATES) {
+        client
+            .execute(
+                "INSERT INTO deliveries (idempotency_key, job_id, state, attempts)
+                 VALUES ($1, $2, $3, 1)",
+                &[&t.idempotency_key.as_str(), &t.job_id.as_uuid(), &state],
+            )
+            .await
+            .expect("a schema-1 row");
+    }
+    client
+        .execute(
+            "INSERT INTO failed_jobs (job_id, idempotency_key, task, reason, error, attempts)
+             VALUES ($1, $2, $3::text::jsonb, 'failed', 'boom', 1)",
+            &[
+                &tasks[5].job_id.as_uuid(),
+                &tasks[5].idempotency_key.as_str(),
+                &tasks[5].to_json(),
+            ],
+        )
+        .await
+        .expect("a schema-1 dead letter");
+
+    assert_eq!(store.migrate().await.expect("upgrade"), 1);
+
+    let rows = client
+        .query(
+            "SELECT state, attempts, fence, holder FROM deliveries ORDER BY idempotency_key",
+            &[],
+        )
+        .await
+        .expect("rows");
+    assert_eq!(rows.len(), STATES.len());
+    for row in &rows {
+        assert_eq!(row.get::<_, i32>(1), 1);
+        assert_eq!(row.get::<_, i64>(2), 0, "no token yet");
+        assert_eq!(row.get::<_, Option<String>>(3), None);
+    }
+    let failed = client
+        .query_one("SELECT count(*) FROM failed_jobs", &[])
+        .await
+        .expect("count");
+    assert_eq!(failed.get::<_, i64>(0), 1);
+    // Each old row carries on: a claim from a waiting state or from a
+    // holder that no longer exists proceeds with a first token, a cut
+    // `sending` is ambiguous, a finished job stays finished.
+    store.renew_lease("new", LEASE).await.expect("lease");
+    for (t, state) in tasks.iter().zip(STATES) {
+        let claim = store.claim(t, "new").await.expect("claim");
+        let expected = match state {
+            "queued" | "processing" | "retrying" => matches!(claim, Claim::Proceed { .. }),
+            "sending" => matches!(claim, Claim::Ambiguous { .. }),
+            _ => claim == Claim::AlreadyDone,
+        };
+        assert!(expected, "{state}: {claim:?}");
+        if let Claim::Proceed { fence, .. } = claim {
+            assert_eq!(fence.get(), 1, "{state}");
+        }
+    }
+}
