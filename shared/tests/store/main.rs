@@ -4,6 +4,7 @@
 //! [`connection`] the queue's one shared Redis connection.
 
 mod connection;
+mod leases;
 mod readiness;
 mod requeue;
 mod state_machine;

@@ -1,0 +1,74 @@
+//! Leases: the Redis reaper after a restart, and the durable fence.
+
+use std::time::Duration;
+
+use sendonce_shared::queue::{self, Queue};
+use sendonce_testkit::{RedisOptions, RedisServer, TestDatabase, eventually, unique_prefix};
+
+use crate::store_for;
+
+/// A restarted Redis holds every lease as it was at the crash, by then
+/// possibly lapsed although the worker is alive and about to renew: no
+/// reaper moves anything until Redis has been up for a whole lease.
+#[tokio::test]
+async fn a_freshly_restarted_redis_is_not_reaped_before_a_lease_has_passed() {
+    let redis = RedisServer::start(RedisOptions::default()).await;
+    let url = secrecy::SecretString::from(redis.url());
+    let queue = Queue::new(queue::connect(&url, 2).expect("pool"), &unique_prefix());
+    queue
+        .heartbeat("w", Duration::from_millis(1))
+        .await
+        .expect("lease");
+    queue.push(&["task".to_owned()]).await.expect("push");
+    let mut popper = Queue::popper(&url, Duration::from_secs(1))
+        .await
+        .expect("popper");
+    queue
+        .pop(&mut popper, "w", Duration::from_secs(1))
+        .await
+        .expect("pop");
+    let lease = Duration::from_millis(1500);
+
+    let early = queue.reap_dead("me", lease).await.expect("reap");
+
+    assert_eq!(early, 0, "reaped with Redis up for less than a lease");
+    assert_eq!(queue.held_by("w").await.expect("list"), ["task"]);
+    let later = eventually(
+        "a reap once Redis is up a lease",
+        Duration::from_secs(10),
+        || {
+            let queue = queue.clone();
+            async move { queue.reap_dead("me", lease).await.ok().filter(|n| *n > 0) }
+        },
+    )
+    .await;
+    assert_eq!(later, 1);
+}
+
+/// The fence is only as durable as its commit: sendonce's sessions commit
+/// synchronously whatever the server's or database's default says.
+#[tokio::test]
+async fn store_sessions_commit_synchronously_whatever_the_default() {
+    let db = TestDatabase::create().await;
+    db.connect()
+        .await
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{}\" SET synchronous_commit = off",
+            db.name()
+        ))
+        .await
+        .expect("set the default");
+    let store = store_for(&db);
+
+    let setting: String = store
+        .pool()
+        .get()
+        .await
+        .expect("connection")
+        .query_one("SHOW synchronous_commit", &[])
+        .await
+        .expect("show")
+        .get(0);
+
+    assert_eq!(setting, "on");
+}
