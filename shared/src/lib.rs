@@ -6,7 +6,7 @@
 //!   body, task). Invalid values cannot be constructed.
 //! - [`config`]: settings common to both binaries (`DATABASE_URL`,
 //!   `REDIS_URL`, ...), read once through clap.
-//! - [`queue`]: the Redis queue, processing lists, delayed set, heartbeats,
+//! - [`queue`]: the Redis queue, processing lists, delayed set, worker leases,
 //!   L1 dedup keys and the API's replay records. Its module docs list every
 //!   key.
 //! - [`store`]: the Postgres store: migrations, the L2 claim (the authority

@@ -1,5 +1,5 @@
 //! The Redis side: the ready queue, per-worker processing lists, the delayed
-//! set, worker heartbeats, the L1 dedup keys and the API's replay records.
+//! set, worker leases, the L1 dedup keys and the API's replay records.
 //!
 //! # Key layout
 //!

@@ -5,7 +5,7 @@
 //!
 //! - [`config`]: `WorkerConfig`, every setting with its environment variable.
 //! - [`runner`]: the run loop: reliable pop, L1 and L2 claims, send, record,
-//!   acknowledge; heartbeats, retry promotion and crash recovery.
+//!   acknowledge; leases, retry promotion, crash recovery and the sweeper.
 //! - [`mailer`]: pooled SMTP connections driven command by command, so a
 //!   failure is known to be before or after the data went out.
 //! - [`retry`]: exponential backoff with full jitter.
@@ -94,7 +94,7 @@ impl Application {
         self.metrics_port
     }
 
-    /// This worker's id (names its processing list and heartbeat).
+    /// This worker's id (names its processing list and leases).
     pub fn worker_id(&self) -> &str {
         self.worker.id()
     }

@@ -106,7 +106,7 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Assembles a worker; `id` names its processing list and heartbeat.
+    /// Assembles a worker; `id` names its processing list and leases.
     pub fn new(config: WorkerConfig, queue: Queue, store: Store, mailer: Mailer) -> Self {
         let id = format!("{}-{}", std::process::id(), uuid::Uuid::now_v7().simple());
         let policy = RetryPolicy {
