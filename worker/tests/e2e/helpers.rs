@@ -164,20 +164,7 @@ impl TestSystem {
 
     /// Starts a worker in this process.
     pub async fn spawn_worker(&self) -> TestWorker {
-        let config = WorkerConfig::parse_from(self.worker_args());
-        let app = sendonce_worker::Application::build(config, None)
-            .await
-            .expect("build the worker");
-        let id = app.worker_id().to_owned();
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(app.run_until_stopped(async {
-            let _ = rx.await;
-        }));
-        TestWorker {
-            id,
-            stop: Some(tx),
-            task,
-        }
+        self.spawn_worker_with(&[]).await
     }
 
     /// A queue handle on this system's keys.
