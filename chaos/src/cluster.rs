@@ -112,6 +112,12 @@ impl Process {
     /// Sends SIGTERM (after SIGCONT, in case it is paused) and waits for the
     /// exit.
     pub async fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
+        if let Some(status) = self.exited()? {
+            anyhow::bail!(
+                "{} had exited on its own with {status} before SIGTERM; see its log",
+                self.name
+            );
+        }
         self.resume();
         sendonce_testkit::process::terminate(self.child.id());
         let deadline = Instant::now() + STOP_TIMEOUT;
@@ -126,6 +132,13 @@ impl Process {
             );
             tokio::time::sleep(POLL_INTERVAL).await;
         }
+    }
+
+    /// The exit status, if the process exited (and was reaped).
+    pub fn exited(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        self.child
+            .try_wait()
+            .with_context(|| format!("failed to check on {}", self.name))
     }
 
     /// The process's name, which also names its log file.

@@ -6,6 +6,12 @@
 //! leases by default, so its lease often runs out while it is stopped), the
 //! SMTP server (`sendonce-smtp-sink`, a process of its own for this), and
 //! every process of the run's private Postgres cluster.
+//!
+//! Between actions [`inject`] acts as the workers' supervisor: a worker
+//! that exited on its own is started again. A worker still starting when
+//! Redis dies exits at once (it checks Redis before its first pop, and
+//! fails fast), as it would under systemd or Kubernetes, which restart it.
+//! A worker that exits after it started, though, crashed: that is reported.
 
 use std::time::Duration;
 
@@ -14,6 +20,11 @@ use tokio::time::Instant;
 
 use crate::cluster::{self, Environment, Process, SmtpSink};
 use crate::{Scenario, WORKER_LEASE};
+
+/// How often the supervisor looks for workers that exited on their own.
+const SUPERVISE_EVERY: Duration = Duration::from_millis(250);
+/// What a worker logs once it is up (`runner`, INFO), before its first pop.
+const STARTED_LINE: &str = r#""message":"worker started""#;
 
 /// One thing done to the run's processes.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -108,7 +119,7 @@ fn spread(mean: Duration, end: Duration) -> Vec<Duration> {
 }
 
 /// What [`inject`] did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Injected {
     /// Workers SIGKILLed (the one killed with Redis included).
     pub kills: usize,
@@ -120,6 +131,11 @@ pub struct Injected {
     pub postgres_pauses: usize,
     /// Redis SIGKILLs and restarts.
     pub redis_restarts: usize,
+    /// Workers that exited on their own and were started again.
+    pub worker_exits: usize,
+    /// Those of them that had logged that they were up: crashes, each
+    /// named by its log file.
+    pub crashed: Vec<String>,
 }
 
 /// The processes the faults act on.
@@ -137,9 +153,9 @@ pub struct Targets<'a> {
     pub smtp: &'a SmtpSink,
 }
 
-/// Carries out `schedule` from `started` on, then waits for the end of the
-/// chaos; returns what it did. Every paused process runs again when it
-/// returns.
+/// Carries out `schedule` from `started` on, supervising the workers
+/// until the end of the chaos; returns what it did. Every paused process
+/// runs again when it returns.
 pub async fn inject(
     schedule: &Schedule,
     started: Instant,
@@ -162,8 +178,29 @@ pub async fn inject(
         workers[slot] = cluster::start_worker(env, format!("worker{slot}-{starts}"))?;
         Ok(())
     };
-    for &(at, action) in &schedule.actions {
-        tokio::time::sleep_until(started + at).await;
+    let end = started + chaos;
+    let mut actions = schedule.actions.iter().peekable();
+    loop {
+        let next = actions.peek().map_or(end, |&&(at, _)| started + at);
+        tokio::time::sleep_until(next.min(Instant::now() + SUPERVISE_EVERY)).await;
+        for slot in 0..workers.len() {
+            // A stopped worker cannot exit; one that did is not paused.
+            if paused[slot].is_none() && workers[slot].exited()?.is_some() {
+                done.worker_exits += 1;
+                let log = env.log_dir.join(format!("{}.log", workers[slot].name()));
+                let log = std::fs::read(&log).unwrap_or_default();
+                if String::from_utf8_lossy(&log).contains(STARTED_LINE) {
+                    done.crashed.push(workers[slot].name().to_owned());
+                }
+                restart(workers, slot)?;
+            }
+        }
+        if Instant::now() < next {
+            continue;
+        }
+        let Some(&(_, action)) = actions.next() else {
+            return Ok(done);
+        };
         match action {
             Action::Kill { slot } if slot < workers.len() => {
                 workers[slot].kill();
@@ -210,8 +247,6 @@ pub async fn inject(
             Action::Kill { .. } | Action::PauseWorker { .. } | Action::ResumeWorker { .. } => {}
         }
     }
-    tokio::time::sleep_until(started + chaos).await;
-    Ok(done)
 }
 
 #[cfg(test)]

@@ -224,7 +224,7 @@ impl fmt::Display for Summary {
         let faults = &self.faults;
         write!(
             f,
-            "chaos: posts={} (reused keys {}) keys={} kills={} worker_pauses={} \
+            "chaos: posts={} (reused keys {}) keys={} kills={} worker_exits={} worker_pauses={} \
              smtp_pauses={} postgres_pauses={} redis_restarts={} \
              sent={} duplicate={} failed={} uncertain={} (cut {}) \
              duplicate_effects={} stranded={} false_uncertain={} (logged sent {}) \
@@ -233,6 +233,7 @@ impl fmt::Display for Summary {
             self.reused_posts,
             self.keys,
             faults.kills,
+            faults.worker_exits,
             faults.worker_pauses,
             faults.smtp_pauses,
             faults.postgres_pauses,
@@ -378,6 +379,12 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Summary> {
         sent_jobs: logs::sent_jobs(&log_dir)?,
         states: verdict::read_states(&client).await?,
     };
+    findings.extend(
+        faults
+            .crashed
+            .iter()
+            .map(|name| format!("{name} exited on its own after it was up; see its log")),
+    );
     let mut summary = verdict::summarise(&plan, &outcomes, &evidence, &mut findings);
     summary.faults = faults;
     summary.duration = duration;
