@@ -73,10 +73,15 @@ impl Schedule {
         }
         let pauses = &scenario.pauses;
         if !pauses.worker_leases.is_empty() {
+            // Each pause takes a worker not paused already, so that every
+            // pause drawn happens.
+            let mut paused_until = vec![Duration::ZERO; workers];
             for (pause, at) in spread(pauses.worker_every, end).into_iter().enumerate() {
                 let length = WORKER_LEASE.mul_f64(rand::random_range(pauses.worker_leases.clone()));
-                if at + length <= end {
-                    let slot = rand::random_range(0..workers);
+                let free: Vec<usize> = (0..workers).filter(|&s| paused_until[s] <= at).collect();
+                if at + length <= end && !free.is_empty() {
+                    let slot = free[rand::random_range(0..free.len())];
+                    paused_until[slot] = at + length;
                     actions.push((at, Action::PauseWorker { slot, pause }));
                     actions.push((at + length, Action::ResumeWorker { slot, pause }));
                 }
@@ -298,6 +303,27 @@ mod tests {
                     length >= WORKER_LEASE / 2 && length <= WORKER_LEASE * 3,
                     "{length:?}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn a_worker_is_never_paused_twice_at_once() {
+        let mut scenario = scenario(Duration::from_secs(60));
+        scenario.workers = 2;
+        scenario.pauses.worker_every = Duration::from_millis(500);
+
+        let schedule = Schedule::new(&scenario);
+
+        let mut paused = [false; 2];
+        for &(_, action) in &schedule.actions {
+            match action {
+                Action::PauseWorker { slot, .. } => {
+                    assert!(!paused[slot], "slot {slot} paused twice");
+                    paused[slot] = true;
+                }
+                Action::ResumeWorker { slot, .. } => paused[slot] = false,
+                _ => {}
             }
         }
     }

@@ -101,9 +101,10 @@ pub struct Pauses {
 }
 
 impl Default for Pauses {
-    /// A worker pause every 3 s or so, of 0.5 to 3 leases (so about half of
-    /// them outlast the lease); the SMTP server stopped for 2.5 s and
-    /// Postgres for 3 s, both under the workers' 5 s timeouts.
+    /// A worker pause every 3 s or so, of 0.5 to 3 leases (so four in five
+    /// outlast the lease, and a few end just short of it); the SMTP server
+    /// stopped for 2.5 s (under the run's 5 s `SMTP_TIMEOUT_MS`) and
+    /// Postgres for 3 s.
     fn default() -> Self {
         Self {
             worker_every: Duration::from_secs(3),

@@ -8,7 +8,8 @@ use std::time::Duration;
 use sendonce_chaos::{Pauses, Scenario, cluster};
 
 #[tokio::test]
-async fn under_kills_pauses_and_a_redis_restart_no_key_takes_effect_twice_and_no_job_is_stranded() {
+async fn under_kills_pauses_and_a_redis_restart_no_key_is_sent_twice_stranded_or_falsely_uncertain()
+{
     let scenario = Scenario {
         posts: 300,
         reuse_percent: 25,
