@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The full chaos run: builds release binaries, then runs sendonce-chaos
 # (1,000 posts, 4 workers, 60 s of worker kills, worker pauses of 0.5 to 3
-# leases every ~3 s, one SMTP server pause, one Postgres pause and one Redis
+# leases every ~1.5 s, one SMTP server pause, one Postgres pause and one Redis
 # kill and restart by default; any flag is passed on, see `--help`). Prints
 # one summary line and exits non-zero listing the violations, if any.
 #

@@ -1,9 +1,10 @@
 //! What the workers' own logs say: the jobs whose `250` a worker read and
 //! recorded. The worker logs an INFO event `"sent"` in its `job` span once
 //! it has recorded a send (`runner::record`); with `LOG_FORMAT=json` each
-//! line is one JSON object whose `spans` carry the job id.
+//! line is one JSON object whose `spans` carry the job id and its
+//! idempotency key.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::Context;
@@ -15,9 +16,10 @@ const SENT_MESSAGE: &str = "sent";
 /// Worker log files in a run's log directory start with this.
 const WORKER_LOG_PREFIX: &str = "worker";
 
-/// The job ids of every recorded send in the worker logs of `log_dir`.
-pub fn sent_jobs(log_dir: &Path) -> anyhow::Result<HashSet<String>> {
-    let mut jobs = HashSet::new();
+/// Every recorded send in the worker logs of `log_dir`: job id to
+/// idempotency key.
+pub fn sent_jobs(log_dir: &Path) -> anyhow::Result<HashMap<String, String>> {
+    let mut jobs = HashMap::new();
     let entries = std::fs::read_dir(log_dir)
         .with_context(|| format!("failed to list {}", log_dir.display()))?;
     for entry in entries {
@@ -38,20 +40,21 @@ pub fn sent_jobs(log_dir: &Path) -> anyhow::Result<HashSet<String>> {
     Ok(jobs)
 }
 
-/// The job id of a `"sent"` line; `None` for any other line, including
-/// lines that are not JSON (a line cut short by a SIGKILL, a panic).
-pub fn sent_job(line: &str) -> Option<String> {
+/// The job id and idempotency key of a `"sent"` line; `None` for any
+/// other line, including lines that are not JSON (a line cut short by a
+/// SIGKILL, a panic).
+pub fn sent_job(line: &str) -> Option<(String, String)> {
     let line: Value = serde_json::from_str(line).ok()?;
     if line["message"] != SENT_MESSAGE || line["target"] != SENT_TARGET {
         return None;
     }
-    line["spans"]
+    let span = line["spans"]
         .as_array()?
         .iter()
         .rev()
-        .find(|span| span["name"] == "job")?["job_id"]
-        .as_str()
-        .map(str::to_owned)
+        .find(|span| span["name"] == "job")?;
+    let field = |name: &str| span[name].as_str().map(str::to_owned);
+    Some((field("job_id")?, field("idempotency_key")?))
 }
 
 #[cfg(test)]
@@ -64,8 +67,11 @@ mod tests {
     #[test]
     fn a_sent_line_gives_its_job() {
         assert_eq!(
-            sent_job(SENT).as_deref(),
-            Some("0193a1b2-0000-7000-8000-000000000001")
+            sent_job(SENT),
+            Some((
+                "0193a1b2-0000-7000-8000-000000000001".to_owned(),
+                "chaos:7".to_owned()
+            ))
         );
     }
 
@@ -103,7 +109,10 @@ mod tests {
         let jobs = jobs.expect("the logs read");
         assert_eq!(
             jobs,
-            HashSet::from(["0193a1b2-0000-7000-8000-000000000001".to_owned()])
+            HashMap::from([(
+                "0193a1b2-0000-7000-8000-000000000001".to_owned(),
+                "chaos:7".to_owned()
+            )])
         );
     }
 }

@@ -104,8 +104,9 @@ impl Findings {
 pub struct Evidence {
     /// The SMTP server's own record.
     pub transfers: Vec<Transfer>,
-    /// The jobs the workers logged as sent (see `logs`).
-    pub sent_jobs: HashSet<String>,
+    /// The jobs the workers logged as sent, with their idempotency keys
+    /// (see `logs`).
+    pub sent_jobs: HashMap<String, String>,
     /// The database, once drained.
     pub states: States,
 }
@@ -265,18 +266,24 @@ pub fn summarise(
 /// A `250` that a worker read is the truth, whoever owns the row.
 fn false_uncertain(
     plan: &Plan,
-    sent_jobs: &HashSet<String>,
+    sent_jobs: &HashMap<String, String>,
     jobs: &BTreeMap<String, usize>,
     key_state: &HashMap<usize, &str>,
     findings: &mut Findings,
 ) -> (usize, usize) {
     let mut keys: BTreeMap<usize, &str> = BTreeMap::new();
-    for job in sent_jobs {
-        match jobs.get(job) {
-            Some(&n) => {
+    for (job, key) in sent_jobs {
+        // A job no post was answered with (its answer was lost, and the
+        // retry made another job) is reported as such elsewhere; its key
+        // still counts here, by the key its log line names.
+        match jobs.get(job).copied().or_else(|| plan.key_of(key)) {
+            Some(n) => {
                 keys.entry(n).or_insert(job);
             }
-            None => findings.add("job logged sent but never answered to a post", job.clone()),
+            None => findings.add(
+                "job logged sent for an unknown key",
+                format!("{job}: {key}"),
+            ),
         }
     }
     let logged = keys.len();
@@ -333,7 +340,10 @@ mod tests {
                     accepted: true,
                 })
                 .collect(),
-            sent_jobs: HashSet::from([JOB_A.to_owned(), JOB_B.to_owned()]),
+            sent_jobs: HashMap::from([
+                (JOB_A.to_owned(), "chaos:0".to_owned()),
+                (JOB_B.to_owned(), "chaos:1".to_owned()),
+            ]),
             states,
         };
         let mut findings = Vec::new();
