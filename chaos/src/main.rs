@@ -49,8 +49,8 @@ struct Args {
     /// Seconds the queue may take to drain after the chaos.
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
     drain_secs: u64,
-    /// Directory holding `sendonce-api` and `sendonce-worker` (default: the
-    /// one this binary was built into).
+    /// Directory holding `sendonce-api`, `sendonce-worker` and
+    /// `sendonce-smtp-sink` (default: the one this binary was built into).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
 }
