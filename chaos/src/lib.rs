@@ -1,38 +1,53 @@
 //! The chaos test: the real API and several real workers, as processes,
-//! against a private Redis with AOF on, real Postgres and a fault-injecting
-//! SMTP server, while jobs are posted, workers are SIGKILLed and Redis is
-//! restarted. Afterwards the SMTP server's own record and the database say
-//! whether any key took effect twice or any accepted job was lost.
+//! against a private Redis with AOF on, a private Postgres cluster and the
+//! fault-injecting SMTP server (as a process too), while jobs are posted,
+//! workers are SIGKILLed and paused, the SMTP server and Postgres are
+//! paused, and Redis is killed and restarted. Afterwards the SMTP server's
+//! own record, the database and the workers' logs say whether any key took
+//! effect twice, any accepted job was stranded, or any `250` a worker read
+//! ended other than `sent`.
 //!
 //! # Layout
 //!
-//! - [`Scenario`]: the knobs of one run; [`run`] carries it out.
+//! - [`Scenario`] (with its [`Pauses`]): the knobs of one run; [`run`]
+//!   carries it out.
 //! - [`Summary`]: what happened, as one line ([`Display`](std::fmt::Display))
 //!   and as the list of violated properties ([`Summary::check`]).
 //! - [`plan`]: the keys, their SMTP faults and which posts reuse a key.
-//! - [`cluster`]: the API and worker processes.
-//! - `verdict` (private): reads back the database and the SMTP record.
+//! - [`faults`]: the kills, pauses and the Redis restart, drawn up as a
+//!   schedule, then injected.
+//! - [`cluster`]: the API, worker and SMTP server processes.
+//! - `logs` (private): the sends the workers logged as recorded.
+//! - `verdict` (private): reads back the database, the SMTP record and the
+//!   logs.
 
 pub mod cluster;
+pub mod faults;
+mod logs;
 pub mod plan;
 mod verdict;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use sendonce_testkit::{RedisOptions, RedisServer, SmtpServer, TestDatabase};
+use sendonce_testkit::{PostgresServer, RedisOptions, RedisServer, TestDatabase};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::cluster::{Environment, Process};
+use crate::cluster::{Environment, SmtpSink};
+use crate::faults::{Injected, Schedule, Targets};
 use crate::plan::Plan;
 
 /// The Redis key prefix of a run (its Redis is private).
 const PREFIX: &str = "chaos";
+/// `WORKER_LEASE_MS` of the workers: how long a stopped worker keeps its
+/// tasks; worker pauses are measured in it.
+pub const WORKER_LEASE: Duration = Duration::from_millis(1500);
 /// Posts in flight at once.
 const POST_CONCURRENCY: usize = 16;
 /// How long one post keeps being retried (it is retried through the Redis
@@ -50,19 +65,60 @@ pub struct Scenario {
     pub reuse_percent: usize,
     /// Worker processes running at once.
     pub workers: usize,
-    /// How long workers are killed; posts are spread over the first three
-    /// quarters of it, and Redis restarts at its middle.
+    /// How long faults are injected; posts are spread over the first three
+    /// quarters of it, and Redis is killed and restarted at its middle.
     pub chaos: Duration,
     /// Mean time between two worker kills (each is 0.5 to 1.5 times it).
     pub kill_every: Duration,
+    /// The stalls: workers, the SMTP server and Postgres stopped for a
+    /// while, then resumed.
+    pub pauses: Pauses,
     /// How long the queue may take to drain after the chaos.
     pub drain_timeout: Duration,
-    /// Holds `sendonce-api` and `sendonce-worker`.
+    /// Holds `sendonce-api`, `sendonce-worker` and `sendonce-smtp-sink`.
     pub bin_dir: PathBuf,
 }
 
-/// What a run did and what the SMTP server and the database say about it.
-#[derive(Debug, Clone)]
+/// Processes stopped with SIGSTOP and resumed with SIGCONT: a pause is not
+/// a crash. A worker stopped past its lease comes back to find its task
+/// recovered by another; it must neither send it again, nor overwrite the
+/// other's outcome, nor strand it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pauses {
+    /// Mean time between two worker pauses (each 0.5 to 1.5 times it);
+    /// zero: no worker pauses.
+    pub worker_every: Duration,
+    /// How long a worker pause lasts, in leases ([`WORKER_LEASE`]), drawn
+    /// from this range; empty: no worker pauses.
+    pub worker_leases: Range<f64>,
+    /// How long the SMTP server is stopped, once per run; zero: never.
+    /// Under the workers' `SMTP_TIMEOUT_MS` (5 s) it is a stall they wait
+    /// out; over it, a timeout (and, after the data, an `uncertain` key).
+    pub smtp: Duration,
+    /// How long every process of the run's Postgres cluster is stopped,
+    /// once per run; zero: never.
+    pub postgres: Duration,
+}
+
+impl Default for Pauses {
+    /// A worker pause every 1.5 s or so, of 0.5 to 3 leases (so four in
+    /// five outlast the lease, and a few end just short of it); the SMTP
+    /// server stopped for 2.5 s (under the run's 5 s `SMTP_TIMEOUT_MS`)
+    /// and Postgres for 3 s. Pauses every 3 s caught a paused worker in a
+    /// send's window in about one small run in three; every 1.5 s, more.
+    fn default() -> Self {
+        Self {
+            worker_every: Duration::from_millis(1500),
+            worker_leases: 0.5..3.0,
+            smtp: Duration::from_millis(2500),
+            postgres: Duration::from_secs(3),
+        }
+    }
+}
+
+/// What a run did and what the SMTP server, the database and the workers'
+/// logs say about it.
+#[derive(Debug, Clone, Default)]
 pub struct Summary {
     /// Requests to `POST /addJob`.
     pub posts: usize,
@@ -76,10 +132,8 @@ pub struct Summary {
     pub replays: usize,
     /// Posts that never got a 2xx answer.
     pub refused: usize,
-    /// Workers SIGKILLed.
-    pub kills: usize,
-    /// Redis restarts.
-    pub redis_restarts: usize,
+    /// The kills, pauses and restarts injected.
+    pub faults: Injected,
     /// Accepted jobs per terminal status.
     pub sent: usize,
     /// See [`Summary::sent`].
@@ -93,8 +147,15 @@ pub struct Summary {
     /// Keys whose message data reached the SMTP server more than once
     /// (accepted or cut).
     pub duplicate_effects: usize,
-    /// Accepted jobs that never reached a terminal status.
-    pub lost: usize,
+    /// Accepted jobs that never reached a terminal status (none may be
+    /// lost, nor left waiting forever).
+    pub stranded: usize,
+    /// Keys whose `250` a worker read and recorded, by its log.
+    pub logged_sent: usize,
+    /// Keys whose `250` a worker read and recorded (its log says `sent`)
+    /// but whose row ended other than `sent`: typically `uncertain`, after
+    /// a paused worker's outcome lost to the one that recovered its task.
+    pub false_uncertain: usize,
     /// From the first post to the end of the drain.
     pub duration: Duration,
     /// Each violated property, with the keys or jobs concerned.
@@ -113,16 +174,31 @@ impl Summary {
                 self.duplicate_effects
             ));
         }
-        if self.lost > 0 {
+        if self.stranded > 0 {
             violations.push(format!(
-                "{} accepted job(s) never reached a terminal status",
-                self.lost
+                "{} accepted job(s) stranded: never reached a terminal status",
+                self.stranded
+            ));
+        }
+        if self.false_uncertain > 0 {
+            violations.push(format!(
+                "{} key(s) whose 250 a worker read and recorded ended other than sent",
+                self.false_uncertain
+            ));
+        }
+        // Without a single "sent" line the false-uncertain check saw
+        // nothing: the log format or filter changed, not the worker.
+        if self.sent > 0 && self.logged_sent == 0 {
+            violations.push(format!(
+                "{} key(s) sent but no worker logged a send: the false-uncertain check \
+                 cannot see (RUST_LOG, LOG_FORMAT or the \"sent\" line changed?)",
+                self.sent
             ));
         }
         if self.refused > 0 {
             violations.push(format!("{} post(s) never got a 2xx answer", self.refused));
         }
-        let jobs = self.sent + self.duplicate + self.failed + self.uncertain + self.lost;
+        let jobs = self.sent + self.duplicate + self.failed + self.uncertain + self.stranded;
         if self.new_jobs > jobs || self.new_jobs + self.replays + self.refused != self.posts {
             violations.push(format!(
                 "counts do not add up: {} posts = {} new + {} replays + {} refused; \
@@ -147,23 +223,32 @@ impl Summary {
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let faults = &self.faults;
         write!(
             f,
-            "chaos: posts={} (reused keys {}) keys={} kills={} redis_restarts={} \
+            "chaos: posts={} (reused keys {}) keys={} kills={} worker_exits={} worker_pauses={} \
+             smtp_pauses={} postgres_pauses={} redis_restarts={} \
              sent={} duplicate={} failed={} uncertain={} (cut {}) \
-             duplicate_effects={} lost={} duration={:.1}s",
+             duplicate_effects={} stranded={} false_uncertain={} (logged sent {}) \
+             duration={:.1}s",
             self.posts,
             self.reused_posts,
             self.keys,
-            self.kills,
-            self.redis_restarts,
+            faults.kills,
+            faults.worker_exits,
+            faults.worker_pauses,
+            faults.smtp_pauses,
+            faults.postgres_pauses,
+            faults.redis_restarts,
             self.sent,
             self.duplicate,
             self.failed,
             self.uncertain,
             self.cut_keys,
             self.duplicate_effects,
-            self.lost,
+            self.stranded,
+            self.false_uncertain,
+            self.logged_sent,
             self.duration.as_secs_f64()
         )
     }
@@ -180,6 +265,13 @@ enum PostOutcome {
 
 /// Runs the scenario and reads back what happened.
 ///
+/// Postgres is a private cluster started for the run rather than a
+/// database on the shared server, because the run stops every Postgres
+/// process for a while: stopping the shared postmaster would stall
+/// everyone else's tests, and stopping only the backends of the run's
+/// database could stall them too, through a lock a stopped backend holds
+/// for the whole server. A cluster of its own costs about two seconds.
+///
 /// Errors are failures of the harness itself (a binary missing, a service
 /// down); properties the system violated are in [`Summary::check`].
 pub async fn run(scenario: &Scenario) -> anyhow::Result<Summary> {
@@ -187,40 +279,45 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Summary> {
     std::fs::create_dir_all(&log_dir)
         .with_context(|| format!("failed to create {}", log_dir.display()))?;
     let mut redis = RedisServer::start(RedisOptions { appendonly: true }).await;
-    let db = TestDatabase::create().await;
-    let smtp = SmtpServer::start().await;
+    let mut postgres = PostgresServer::start().await;
+    // Declared after the cluster, so dropped before it.
+    let db = TestDatabase::create_on(&postgres.admin_url()).await;
     let secret = format!("chaos-{}", uuid::Uuid::now_v7().simple());
-    let env = Environment {
+    let mut env = Environment {
         bin_dir: scenario.bin_dir.clone(),
         log_dir: log_dir.clone(),
-        vars: [
-            ("DATABASE_URL", db.url().to_owned()),
-            ("REDIS_URL", redis.url()),
-            ("REDIS_KEY_PREFIX", PREFIX.to_owned()),
-            ("JWT_SECRET", secret),
-            ("SMTP_URL", smtp.url()),
-            (
-                "MAIL_FROM",
-                "sendonce chaos <noreply@chaos.test>".to_owned(),
-            ),
-            // Short enough that reposts after it are new jobs the workers
-            // must catch as duplicates (L1 gone, L2 alone).
-            ("DEDUP_TTL_SECS", "2".to_owned()),
-            ("WORKER_CONCURRENCY", "8".to_owned()),
-            ("WORKER_LEASE_MS", "1500".to_owned()),
-            ("RETRY_BASE_MS", "50".to_owned()),
-            ("RETRY_MAX_MS", "500".to_owned()),
-            ("MAX_ATTEMPTS", "5".to_owned()),
-            ("SMTP_TIMEOUT_MS", "5000".to_owned()),
-            ("SHUTDOWN_GRACE_MS", "5000".to_owned()),
-            ("METRICS_ADDR", "127.0.0.1:0".to_owned()),
-            ("LOG_FORMAT", "json".to_owned()),
-            ("RUST_LOG", "warn".to_owned()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect(),
+        vars: Vec::new(),
     };
+    let mut smtp = SmtpSink::start(&env).await?;
+    env.vars = [
+        ("DATABASE_URL", db.url().to_owned()),
+        ("REDIS_URL", redis.url()),
+        ("REDIS_KEY_PREFIX", PREFIX.to_owned()),
+        ("JWT_SECRET", secret),
+        ("SMTP_URL", smtp.url()),
+        (
+            "MAIL_FROM",
+            "sendonce chaos <noreply@chaos.test>".to_owned(),
+        ),
+        // Short enough that reposts after it are new jobs the workers
+        // must catch as duplicates (L1 gone, L2 alone).
+        ("DEDUP_TTL_SECS", "2".to_owned()),
+        ("WORKER_CONCURRENCY", "8".to_owned()),
+        ("WORKER_LEASE_MS", WORKER_LEASE.as_millis().to_string()),
+        ("RETRY_BASE_MS", "50".to_owned()),
+        ("RETRY_MAX_MS", "500".to_owned()),
+        ("MAX_ATTEMPTS", "5".to_owned()),
+        ("SMTP_TIMEOUT_MS", "5000".to_owned()),
+        ("SHUTDOWN_GRACE_MS", "5000".to_owned()),
+        ("METRICS_ADDR", "127.0.0.1:0".to_owned()),
+        ("LOG_FORMAT", "json".to_owned()),
+        // The runner's INFO lines include "sent", the worker's own word
+        // that it read a 250 and recorded it (see `logs`).
+        ("RUST_LOG", "warn,sendonce_worker::runner=info".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
 
     let token = cluster::mint_token(&env)?;
     let (mut api, base) = cluster::start_api(&env).await?;
@@ -230,6 +327,7 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Summary> {
     }
 
     let plan = Arc::new(Plan::new(scenario.posts, scenario.reuse_percent));
+    let schedule = Schedule::new(scenario);
     let started = Instant::now();
     let posting = tokio::spawn(post_all(
         Arc::clone(&plan),
@@ -237,7 +335,14 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Summary> {
         token,
         scenario.chaos * 3 / 4,
     ));
-    let kills = chaos(scenario, &env, &mut workers, &mut redis).await?;
+    let targets = Targets {
+        env: &env,
+        workers: &mut workers,
+        redis: &mut redis,
+        postgres: &mut postgres,
+        smtp: &smtp,
+    };
+    let faults = faults::inject(&schedule, started, scenario.chaos, targets).await?;
     let outcomes = posting.await.context("the posting task panicked")?;
 
     let mut findings = Vec::new();
@@ -253,8 +358,8 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Summary> {
     verdict::drain(&client, &accepted, scenario.drain_timeout).await?;
     let duration = started.elapsed();
 
-    // Stopping every process before reading the SMTP record makes sure no
-    // late send can slip past the check.
+    // Stopping every process before reading the SMTP record and the logs
+    // makes sure no late send can slip past the check.
     for worker in &mut workers {
         match worker.terminate().await {
             Ok(status) if status.success() => {}
@@ -267,10 +372,23 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Summary> {
     if let Err(e) = api.terminate().await {
         findings.push(format!("{e:#}"));
     }
+    if let Err(e) = smtp.terminate().await {
+        findings.push(format!("{e:#}"));
+    }
 
-    let mut summary = verdict::summarise(&plan, &outcomes, &smtp, &client, &mut findings).await?;
-    summary.kills = kills;
-    summary.redis_restarts = 1;
+    let evidence = verdict::Evidence {
+        transfers: smtp.transfers()?,
+        sent_jobs: logs::sent_jobs(&log_dir)?,
+        states: verdict::read_states(&client).await?,
+    };
+    findings.extend(
+        faults
+            .crashed
+            .iter()
+            .map(|name| format!("{name} exited on its own after it was up; see its log")),
+    );
+    let mut summary = verdict::summarise(&plan, &outcomes, &evidence, &mut findings);
+    summary.faults = faults;
     summary.duration = duration;
     summary.findings = findings;
     if summary.check().is_empty() {
@@ -280,40 +398,6 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Summary> {
         summary.log_dir = Some(log_dir);
     }
     Ok(summary)
-}
-
-/// SIGKILLs a random worker every `kill_every` or so and starts a new one
-/// in its place, and restarts Redis at the middle; returns how many workers
-/// were killed.
-async fn chaos(
-    scenario: &Scenario,
-    env: &Environment,
-    workers: &mut [Process],
-    redis: &mut RedisServer,
-) -> anyhow::Result<usize> {
-    let started = Instant::now();
-    let (end, restart_at) = (started + scenario.chaos, started + scenario.chaos / 2);
-    let mut redis_restarted = false;
-    let mut kills = 0;
-    let mut next_kill = started + scenario.kill_every.mul_f64(rand::random_range(0.5..1.5));
-    loop {
-        if !redis_restarted && restart_at <= next_kill.min(end) {
-            tokio::time::sleep_until(restart_at).await;
-            redis.restart().await;
-            redis_restarted = true;
-            continue;
-        }
-        if next_kill >= end || workers.is_empty() {
-            tokio::time::sleep_until(end).await;
-            return Ok(kills);
-        }
-        tokio::time::sleep_until(next_kill).await;
-        let slot = rand::random_range(0..workers.len());
-        workers[slot].kill();
-        kills += 1;
-        workers[slot] = cluster::start_worker(env, format!("worker{slot}-{kills}"))?;
-        next_kill += scenario.kill_every.mul_f64(rand::random_range(0.5..1.5));
-    }
 }
 
 /// Posts the plan, spread evenly over `window`, each post retried (same

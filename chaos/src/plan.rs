@@ -86,6 +86,12 @@ impl Plan {
         self.keys.get(n).filter(|key| key.rcpt == rcpt).map(|_| n)
     }
 
+    /// The key an idempotency key names.
+    pub fn key_of(&self, key: &str) -> Option<usize> {
+        let n: usize = key.strip_prefix("chaos:")?.parse().ok()?;
+        self.keys.get(n).filter(|k| k.key == key).map(|_| n)
+    }
+
     /// How many posts reuse a key posted before.
     pub fn reused_posts(&self) -> usize {
         self.posts.len() - self.keys.len()
@@ -132,5 +138,8 @@ mod tests {
         assert_eq!(plan.key_of_rcpt("user0+nonsense@chaos.test"), None);
         assert_eq!(plan.key_of_rcpt("user999999@chaos.test"), None);
         assert_eq!(plan.key_of_rcpt("someone@example.com"), None);
+        assert_eq!(plan.key_of("chaos:3"), Some(3));
+        assert_eq!(plan.key_of("chaos:999999"), None);
+        assert_eq!(plan.key_of("welcome:3"), None);
     }
 }

@@ -1,13 +1,13 @@
 //! Reading back a run: waiting for every accepted job to end, then holding
-//! the database against the SMTP server's own record.
+//! the database against the SMTP server's own record and the workers' logs.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use sendonce_testkit::SmtpServer;
 use tokio::time::Instant;
 use tokio_postgres::Client;
 
+use crate::cluster::Transfer;
 use crate::plan::Plan;
 use crate::{DRAIN_POLL, PostOutcome, Summary};
 
@@ -19,7 +19,7 @@ const EXAMPLES: usize = 5;
 /// The status of every job the database knows (`duplicate` for skipped
 /// ones), and the jobs found in both tables.
 #[derive(Debug, Default)]
-struct States {
+pub struct States {
     by_job: HashMap<String, String>,
     /// Owner job of each key: `(job, state)`.
     owners: HashMap<String, (String, String)>,
@@ -49,7 +49,8 @@ pub async fn drain(
     }
 }
 
-async fn read_states(client: &Client) -> anyhow::Result<States> {
+/// Reads every job's status.
+pub async fn read_states(client: &Client) -> anyhow::Result<States> {
     let mut states = States::default();
     for row in client
         .query(
@@ -98,18 +99,29 @@ impl Findings {
     }
 }
 
-/// Counts the outcomes and checks them against the SMTP server's record.
-/// `lines` receives one line per kind of violation; the caller fills in
-/// kills, restarts and duration.
-pub async fn summarise(
+/// What a run is judged on, besides what the API answered.
+#[derive(Debug, Default)]
+pub struct Evidence {
+    /// The SMTP server's own record.
+    pub transfers: Vec<Transfer>,
+    /// The jobs the workers logged as sent, with their idempotency keys
+    /// (see `logs`).
+    pub sent_jobs: HashMap<String, String>,
+    /// The database, once drained.
+    pub states: States,
+}
+
+/// Counts the outcomes and checks them against the evidence. `lines`
+/// receives one line per kind of violation; the caller fills in the faults
+/// and the duration.
+pub fn summarise(
     plan: &Plan,
     outcomes: &[PostOutcome],
-    smtp: &SmtpServer,
-    client: &Client,
+    evidence: &Evidence,
     lines: &mut Vec<String>,
-) -> anyhow::Result<Summary> {
+) -> Summary {
     let mut findings = Findings::default();
-    let states = read_states(client).await?;
+    let states = &evidence.states;
     let (mut new_jobs, mut replays, mut refused) = (0, 0, 0);
     let mut jobs: BTreeMap<String, usize> = BTreeMap::new();
     for (outcome, &key) in outcomes.iter().zip(&plan.posts) {
@@ -142,7 +154,7 @@ pub async fn summarise(
         findings.add("job both owner and duplicate", job.clone());
     }
 
-    let (mut sent, mut duplicate, mut failed, mut uncertain, mut lost) = (0, 0, 0, 0, 0);
+    let (mut sent, mut duplicate, mut failed, mut uncertain, mut stranded) = (0, 0, 0, 0, 0);
     for (job, &key) in &jobs {
         match states.by_job.get(job).map(String::as_str) {
             Some("sent") => sent += 1,
@@ -150,9 +162,9 @@ pub async fn summarise(
             Some("failed") => failed += 1,
             Some("uncertain") => uncertain += 1,
             other => {
-                lost += 1;
+                stranded += 1;
                 findings.add(
-                    "job never terminal",
+                    "job stranded (never terminal)",
                     format!(
                         "{job} ({}) last {}",
                         plan.keys[key].key,
@@ -179,20 +191,16 @@ pub async fn summarise(
     }
 
     let mut transfers: HashMap<usize, (usize, usize)> = HashMap::new();
-    let record = [(smtp.messages(), true), (smtp.cut_messages(), false)];
-    for (mails, accepted) in &record {
-        for mail in mails {
-            let rcpt = mail.rcpt_to.first().map_or("", String::as_str);
-            let Some(n) = plan.key_of_rcpt(rcpt) else {
-                findings.add("message for an unknown recipient", rcpt.to_owned());
-                continue;
-            };
-            let entry = transfers.entry(n).or_default();
-            if *accepted {
-                entry.0 += 1;
-            } else {
-                entry.1 += 1;
-            }
+    for transfer in &evidence.transfers {
+        let Some(n) = plan.key_of_rcpt(&transfer.rcpt) else {
+            findings.add("message for an unknown recipient", transfer.rcpt.clone());
+            continue;
+        };
+        let entry = transfers.entry(n).or_default();
+        if transfer.accepted {
+            entry.0 += 1;
+        } else {
+            entry.1 += 1;
         }
     }
     let mut duplicate_effects = 0;
@@ -229,25 +237,172 @@ pub async fn summarise(
         }
     }
 
+    let (logged_sent, false_uncertain) =
+        false_uncertain(plan, &evidence.sent_jobs, &jobs, &key_state, &mut findings);
+
     lines.extend(findings.into_lines());
-    Ok(Summary {
+    Summary {
         posts: outcomes.len(),
         reused_posts: plan.reused_posts(),
         keys: accepted_keys.len(),
         new_jobs,
         replays,
         refused,
-        kills: 0,
-        redis_restarts: 0,
         sent,
         duplicate,
         failed,
         uncertain,
         cut_keys,
         duplicate_effects,
-        lost,
-        duration: Duration::ZERO,
-        findings: Vec::new(),
-        log_dir: None,
-    })
+        stranded,
+        logged_sent,
+        false_uncertain,
+        ..Summary::default()
+    }
+}
+
+/// Counts the keys whose `250` a worker read and recorded (a job of theirs
+/// is in `sent_jobs`), and those of them whose row ended other than `sent`.
+/// A `250` that a worker read is the truth, whoever owns the row.
+fn false_uncertain(
+    plan: &Plan,
+    sent_jobs: &HashMap<String, String>,
+    jobs: &BTreeMap<String, usize>,
+    key_state: &HashMap<usize, &str>,
+    findings: &mut Findings,
+) -> (usize, usize) {
+    let mut keys: BTreeMap<usize, &str> = BTreeMap::new();
+    for (job, key) in sent_jobs {
+        // A job no post was answered with (its answer was lost, and the
+        // retry made another job) is reported as such elsewhere; its key
+        // still counts here, by the key its log line names.
+        match jobs.get(job).copied().or_else(|| plan.key_of(key)) {
+            Some(n) => {
+                keys.entry(n).or_insert(job);
+            }
+            None => findings.add(
+                "job logged sent for an unknown key",
+                format!("{job}: {key}"),
+            ),
+        }
+    }
+    let logged = keys.len();
+    let mut count = 0;
+    for (n, job) in keys {
+        let state = key_state.get(&n).copied().unwrap_or("unknown");
+        if state != "sent" {
+            count += 1;
+            findings.add(
+                "key whose 250 a worker recorded ended other than sent",
+                format!("{} (job {job}): {state}", plan.keys[n].key),
+            );
+        }
+    }
+    (logged, count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Key;
+
+    const JOB_A: &str = "0193a1b2-0000-7000-8000-00000000000a";
+    const JOB_B: &str = "0193a1b2-0000-7000-8000-00000000000b";
+
+    /// Two keys, each posted once and accepted, each sent by a worker that
+    /// logged it; the database says `a_state` for the first key.
+    fn run_where_the_first_key_ends(a_state: &str) -> (Summary, Vec<String>) {
+        let plan = Plan {
+            keys: (0..2)
+                .map(|n| Key {
+                    key: format!("chaos:{n}"),
+                    rcpt: format!("user{n}@chaos.test"),
+                    fault: None,
+                })
+                .collect(),
+            posts: vec![0, 1],
+        };
+        let outcomes = [JOB_A, JOB_B].map(|job| PostOutcome::Accepted {
+            status: 202,
+            job_id: job.to_owned(),
+        });
+        let mut states = States::default();
+        for (n, (job, state)) in [(JOB_A, a_state), (JOB_B, "sent")].into_iter().enumerate() {
+            states.by_job.insert(job.to_owned(), state.to_owned());
+            states
+                .owners
+                .insert(format!("chaos:{n}"), (job.to_owned(), state.to_owned()));
+        }
+        let evidence = Evidence {
+            transfers: (0..2)
+                .map(|n| Transfer {
+                    rcpt: format!("user{n}@chaos.test"),
+                    accepted: true,
+                })
+                .collect(),
+            sent_jobs: HashMap::from([
+                (JOB_A.to_owned(), "chaos:0".to_owned()),
+                (JOB_B.to_owned(), "chaos:1".to_owned()),
+            ]),
+            states,
+        };
+        let mut findings = Vec::new();
+        let mut summary = summarise(&plan, &outcomes, &evidence, &mut findings);
+        summary.findings = findings;
+        let violations = summary.check();
+        (summary, violations)
+    }
+
+    #[test]
+    fn a_run_where_every_logged_send_ended_sent_passes() {
+        let (summary, violations) = run_where_the_first_key_ends("sent");
+
+        assert_eq!(violations, Vec::<String>::new(), "{summary}");
+        assert_eq!(
+            (summary.sent, summary.logged_sent, summary.false_uncertain),
+            (2, 2, 0)
+        );
+    }
+
+    #[test]
+    fn a_logged_send_whose_row_ended_uncertain_is_a_false_uncertain() {
+        let (summary, violations) = run_where_the_first_key_ends("uncertain");
+
+        assert_eq!(summary.false_uncertain, 1, "{summary}");
+        assert!(
+            summary.to_string().contains("false_uncertain=1"),
+            "{summary}"
+        );
+        assert!(
+            violations
+                .iter()
+                .any(|v| v.contains("chaos:0") && v.contains("ended other than sent")),
+            "{violations:?}"
+        );
+    }
+
+    #[test]
+    fn sends_without_a_single_sent_log_line_fail_the_run() {
+        let (mut summary, _) = run_where_the_first_key_ends("sent");
+        summary.logged_sent = 0;
+
+        let violations = summary.check();
+
+        assert!(
+            violations.iter().any(|v| v.contains("no worker logged")),
+            "{violations:?}"
+        );
+    }
+
+    #[test]
+    fn a_job_left_processing_is_stranded() {
+        let (summary, violations) = run_where_the_first_key_ends("processing");
+
+        assert_eq!(summary.stranded, 1, "{summary}");
+        assert!(summary.to_string().contains("stranded=1"), "{summary}");
+        assert!(
+            violations.iter().any(|v| v.contains("stranded")),
+            "{violations:?}"
+        );
+    }
 }

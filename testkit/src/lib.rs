@@ -5,7 +5,8 @@
 //! - [`smtp`]: an SMTP server that records what it receives and injects
 //!   faults chosen by the recipient address; the `sendonce-smtp-sink` binary
 //!   runs it as a separate process.
-//! - [`postgres`]: a throwaway database per test.
+//! - [`postgres`]: a throwaway database per test, and private Postgres
+//!   clusters for tests that stall Postgres itself.
 //! - [`redis`]: key prefixes for the shared Redis, and private
 //!   `redis-server` processes for tests that stop or flush Redis.
 //! - [`metrics`]: reading one series from a Prometheus text exposition.
@@ -22,7 +23,7 @@ pub mod redis;
 pub mod smtp;
 
 pub use metrics::sample;
-pub use postgres::TestDatabase;
+pub use postgres::{PostgresServer, TestDatabase};
 pub use process::{CapturedChild, eventually};
 pub use redis::{RedisOptions, RedisServer, unique_prefix};
 pub use smtp::{Fault, MailEvent, ReceivedMail, SmtpServer};

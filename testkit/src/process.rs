@@ -8,7 +8,8 @@
 //!   while the process runs and read every line after it exits. The process
 //!   is killed when the value is dropped.
 //! - [`terminate`] sends SIGTERM, as an orchestrator stopping a container
-//!   would.
+//!   would; [`signal`] sends any signal, such as SIGSTOP and SIGCONT for a
+//!   process that stalls and comes back.
 //! - [`eventually`] polls a probe until it yields a value or a deadline
 //!   passes: tests wait on states, never on sleeps.
 
@@ -156,11 +157,27 @@ fn snapshot(lines: &Mutex<Vec<String>>) -> Vec<String> {
 ///
 /// If `kill` cannot be run or fails.
 pub fn terminate(pid: u32) {
-    let status = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
+    assert!(signal("TERM", &[pid]), "kill -TERM {pid} failed");
+}
+
+/// Sends `name` (a signal name `kill` knows: `STOP`, `CONT`, ...) to every
+/// process in `pids`; returns whether each of them got it (one that already
+/// exited did not).
+///
+/// # Panics
+///
+/// If `kill` cannot be run.
+pub fn signal(name: &str, pids: &[u32]) -> bool {
+    if pids.is_empty() {
+        return true;
+    }
+    Command::new("kill")
+        .arg(format!("-{name}"))
+        .args(pids.iter().map(u32::to_string))
+        .stderr(Stdio::null())
         .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -TERM {pid} failed");
+        .expect("run kill")
+        .success()
 }
 
 /// Calls `probe` until it returns `Some`, and returns that value.
