@@ -300,13 +300,15 @@ impl Mailer {
         if let Some(reply_to) = &email.reply_to {
             builder = builder.reply_to(reply_to.mailbox().clone());
         }
-        match (email.body.text(), email.body.html()) {
-            (Some(text), Some(html)) => builder.multipart(MultiPart::alternative_plain_html(
-                text.to_owned(),
-                html.to_owned(),
-            )),
-            (Some(text), None) => builder.singlepart(SinglePart::plain(text.to_owned())),
-            (None, Some(html)) => builder.singlepart(SinglePart::html(html.to_owned())),
+        // lettre picks 7bit only for ASCII lines under 76 octets, else
+        // quoted-printable or base64, so no body line on the wire is longer
+        // than 998 octets once every line break is a CRLF.
+        match (email.body.text().map(crlf), email.body.html().map(crlf)) {
+            (Some(text), Some(html)) => {
+                builder.multipart(MultiPart::alternative_plain_html(text, html))
+            }
+            (Some(text), None) => builder.singlepart(SinglePart::plain(text)),
+            (None, Some(html)) => builder.singlepart(SinglePart::html(html)),
             (None, None) => unreachable!("Body guarantees at least one part"),
         }
     }
@@ -417,6 +419,31 @@ fn before_data_error<E>(failure: Failure) -> SendError<E> {
     }
 }
 
+/// `text` with every line break a CRLF: a bare CR or a bare LF becomes
+/// CRLF, an existing CRLF stays one.
+///
+/// lettre turns bare LFs into CRLFs but passes bare CRs through, and its
+/// dot-stuffing looks only after CRLF. A relay that ends the data at
+/// `<CR>.<CR>` would then read the rest of a body as new SMTP commands
+/// (SMTP smuggling; RFC 5321 §2.3.8 forbids bare CR and LF). Normalising,
+/// rather than refusing such bodies at the API, keeps every accepted job
+/// sendable, including those already queued.
+fn crlf(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + text.len() / 16);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' => {
+                chars.next_if_eq(&'\n');
+                out.push_str("\r\n");
+            }
+            '\n' => out.push_str("\r\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 fn reply_text(response: &Response) -> String {
     let lines: Vec<&str> = response.message().collect();
     format!("{} {}", response.code(), lines.join(" "))
@@ -472,6 +499,22 @@ mod tests {
                 .expect("recycling must not wait on a silent server");
 
         assert!(recycled.is_err(), "a silent connection must not be reused");
+    }
+
+    #[test]
+    fn every_bare_cr_and_lf_becomes_crlf_and_crlf_stays_one() {
+        for (given, sent) in [
+            ("a\r.\rb", "a\r\n.\r\nb"),
+            ("a\n.\nb", "a\r\n.\r\nb"),
+            ("a\r\n.\r\nb", "a\r\n.\r\nb"),
+            ("x\r\r\ny", "x\r\n\r\ny"),
+            ("\n\r", "\r\n\r\n"),
+            ("\r", "\r\n"),
+            ("é\rü", "é\r\nü"),
+            ("", ""),
+        ] {
+            assert_eq!(crlf(given), sent, "{given:?}");
+        }
     }
 
     #[test]
