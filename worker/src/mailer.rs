@@ -8,12 +8,15 @@
 //! out. A failure before that point is safe to retry; a failure after it,
 //! without a definite reply, is the ambiguous window.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, Pool, RecycleError, RecycleResult};
+use email_encoding::headers::rfc2047;
+use email_encoding::headers::writer::EmailWriter;
 use lettre::Message;
-use lettre::message::{MultiPart, SinglePart};
+use lettre::message::header::{self, Header, HeaderName, HeaderValue, Headers};
+use lettre::message::{Mailbox, Mailboxes, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
 use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
@@ -24,6 +27,9 @@ use sendonce_shared::domain::{EmailAddress, Task};
 /// A pooled connection unused for longer than this is checked with `NOOP`
 /// before reuse, since servers close idle connections.
 const IDLE_CHECK_AFTER: Duration = Duration::from_secs(10);
+
+/// RFC 5322 §2.1.1: no line of a message longer than this, CRLF excluded.
+const MAX_LINE_OCTETS: usize = 998;
 
 /// How the connection is secured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -303,14 +309,28 @@ impl Mailer {
         // lettre picks 7bit only for ASCII lines under 76 octets, else
         // quoted-printable or base64, so no body line on the wire is longer
         // than 998 octets once every line break is a CRLF.
-        match (email.body.text().map(crlf), email.body.html().map(crlf)) {
+        let mut message = match (email.body.text().map(crlf), email.body.html().map(crlf)) {
             (Some(text), Some(html)) => {
                 builder.multipart(MultiPart::alternative_plain_html(text, html))
             }
             (Some(text), None) => builder.singlepart(SinglePart::plain(text)),
             (None, Some(html)) => builder.singlepart(SinglePart::html(html)),
             (None, None) => unreachable!("Body guarantees at least one part"),
+        }?;
+        let headers = message.headers_mut();
+        let subject = email.subject.as_str();
+        fit(
+            headers,
+            header::Subject::from(subject.to_owned()).display(),
+            (header::Subject::name(), subject.to_owned()),
+            |w| rfc2047::encode(subject, w),
+        );
+        fit_mailbox::<header::From>(headers, from.mailbox());
+        fit_mailbox::<header::To>(headers, email.to.mailbox());
+        if let Some(reply_to) = &email.reply_to {
+            fit_mailbox::<header::ReplyTo>(headers, reply_to.mailbox());
         }
+        Ok(message)
     }
 
     /// Sends `message`, calling `before_data` after the server's `354` and
@@ -417,6 +437,57 @@ fn before_data_error<E>(failure: Failure) -> SendError<E> {
             reply: None,
         },
     }
+}
+
+/// Sets `plain` (a header as lettre writes it) when each of its lines fits
+/// in [`MAX_LINE_OCTETS`]; otherwise the same header, `name: raw`, written
+/// by `encode` with RFC 2047 encoded words, which fold anywhere. lettre
+/// folds only at spaces, so a long word (a 998-character subject, a long
+/// quoted display name) would otherwise make a line strict servers refuse.
+fn fit(
+    headers: &mut Headers,
+    plain: HeaderValue,
+    (name, raw): (HeaderName, String),
+    encode: impl FnOnce(&mut EmailWriter<'_>) -> fmt::Result,
+) {
+    let mut alone = Headers::new();
+    alone.insert_raw(plain.clone());
+    if alone
+        .to_string()
+        .split("\r\n")
+        .all(|line| line.len() <= MAX_LINE_OCTETS)
+    {
+        headers.insert_raw(plain);
+        return;
+    }
+    let mut encoded = String::new();
+    {
+        let mut w = EmailWriter::new(&mut encoded, name.len() + ": ".len(), 0, false);
+        // Writing to a String cannot fail.
+        let _ = encode(&mut w);
+    }
+    headers.insert_raw(HeaderValue::dangerous_new_pre_encoded(name, raw, encoded));
+}
+
+/// [`fit`] for a one-mailbox address header: the display name becomes
+/// encoded words when the line would be too long. The address itself is
+/// at most 64 + 1 + 255 octets (RFC 5321 §4.5.3.1), so it always fits.
+fn fit_mailbox<H: Header + From<Mailboxes>>(headers: &mut Headers, mailbox: &Mailbox) {
+    let mailboxes = Mailboxes::from(mailbox.clone());
+    let raw = mailboxes.to_string();
+    fit(
+        headers,
+        H::from(mailboxes).display(),
+        (H::name(), raw),
+        |w| match &mailbox.name {
+            Some(name) => {
+                rfc2047::encode(name, w)?;
+                w.space();
+                write!(w.folding(), "<{}>", mailbox.email)
+            }
+            None => w.write_str(mailbox.email.as_ref()),
+        },
+    );
 }
 
 /// `text` with every line break a CRLF: a bare CR or a bare LF becomes

@@ -6,6 +6,8 @@
 use std::cell::Cell;
 use std::collections::HashMap;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use sendonce_shared::domain::IdempotencyKey;
@@ -59,6 +61,42 @@ fn the_one_message_for<'a>(mails: &'a [ReceivedMail], key: &str) -> &'a Received
     found[0]
 }
 
+/// A header value with RFC 2047 `B` words decoded (the whitespace between
+/// two adjacent encoded words is dropped, as RFC 2047 §6.2 says).
+fn decode_words(value: &str) -> String {
+    let mut out = String::new();
+    let mut gap = String::new();
+    let mut after_word = false;
+    for (i, piece) in value.split(' ').enumerate() {
+        if i > 0 {
+            gap.push(' ');
+        }
+        if piece.is_empty() {
+            continue;
+        }
+        let word = piece
+            .strip_prefix("=?utf-8?b?")
+            .and_then(|p| p.strip_suffix("?="));
+        match word {
+            Some(b64) => {
+                if !after_word {
+                    out.push_str(&gap);
+                }
+                let bytes = STANDARD.decode(b64).expect("base64 in an encoded word");
+                out.push_str(&String::from_utf8(bytes).expect("UTF-8 in an encoded word"));
+                after_word = true;
+            }
+            None => {
+                out.push_str(&gap);
+                out.push_str(piece);
+                after_word = false;
+            }
+        }
+        gap.clear();
+    }
+    out
+}
+
 /// Posts each body as a job with its own key and waits until all are sent.
 async fn send_all(system: &TestSystem, jobs: &[(String, Value)]) {
     let mut ids = Vec::new();
@@ -110,6 +148,64 @@ async fn a_bare_cr_dot_cr_in_a_body_cannot_end_the_data_or_start_a_second_transa
         let mail = the_one_message_for(&mails, key);
         assert_eq!(wire_fault(&mail.wire), None, "job {key}");
         assert_eq!(mail.rcpt_to, ["victim@example.com"]);
+    }
+}
+
+#[tokio::test]
+async fn every_header_line_fits_in_998_octets_at_the_limits_of_each_field() {
+    let system = spawn_system(Options::default()).await;
+    let _worker = system.spawn_worker().await;
+    let address = "<a@x.test>";
+    // The longest display name each address field accepts (998 in all).
+    let name = |fill: &str| fill.repeat((998 - address.len() - 1) / fill.len());
+    let subjects = [
+        "x".repeat(998),
+        "é".repeat(499),
+        "word ".repeat(199) + "end",
+        format!("{} {}", "y".repeat(500), "z".repeat(497)),
+    ];
+    let names = [
+        name("n"),
+        name("é"),
+        name("n "),
+        format!("\"{}\"", name("q,").trim_end_matches(',')),
+    ];
+    let mut jobs = Vec::new();
+    for (i, subject) in subjects.iter().enumerate() {
+        jobs.push((
+            format!("long:subject:{i}"),
+            json!({"to": "a@x.test", "subject": subject, "text": "hi"}),
+        ));
+    }
+    for (i, name) in names.iter().enumerate() {
+        let mailbox = format!("{} {address}", name.trim_end());
+        for field in ["to", "from", "reply_to"] {
+            let mut body = json!({"to": "a@x.test", "subject": "s", "text": "hi"});
+            body[field] = json!(mailbox);
+            jobs.push((format!("long:{field}:{i}"), body));
+        }
+    }
+
+    send_all(&system, &jobs).await;
+
+    let mails = system.smtp.messages();
+    assert_eq!(mails.len(), jobs.len());
+    for (key, body) in &jobs {
+        let mail = the_one_message_for(&mails, key);
+        assert_eq!(wire_fault(&mail.wire), None, "job {key}");
+        let subject = mail.header("Subject").expect("a Subject");
+        assert_eq!(decode_words(&subject), body["subject"], "job {key}");
+        for (field, header) in [("to", "To"), ("from", "From"), ("reply_to", "Reply-To")] {
+            let Some(sent) = body[field].as_str().filter(|s| s.len() > 900) else {
+                continue;
+            };
+            let got = decode_words(&mail.header(header).expect("the header"));
+            let name = sent.trim_end_matches(address).trim().trim_matches('"');
+            assert!(
+                got.trim_end_matches(address).trim().trim_matches('"') == name,
+                "job {key}: {header} came out as {got:?}"
+            );
+        }
     }
 }
 
