@@ -113,12 +113,12 @@ fn add_problems(method: HttpMethod, operation: &mut Operation) {
     let problems = [
         (
             "400",
-            "The request could not be read: malformed JSON, unknown fields, bad query string",
+            "The request could not be read: malformed JSON, unknown fields, bad query string; or more than one `Authorization` header (`WWW-Authenticate: Bearer error=\"invalid_request\"`)",
             true,
         ),
         (
             "401",
-            "No valid bearer token (`WWW-Authenticate: Bearer error=\"invalid_token\"`)",
+            "No bearer token (`WWW-Authenticate: Bearer`), or one that does not verify (`WWW-Authenticate: Bearer error=\"invalid_token\"`)",
             true,
         ),
         (

@@ -26,9 +26,18 @@ pub enum ApiError {
     /// The idempotency key was used before for a different request.
     #[error("{0}")]
     KeyReused(String),
-    /// No valid bearer token.
+    /// No credentials, or credentials of another scheme than Bearer: the
+    /// challenge carries no error code (RFC 6750 §3.1).
+    #[error("an Authorization: Bearer token is required")]
+    NoCredentials,
+    /// The credentials are ambiguous, e.g. more than one `Authorization`
+    /// header (RFC 6750 §3.1 `invalid_request`).
     #[error("{0}")]
-    Unauthorized(String),
+    InvalidRequest(String),
+    /// A bearer token that does not verify. The detail is the same whatever
+    /// was wrong with it; the reason is logged at DEBUG.
+    #[error("the bearer token is malformed, badly signed, expired or not meant for this API")]
+    Unauthorized,
     /// A valid token without the scope this route needs.
     #[error("this request needs the `{0}` scope")]
     Forbidden(&'static str),
@@ -100,9 +109,9 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BadRequest(_) | Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             Self::InvalidField { .. } | Self::KeyReused(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized | Self::NoCredentials => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -121,7 +130,17 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(status);
         response.content_type("application/problem+json");
         match self {
-            Self::Unauthorized(_) => {
+            Self::NoCredentials => {
+                response
+                    .insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+            }
+            Self::InvalidRequest(_) => {
+                response.insert_header((
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_request\""),
+                ));
+            }
+            Self::Unauthorized => {
                 response.insert_header((
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer error=\"invalid_token\""),

@@ -43,6 +43,9 @@ impl Application {
         metrics: Option<PrometheusHandle>,
     ) -> anyhow::Result<Self> {
         let keys = JwtKeys::from_config(&config)?;
+        for warning in JwtKeys::warnings(&config) {
+            tracing::warn!("{warning}");
+        }
         let store = Store::new(store::connect(&config.common.database_url, 16)?);
         store
             .migrate()
