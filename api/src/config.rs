@@ -80,6 +80,16 @@ pub struct ApiConfig {
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..=64 * 1024 * 1024))]
     pub max_body_bytes: u64,
 
+    /// How long a request body may take to arrive once the request's head
+    /// has, in milliseconds; then `408`.
+    #[arg(long, env = "BODY_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub body_timeout_ms: u64,
+
+    /// Most connections open at once; unset, the open-file limit less 256.
+    /// Refused at start-up when it leaves fewer than 256 open files spare.
+    #[arg(long, env = "MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
+
     /// Requests per second each token subject may make to the write
     /// endpoints; unset means no limit.
     #[arg(long, env = "RATE_LIMIT_PER_SEC")]

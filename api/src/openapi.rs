@@ -127,6 +127,11 @@ fn add_problems(method: HttpMethod, operation: &mut Operation) {
             true,
         ),
         ("404", "No such resource", has_path_param),
+        (
+            "408",
+            "The body did not arrive within `BODY_TIMEOUT_MS`",
+            has_body,
+        ),
         ("413", "The body is larger than `MAX_BODY_BYTES`", has_body),
         ("415", "The body is not `application/json`", has_body),
         ("422", "A value is invalid; `detail` names the field", true),

@@ -1,6 +1,7 @@
 //! Building and running the HTTP server.
 
 use std::net::TcpListener;
+use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::error::JsonPayloadError;
@@ -14,6 +15,7 @@ use tracing_actix_web::TracingLogger;
 
 use crate::auth::JwtKeys;
 use crate::config::ApiConfig;
+use crate::limits::{self, BodyTimeout};
 use crate::openapi;
 use crate::problem::ApiError;
 use crate::rate_limit::RateLimit;
@@ -67,6 +69,9 @@ impl Application {
             max_body_bytes: usize::try_from(config.max_body_bytes)
                 .context("MAX_BODY_BYTES does not fit in memory")?,
             rate: config.rate_limit_per_sec.map(RateLimit::per_second),
+            body_timeout: BodyTimeout(Duration::from_millis(config.body_timeout_ms)),
+            max_connections: usize::try_from(limits::max_connections(config.max_connections)?)
+                .context("MAX_CONNECTIONS does not fit in memory")?,
         };
         let server = serve(listener, state, keys, limits, metrics)?;
         Ok(Self { port, server })
@@ -97,6 +102,9 @@ pub(crate) fn json_error(err: JsonPayloadError, _: &actix_web::HttpRequest) -> a
             ApiError::PayloadTooLarge(limit).into()
         }
         JsonPayloadError::ContentType => ApiError::UnsupportedMediaType.into(),
+        JsonPayloadError::Payload(e) if limits::is_body_timeout(&e) => {
+            ApiError::RequestTimeout.into()
+        }
         JsonPayloadError::Deserialize(e) => {
             ApiError::BadRequest(format!("the JSON body is invalid: {e}")).into()
         }
@@ -112,6 +120,9 @@ async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
 struct Limits {
     max_body_bytes: usize,
     rate: Option<RateLimit>,
+    body_timeout: BodyTimeout,
+    /// Over all worker threads.
+    max_connections: usize,
 }
 
 fn serve(
@@ -126,8 +137,13 @@ fn serve(
     let metrics = metrics.map(web::Data::new);
     let rate = limits.rate.map(web::Data::new);
     let max_body_bytes = limits.max_body_bytes;
+    let body_timeout = limits.body_timeout;
+    // actix's cap is per worker thread; one worker per core, as its default.
+    let workers = std::thread::available_parallelism().map_or(2, usize::from);
     let server = HttpServer::new(move || {
         let mut app = App::new()
+            .app_data(body_timeout)
+            .wrap(from_fn(limits::body_deadline))
             .wrap(from_fn(telemetry::record_request))
             .wrap(TracingLogger::<telemetry::RequestSpan>::new())
             .wrap(from_fn(telemetry::request_id))
@@ -173,6 +189,8 @@ fn serve(
         }
         app
     })
+    .workers(workers)
+    .max_connections((limits.max_connections / workers).max(1))
     .disable_signals()
     .listen(listener)?
     .run();

@@ -8,4 +8,5 @@ mod helpers;
 mod hostile_input;
 mod operations;
 mod shutdown;
+mod slow_clients;
 mod startup;
