@@ -80,6 +80,21 @@ pub struct ApiConfig {
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..=64 * 1024 * 1024))]
     pub max_body_bytes: u64,
 
+    /// Largest accepted `POST /addJobs` body, in bytes.
+    #[arg(long, env = "MAX_BATCH_BYTES", default_value_t = 16 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..=256 * 1024 * 1024))]
+    pub max_batch_bytes: u64,
+
+    /// Largest `text` plus `html` of one job, in bytes, in `/addJob` and in
+    /// each job of a batch.
+    #[arg(long, env = "MAX_JOB_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..=64 * 1024 * 1024))]
+    pub max_job_bytes: u64,
+
+    /// Requests with a body over `MAX_BODY_BYTES` (batches) read at once;
+    /// more answer `503` with `Retry-After`. Bounds their memory to about
+    /// this many times `MAX_BATCH_BYTES`.
+    #[arg(long, env = "MAX_LARGE_REQUESTS", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub max_large_requests: u64,
+
     /// How long a request body may take to arrive once the request's head
     /// has, in milliseconds; then `408`.
     #[arg(long, env = "BODY_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]

@@ -1,18 +1,23 @@
 //! Limits that keep slow or greedy clients from exhausting the API: a
-//! deadline on each request body and a cap on open connections below the
-//! process's open-file limit.
+//! deadline on each request body, a cap on open connections below the
+//! process's open-file limit, and a bound on large bodies read at once.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::HttpMessage;
 use actix_web::body::MessageBody;
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::error::PayloadError;
+use actix_web::http::header;
 use actix_web::middleware::Next;
-use actix_web::web::Bytes;
+use actix_web::web::{self, Bytes};
 use futures::{Stream, StreamExt};
+use tokio::sync::Semaphore;
+
+use crate::problem::ApiError;
 
 /// Open files kept back from `MAX_CONNECTIONS` for the Postgres and Redis
 /// pools, the listeners, logs and key files.
@@ -61,6 +66,54 @@ fn body_timed_out(timeout: Duration) -> PayloadError {
 /// Whether a body read failed on [`body_deadline`]'s deadline.
 pub fn is_body_timeout(err: &PayloadError) -> bool {
     matches!(err, PayloadError::Io(e) if e.kind() == io::ErrorKind::TimedOut)
+}
+
+/// Requests with a body over `MAX_BODY_BYTES` (only `/addJobs` accepts
+/// them) being read or handled now, at most `MAX_LARGE_REQUESTS`.
+#[derive(Debug, Clone)]
+pub struct LargeRequests(Arc<Semaphore>);
+
+impl LargeRequests {
+    /// Room for `n` at once.
+    pub fn new(n: usize) -> Self {
+        Self(Arc::new(Semaphore::new(n)))
+    }
+}
+
+/// Bodies over this many bytes (`MAX_BODY_BYTES`) count as large.
+#[derive(Debug, Clone, Copy)]
+pub struct LargeBody(pub usize);
+
+/// Middleware: a request whose body is large, or of unannounced length,
+/// holds one of [`LargeRequests`]' permits while it is read and handled;
+/// without one it answers `503` with `Retry-After` at once. A few 16 MiB
+/// batches at a time then bound what the API holds in memory for them,
+/// however many arrive.
+pub async fn bound_large_requests(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let large = match req.app_data::<web::Data<LargeBody>>() {
+        Some(large) => large.0,
+        None => return next.call(req).await,
+    };
+    let length = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let permit = match (length, req.app_data::<web::Data<LargeRequests>>()) {
+        (Some(length), _) if length <= large => None,
+        (_, Some(requests)) => Some(
+            Arc::clone(&requests.0)
+                .try_acquire_owned()
+                .map_err(|_| ApiError::TooManyLargeRequests)?,
+        ),
+        (_, None) => None,
+    };
+    let response = next.call(req).await;
+    drop(permit);
+    response
 }
 
 /// The connection cap: `MAX_CONNECTIONS` when set, refused when it leaves

@@ -132,7 +132,11 @@ fn add_problems(method: HttpMethod, operation: &mut Operation) {
             "The body did not arrive within `BODY_TIMEOUT_MS`",
             has_body,
         ),
-        ("413", "The body is larger than `MAX_BODY_BYTES`", has_body),
+        (
+            "413",
+            "The body is larger than `MAX_BODY_BYTES` (`MAX_BATCH_BYTES` for `/addJobs`)",
+            has_body,
+        ),
         ("415", "The body is not `application/json`", has_body),
         ("422", "A value is invalid; `detail` names the field", true),
         (
@@ -142,7 +146,7 @@ fn add_problems(method: HttpMethod, operation: &mut Operation) {
         ),
         (
             "503",
-            "Redis or Postgres is unavailable; retry after `Retry-After`",
+            "Redis or Postgres is unavailable, or (`/addJobs`) `MAX_LARGE_REQUESTS` large bodies are being read; retry after `Retry-After`",
             true,
         ),
     ];

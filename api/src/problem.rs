@@ -59,6 +59,9 @@ pub enum ApiError {
         /// Seconds until the next request is allowed.
         retry_after_secs: u64,
     },
+    /// `MAX_LARGE_REQUESTS` large bodies are being read already.
+    #[error("too many large requests in progress; retry shortly, or send smaller batches")]
+    TooManyLargeRequests,
     /// A readiness probe found dependencies down.
     #[error("not ready: {0} did not answer in time")]
     NotReady(String),
@@ -121,7 +124,9 @@ impl ResponseError for ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::NotReady(_) | Self::TooManyLargeRequests => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -157,7 +162,7 @@ impl ResponseError for ApiError {
                     response.insert_header((header::WWW_AUTHENTICATE, v));
                 }
             }
-            Self::Unavailable(_) => {
+            Self::Unavailable(_) | Self::TooManyLargeRequests => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
             }
             // The rest of the body may never come: free the connection.

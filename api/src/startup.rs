@@ -15,7 +15,7 @@ use tracing_actix_web::TracingLogger;
 
 use crate::auth::JwtKeys;
 use crate::config::ApiConfig;
-use crate::limits::{self, BodyTimeout};
+use crate::limits::{self, BodyTimeout, LargeBody, LargeRequests};
 use crate::openapi;
 use crate::problem::ApiError;
 use crate::rate_limit::RateLimit;
@@ -61,6 +61,8 @@ impl Application {
             queue,
             store,
             replay_ttl: config.common.dedup_ttl(),
+            max_job_bytes: usize::try_from(config.max_job_bytes)
+                .context("MAX_JOB_BYTES does not fit in memory")?,
         };
         let listener = TcpListener::bind(config.api_addr)
             .with_context(|| format!("failed to bind API_ADDR {}", config.api_addr))?;
@@ -69,6 +71,12 @@ impl Application {
             max_body_bytes: usize::try_from(config.max_body_bytes)
                 .context("MAX_BODY_BYTES does not fit in memory")?,
             rate: config.rate_limit_per_sec.map(RateLimit::per_second),
+            max_batch_bytes: usize::try_from(config.max_batch_bytes)
+                .context("MAX_BATCH_BYTES does not fit in memory")?,
+            large_requests: LargeRequests::new(
+                usize::try_from(config.max_large_requests)
+                    .context("MAX_LARGE_REQUESTS does not fit in memory")?,
+            ),
             body_timeout: BodyTimeout(Duration::from_millis(config.body_timeout_ms)),
             max_connections: usize::try_from(limits::max_connections(config.max_connections)?)
                 .context("MAX_CONNECTIONS does not fit in memory")?,
@@ -119,6 +127,8 @@ async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
 /// Request limits from the configuration.
 struct Limits {
     max_body_bytes: usize,
+    max_batch_bytes: usize,
+    large_requests: LargeRequests,
     rate: Option<RateLimit>,
     body_timeout: BodyTimeout,
     /// Over all worker threads.
@@ -138,6 +148,9 @@ fn serve(
     let rate = limits.rate.map(web::Data::new);
     let max_body_bytes = limits.max_body_bytes;
     let body_timeout = limits.body_timeout;
+    let max_batch_bytes = limits.max_batch_bytes;
+    let large_requests = web::Data::new(limits.large_requests);
+    let large_body = web::Data::new(LargeBody(max_body_bytes));
     // actix's cap is per worker thread; one worker per core, as its default.
     let workers = std::thread::available_parallelism().map_or(2, usize::from);
     let server = HttpServer::new(move || {
@@ -155,7 +168,14 @@ fn serve(
                     .error_handler(json_error),
             )
             .route("/addJob", web::post().to(routes::add_job::add_job))
-            .service(routes::add_jobs::resource("/addJobs"))
+            // App-level data: a resource's own is not yet in place when
+            // its middleware runs.
+            .app_data(large_requests.clone())
+            .app_data(large_body.clone())
+            .service(
+                routes::add_jobs::resource("/addJobs", max_batch_bytes)
+                    .wrap(from_fn(limits::bound_large_requests)),
+            )
             .app_data(web::QueryConfig::default().error_handler(|err, _| {
                 ApiError::BadRequest(format!("the query string is invalid: {err}")).into()
             }))

@@ -85,6 +85,24 @@ impl TryFrom<AddJobBody> for NewJob {
     }
 }
 
+impl NewJob {
+    /// This job, when its `text` and `html` together hold at most
+    /// `max_bytes` (`MAX_JOB_BYTES`).
+    pub fn within(self, max_bytes: usize) -> Result<Self, ApiError> {
+        let body = &self.email.body;
+        let bytes = body.text().map_or(0, str::len) + body.html().map_or(0, str::len);
+        if bytes > max_bytes {
+            return Err(ApiError::InvalidField {
+                field: "text",
+                reason: format!(
+                    "and `html` together must be at most {max_bytes} bytes, not {bytes}"
+                ),
+            });
+        }
+        Ok(self)
+    }
+}
+
 /// The answer: which job now stands for the key, and its state.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct JobAccepted {
@@ -131,7 +149,7 @@ pub async fn add_job(
     state: web::Data<AppState>,
     body: web::Json<AddJobBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let job = NewJob::try_from(body.into_inner())?;
+    let job = NewJob::try_from(body.into_inner())?.within(state.max_job_bytes)?;
     let key = match (job.key, header_key(&req)?) {
         (Some(body_key), Some(header)) if body_key != header => {
             return Err(ApiError::InvalidField {
