@@ -14,7 +14,6 @@ use std::time::Duration;
 use deadpool::managed::{self, Metrics, Pool, RecycleError, RecycleResult};
 use email_encoding::headers::rfc2047;
 use email_encoding::headers::writer::EmailWriter;
-use lettre::Message;
 use lettre::message::header::{self, Header, HeaderName, HeaderValue, Headers};
 use lettre::message::{Mailbox, Mailboxes, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
@@ -22,6 +21,7 @@ use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
 use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use lettre::transport::smtp::response::Response;
+use lettre::{Address, Message};
 use sendonce_shared::domain::{EmailAddress, Task};
 
 /// A pooled connection unused for longer than this is checked with `NOOP`
@@ -295,16 +295,20 @@ impl Mailer {
     /// on the idempotency key and the default sender's domain.
     pub fn build_message(&self, task: &Task) -> Result<Message, lettre::error::Error> {
         let email = &task.email;
-        let from = email.from.as_ref().unwrap_or(&self.default_from);
+        let from = a_labels(email.from.as_ref().unwrap_or(&self.default_from).mailbox());
+        let to = a_labels(email.to.mailbox());
+        let reply_to = email.reply_to.as_ref().map(|r| a_labels(r.mailbox()));
+        let default_domain = a_labels(self.default_from.mailbox());
         let mut builder = Message::builder()
-            .from(from.mailbox().clone())
-            .to(email.to.mailbox().clone())
+            .from(from.clone())
+            .to(to.clone())
             .subject(email.subject.as_str())
             .message_id(Some(
-                task.idempotency_key.message_id(self.default_from.domain()),
+                task.idempotency_key
+                    .message_id(default_domain.email.domain()),
             ));
-        if let Some(reply_to) = &email.reply_to {
-            builder = builder.reply_to(reply_to.mailbox().clone());
+        if let Some(reply_to) = &reply_to {
+            builder = builder.reply_to(reply_to.clone());
         }
         // lettre picks 7bit only for ASCII lines under 76 octets, else
         // quoted-printable or base64, so no body line on the wire is longer
@@ -325,10 +329,10 @@ impl Mailer {
             (header::Subject::name(), subject.to_owned()),
             |w| rfc2047::encode(subject, w),
         );
-        fit_mailbox::<header::From>(headers, from.mailbox());
-        fit_mailbox::<header::To>(headers, email.to.mailbox());
-        if let Some(reply_to) = &email.reply_to {
-            fit_mailbox::<header::ReplyTo>(headers, reply_to.mailbox());
+        fit_mailbox::<header::From>(headers, &from);
+        fit_mailbox::<header::To>(headers, &to);
+        if let Some(reply_to) = &reply_to {
+            fit_mailbox::<header::ReplyTo>(headers, reply_to);
         }
         Ok(message)
     }
@@ -360,13 +364,26 @@ impl Mailer {
     ) -> Result<Delivered, SendError<E>> {
         let envelope = message.envelope();
         let body = message.formatted();
+        // `build_message` leaves nothing but addresses with a non-ASCII local
+        // part outside ASCII: lettre encodes non-ASCII display names and
+        // subjects as encoded words and bodies as quoted-printable or
+        // base64, and IDN domains are A-labels by then. Such an address, in
+        // the envelope or in a header, is what needs SMTPUTF8 (RFC 6531).
         let mut params = Vec::new();
-        let non_ascii = |a: &lettre::Address| !AsRef::<str>::as_ref(a).is_ascii();
-        if envelope.from().is_some_and(non_ascii) || envelope.to().iter().any(non_ascii) {
+        if !body.is_ascii() {
+            let server = conn.server_info();
+            if !server.supports_feature(Extension::SmtpUtfEight) {
+                return Err(SendError::Permanent {
+                    error: "an address has a non-ASCII local part, which needs SMTPUTF8, \
+                            and the SMTP server does not offer SMTPUTF8"
+                        .into(),
+                    reply: None,
+                });
+            }
             params.push(MailParameter::SmtpUtfEight);
-        }
-        if !body.is_ascii() && conn.server_info().supports_feature(Extension::EightBitMime) {
-            params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+            if server.supports_feature(Extension::EightBitMime) {
+                params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+            }
         }
         self.step(conn.command(Mail::new(envelope.from().cloned(), params)))
             .await
@@ -490,6 +507,24 @@ fn fit_mailbox<H: Header + From<Mailboxes>>(headers: &mut Headers, mailbox: &Mai
     );
 }
 
+/// `mailbox` with its domain as A-labels (`bücher.de` becomes
+/// `xn--bcher-kva.de`) when its local part is ASCII, so that it needs no
+/// SMTPUTF8. A non-ASCII local part has no ASCII form (RFC 6530): such a
+/// mailbox is left as it is and needs a server that offers SMTPUTF8.
+fn a_labels(mailbox: &Mailbox) -> Mailbox {
+    let (user, domain) = (mailbox.email.user(), mailbox.email.domain());
+    if domain.is_ascii() || !user.is_ascii() {
+        return mailbox.clone();
+    }
+    idna::domain_to_ascii(domain)
+        .ok()
+        .and_then(|ascii| Address::new(user, ascii).ok())
+        .map_or_else(
+            || mailbox.clone(),
+            |email| Mailbox::new(mailbox.name.clone(), email),
+        )
+}
+
 /// `text` with every line break a CRLF: a bare CR or a bare LF becomes
 /// CRLF, an existing CRLF stays one.
 ///
@@ -570,6 +605,18 @@ mod tests {
                 .expect("recycling must not wait on a silent server");
 
         assert!(recycled.is_err(), "a silent connection must not be reused");
+    }
+
+    #[test]
+    fn idn_domains_become_a_labels_unless_the_local_part_needs_smtputf8() {
+        let mailbox = |s: &str| s.parse::<Mailbox>().expect("a mailbox");
+        for (given, sent) in [
+            ("Jürgen <user@bücher.de>", "Jürgen <user@xn--bcher-kva.de>"),
+            ("user@example.com", "user@example.com"),
+            ("josé@bücher.de", "josé@bücher.de"),
+        ] {
+            assert_eq!(a_labels(&mailbox(given)), mailbox(sent), "{given}");
+        }
     }
 
     #[test]

@@ -284,3 +284,95 @@ fn any_body_goes_out_as_one_message_of_crlf_lines_of_at_most_998_octets_with_dot
         panic!("{err}");
     }
 }
+
+#[tokio::test]
+async fn a_server_without_smtputf8_gets_idn_domains_as_a_labels_and_no_utf8_parameters() {
+    let system = spawn_system(Options::default()).await;
+    system.smtp.set_without_utf8(true);
+    let _worker = system.spawn_worker().await;
+    let job = json!({
+        "to": "Jürgen <user@bücher.de>",
+        "from": "shop@bücher.de",
+        "reply_to": "help@bücher.de",
+        "subject": "Grüße",
+        "text": "Schöne Grüße",
+    });
+
+    send_all(&system, &[("idn:1".to_owned(), job)]).await;
+
+    let mails = system.smtp.messages();
+    let mail = the_one_message_for(&mails, "idn:1");
+    assert_eq!(mail.rcpt_to, ["user@xn--bcher-kva.de"]);
+    assert_eq!(mail.mail_from, "shop@xn--bcher-kva.de");
+    assert!(
+        mail.mail_parameters.is_empty(),
+        "{:?}",
+        mail.mail_parameters
+    );
+    assert!(mail.data.is_ascii(), "8-bit data to a 7-bit server");
+    for header in ["To", "From", "Reply-To"] {
+        let value = mail.header(header).expect("the header");
+        assert!(
+            value.ends_with("@xn--bcher-kva.de>") || value.ends_with("@xn--bcher-kva.de"),
+            "{header}: {value}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_non_ascii_local_part_fails_for_good_with_a_clear_reason_when_the_server_lacks_smtputf8()
+{
+    let system = spawn_system(Options::default()).await;
+    system.smtp.set_without_utf8(true);
+    let _worker = system.spawn_worker().await;
+    let mut jobs = Vec::new();
+    for (i, field) in ["to", "from", "reply_to"].into_iter().enumerate() {
+        let mut body = json!({"to": "plain@example.com", "subject": "s", "text": "t"});
+        body[field] = json!("josé@example.com");
+        body["idempotency_key"] = json!(format!("utf8-local:{i}"));
+        jobs.push(system.post_ok(&body).await["job_id"].clone());
+    }
+
+    for job_id in &jobs {
+        let job = system
+            .wait_for_status(job_id.as_str().expect("job id"), "failed")
+            .await;
+        let error = job["last_error"].as_str().unwrap_or_default();
+        assert!(error.contains("SMTPUTF8"), "{job}");
+        assert_eq!(job["attempts"], 1, "no retry of a permanent failure");
+    }
+    assert!(system.smtp.messages().is_empty());
+    assert_eq!(system.smtp.attempts_for("josé@example.com"), 0);
+    assert_eq!(system.smtp.attempts_for("plain@example.com"), 0);
+}
+
+#[tokio::test]
+async fn smtputf8_is_asked_for_exactly_when_an_envelope_or_header_address_needs_it() {
+    let system = spawn_system(Options::default()).await;
+    let _worker = system.spawn_worker().await;
+    let base = json!({"to": "plain@example.com", "subject": "é", "text": "é"});
+    let mut jobs = vec![("utf8:none".to_owned(), base.clone())];
+    for field in ["to", "from", "reply_to"] {
+        let mut body = base.clone();
+        body[field] = json!("josé@example.com");
+        jobs.push((format!("utf8:{field}"), body));
+    }
+    let mut idn = base.clone();
+    idn["to"] = json!("user@bücher.de");
+    jobs.push(("utf8:idn".to_owned(), idn));
+
+    send_all(&system, &jobs).await;
+
+    let mails = system.smtp.messages();
+    let smtputf8 = |key: &str| {
+        the_one_message_for(&mails, key)
+            .mail_parameters
+            .iter()
+            .any(|p| p == "SMTPUTF8")
+    };
+    assert!(!smtputf8("utf8:none"));
+    assert!(!smtputf8("utf8:idn"), "an A-label needs no SMTPUTF8");
+    for field in ["to", "from", "reply_to"] {
+        assert!(smtputf8(&format!("utf8:{field}")), "{field}");
+    }
+}
