@@ -31,7 +31,7 @@ use std::marker::PhantomData;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::http::header;
-use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
+use actix_web::{FromRequest, HttpMessage, HttpRequest, dev::Payload, web};
 use anyhow::{Context, bail};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::{ExposeSecret, SecretString};
@@ -293,6 +293,12 @@ fn check_secret(secret: &SecretString, env: AppEnv) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Marks a request whose bearer token verified, in its extensions: the
+/// request log keeps answers to anyone else's 4xx at DEBUG, so that
+/// strangers cannot flood it.
+#[derive(Debug, Clone, Copy)]
+pub struct Authenticated;
+
 /// A verified caller holding scope `S`. See the module docs.
 #[derive(Debug)]
 pub struct Authorized<S: Scope> {
@@ -343,8 +349,10 @@ fn authenticate(req: &HttpRequest) -> Result<Claims, ApiError> {
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(ApiError::NoCredentials);
     }
-    match token.trim() {
+    let claims = match token.trim() {
         "" => Err(ApiError::Unauthorized),
         token => keys.verify(token),
-    }
+    }?;
+    req.extensions_mut().insert(Authenticated);
+    Ok(claims)
 }

@@ -71,7 +71,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => {
-            telemetry::init(config.common.log_format, &config.common.rust_log)?;
+            telemetry::init(
+                config.common.log_format,
+                &config.common.rust_log,
+                config.common.log_plain_keys,
+            )?;
             let metrics = sendonce_api::telemetry::install_metrics()?;
             let app = Application::build(config, Some(metrics)).await?;
             tracing::info!(port = app.port(), "API listening");

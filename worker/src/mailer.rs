@@ -405,12 +405,12 @@ impl Mailer {
             }),
             // A definite refusal of the data: not delivered.
             Err(Failure::Smtp(e)) if e.is_transient() => Err(SendError::Transient {
-                reply: Some(e.to_string()),
-                error: e.to_string(),
+                reply: Some(redact(&e.to_string())),
+                error: redact(&e.to_string()),
             }),
             Err(Failure::Smtp(e)) if e.is_permanent() => Err(SendError::Permanent {
-                reply: Some(e.to_string()),
-                error: e.to_string(),
+                reply: Some(redact(&e.to_string())),
+                error: redact(&e.to_string()),
             }),
             Err(other) => Err(SendError::Uncertain {
                 error: other.to_string(),
@@ -442,12 +442,12 @@ enum Failure {
 fn before_data_error<E>(failure: Failure) -> SendError<E> {
     match failure {
         Failure::Smtp(e) if e.is_permanent() || e.is_client() => SendError::Permanent {
-            reply: e.is_permanent().then(|| e.to_string()),
-            error: e.to_string(),
+            reply: e.is_permanent().then(|| redact(&e.to_string())),
+            error: redact(&e.to_string()),
         },
         Failure::Smtp(e) => SendError::Transient {
-            reply: (e.is_transient()).then(|| e.to_string()),
-            error: e.to_string(),
+            reply: (e.is_transient()).then(|| redact(&e.to_string())),
+            error: redact(&e.to_string()),
         },
         timeout @ Failure::Timeout(_) => SendError::Transient {
             error: timeout.to_string(),
@@ -552,7 +552,36 @@ fn crlf(text: &str) -> String {
 
 fn reply_text(response: &Response) -> String {
     let lines: Vec<&str> = response.message().collect();
-    format!("{} {}", response.code(), lines.join(" "))
+    redact(&format!("{} {}", response.code(), lines.join(" ")))
+}
+
+/// `text` (a server's reply, or an error quoting one) with every address
+/// in it replaced by `[address]`. Servers quote the recipient in replies
+/// (`550 5.1.1 <ada@example.com>: Recipient address rejected`); these go to
+/// logs and to the job and dead-letter records, which name the recipient
+/// where it is needed anyway.
+fn redact(text: &str) -> String {
+    let boundary = |c: char| c.is_whitespace() || "<>()[],;:\"'".contains(c);
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    for c in text.chars() {
+        if boundary(c) {
+            out.push_str(redact_word(&word));
+            word.clear();
+            out.push(c);
+        } else {
+            word.push(c);
+        }
+    }
+    out.push_str(redact_word(&word));
+    out
+}
+
+fn redact_word(word: &str) -> &str {
+    match word.split_once('@') {
+        Some((local, domain)) if !local.is_empty() && !domain.is_empty() => "[address]",
+        _ => word,
+    }
 }
 
 #[cfg(test)]
@@ -616,6 +645,27 @@ mod tests {
             ("josé@bücher.de", "josé@bücher.de"),
         ] {
             assert_eq!(a_labels(&mailbox(given)), mailbox(sent), "{given}");
+        }
+    }
+
+    #[test]
+    fn addresses_in_server_replies_are_redacted() {
+        for (reply, redacted) in [
+            (
+                "550 5.1.1 <ada@example.com>: Recipient address rejected",
+                "550 5.1.1 <[address]>: Recipient address rejected",
+            ),
+            (
+                "553 sender josé@bücher.de refused",
+                "553 sender [address] refused",
+            ),
+            (
+                "250 2.0.0 Ok: queued as 4ZX@",
+                "250 2.0.0 Ok: queued as 4ZX@",
+            ),
+            ("451 4.3.0 try again later", "451 4.3.0 try again later"),
+        ] {
+            assert_eq!(redact(reply), redacted);
         }
     }
 

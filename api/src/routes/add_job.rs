@@ -6,6 +6,7 @@ use sendonce_shared::domain::{
     Body, Email, EmailAddress, IdempotencyKey, InvalidValue, JobId, Subject, Task,
 };
 use sendonce_shared::queue::Enqueued;
+use sendonce_shared::telemetry;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{Authorized, scope};
@@ -164,7 +165,7 @@ pub async fn add_job(
     span.record("job_id", tracing::field::display(task.job_id));
     span.record(
         "idempotency_key",
-        tracing::field::display(&task.idempotency_key),
+        tracing::field::display(telemetry::key(&task.idempotency_key)),
     );
     let fingerprint = task.email.fingerprint();
     let enqueued = state
@@ -212,7 +213,7 @@ pub async fn answer(
                 .job(job_id)
                 .await?
                 .map_or_else(|| "queued".to_owned(), |r| r.status);
-            tracing::info!(original_job_id = %job_id, idempotency_key = %task.idempotency_key, "replay of an accepted key; nothing enqueued");
+            tracing::info!(original_job_id = %job_id, idempotency_key = %telemetry::key(&task.idempotency_key), "replay of an accepted key; nothing enqueued");
             Ok((
                 StatusCode::OK,
                 JobAccepted {

@@ -203,13 +203,19 @@ async fn with_json_logs_every_worker_line_is_json_and_a_jobs_lines_carry_its_id(
         about_the_job.len() >= 2,
         "the job's debug lines carry its id too"
     );
+    let key = IdempotencyKey::parse("logs:dora").expect("a key");
+    let hashed = sendonce_shared::telemetry::key(&key).to_string();
     for line in &about_the_job {
         assert_eq!(
             job_span(line).expect("the job span")["idempotency_key"],
-            "logs:dora",
+            hashed.as_str(),
             "{line}"
         );
     }
+    assert!(
+        !lines.iter().any(|line| line.contains("logs:dora")),
+        "the key was logged as is"
+    );
     for (raw, line) in lines.iter().zip(&parsed) {
         if raw.contains(&job_id) {
             assert!(
