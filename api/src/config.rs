@@ -47,6 +47,11 @@ pub struct ApiConfig {
     #[arg(long, env = "API_ADDR", default_value = "0.0.0.0:8080")]
     pub api_addr: SocketAddr,
 
+    /// Address of `/metrics` (with `/healthz` and `/readyz`), apart from
+    /// `API_ADDR` so that it can stay off public networks.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    pub metrics_addr: SocketAddr,
+
     /// `production` refuses weak or published secrets at start-up;
     /// `development` allows them.
     #[arg(long, env = "APP_ENV", value_enum, default_value_t = AppEnv::Production)]

@@ -30,7 +30,6 @@ use crate::routes::{add_job, add_jobs, failed_jobs, health, jobs};
         failed_jobs::discard,
         health::healthz,
         health::readyz,
-        health::metrics,
         openapi_json,
     ),
     components(schemas(Problem)),
@@ -193,7 +192,6 @@ mod tests {
             "/failedJobs/{id}",
             "/healthz",
             "/readyz",
-            "/metrics",
             "/openapi.json",
         ] {
             assert!(doc["paths"][path].is_object(), "{path} is missing");

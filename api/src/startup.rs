@@ -23,16 +23,19 @@ use crate::routes;
 use crate::state::AppState;
 use crate::telemetry;
 
-/// A bound, not yet running API server.
+/// A bound, not yet running API server, and its metrics server.
 pub struct Application {
     port: u16,
     server: Server,
+    metrics_port: u16,
+    metrics_server: Server,
 }
 
 impl std::fmt::Debug for Application {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Application")
             .field("port", &self.port)
+            .field("metrics_port", &self.metrics_port)
             .finish_non_exhaustive()
     }
 }
@@ -81,8 +84,17 @@ impl Application {
             max_connections: usize::try_from(limits::max_connections(config.max_connections)?)
                 .context("MAX_CONNECTIONS does not fit in memory")?,
         };
-        let server = serve(listener, state, keys, limits, metrics)?;
-        Ok(Self { port, server })
+        let metrics_listener = TcpListener::bind(config.metrics_addr)
+            .with_context(|| format!("failed to bind METRICS_ADDR {}", config.metrics_addr))?;
+        let metrics_port = metrics_listener.local_addr()?.port();
+        let metrics_server = serve_metrics(metrics_listener, state.clone(), metrics)?;
+        let server = serve(listener, state, keys, limits)?;
+        Ok(Self {
+            port,
+            server,
+            metrics_port,
+            metrics_server,
+        })
     }
 
     /// The bound port.
@@ -90,15 +102,24 @@ impl Application {
         self.port
     }
 
+    /// The bound port of `METRICS_ADDR`.
+    pub fn metrics_port(&self) -> u16 {
+        self.metrics_port
+    }
+
     /// Serves until `shutdown` resolves, then stops accepting, drains
     /// in-flight requests and returns.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let handle = self.server.handle();
+        let metrics_handle = self.metrics_server.handle();
         let server = tokio::spawn(self.server);
+        let metrics_server = tokio::spawn(self.metrics_server);
         shutdown.await;
         tracing::info!("shutting down: draining in-flight requests");
         handle.stop(true).await;
+        metrics_handle.stop(true).await;
         server.await??;
+        metrics_server.await??;
         Ok(())
     }
 }
@@ -135,16 +156,45 @@ struct Limits {
     max_connections: usize,
 }
 
+/// `/metrics`, `/healthz` and `/readyz` on `METRICS_ADDR`, one thread, no
+/// authentication: keep it off public networks.
+fn serve_metrics(
+    listener: TcpListener,
+    state: AppState,
+    metrics: Option<PrometheusHandle>,
+) -> anyhow::Result<Server> {
+    tracing::info!(
+        metrics_addr = %listener.local_addr()?,
+        "serving /healthz, /readyz and /metrics"
+    );
+    let state = web::Data::new(state);
+    let metrics = metrics.map(web::Data::new);
+    let server = HttpServer::new(move || {
+        let mut app = App::new()
+            .app_data(state.clone())
+            .route("/healthz", web::get().to(routes::health::healthz))
+            .route("/readyz", web::get().to(routes::health::readyz))
+            .route("/metrics", web::get().to(routes::health::metrics));
+        if let Some(m) = &metrics {
+            app = app.app_data(m.clone());
+        }
+        app
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    Ok(server)
+}
+
 fn serve(
     listener: TcpListener,
     state: AppState,
     keys: JwtKeys,
     limits: Limits,
-    metrics: Option<PrometheusHandle>,
 ) -> anyhow::Result<Server> {
     let state = web::Data::new(state);
     let keys = web::Data::new(keys);
-    let metrics = metrics.map(web::Data::new);
     let rate = limits.rate.map(web::Data::new);
     let max_body_bytes = limits.max_body_bytes;
     let body_timeout = limits.body_timeout;
@@ -199,11 +249,7 @@ fn serve(
             .route("/healthz", web::get().to(routes::health::healthz))
             .default_service(web::to(not_found))
             .route("/readyz", web::get().to(routes::health::readyz))
-            .route("/metrics", web::get().to(routes::health::metrics))
             .route("/openapi.json", web::get().to(openapi::openapi_json));
-        if let Some(m) = &metrics {
-            app = app.app_data(m.clone());
-        }
         if let Some(r) = &rate {
             app = app.app_data(r.clone());
         }

@@ -41,7 +41,7 @@ const UNMATCHED_ROUTE: &str = "unmatched";
 
 /// Routes whose requests are logged at debug level: probes and scrapes
 /// arrive every few seconds and say nothing about the traffic.
-const QUIET_ROUTES: &[&str] = &["/healthz", "/readyz", "/metrics"];
+const QUIET_ROUTES: &[&str] = &["/healthz", "/readyz"];
 
 /// Each route's pattern, as `startup` registers it, and the status it
 /// answers when all goes well; these series are registered at zero on
@@ -58,7 +58,6 @@ pub const ROUTES: &[(&str, u16)] = &[
     ("/failedJobs/{id}", 204),
     ("/healthz", 200),
     ("/readyz", 200),
-    ("/metrics", 200),
     ("/openapi.json", 200),
 ];
 

@@ -18,6 +18,7 @@ async fn strangers_4xx_stay_out_of_the_info_log_and_keys_appear_only_hashed() {
     command
         .env_clear()
         .env("API_ADDR", "127.0.0.1:0")
+        .env("METRICS_ADDR", "127.0.0.1:0")
         .env("DATABASE_URL", db.url())
         .env("REDIS_URL", shared_redis_url())
         .env("REDIS_KEY_PREFIX", unique_prefix())

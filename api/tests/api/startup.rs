@@ -13,6 +13,7 @@ fn start_api(env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_sendonce-api"))
         .env_clear()
         .env("API_ADDR", "127.0.0.1:0")
+        .env("METRICS_ADDR", "127.0.0.1:0")
         .envs(env.iter().copied())
         .output()
         .expect("run the API binary");
@@ -120,6 +121,7 @@ fn start_up_log(env: &[(&str, &str)]) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_sendonce-api"))
         .env_clear()
         .env("API_ADDR", "127.0.0.1:0")
+        .env("METRICS_ADDR", "127.0.0.1:0")
         .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
         .env("JWT_SECRET", "a-private-secret-long-enough-for-hs256-0123")
         .envs(env.iter().copied())
