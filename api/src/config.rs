@@ -110,6 +110,12 @@ pub struct ApiConfig {
     #[arg(long, env = "MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: Option<u64>,
 
+    /// Days a finished job keeps its personal data (the task copy, the
+    /// server's reply, its dead-letter entry); `sendonce-api prune` removes
+    /// what is older. Unset, nothing is pruned.
+    #[arg(long, env = "RETENTION_DAYS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub retention_days: Option<u32>,
+
     /// Requests per second each token subject may make to the write
     /// endpoints; unset means no limit.
     #[arg(long, env = "RATE_LIMIT_PER_SEC")]

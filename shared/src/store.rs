@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use crate::domain::{IdempotencyKey, JobId, Task};
 
+pub mod retention;
 mod embedded {
     refinery::embed_migrations!("../migrations");
 }

@@ -141,3 +141,14 @@ fn an_unset_jwt_audience_is_warned_about_at_start_up_outside_development() {
     assert!(!warned(&start_up_log(&[("JWT_AUDIENCE", "sendonce")])));
     assert!(!warned(&start_up_log(&[("APP_ENV", "development")])));
 }
+
+#[test]
+fn prune_needs_retention_days() {
+    let output = Command::new(env!("CARGO_BIN_EXE_sendonce-api"))
+        .arg("prune")
+        .env_clear()
+        .output()
+        .expect("run the API binary");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("RETENTION_DAYS"));
+}

@@ -7,5 +7,6 @@ mod delivery;
 mod failures;
 mod helpers;
 mod operations;
+mod retention;
 mod window;
 mod wire;
