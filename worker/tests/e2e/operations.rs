@@ -95,6 +95,10 @@ async fn the_worker_counts_sends_duplicates_retries_and_dead_letters() {
         ..Options::default()
     })
     .await;
+    // Read before any work exists: the worker could otherwise send one
+    // before the first scrape.
+    let worker = start_worker_process(&system).await;
+    let at_start = worker.metrics().await;
     let (first, twin) = (
         keyed_task("ada@example.com", "metrics:ada"),
         keyed_task("ada@example.com", "metrics:ada"),
@@ -113,8 +117,6 @@ async fn the_worker_counts_sends_duplicates_retries_and_dead_letters() {
             None,
         ))
         .await;
-    let worker = start_worker_process(&system).await;
-    let at_start = worker.metrics().await;
 
     for job in [&first.job_id.to_string(), &twin.job_id.to_string()] {
         system.wait_for_terminal(job).await;
