@@ -50,9 +50,9 @@ RUN groupadd --system --gid 10001 sendonce \
 COPY --from=builder /app/target/release/sendonce-api /app/target/release/sendonce-worker /usr/local/bin/
 USER 10001:10001
 ENV LOG_FORMAT=json
-# 8080: the API (API_ADDR). 9091: the worker's /healthz, /readyz, /metrics
-# (METRICS_ADDR).
-EXPOSE 8080 9091
+# 8080: the API (API_ADDR). 9090: the API's /healthz, /readyz, /metrics
+# (its METRICS_ADDR). 9091: the worker's (METRICS_ADDR).
+EXPOSE 8080 9090 9091
 # Probes the API. A worker container must override it to port 9091, as
 # docker-compose.yml does; /healthz never touches Postgres or Redis.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \

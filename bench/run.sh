@@ -108,7 +108,7 @@ export DATABASE_URL=$pg_url REDIS_URL="redis://127.0.0.1:$redis_port" REDIS_KEY_
 export JWT_SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 export LOG_FORMAT=json RUST_LOG=$log_filter
 api_port=$(free_port)
-API_ADDR=127.0.0.1:$api_port "$api_bin" >"$state/api.log" 2>&1 &
+API_ADDR=127.0.0.1:$api_port METRICS_ADDR=127.0.0.1:0 "$api_bin" >"$state/api.log" 2>&1 &
 api_pid=$!
 pids+=($api_pid)
 api=http://127.0.0.1:$api_port

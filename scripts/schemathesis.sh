@@ -40,7 +40,7 @@ trap cleanup EXIT
 psql "$TEST_DATABASE_ADMIN_URL" -qc "create database $run_id" >/dev/null
 
 port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-export API_ADDR="127.0.0.1:$port" DATABASE_URL="$database_url" REDIS_URL="$TEST_REDIS_URL" \
+export API_ADDR="127.0.0.1:$port" METRICS_ADDR=127.0.0.1:0 DATABASE_URL="$database_url" REDIS_URL="$TEST_REDIS_URL" \
   REDIS_KEY_PREFIX="$run_id" LOG_FORMAT=json RUST_LOG=warn
 JWT_SECRET="$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
 export JWT_SECRET

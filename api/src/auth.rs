@@ -18,8 +18,12 @@
 //!     let subject = caller.claims.sub.as_deref();
 //! ```
 //!
-//! Extraction answers 401 (`WWW-Authenticate: Bearer error="invalid_token"`)
-//! without a valid token, 403 (`error="insufficient_scope"`) without the
+//! Extraction answers 401 with a bare `WWW-Authenticate: Bearer` challenge
+//! without Bearer credentials (RFC 6750 §3.1), 401 with
+//! `error="invalid_token"` and one opaque detail for a token that does not
+//! verify (including one with `crit` or `b64: false` header parameters,
+//! RFC 7515 §4.1.11), 400 `error="invalid_request"` for more than one
+//! `Authorization` header, 403 (`error="insufficient_scope"`) without the
 //! scope, and 429 when a write scope's per-subject rate limit is spent.
 
 use std::future::{Ready, ready};
@@ -27,7 +31,7 @@ use std::marker::PhantomData;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::http::header;
-use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
+use actix_web::{FromRequest, HttpMessage, HttpRequest, dev::Payload, web};
 use anyhow::{Context, bail};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::{ExposeSecret, SecretString};
@@ -203,11 +207,45 @@ impl JwtKeys {
         })
     }
 
-    /// Verifies `token` and returns its claims.
+    /// Verifies `token` and returns its claims. Every refusal is the same
+    /// opaque [`ApiError::Unauthorized`]; the reason goes to the DEBUG log.
     pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
+        let refuse = |reason: &dyn std::fmt::Display| {
+            tracing::debug!(%reason, "bearer token refused");
+            ApiError::Unauthorized
+        };
+        let header = jsonwebtoken::decode_header(token).map_err(|e| refuse(&e))?;
+        // RFC 7515 §4.1.11: a recipient that does not understand every
+        // `crit` parameter must reject the token; sendonce understands none.
+        // RFC 7797's `b64: false` (an unencoded payload) must be listed in
+        // `crit`, and is refused even when it is not.
+        if let Some(crit) = &header.crit {
+            return Err(refuse(&format!("critical header parameters {crit:?}")));
+        }
+        if header
+            .extras
+            .inner()
+            .get("b64")
+            .is_some_and(|b64| b64 != &serde_json::Value::Bool(true))
+        {
+            return Err(refuse(&"an unencoded payload (b64)"));
+        }
         jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map(|data| data.claims)
-            .map_err(|e| ApiError::Unauthorized(format!("the bearer token is invalid: {e}")))
+            .map_err(|e| refuse(&e))
+    }
+
+    /// What the operator should know about these settings, logged at
+    /// start-up: with `JWT_AUDIENCE` unset, a token minted for any other
+    /// service that trusts the same issuer and key is accepted here.
+    pub fn warnings(config: &ApiConfig) -> Vec<&'static str> {
+        let mut warnings = Vec::new();
+        if config.jwt_audience.is_none() && config.app_env != AppEnv::Development {
+            warnings.push(
+                "JWT_AUDIENCE is unset: tokens for any audience are accepted; set it to the `aud` your issuer puts in tokens for this API",
+            );
+        }
+        warnings
     }
 
     /// Mints an HS256 token for `sub` with `scope`, valid for `ttl`, with the
@@ -255,6 +293,12 @@ fn check_secret(secret: &SecretString, env: AppEnv) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Marks a request whose bearer token verified, in its extensions: the
+/// request log keeps answers to anyone else's 4xx at DEBUG, so that
+/// strangers cannot flood it.
+#[derive(Debug, Clone, Copy)]
+pub struct Authenticated;
+
 /// A verified caller holding scope `S`. See the module docs.
 #[derive(Debug)]
 pub struct Authorized<S: Scope> {
@@ -292,19 +336,23 @@ fn authenticate(req: &HttpRequest) -> Result<Claims, ApiError> {
     let keys = req
         .app_data::<web::Data<JwtKeys>>()
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("JwtKeys not configured")))?;
-    let value = req.headers().get(header::AUTHORIZATION).ok_or_else(|| {
-        ApiError::Unauthorized("an Authorization: Bearer token is required".into())
-    })?;
-    let token = value
-        .to_str()
-        .ok()
-        .and_then(|v| {
-            let (scheme, token) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        })
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| {
-            ApiError::Unauthorized("the Authorization header must be `Bearer <token>`".into())
-        })?;
-    keys.verify(token)
+    let mut values = req.headers().get_all(header::AUTHORIZATION);
+    let value = values.next().ok_or(ApiError::NoCredentials)?;
+    if values.next().is_some() {
+        return Err(ApiError::InvalidRequest(
+            "send one Authorization header, not several".into(),
+        ));
+    }
+    let value = value.to_str().map_err(|_| ApiError::Unauthorized)?;
+    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+    // Credentials of another scheme are, to a Bearer resource, none at all.
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(ApiError::NoCredentials);
+    }
+    let claims = match token.trim() {
+        "" => Err(ApiError::Unauthorized),
+        token => keys.verify(token),
+    }?;
+    req.extensions_mut().insert(Authenticated);
+    Ok(claims)
 }

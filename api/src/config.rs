@@ -47,6 +47,11 @@ pub struct ApiConfig {
     #[arg(long, env = "API_ADDR", default_value = "0.0.0.0:8080")]
     pub api_addr: SocketAddr,
 
+    /// Address of `/metrics` (with `/healthz` and `/readyz`), apart from
+    /// `API_ADDR` so that it can stay off public networks.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    pub metrics_addr: SocketAddr,
+
     /// `production` refuses weak or published secrets at start-up;
     /// `development` allows them.
     #[arg(long, env = "APP_ENV", value_enum, default_value_t = AppEnv::Production)]
@@ -79,6 +84,37 @@ pub struct ApiConfig {
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..=64 * 1024 * 1024))]
     pub max_body_bytes: u64,
+
+    /// Largest accepted `POST /addJobs` body, in bytes.
+    #[arg(long, env = "MAX_BATCH_BYTES", default_value_t = 16 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..=256 * 1024 * 1024))]
+    pub max_batch_bytes: u64,
+
+    /// Largest `text` plus `html` of one job, in bytes, in `/addJob` and in
+    /// each job of a batch.
+    #[arg(long, env = "MAX_JOB_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..=64 * 1024 * 1024))]
+    pub max_job_bytes: u64,
+
+    /// Requests with a body over `MAX_BODY_BYTES` (batches) read at once;
+    /// more answer `503` with `Retry-After`. Bounds their memory to about
+    /// this many times `MAX_BATCH_BYTES`.
+    #[arg(long, env = "MAX_LARGE_REQUESTS", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub max_large_requests: u64,
+
+    /// How long a request body may take to arrive once the request's head
+    /// has, in milliseconds; then `408`.
+    #[arg(long, env = "BODY_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub body_timeout_ms: u64,
+
+    /// Most connections open at once; unset, the open-file limit less 256.
+    /// Refused at start-up when it leaves fewer than 256 open files spare.
+    #[arg(long, env = "MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
+
+    /// Days a finished job keeps its personal data (the task copy, the
+    /// server's reply, its dead-letter entry); `sendonce-api prune` removes
+    /// what is older. Unset, nothing is pruned.
+    #[arg(long, env = "RETENTION_DAYS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub retention_days: Option<u32>,
 
     /// Requests per second each token subject may make to the write
     /// endpoints; unset means no limit.

@@ -8,6 +8,7 @@
 //! - [`auth`]: bearer-JWT verification, the `Authorized<scope>` extractor
 //!   and scopes.
 //! - [`rate_limit`]: per-subject limits on the write endpoints.
+//! - [`limits`]: the request-body deadline and the connection cap.
 //! - [`routes`]: one module per resource.
 //! - [`openapi`]: the OpenAPI 3.1 document served at `/openapi.json`.
 //! - [`problem`]: `ApiError` and its RFC 9457 problem+json form.
@@ -17,6 +18,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod limits;
 pub mod openapi;
 pub mod problem;
 pub mod rate_limit;

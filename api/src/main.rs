@@ -1,12 +1,17 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sendonce_api::Application;
 use sendonce_api::auth::JwtKeys;
 use sendonce_api::config::ApiConfig;
+use sendonce_shared::store::retention::Pruned;
 use sendonce_shared::store::{self, Store};
 use sendonce_shared::telemetry;
+
+/// Rows one `prune` transaction touches per table.
+const PRUNE_BATCH: i64 = 1000;
 
 /// The sendonce HTTP API.
 #[derive(Debug, Parser)]
@@ -24,6 +29,9 @@ enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Remove finished jobs' personal data older than RETENTION_DAYS, in
+    /// batches, and exit (run it daily, e.g. from cron).
+    Prune,
     /// Print the OpenAPI document (also served at /openapi.json).
     Openapi,
     /// Print a bearer token signed with JWT_SECRET.
@@ -70,8 +78,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("applied {applied} migration(s)");
             Ok(())
         }
+        Command::Prune => {
+            let days = config
+                .retention_days
+                .context("RETENTION_DAYS is required by `prune`")?;
+            let store = Store::new(store::connect(&config.common.database_url, 1)?);
+            let mut total = Pruned::default();
+            loop {
+                let pruned = store.prune_batch(days, PRUNE_BATCH).await?;
+                if pruned.is_empty() {
+                    break;
+                }
+                total.deliveries += pruned.deliveries;
+                total.failed_jobs += pruned.failed_jobs;
+            }
+            println!(
+                "pruned {} finished job record(s) and {} dead-letter entr(ies) older than {days} days",
+                total.deliveries, total.failed_jobs
+            );
+            Ok(())
+        }
         Command::Serve => {
-            telemetry::init(config.common.log_format, &config.common.rust_log)?;
+            telemetry::init(
+                config.common.log_format,
+                &config.common.rust_log,
+                config.common.log_plain_keys,
+            )?;
             let metrics = sendonce_api::telemetry::install_metrics()?;
             let app = Application::build(config, Some(metrics)).await?;
             tracing::info!(port = app.port(), "API listening");

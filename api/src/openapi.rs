@@ -30,7 +30,6 @@ use crate::routes::{add_job, add_jobs, failed_jobs, health, jobs};
         failed_jobs::discard,
         health::healthz,
         health::readyz,
-        health::metrics,
         openapi_json,
     ),
     components(schemas(Problem)),
@@ -113,12 +112,12 @@ fn add_problems(method: HttpMethod, operation: &mut Operation) {
     let problems = [
         (
             "400",
-            "The request could not be read: malformed JSON, unknown fields, bad query string",
+            "The request could not be read: malformed JSON, unknown fields, bad query string; or more than one `Authorization` header (`WWW-Authenticate: Bearer error=\"invalid_request\"`)",
             true,
         ),
         (
             "401",
-            "No valid bearer token (`WWW-Authenticate: Bearer error=\"invalid_token\"`)",
+            "No bearer token (`WWW-Authenticate: Bearer`), or one that does not verify (`WWW-Authenticate: Bearer error=\"invalid_token\"`)",
             true,
         ),
         (
@@ -127,7 +126,16 @@ fn add_problems(method: HttpMethod, operation: &mut Operation) {
             true,
         ),
         ("404", "No such resource", has_path_param),
-        ("413", "The body is larger than `MAX_BODY_BYTES`", has_body),
+        (
+            "408",
+            "The body did not arrive within `BODY_TIMEOUT_MS`",
+            has_body,
+        ),
+        (
+            "413",
+            "The body is larger than `MAX_BODY_BYTES` (`MAX_BATCH_BYTES` for `/addJobs`)",
+            has_body,
+        ),
         ("415", "The body is not `application/json`", has_body),
         ("422", "A value is invalid; `detail` names the field", true),
         (
@@ -137,7 +145,7 @@ fn add_problems(method: HttpMethod, operation: &mut Operation) {
         ),
         (
             "503",
-            "Redis or Postgres is unavailable; retry after `Retry-After`",
+            "Redis or Postgres is unavailable, or (`/addJobs`) `MAX_LARGE_REQUESTS` large bodies are being read; retry after `Retry-After`",
             true,
         ),
     ];
@@ -184,7 +192,6 @@ mod tests {
             "/failedJobs/{id}",
             "/healthz",
             "/readyz",
-            "/metrics",
             "/openapi.json",
         ] {
             assert!(doc["paths"][path].is_object(), "{path} is missing");

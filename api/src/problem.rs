@@ -26,15 +26,27 @@ pub enum ApiError {
     /// The idempotency key was used before for a different request.
     #[error("{0}")]
     KeyReused(String),
-    /// No valid bearer token.
+    /// No credentials, or credentials of another scheme than Bearer: the
+    /// challenge carries no error code (RFC 6750 §3.1).
+    #[error("an Authorization: Bearer token is required")]
+    NoCredentials,
+    /// The credentials are ambiguous, e.g. more than one `Authorization`
+    /// header (RFC 6750 §3.1 `invalid_request`).
     #[error("{0}")]
-    Unauthorized(String),
+    InvalidRequest(String),
+    /// A bearer token that does not verify. The detail is the same whatever
+    /// was wrong with it; the reason is logged at DEBUG.
+    #[error("the bearer token is malformed, badly signed, expired or not meant for this API")]
+    Unauthorized,
     /// A valid token without the scope this route needs.
     #[error("this request needs the `{0}` scope")]
     Forbidden(&'static str),
     /// No such resource.
     #[error("{0}")]
     NotFound(String),
+    /// The body did not arrive within `BODY_TIMEOUT_MS`.
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
     /// The body is larger than allowed.
     #[error("the request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
@@ -47,6 +59,9 @@ pub enum ApiError {
         /// Seconds until the next request is allowed.
         retry_after_secs: u64,
     },
+    /// `MAX_LARGE_REQUESTS` large bodies are being read already.
+    #[error("too many large requests in progress; retry shortly, or send smaller batches")]
+    TooManyLargeRequests,
     /// A readiness probe found dependencies down.
     #[error("not ready: {0} did not answer in time")]
     NotReady(String),
@@ -100,15 +115,18 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BadRequest(_) | Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             Self::InvalidField { .. } | Self::KeyReused(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized | Self::NoCredentials => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::NotReady(_) | Self::TooManyLargeRequests => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -121,7 +139,17 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(status);
         response.content_type("application/problem+json");
         match self {
-            Self::Unauthorized(_) => {
+            Self::NoCredentials => {
+                response
+                    .insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+            }
+            Self::InvalidRequest(_) => {
+                response.insert_header((
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_request\""),
+                ));
+            }
+            Self::Unauthorized => {
                 response.insert_header((
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer error=\"invalid_token\""),
@@ -134,8 +162,12 @@ impl ResponseError for ApiError {
                     response.insert_header((header::WWW_AUTHENTICATE, v));
                 }
             }
-            Self::Unavailable(_) => {
+            Self::Unavailable(_) | Self::TooManyLargeRequests => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+            }
+            // The rest of the body may never come: free the connection.
+            Self::RequestTimeout => {
+                response.force_close();
             }
             Self::TooManyRequests { retry_after_secs } => {
                 response.insert_header((header::RETRY_AFTER, *retry_after_secs));

@@ -1,6 +1,7 @@
 //! Building and running the HTTP server.
 
 use std::net::TcpListener;
+use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::error::JsonPayloadError;
@@ -14,6 +15,7 @@ use tracing_actix_web::TracingLogger;
 
 use crate::auth::JwtKeys;
 use crate::config::ApiConfig;
+use crate::limits::{self, BodyTimeout, LargeBody, LargeRequests};
 use crate::openapi;
 use crate::problem::ApiError;
 use crate::rate_limit::RateLimit;
@@ -21,16 +23,19 @@ use crate::routes;
 use crate::state::AppState;
 use crate::telemetry;
 
-/// A bound, not yet running API server.
+/// A bound, not yet running API server, and its metrics server.
 pub struct Application {
     port: u16,
     server: Server,
+    metrics_port: u16,
+    metrics_server: Server,
 }
 
 impl std::fmt::Debug for Application {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Application")
             .field("port", &self.port)
+            .field("metrics_port", &self.metrics_port)
             .finish_non_exhaustive()
     }
 }
@@ -43,6 +48,9 @@ impl Application {
         metrics: Option<PrometheusHandle>,
     ) -> anyhow::Result<Self> {
         let keys = JwtKeys::from_config(&config)?;
+        for warning in JwtKeys::warnings(&config) {
+            tracing::warn!("{warning}");
+        }
         let store = Store::new(store::connect(&config.common.database_url, 16)?);
         store
             .migrate()
@@ -56,6 +64,8 @@ impl Application {
             queue,
             store,
             replay_ttl: config.common.dedup_ttl(),
+            max_job_bytes: usize::try_from(config.max_job_bytes)
+                .context("MAX_JOB_BYTES does not fit in memory")?,
         };
         let listener = TcpListener::bind(config.api_addr)
             .with_context(|| format!("failed to bind API_ADDR {}", config.api_addr))?;
@@ -64,9 +74,27 @@ impl Application {
             max_body_bytes: usize::try_from(config.max_body_bytes)
                 .context("MAX_BODY_BYTES does not fit in memory")?,
             rate: config.rate_limit_per_sec.map(RateLimit::per_second),
+            max_batch_bytes: usize::try_from(config.max_batch_bytes)
+                .context("MAX_BATCH_BYTES does not fit in memory")?,
+            large_requests: LargeRequests::new(
+                usize::try_from(config.max_large_requests)
+                    .context("MAX_LARGE_REQUESTS does not fit in memory")?,
+            ),
+            body_timeout: BodyTimeout(Duration::from_millis(config.body_timeout_ms)),
+            max_connections: usize::try_from(limits::max_connections(config.max_connections)?)
+                .context("MAX_CONNECTIONS does not fit in memory")?,
         };
-        let server = serve(listener, state, keys, limits, metrics)?;
-        Ok(Self { port, server })
+        let metrics_listener = TcpListener::bind(config.metrics_addr)
+            .with_context(|| format!("failed to bind METRICS_ADDR {}", config.metrics_addr))?;
+        let metrics_port = metrics_listener.local_addr()?.port();
+        let metrics_server = serve_metrics(metrics_listener, state.clone(), metrics)?;
+        let server = serve(listener, state, keys, limits)?;
+        Ok(Self {
+            port,
+            server,
+            metrics_port,
+            metrics_server,
+        })
     }
 
     /// The bound port.
@@ -74,15 +102,24 @@ impl Application {
         self.port
     }
 
+    /// The bound port of `METRICS_ADDR`.
+    pub fn metrics_port(&self) -> u16 {
+        self.metrics_port
+    }
+
     /// Serves until `shutdown` resolves, then stops accepting, drains
     /// in-flight requests and returns.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let handle = self.server.handle();
+        let metrics_handle = self.metrics_server.handle();
         let server = tokio::spawn(self.server);
+        let metrics_server = tokio::spawn(self.metrics_server);
         shutdown.await;
         tracing::info!("shutting down: draining in-flight requests");
         handle.stop(true).await;
+        metrics_handle.stop(true).await;
         server.await??;
+        metrics_server.await??;
         Ok(())
     }
 }
@@ -94,6 +131,9 @@ pub(crate) fn json_error(err: JsonPayloadError, _: &actix_web::HttpRequest) -> a
             ApiError::PayloadTooLarge(limit).into()
         }
         JsonPayloadError::ContentType => ApiError::UnsupportedMediaType.into(),
+        JsonPayloadError::Payload(e) if limits::is_body_timeout(&e) => {
+            ApiError::RequestTimeout.into()
+        }
         JsonPayloadError::Deserialize(e) => {
             ApiError::BadRequest(format!("the JSON body is invalid: {e}")).into()
         }
@@ -108,7 +148,43 @@ async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
 /// Request limits from the configuration.
 struct Limits {
     max_body_bytes: usize,
+    max_batch_bytes: usize,
+    large_requests: LargeRequests,
     rate: Option<RateLimit>,
+    body_timeout: BodyTimeout,
+    /// Over all worker threads.
+    max_connections: usize,
+}
+
+/// `/metrics`, `/healthz` and `/readyz` on `METRICS_ADDR`, one thread, no
+/// authentication: keep it off public networks.
+fn serve_metrics(
+    listener: TcpListener,
+    state: AppState,
+    metrics: Option<PrometheusHandle>,
+) -> anyhow::Result<Server> {
+    tracing::info!(
+        metrics_addr = %listener.local_addr()?,
+        "serving /healthz, /readyz and /metrics"
+    );
+    let state = web::Data::new(state);
+    let metrics = metrics.map(web::Data::new);
+    let server = HttpServer::new(move || {
+        let mut app = App::new()
+            .app_data(state.clone())
+            .route("/healthz", web::get().to(routes::health::healthz))
+            .route("/readyz", web::get().to(routes::health::readyz))
+            .route("/metrics", web::get().to(routes::health::metrics));
+        if let Some(m) = &metrics {
+            app = app.app_data(m.clone());
+        }
+        app
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    Ok(server)
 }
 
 fn serve(
@@ -116,15 +192,21 @@ fn serve(
     state: AppState,
     keys: JwtKeys,
     limits: Limits,
-    metrics: Option<PrometheusHandle>,
 ) -> anyhow::Result<Server> {
     let state = web::Data::new(state);
     let keys = web::Data::new(keys);
-    let metrics = metrics.map(web::Data::new);
     let rate = limits.rate.map(web::Data::new);
     let max_body_bytes = limits.max_body_bytes;
+    let body_timeout = limits.body_timeout;
+    let max_batch_bytes = limits.max_batch_bytes;
+    let large_requests = web::Data::new(limits.large_requests);
+    let large_body = web::Data::new(LargeBody(max_body_bytes));
+    // actix's cap is per worker thread; one worker per core, as its default.
+    let workers = std::thread::available_parallelism().map_or(2, usize::from);
     let server = HttpServer::new(move || {
         let mut app = App::new()
+            .app_data(body_timeout)
+            .wrap(from_fn(limits::body_deadline))
             .wrap(from_fn(telemetry::record_request))
             .wrap(TracingLogger::<telemetry::RequestSpan>::new())
             .wrap(from_fn(telemetry::request_id))
@@ -136,7 +218,14 @@ fn serve(
                     .error_handler(json_error),
             )
             .route("/addJob", web::post().to(routes::add_job::add_job))
-            .service(routes::add_jobs::resource("/addJobs"))
+            // App-level data: a resource's own is not yet in place when
+            // its middleware runs.
+            .app_data(large_requests.clone())
+            .app_data(large_body.clone())
+            .service(
+                routes::add_jobs::resource("/addJobs", max_batch_bytes)
+                    .wrap(from_fn(limits::bound_large_requests)),
+            )
             .app_data(web::QueryConfig::default().error_handler(|err, _| {
                 ApiError::BadRequest(format!("the query string is invalid: {err}")).into()
             }))
@@ -160,16 +249,14 @@ fn serve(
             .route("/healthz", web::get().to(routes::health::healthz))
             .default_service(web::to(not_found))
             .route("/readyz", web::get().to(routes::health::readyz))
-            .route("/metrics", web::get().to(routes::health::metrics))
             .route("/openapi.json", web::get().to(openapi::openapi_json));
-        if let Some(m) = &metrics {
-            app = app.app_data(m.clone());
-        }
         if let Some(r) = &rate {
             app = app.app_data(r.clone());
         }
         app
     })
+    .workers(workers)
+    .max_connections((limits.max_connections / workers).max(1))
     .disable_signals()
     .listen(listener)?
     .run();

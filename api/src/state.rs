@@ -17,6 +17,8 @@ pub struct AppState {
     pub store: Store,
     /// How long the API remembers an accepted key for replays.
     pub replay_ttl: Duration,
+    /// `MAX_JOB_BYTES`: the largest `text` plus `html` of one job.
+    pub max_job_bytes: usize,
 }
 
 impl AppState {

@@ -8,6 +8,7 @@
 
 use std::time::Instant;
 
+use actix_web::HttpMessage;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
@@ -17,6 +18,8 @@ use metrics::{Unit, counter, describe_counter, describe_histogram, histogram};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tracing::Span;
 use tracing_actix_web::RootSpanBuilder;
+
+use crate::auth::Authenticated;
 
 /// Jobs accepted and queued (replays of an accepted key not counted).
 pub const JOBS_ENQUEUED: &str = "sendonce_jobs_enqueued_total";
@@ -38,7 +41,7 @@ const UNMATCHED_ROUTE: &str = "unmatched";
 
 /// Routes whose requests are logged at debug level: probes and scrapes
 /// arrive every few seconds and say nothing about the traffic.
-const QUIET_ROUTES: &[&str] = &["/healthz", "/readyz", "/metrics"];
+const QUIET_ROUTES: &[&str] = &["/healthz", "/readyz"];
 
 /// Each route's pattern, as `startup` registers it, and the status it
 /// answers when all goes well; these series are registered at zero on
@@ -55,7 +58,6 @@ pub const ROUTES: &[(&str, u16)] = &[
     ("/failedJobs/{id}", 204),
     ("/healthz", 200),
     ("/readyz", 200),
-    ("/metrics", 200),
     ("/openapi.json", 200),
 ];
 
@@ -182,11 +184,17 @@ impl RootSpanBuilder for RequestSpan {
     ) {
         let status = status_of(outcome).as_u16();
         span.record("status", status);
-        let quiet = outcome
-            .as_ref()
-            .ok()
-            .and_then(|res| res.request().match_pattern())
-            .is_some_and(|route| QUIET_ROUTES.contains(&route.as_str()));
+        // Probes are frequent; a 4xx to a caller without a valid token is
+        // anyone's to cause, as often as they like.
+        let quiet = outcome.as_ref().ok().is_some_and(|res| {
+            let request = res.request();
+            let probe = request
+                .match_pattern()
+                .is_some_and(|route| QUIET_ROUTES.contains(&route.as_str()));
+            let stranger = res.status().is_client_error()
+                && request.extensions().get::<Authenticated>().is_none();
+            probe || stranger
+        });
         span.in_scope(|| {
             if quiet {
                 tracing::debug!(status, "request answered");

@@ -60,6 +60,11 @@ pub struct CommonConfig {
     /// Log filter, in `tracing_subscriber::EnvFilter` syntax.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub rust_log: String,
+
+    /// Log idempotency keys as they are instead of as a short hash; for
+    /// development (keys often hold addresses).
+    #[arg(long, env = "LOG_PLAIN_KEYS", default_value_t = false)]
+    pub log_plain_keys: bool,
 }
 
 impl CommonConfig {

@@ -32,6 +32,7 @@ pub mod leases;
 pub use claims::{Claim, Fence};
 pub use leases::Swept;
 
+pub mod retention;
 mod embedded {
     refinery::embed_migrations!("../migrations");
 }

@@ -150,11 +150,18 @@ impl Error for UnknownFault {}
 pub struct ReceivedMail {
     /// The MAIL FROM path, without angle brackets (empty for `<>`).
     pub mail_from: String,
+    /// The parameters after the MAIL FROM path (`SMTPUTF8`,
+    /// `BODY=8BITMIME`), as sent.
+    pub mail_parameters: Vec<String>,
     /// The recipients the server accepted, in RCPT order.
     pub rcpt_to: Vec<String>,
     /// The message as sent after DATA: dot-stuffing undone, the final `.`
     /// line removed, line endings as the client sent them.
     pub data: Vec<u8>,
+    /// The same bytes exactly as they crossed the wire, dot-stuffing
+    /// included (the final `.` line removed), for checks of what a strict
+    /// relay would see: line lengths, bare CR or LF, stuffing.
+    pub wire: Vec<u8>,
 }
 
 impl ReceivedMail {
@@ -239,6 +246,8 @@ struct Record {
     cut: Vec<ReceivedMail>,
     rcpt_attempts: HashMap<String, usize>,
     default_fault: Option<Fault>,
+    /// Whether EHLO offers `SMTPUTF8` and `8BITMIME` (it does by default).
+    without_utf8: bool,
 }
 
 impl fmt::Debug for Shared {
@@ -395,6 +404,13 @@ impl SmtpServer {
         self.shared.lock().default_fault = fault;
     }
 
+    /// Makes later EHLO replies offer neither `SMTPUTF8` nor `8BITMIME`, like
+    /// an old or strict server; it then refuses a MAIL with either parameter
+    /// (`555`) and a non-ASCII path (`553 5.6.7`).
+    pub fn set_without_utf8(&self, without: bool) {
+        self.shared.lock().without_utf8 = without;
+    }
+
     /// The messages accepted so far (replied 250 after DATA), oldest first.
     pub fn messages(&self) -> Vec<ReceivedMail> {
         self.shared.lock().accepted.clone()
@@ -504,6 +520,7 @@ enum Flow {
 #[derive(Debug)]
 struct Envelope {
     mail_from: String,
+    mail_parameters: Vec<String>,
     /// Accepted recipients with the fault each asked for.
     rcpts: Vec<(String, Option<Fault>)>,
 }
@@ -514,6 +531,8 @@ struct Session {
     conn: BufReader<TcpStream>,
     shared: Arc<Shared>,
     greeted: bool,
+    /// Whether this session's EHLO offered `SMTPUTF8` and `8BITMIME`.
+    utf8: bool,
     envelope: Option<Envelope>,
 }
 
@@ -523,6 +542,7 @@ impl Session {
             conn: BufReader::new(stream),
             shared,
             greeted: false,
+            utf8: true,
             envelope: None,
         }
     }
@@ -557,11 +577,15 @@ impl Session {
             }
             "EHLO" => {
                 self.hello();
+                let utf8 = if self.utf8 {
+                    "250-8BITMIME\r\n250-SMTPUTF8\r\n"
+                } else {
+                    ""
+                };
                 let reply = format!(
                     "250-sendonce-testkit greets {arg}\r\n\
                      250-PIPELINING\r\n\
-                     250-8BITMIME\r\n\
-                     250-SMTPUTF8\r\n\
+                     {utf8}\
                      250 SIZE {MAX_MESSAGE_BYTES}"
                 );
                 self.reply(&reply).await?;
@@ -590,6 +614,7 @@ impl Session {
     fn hello(&mut self) {
         self.greeted = true;
         self.envelope = None;
+        self.utf8 = !self.shared.lock().without_utf8;
     }
 
     async fn mail(&mut self, arg: &str) -> io::Result<()> {
@@ -602,8 +627,24 @@ impl Session {
         let Some(from) = path_argument(arg, "FROM:") else {
             return self.reply("501 5.5.4 syntax: MAIL FROM:<address>").await;
         };
+        let parameters: Vec<String> = arg
+            .split_once('>')
+            .map(|(_, rest)| rest.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default();
+        if !self.utf8 {
+            let extended = |p: &String| {
+                p.eq_ignore_ascii_case("SMTPUTF8") || p.eq_ignore_ascii_case("BODY=8BITMIME")
+            };
+            if parameters.iter().any(extended) {
+                return self.reply("555 5.5.4 parameter not offered").await;
+            }
+            if !from.is_ascii() {
+                return self.reply("553 5.6.7 non-ASCII address").await;
+            }
+        }
         self.envelope = Some(Envelope {
             mail_from: from.to_owned(),
+            mail_parameters: parameters,
             rcpts: Vec::new(),
         });
         self.reply("250 2.1.0 OK").await
@@ -618,6 +659,17 @@ impl Session {
             self.reply("501 5.5.4 syntax: RCPT TO:<address>").await?;
             return Ok(Flow::Continue);
         };
+        let smtputf8 = self.envelope.as_ref().is_some_and(|envelope| {
+            envelope
+                .mail_parameters
+                .iter()
+                .any(|p| p.eq_ignore_ascii_case("SMTPUTF8"))
+        });
+        if !rcpt.is_ascii() && !smtputf8 {
+            self.reply("553 5.6.7 non-ASCII address without SMTPUTF8")
+                .await?;
+            return Ok(Flow::Continue);
+        }
         let (attempt, fault) = {
             let mut record = self.shared.lock();
             let attempts = record.rcpt_attempts.entry(rcpt.to_owned()).or_default();
@@ -649,7 +701,7 @@ impl Session {
             return Ok(Flow::Continue);
         };
         self.reply("354 end data with <CR><LF>.<CR><LF>").await?;
-        let Some(data) = self.read_data().await? else {
+        let Some((data, wire)) = self.read_data().await? else {
             return Ok(Flow::Close);
         };
         if data.len() > MAX_MESSAGE_BYTES {
@@ -664,8 +716,10 @@ impl Session {
             .find_map(|(_, fault)| fault.filter(|fault| fault.acts_on_data()));
         let mail = ReceivedMail {
             mail_from: envelope.mail_from,
+            mail_parameters: envelope.mail_parameters,
             rcpt_to: envelope.rcpts.into_iter().map(|(rcpt, _)| rcpt).collect(),
             data,
+            wire,
         };
         match fault {
             Some(Fault::DropAfterData) => {
@@ -694,10 +748,11 @@ impl Session {
         Ok(Flow::Continue)
     }
 
-    /// Reads the message after 354 up to the lone `.` line; `None` if the
-    /// client hung up first.
-    async fn read_data(&mut self) -> io::Result<Option<Vec<u8>>> {
+    /// Reads the message after 354 up to the lone `.` line, unstuffed and
+    /// as on the wire; `None` if the client hung up first.
+    async fn read_data(&mut self) -> io::Result<Option<(Vec<u8>, Vec<u8>)>> {
         let mut data = Vec::new();
+        let mut wire = Vec::new();
         let mut line = Vec::new();
         loop {
             line.clear();
@@ -705,13 +760,14 @@ impl Session {
                 return Ok(None);
             }
             if line == b".\r\n" || line == b".\n" {
-                return Ok(Some(data));
+                return Ok(Some((data, wire)));
             }
             // Past the limit the rest is still read, so the session stays in
             // step with the client, but not kept.
             if data.len() <= MAX_MESSAGE_BYTES {
                 // Clients double a leading dot (RFC 5321 section 4.5.2).
                 data.extend_from_slice(line.strip_prefix(b".").unwrap_or(&line));
+                wire.extend_from_slice(&line);
             }
         }
     }
@@ -772,10 +828,13 @@ mod tests {
 
     #[test]
     fn headers_unfold_and_body_follows_the_blank_line() {
+        let data = b"Subject: a long\r\n\tsubject\r\nmessage-id: <1@x>\r\n\r\nbody\r\n".to_vec();
         let mail = ReceivedMail {
             mail_from: String::new(),
+            mail_parameters: Vec::new(),
             rcpt_to: Vec::new(),
-            data: b"Subject: a long\r\n\tsubject\r\nmessage-id: <1@x>\r\n\r\nbody\r\n".to_vec(),
+            wire: data.clone(),
+            data,
         };
         assert_eq!(mail.header("SUBJECT").as_deref(), Some("a long\tsubject"));
         assert_eq!(mail.header("Message-ID").as_deref(), Some("<1@x>"));

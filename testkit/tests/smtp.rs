@@ -334,5 +334,30 @@ async fn protocol_errors_and_dot_stuffing() {
         Some("folded  header")
     );
     assert_eq!(messages[0].body_text(), ".one\r\n.\r\nend\r\n");
+    assert!(messages[0].wire.ends_with(b"\r\n..one\r\n..\r\nend\r\n"));
     assert_eq!(messages[0].rcpt_to, ["b@x"]);
+    assert_eq!(messages[0].mail_parameters, ["BODY=8BITMIME"]);
+}
+
+#[tokio::test]
+async fn a_server_without_utf8_offers_neither_extension_and_refuses_what_needs_them() {
+    let server = SmtpServer::start().await;
+    server.set_without_utf8(true);
+    let mut client = RawClient::connect(server.addr()).await;
+
+    let ehlo = client.send("EHLO client.test").await;
+    assert!(
+        !ehlo.contains("SMTPUTF8") && !ehlo.contains("8BITMIME"),
+        "{ehlo}"
+    );
+    for refused in [
+        "MAIL FROM:<a@x> SMTPUTF8",
+        "MAIL FROM:<a@x> BODY=8BITMIME",
+        "MAIL FROM:<josé@x>",
+    ] {
+        assert!(client.send(refused).await.starts_with("55"), "{refused}");
+    }
+    assert!(client.send("MAIL FROM:<a@x>").await.starts_with("250 "));
+    assert!(client.send("RCPT TO:<josé@x>").await.starts_with("553 "));
+    assert!(client.send("RCPT TO:<b@x>").await.starts_with("250 "));
 }

@@ -7,7 +7,9 @@
 //! - [`runner`]: the run loop: reliable pop, L1 and L2 claims, send, record,
 //!   acknowledge; leases, retry promotion, crash recovery and the sweeper.
 //! - [`mailer`]: pooled SMTP connections driven command by command, so a
-//!   failure is known to be before or after the data went out.
+//!   failure is known to be before or after the data went out; its `wire`
+//!   module keeps bodies, headers and addresses within what strict servers
+//!   accept, and addresses out of stored replies.
 //! - [`retry`]: exponential backoff with full jitter.
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics` on `METRICS_ADDR`.
 //! - [`telemetry`]: every metric's name and help, registered at start-up,

@@ -12,7 +12,9 @@ use std::fmt;
 use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, Pool, RecycleError, RecycleResult};
+use email_encoding::headers::rfc2047;
 use lettre::Message;
+use lettre::message::header::{self, Header};
 use lettre::message::{MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
@@ -20,6 +22,10 @@ use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use lettre::transport::smtp::response::Response;
 use sendonce_shared::domain::{EmailAddress, Task};
+
+use wire::{a_labels, crlf, fit, fit_mailbox, redact};
+
+mod wire;
 
 /// A pooled connection unused for longer than this is checked with `NOOP`
 /// before reuse, since servers close idle connections.
@@ -289,26 +295,46 @@ impl Mailer {
     /// on the idempotency key and the default sender's domain.
     pub fn build_message(&self, task: &Task) -> Result<Message, lettre::error::Error> {
         let email = &task.email;
-        let from = email.from.as_ref().unwrap_or(&self.default_from);
+        let from = a_labels(email.from.as_ref().unwrap_or(&self.default_from).mailbox());
+        let to = a_labels(email.to.mailbox());
+        let reply_to = email.reply_to.as_ref().map(|r| a_labels(r.mailbox()));
+        let default_domain = a_labels(self.default_from.mailbox());
         let mut builder = Message::builder()
-            .from(from.mailbox().clone())
-            .to(email.to.mailbox().clone())
+            .from(from.clone())
+            .to(to.clone())
             .subject(email.subject.as_str())
             .message_id(Some(
-                task.idempotency_key.message_id(self.default_from.domain()),
+                task.idempotency_key
+                    .message_id(default_domain.email.domain()),
             ));
-        if let Some(reply_to) = &email.reply_to {
-            builder = builder.reply_to(reply_to.mailbox().clone());
+        if let Some(reply_to) = &reply_to {
+            builder = builder.reply_to(reply_to.clone());
         }
-        match (email.body.text(), email.body.html()) {
-            (Some(text), Some(html)) => builder.multipart(MultiPart::alternative_plain_html(
-                text.to_owned(),
-                html.to_owned(),
-            )),
-            (Some(text), None) => builder.singlepart(SinglePart::plain(text.to_owned())),
-            (None, Some(html)) => builder.singlepart(SinglePart::html(html.to_owned())),
+        // lettre picks 7bit only for ASCII lines under 76 octets, else
+        // quoted-printable or base64, so no body line on the wire is longer
+        // than 998 octets once every line break is a CRLF.
+        let mut message = match (email.body.text().map(crlf), email.body.html().map(crlf)) {
+            (Some(text), Some(html)) => {
+                builder.multipart(MultiPart::alternative_plain_html(text, html))
+            }
+            (Some(text), None) => builder.singlepart(SinglePart::plain(text)),
+            (None, Some(html)) => builder.singlepart(SinglePart::html(html)),
             (None, None) => unreachable!("Body guarantees at least one part"),
+        }?;
+        let headers = message.headers_mut();
+        let subject = email.subject.as_str();
+        fit(
+            headers,
+            header::Subject::from(subject.to_owned()).display(),
+            (header::Subject::name(), subject.to_owned()),
+            |w| rfc2047::encode(subject, w),
+        );
+        fit_mailbox::<header::From>(headers, &from);
+        fit_mailbox::<header::To>(headers, &to);
+        if let Some(reply_to) = &reply_to {
+            fit_mailbox::<header::ReplyTo>(headers, reply_to);
         }
+        Ok(message)
     }
 
     /// Sends `message`, calling `before_data` after the server's `354` and
@@ -338,13 +364,26 @@ impl Mailer {
     ) -> Result<Delivered, SendError<E>> {
         let envelope = message.envelope();
         let body = message.formatted();
+        // `build_message` leaves nothing but addresses with a non-ASCII local
+        // part outside ASCII: lettre encodes non-ASCII display names and
+        // subjects as encoded words and bodies as quoted-printable or
+        // base64, and IDN domains are A-labels by then. Such an address, in
+        // the envelope or in a header, is what needs SMTPUTF8 (RFC 6531).
         let mut params = Vec::new();
-        let non_ascii = |a: &lettre::Address| !AsRef::<str>::as_ref(a).is_ascii();
-        if envelope.from().is_some_and(non_ascii) || envelope.to().iter().any(non_ascii) {
+        if !body.is_ascii() {
+            let server = conn.server_info();
+            if !server.supports_feature(Extension::SmtpUtfEight) {
+                return Err(SendError::Permanent {
+                    error: "an address has a non-ASCII local part, which needs SMTPUTF8, \
+                            and the SMTP server does not offer SMTPUTF8"
+                        .into(),
+                    reply: None,
+                });
+            }
             params.push(MailParameter::SmtpUtfEight);
-        }
-        if !body.is_ascii() && conn.server_info().supports_feature(Extension::EightBitMime) {
-            params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+            if server.supports_feature(Extension::EightBitMime) {
+                params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+            }
         }
         self.step(conn.command(Mail::new(envelope.from().cloned(), params)))
             .await
@@ -366,12 +405,12 @@ impl Mailer {
             }),
             // A definite refusal of the data: not delivered.
             Err(Failure::Smtp(e)) if e.is_transient() => Err(SendError::Transient {
-                reply: Some(e.to_string()),
-                error: e.to_string(),
+                reply: Some(redact(&e.to_string())),
+                error: redact(&e.to_string()),
             }),
             Err(Failure::Smtp(e)) if e.is_permanent() => Err(SendError::Permanent {
-                reply: Some(e.to_string()),
-                error: e.to_string(),
+                reply: Some(redact(&e.to_string())),
+                error: redact(&e.to_string()),
             }),
             Err(other) => Err(SendError::Uncertain {
                 error: other.to_string(),
@@ -403,12 +442,12 @@ enum Failure {
 fn before_data_error<E>(failure: Failure) -> SendError<E> {
     match failure {
         Failure::Smtp(e) if e.is_permanent() || e.is_client() => SendError::Permanent {
-            reply: e.is_permanent().then(|| e.to_string()),
-            error: e.to_string(),
+            reply: e.is_permanent().then(|| redact(&e.to_string())),
+            error: redact(&e.to_string()),
         },
         Failure::Smtp(e) => SendError::Transient {
-            reply: (e.is_transient()).then(|| e.to_string()),
-            error: e.to_string(),
+            reply: (e.is_transient()).then(|| redact(&e.to_string())),
+            error: redact(&e.to_string()),
         },
         timeout @ Failure::Timeout(_) => SendError::Transient {
             error: timeout.to_string(),
@@ -419,7 +458,7 @@ fn before_data_error<E>(failure: Failure) -> SendError<E> {
 
 fn reply_text(response: &Response) -> String {
     let lines: Vec<&str> = response.message().collect();
-    format!("{} {}", response.code(), lines.join(" "))
+    redact(&format!("{} {}", response.code(), lines.join(" ")))
 }
 
 #[cfg(test)]

@@ -16,7 +16,11 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: WorkerConfig) -> anyhow::Result<()> {
-    telemetry::init(config.common.log_format, &config.common.rust_log)?;
+    telemetry::init(
+        config.common.log_format,
+        &config.common.rust_log,
+        config.common.log_plain_keys,
+    )?;
     let metrics = sendonce_worker::telemetry::install_metrics()?;
     let app = Application::build(config, Some(metrics)).await?;
     app.run_until_stopped(telemetry::shutdown_signal()).await

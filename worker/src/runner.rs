@@ -348,7 +348,7 @@ impl Worker {
         let span = tracing::info_span!(
             "job",
             job_id = %task.job_id,
-            idempotency_key = %task.idempotency_key,
+            idempotency_key = %sendonce_shared::telemetry::key(&task.idempotency_key),
         );
         async {
             let verdict = self.until_ok("decide", || self.decide(&task)).await;

@@ -6,6 +6,7 @@ use sendonce_shared::domain::{
     Body, Email, EmailAddress, IdempotencyKey, InvalidValue, JobId, Subject, Task,
 };
 use sendonce_shared::queue::Enqueued;
+use sendonce_shared::telemetry;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{Authorized, scope};
@@ -85,6 +86,24 @@ impl TryFrom<AddJobBody> for NewJob {
     }
 }
 
+impl NewJob {
+    /// This job, when its `text` and `html` together hold at most
+    /// `max_bytes` (`MAX_JOB_BYTES`).
+    pub fn within(self, max_bytes: usize) -> Result<Self, ApiError> {
+        let body = &self.email.body;
+        let bytes = body.text().map_or(0, str::len) + body.html().map_or(0, str::len);
+        if bytes > max_bytes {
+            return Err(ApiError::InvalidField {
+                field: "text",
+                reason: format!(
+                    "and `html` together must be at most {max_bytes} bytes, not {bytes}"
+                ),
+            });
+        }
+        Ok(self)
+    }
+}
+
 /// The answer: which job now stands for the key, and its state.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct JobAccepted {
@@ -131,7 +150,7 @@ pub async fn add_job(
     state: web::Data<AppState>,
     body: web::Json<AddJobBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let job = NewJob::try_from(body.into_inner())?;
+    let job = NewJob::try_from(body.into_inner())?.within(state.max_job_bytes)?;
     let key = match (job.key, header_key(&req)?) {
         (Some(body_key), Some(header)) if body_key != header => {
             return Err(ApiError::InvalidField {
@@ -146,7 +165,7 @@ pub async fn add_job(
     span.record("job_id", tracing::field::display(task.job_id));
     span.record(
         "idempotency_key",
-        tracing::field::display(&task.idempotency_key),
+        tracing::field::display(telemetry::key(&task.idempotency_key)),
     );
     let fingerprint = task.email.fingerprint();
     let enqueued = state
@@ -194,7 +213,7 @@ pub async fn answer(
                 .job(job_id)
                 .await?
                 .map_or_else(|| "queued".to_owned(), |r| r.status);
-            tracing::info!(original_job_id = %job_id, idempotency_key = %task.idempotency_key, "replay of an accepted key; nothing enqueued");
+            tracing::info!(original_job_id = %job_id, idempotency_key = %telemetry::key(&task.idempotency_key), "replay of an accepted key; nothing enqueued");
             Ok((
                 StatusCode::OK,
                 JobAccepted {

@@ -17,9 +17,6 @@ use crate::state::AppState;
 /// Most jobs in one request.
 pub const MAX_JOBS: usize = 1000;
 
-/// Largest accepted request body: room for [`MAX_JOBS`] ordinary jobs.
-pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
-
 /// The request body. Each job is kept raw here and read on its own, so a
 /// job with a wrong type or an unknown field fails alone, next to the
 /// valid ones.
@@ -51,10 +48,10 @@ pub struct AddJobsAnswer {
     pub items: Vec<ItemAnswer>,
 }
 
-fn parse(raw: &RawValue) -> Result<Task, ApiError> {
+fn parse(raw: &RawValue, max_job_bytes: usize) -> Result<Task, ApiError> {
     let body: AddJobBody = serde_json::from_str(raw.get())
         .map_err(|e| ApiError::BadRequest(format!("the job is invalid: {e}")))?;
-    let job = NewJob::try_from(body)?;
+    let job = NewJob::try_from(body)?.within(max_job_bytes)?;
     Ok(Task::new(job.email, job.key))
 }
 
@@ -98,7 +95,10 @@ pub async fn add_jobs(
         limit.check_batch(caller.claims.sub.as_deref().unwrap_or_default(), jobs.len())?;
     }
 
-    let parsed: Vec<Result<Task, ApiError>> = jobs.iter().map(|raw| parse(raw)).collect();
+    let parsed: Vec<Result<Task, ApiError>> = jobs
+        .iter()
+        .map(|raw| parse(raw, state.max_job_bytes))
+        .collect();
     drop(jobs);
     let mut valid = Vec::with_capacity(parsed.len());
     let mut refused = Vec::with_capacity(parsed.len());
@@ -164,12 +164,12 @@ pub async fn add_jobs(
     Ok(HttpResponse::Ok().json(AddJobsAnswer { items }))
 }
 
-/// The route, with a body limit sized for a full batch.
-pub fn resource(path: &str) -> actix_web::Resource {
+/// The route, with its own body limit (`MAX_BATCH_BYTES`).
+pub fn resource(path: &str, max_batch_bytes: usize) -> actix_web::Resource {
     web::resource(path)
         .app_data(
             web::JsonConfig::default()
-                .limit(MAX_BODY_BYTES)
+                .limit(max_batch_bytes)
                 .error_handler(crate::startup::json_error),
         )
         .route(web::post().to(add_jobs))

@@ -1,4 +1,5 @@
-//! Liveness, readiness and metrics; unauthenticated.
+//! Liveness, readiness and metrics; unauthenticated. `/metrics` is served
+//! on `METRICS_ADDR` only, with the other two; those are on `API_ADDR` too.
 
 use actix_web::{HttpResponse, web};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -25,11 +26,8 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ready"})))
 }
 
-/// `GET /metrics`: Prometheus text format.
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses(
-    (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
-    (status = 404, description = "No metrics exporter in this process"),
-))]
+/// `GET /metrics` on `METRICS_ADDR`: Prometheus text format; 404 without
+/// an exporter in this process.
 pub async fn metrics(handle: Option<web::Data<PrometheusHandle>>) -> HttpResponse {
     match handle {
         Some(h) => HttpResponse::Ok()

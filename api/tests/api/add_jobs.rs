@@ -188,3 +188,117 @@ async fn a_batch_costs_its_jobs_against_the_rate_limit() {
     assert!(limited.headers().contains_key("retry-after"));
     assert_problem(limited, 429, "too many requests").await;
 }
+
+#[tokio::test]
+async fn a_job_whose_text_and_html_exceed_max_job_bytes_is_refused_alone() {
+    let api = spawn_api().await;
+    let mut big = keyed("size:big");
+    big["text"] = json!("t".repeat(600 * 1024));
+    big["html"] = json!("h".repeat(600 * 1024));
+
+    let items = items(&api, &[big, keyed("size:small")]).await;
+
+    assert_eq!(items[0]["error"]["status"], 422, "{}", items[0]);
+    assert!(
+        items[0]["error"]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("`text`") && d.contains("1048576")),
+        "{}",
+        items[0]
+    );
+    assert_eq!(items[1]["status"], "queued");
+    assert_eq!(api.queue_len().await, 1);
+}
+
+#[tokio::test]
+async fn a_batch_over_max_batch_bytes_is_refused_with_413() {
+    let api = spawn_api_with(&["--jwt-secret", SECRET, "--max-batch-bytes", "65536"]).await;
+    let mut job = valid_body();
+    job["text"] = json!("x".repeat(40 * 1024));
+
+    let response = api
+        .post_jobs(&api.token("jobs:write"), &[job.clone(), job])
+        .await;
+
+    assert_problem(response, 413, "65536").await;
+    assert_eq!(api.queue_len().await, 0);
+}
+
+#[tokio::test]
+async fn large_requests_beyond_the_concurrent_bound_are_refused_with_503_while_small_ones_pass() {
+    use tokio::io::AsyncWriteExt;
+
+    let api = spawn_api_with(&[
+        "--jwt-secret",
+        SECRET,
+        "--max-body-bytes",
+        "4096",
+        "--max-large-requests",
+        "1",
+        "--body-timeout-ms",
+        "120000",
+    ])
+    .await;
+    let token = api.token("jobs:write");
+    let addr = api.address.trim_start_matches("http://").to_owned();
+    let mut holder = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /addJobs HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: 500000\r\n\r\n{{\"jobs\": ["
+    );
+    holder.write_all(head.as_bytes()).await.expect("send");
+    let mut large = valid_body();
+    large["text"] = json!("x".repeat(8 * 1024));
+
+    // The holder's request may still be on its way to the API: poll.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let refused = loop {
+        let response = api.post_jobs(&token, &[large.clone()]).await;
+        if response.status() == 503 {
+            break response;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            use tokio::io::AsyncReadExt;
+            let mut answer = vec![0u8; 512];
+            let read = tokio::time::timeout(
+                std::time::Duration::from_millis(100),
+                holder.read(&mut answer),
+            )
+            .await;
+            panic!(
+                "never bounded: {}; the holder's connection read {read:?}: {:?}",
+                response.status(),
+                String::from_utf8_lossy(&answer)
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        refused
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    assert_problem(refused, 503, "large").await;
+    assert_eq!(
+        api.post_job(Some(&token), &valid_body()).await.status(),
+        202
+    );
+
+    drop(holder);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let status = api.post_jobs(&token, &[large.clone()]).await.status();
+        if status == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bound was not released: {status}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

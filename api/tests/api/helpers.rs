@@ -52,6 +52,8 @@ async fn spawn_api_configured(redis_url: String, settings: &[&str]) -> TestApi {
             "sendonce-api",
             "--api-addr",
             "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
             "--database-url",
             db.url(),
             "--redis-url",

@@ -6,6 +6,8 @@ mod add_jobs;
 mod auth;
 mod helpers;
 mod hostile_input;
+mod logs;
 mod operations;
 mod shutdown;
+mod slow_clients;
 mod startup;

@@ -129,6 +129,8 @@ async fn a_request_id_is_echoed_and_one_is_generated_when_absent() {
 struct ApiProcess {
     child: CapturedChild,
     address: String,
+    /// `METRICS_ADDR`, where `/metrics` is.
+    metrics_address: String,
     _db: TestDatabase,
 }
 
@@ -137,6 +139,7 @@ async fn start_api_process(rust_log: &str) -> ApiProcess {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sendonce-api"));
     command
         .env("API_ADDR", "127.0.0.1:0")
+        .env("METRICS_ADDR", "127.0.0.1:0")
         .env("DATABASE_URL", db.url())
         .env("REDIS_URL", shared_redis_url())
         .env("REDIS_KEY_PREFIX", unique_prefix())
@@ -146,7 +149,10 @@ async fn start_api_process(rust_log: &str) -> ApiProcess {
     let child = CapturedChild::spawn(command);
     let port = child.wait_for_json_field("port", DEADLINE).await;
     let port = port.as_u64().expect("the port as a number");
+    let metrics_addr = child.wait_for_json_field("metrics_addr", DEADLINE).await;
+    let metrics_addr = metrics_addr.as_str().expect("METRICS_ADDR as text");
     ApiProcess {
+        metrics_address: format!("http://{metrics_addr}"),
         child,
         address: format!("http://127.0.0.1:{port}"),
         _db: db,
@@ -155,7 +161,7 @@ async fn start_api_process(rust_log: &str) -> ApiProcess {
 
 impl ApiProcess {
     async fn metrics(&self) -> String {
-        let response = reqwest::get(format!("{}/metrics", self.address))
+        let response = reqwest::get(format!("{}/metrics", self.metrics_address))
             .await
             .expect("GET /metrics");
         assert_eq!(response.status(), 200);

@@ -12,6 +12,7 @@ async fn sigterm_stops_the_api_cleanly_with_exit_zero() {
         std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let mut api = Command::new(env!("CARGO_BIN_EXE_sendonce-api"))
         .env("API_ADDR", "127.0.0.1:0")
+        .env("METRICS_ADDR", "127.0.0.1:0")
         .env("DATABASE_URL", db.url())
         .env("REDIS_URL", &redis_url)
         .env("REDIS_KEY_PREFIX", unique_prefix())

@@ -13,6 +13,7 @@ fn start_api(env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_sendonce-api"))
         .env_clear()
         .env("API_ADDR", "127.0.0.1:0")
+        .env("METRICS_ADDR", "127.0.0.1:0")
         .envs(env.iter().copied())
         .output()
         .expect("run the API binary");
@@ -113,4 +114,41 @@ fn key_settings_that_do_not_fit_the_algorithm_are_refused_naming_the_variable() 
             "{args:?}: {error:#}"
         );
     }
+}
+
+/// What the API binary logs before it stops on an unreachable database.
+fn start_up_log(env: &[(&str, &str)]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_sendonce-api"))
+        .env_clear()
+        .env("API_ADDR", "127.0.0.1:0")
+        .env("METRICS_ADDR", "127.0.0.1:0")
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
+        .env("JWT_SECRET", "a-private-secret-long-enough-for-hs256-0123")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run the API binary");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn an_unset_jwt_audience_is_warned_about_at_start_up_outside_development() {
+    let warned = |log: &str| {
+        log.lines()
+            .any(|l| l.contains("\"WARN\"") && l.contains("JWT_AUDIENCE"))
+    };
+
+    assert!(warned(&start_up_log(&[])), "no warning about JWT_AUDIENCE");
+    assert!(!warned(&start_up_log(&[("JWT_AUDIENCE", "sendonce")])));
+    assert!(!warned(&start_up_log(&[("APP_ENV", "development")])));
+}
+
+#[test]
+fn prune_needs_retention_days() {
+    let output = Command::new(env!("CARGO_BIN_EXE_sendonce-api"))
+        .arg("prune")
+        .env_clear()
+        .output()
+        .expect("run the API binary");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("RETENTION_DAYS"));
 }

@@ -79,6 +79,8 @@ pub async fn spawn_system(options: Options) -> TestSystem {
         "sendonce-api",
         "--api-addr",
         "127.0.0.1:0",
+        "--metrics-addr",
+        "127.0.0.1:0",
         "--database-url",
         db.url(),
         "--redis-url",

@@ -8,4 +8,6 @@ mod failures;
 mod fencing;
 mod helpers;
 mod operations;
+mod retention;
 mod window;
+mod wire;

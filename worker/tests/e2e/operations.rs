@@ -95,6 +95,10 @@ async fn the_worker_counts_sends_duplicates_retries_and_dead_letters() {
         ..Options::default()
     })
     .await;
+    // Read before any work exists: the worker could otherwise send one
+    // before the first scrape.
+    let worker = start_worker_process(&system).await;
+    let at_start = worker.metrics().await;
     let (first, twin) = (
         keyed_task("ada@example.com", "metrics:ada"),
         keyed_task("ada@example.com", "metrics:ada"),
@@ -113,8 +117,6 @@ async fn the_worker_counts_sends_duplicates_retries_and_dead_letters() {
             None,
         ))
         .await;
-    let worker = start_worker_process(&system).await;
-    let at_start = worker.metrics().await;
 
     for job in [&first.job_id.to_string(), &twin.job_id.to_string()] {
         system.wait_for_terminal(job).await;
@@ -203,13 +205,19 @@ async fn with_json_logs_every_worker_line_is_json_and_a_jobs_lines_carry_its_id(
         about_the_job.len() >= 2,
         "the job's debug lines carry its id too"
     );
+    let key = IdempotencyKey::parse("logs:dora").expect("a key");
+    let hashed = sendonce_shared::telemetry::key(&key).to_string();
     for line in &about_the_job {
         assert_eq!(
             job_span(line).expect("the job span")["idempotency_key"],
-            "logs:dora",
+            hashed.as_str(),
             "{line}"
         );
     }
+    assert!(
+        !lines.iter().any(|line| line.contains("logs:dora")),
+        "the key was logged as is"
+    );
     for (raw, line) in lines.iter().zip(&parsed) {
         if raw.contains(&job_id) {
             assert!(

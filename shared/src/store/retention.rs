@@ -1,0 +1,70 @@
+//! Retention: what sendonce keeps of a finished job after `RETENTION_DAYS`.
+//!
+//! A key's promise ("at most one email per key") needs only its
+//! `deliveries` row: the key, its job id and a terminal state. Everything
+//! else about a finished job is personal data kept for operations: the task
+//! copy in `deliveries.task` (addresses, subject, body), the server's reply,
+//! and the dead-letter entry with its whole task. Pruning drops those and
+//! keeps the promise, so a pruned key posted again is still a duplicate.
+//!
+//! Each call prunes at most one batch, so a large backlog is worked off in
+//! short transactions that never hold many row locks.
+
+use super::{Store, StoreError};
+
+/// What one [`Store::prune_batch`] call removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Finished `deliveries` rows whose task copy and server reply were
+    /// cleared.
+    pub deliveries: u64,
+    /// Dead-letter entries deleted.
+    pub failed_jobs: u64,
+}
+
+impl Pruned {
+    /// Whether the batch found nothing left to prune.
+    pub fn is_empty(&self) -> bool {
+        self.deliveries == 0 && self.failed_jobs == 0
+    }
+}
+
+impl Store {
+    /// Prunes up to `batch` finished job records and `batch` dead-letter
+    /// entries last changed more than `days` days ago. Rows locked by a
+    /// worker are skipped, for a later batch.
+    pub async fn prune_batch(&self, days: u32, batch: i64) -> Result<Pruned, StoreError> {
+        let days = i32::try_from(days).unwrap_or(i32::MAX);
+        let client = self.pool.get().await?;
+        let deliveries = client
+            .execute(
+                "WITH old AS (
+                     SELECT idempotency_key FROM deliveries
+                     WHERE state IN ('sent', 'failed', 'uncertain')
+                       AND (task IS NOT NULL OR smtp_reply IS NOT NULL)
+                       AND updated_at < now() - make_interval(days => $1)
+                     ORDER BY updated_at
+                     LIMIT $2
+                     FOR UPDATE SKIP LOCKED)
+                 UPDATE deliveries d SET task = NULL, smtp_reply = NULL
+                 FROM old WHERE d.idempotency_key = old.idempotency_key",
+                &[&days, &batch],
+            )
+            .await?;
+        let failed_jobs = client
+            .execute(
+                "DELETE FROM failed_jobs WHERE id IN (
+                     SELECT id FROM failed_jobs
+                     WHERE failed_at < now() - make_interval(days => $1)
+                     ORDER BY failed_at
+                     LIMIT $2
+                     FOR UPDATE SKIP LOCKED)",
+                &[&days, &batch],
+            )
+            .await?;
+        Ok(Pruned {
+            deliveries,
+            failed_jobs,
+        })
+    }
+}
