@@ -44,6 +44,9 @@ if ! redis_up; then
 fi
 
 command -v psql >/dev/null || apt_install postgresql-client
+# The chaos test runs a private Postgres cluster (to pause it with SIGSTOP),
+# so initdb and pg_ctl must exist even when a server already answers.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { log "installing postgresql"; apt_install postgresql; }
 pg_up() { psql "$TEST_DATABASE_ADMIN_URL" -qAtc 'select 1' >/dev/null 2>&1; }
 if ! pg_up; then
   pg_bin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1 || true)"

@@ -314,6 +314,8 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Summary> {
         // The runner's INFO lines include "sent", the worker's own word
         // that it read a 250 and recorded it (see `logs`).
         ("RUST_LOG", "warn,sendonce_worker::runner=info".to_owned()),
+        // The false-uncertain verdict reads keys from the "sent" lines.
+        ("LOG_PLAIN_KEYS", "true".to_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

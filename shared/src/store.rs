@@ -9,7 +9,8 @@
 //! - `dead_letters`: listing, discarding and requeueing DLQ entries;
 //! - `jobs`: a job's state as clients read it;
 //! - [`leases`]: worker leases on the database clock, and the sweeper that
-//!   resolves rows whose holder lost its lease.
+//!   resolves rows whose holder lost its lease;
+//! - [`retention`]: pruning finished jobs' personal data (`RETENTION_DAYS`).
 //!
 //! Every write for an attempt is conditional on the attempt's fencing
 //! token (`deliveries.fence`); `docs/exactly-once.md` says why each
@@ -28,11 +29,11 @@ pub mod claims;
 mod dead_letters;
 mod jobs;
 pub mod leases;
+pub mod retention;
 
 pub use claims::{Claim, Fence};
 pub use leases::Swept;
 
-pub mod retention;
 mod embedded {
     refinery::embed_migrations!("../migrations");
 }
