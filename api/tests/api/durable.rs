@@ -1,0 +1,118 @@
+//! Accepted means durable: the API records every job in Postgres before it
+//! answers `202`, answers replays from there for ever, and refuses with
+//! `503` (pushing nothing) when Postgres cannot record it.
+
+use sendonce_testkit::{RedisOptions, RedisServer, TestDatabase, eventually};
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApi, assert_problem, spawn_api_on_redis, valid_body};
+
+const DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn keyed(key: &str, text: &str) -> Value {
+    json!({"to": "ada@example.com", "subject": "Hi", "text": text, "idempotency_key": key})
+}
+
+async fn job_id(response: reqwest::Response, status: u16) -> Value {
+    assert_eq!(response.status().as_u16(), status);
+    let answer: Value = response.json().await.expect("JSON");
+    answer["job_id"].clone()
+}
+
+#[tokio::test]
+async fn a_replay_after_redis_lost_everything_answers_200_with_the_original_job_and_422_for_another_body()
+ {
+    let redis = RedisServer::start(RedisOptions::default()).await;
+    let api = spawn_api_on_redis(redis.url()).await;
+    let token = api.token("jobs:write");
+    let original = job_id(
+        api.post_job(Some(&token), &keyed("replay:1", "one")).await,
+        202,
+    )
+    .await;
+
+    redis.flushall().await;
+    let replay = api.post_job(Some(&token), &keyed("replay:1", "one")).await;
+    let other = api.post_job(Some(&token), &keyed("replay:1", "two")).await;
+
+    assert_eq!(job_id(replay, 200).await, original);
+    assert_problem(other, 422, "replay:1").await;
+    assert_eq!(api.queue_len().await, 0, "a replay pushes nothing");
+}
+
+#[tokio::test]
+async fn a_job_accepted_before_redis_lost_everything_still_reads_queued() {
+    let redis = RedisServer::start(RedisOptions::default()).await;
+    let api = spawn_api_on_redis(redis.url()).await;
+    let job = job_id(
+        api.post_job(Some(&api.token("jobs:write")), &valid_body())
+            .await,
+        202,
+    )
+    .await;
+
+    redis.flushall().await;
+    let response = api
+        .call(
+            "GET",
+            &format!("/jobs/{}", job.as_str().expect("id")),
+            Some(&api.token("jobs:read")),
+        )
+        .await;
+
+    assert_eq!(response.status(), 200);
+    let record: Value = response.json().await.expect("JSON");
+    assert_eq!(record["status"], "queued");
+    assert!(record["created_at"].is_string());
+}
+
+/// Opens or closes the API's database through `control`, a session of
+/// its own: closed, it takes no new sessions and the others are ended, so
+/// to the API Postgres is down.
+async fn set_open(db: &TestDatabase, control: &tokio_postgres::Client, open: bool) {
+    let alter = format!(
+        "ALTER DATABASE \"{}\" WITH ALLOW_CONNECTIONS {open}",
+        db.name()
+    );
+    control.batch_execute(&alter).await.expect("ALTER DATABASE");
+    if !open {
+        control
+            .batch_execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            )
+            .await
+            .expect("end the API's sessions");
+    }
+}
+
+#[tokio::test]
+async fn a_job_posted_while_postgres_is_down_gets_503_nothing_is_pushed_and_its_retry_is_accepted_once_back()
+ {
+    let api: TestApi = crate::helpers::spawn_api().await;
+    let token = api.token("jobs:write");
+    let control = api.db().connect().await;
+    let body = keyed("pg-outage:1", "hello");
+
+    set_open(api.db(), &control, false).await;
+    let refused = api.post_job(Some(&token), &body).await;
+    assert_eq!(refused.headers()["retry-after"], "1");
+    assert_problem(refused, 503, "retry later").await;
+    assert_eq!(api.queue_len().await, 0, "nothing pushed before acceptance");
+
+    set_open(api.db(), &control, true).await;
+    let accepted = eventually(
+        "POST /addJob is accepted once Postgres is back",
+        DEADLINE,
+        || async {
+            let response = api.post_job(Some(&token), &body).await;
+            (response.status() == 202).then_some(response)
+        },
+    )
+    .await;
+    let accepted = job_id(accepted, 202).await;
+    let replay = job_id(api.post_job(Some(&token), &body).await, 200).await;
+
+    assert_eq!(replay, accepted);
+    assert_eq!(api.queue_len().await, 1, "queued once");
+}
