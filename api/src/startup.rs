@@ -9,7 +9,7 @@ use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sendonce_shared::queue::{self, Queue};
-use sendonce_shared::store::{self, Store};
+use sendonce_shared::store::{self, Acceptor, Store};
 use tracing_actix_web::TracingLogger;
 
 use crate::auth::JwtKeys;
@@ -52,10 +52,16 @@ impl Application {
             queue::connect(&config.common.redis_url, 32)?,
             &config.common.redis_key_prefix,
         );
+        sendonce_shared::readiness::warn_at_start(&queue).await;
+        let pusher = queue.clone();
+        let acceptor = Acceptor::spawn(store.clone(), move |tasks: Vec<String>| {
+            let queue = pusher.clone();
+            async move { queue.push(&tasks).await }
+        });
         let state = AppState {
             queue,
             store,
-            replay_ttl: config.common.dedup_ttl(),
+            acceptor,
         };
         let listener = TcpListener::bind(config.api_addr)
             .with_context(|| format!("failed to bind API_ADDR {}", config.api_addr))?;

@@ -41,6 +41,33 @@ async fn a_replay_after_redis_lost_everything_answers_200_with_the_original_job_
 }
 
 #[tokio::test]
+async fn a_key_accepted_a_month_ago_still_replays_and_still_refuses_another_body() {
+    let api = crate::helpers::spawn_api().await;
+    let token = api.token("jobs:write");
+    let original = job_id(
+        api.post_job(Some(&token), &keyed("old:1", "one")).await,
+        202,
+    )
+    .await;
+    api.db()
+        .connect()
+        .await
+        .execute(
+            "UPDATE deliveries SET created_at = created_at - interval '30 days',
+                                   updated_at = updated_at - interval '30 days'",
+            &[],
+        )
+        .await
+        .expect("age the row");
+
+    let replay = api.post_job(Some(&token), &keyed("old:1", "one")).await;
+    let other = api.post_job(Some(&token), &keyed("old:1", "two")).await;
+
+    assert_eq!(job_id(replay, 200).await, original);
+    assert_problem(other, 422, "old:1").await;
+}
+
+#[tokio::test]
 async fn a_job_accepted_before_redis_lost_everything_still_reads_queued() {
     let redis = RedisServer::start(RedisOptions::default()).await;
     let api = spawn_api_on_redis(redis.url()).await;
@@ -66,9 +93,20 @@ async fn a_job_accepted_before_redis_lost_everything_still_reads_queued() {
     assert!(record["created_at"].is_string());
 }
 
-/// Opens or closes the API's database through `control`, a session of
-/// its own: closed, it takes no new sessions and the others are ended, so
-/// to the API Postgres is down.
+/// A session on the server's admin database, which can close the test's.
+async fn admin() -> tokio_postgres::Client {
+    let url = std::env::var(sendonce_testkit::postgres::ADMIN_URL_ENV)
+        .unwrap_or_else(|_| sendonce_testkit::postgres::DEFAULT_ADMIN_URL.to_owned());
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("an admin session");
+    tokio::spawn(connection);
+    client
+}
+
+/// Opens or closes the API's database through `control`, an admin
+/// session: closed, it takes no new sessions and its sessions are ended,
+/// so to the API Postgres is down.
 async fn set_open(db: &TestDatabase, control: &tokio_postgres::Client, open: bool) {
     let alter = format!(
         "ALTER DATABASE \"{}\" WITH ALLOW_CONNECTIONS {open}",
@@ -77,9 +115,10 @@ async fn set_open(db: &TestDatabase, control: &tokio_postgres::Client, open: boo
     control.batch_execute(&alter).await.expect("ALTER DATABASE");
     if !open {
         control
-            .batch_execute(
+            .execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                 WHERE datname = $1",
+                &[&db.name()],
             )
             .await
             .expect("end the API's sessions");
@@ -91,7 +130,7 @@ async fn a_job_posted_while_postgres_is_down_gets_503_nothing_is_pushed_and_its_
  {
     let api: TestApi = crate::helpers::spawn_api().await;
     let token = api.token("jobs:write");
-    let control = api.db().connect().await;
+    let control = admin().await;
     let body = keyed("pg-outage:1", "hello");
 
     set_open(api.db(), &control, false).await;

@@ -119,9 +119,20 @@ async fn a_retrying_job_and_a_requeued_dead_letter_reach_a_terminal_state_after_
         .await;
     assert_eq!(status, 200);
 
+    // The retry falls due while Redis loses everything.
+    system
+        .db
+        .connect()
+        .await
+        .execute(
+            "UPDATE deliveries SET next_attempt_at = now() WHERE idempotency_key = $1",
+            &[&"wiped:retrying"],
+        )
+        .await
+        .expect("make the retry due");
     redis.flushall().await;
-    // The reconciler puts both back at once; the retrying one fails its
-    // last allowed attempt.
+    // The reconciler puts both back; the retrying one fails its last
+    // allowed attempt.
     let _worker = system.spawn_worker_with(&["--max-attempts", "2"]).await;
 
     system.wait_for_status(&dead, "sent").await;
