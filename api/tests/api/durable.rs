@@ -155,3 +155,66 @@ async fn a_job_posted_while_postgres_is_down_gets_503_nothing_is_pushed_and_its_
     assert_eq!(replay, accepted);
     assert_eq!(api.queue_len().await, 1, "queued once");
 }
+
+#[tokio::test]
+async fn a_redis_that_evicts_keys_is_reported_by_readyz_without_failing_it() {
+    let redis = RedisServer::start(RedisOptions::default()).await;
+    let api = spawn_api_on_redis(redis.url()).await;
+    let readyz = format!("{}/readyz", api.address);
+    let quiet: Value = api
+        .client
+        .get(&readyz)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON");
+    let mut conn = api.redis().await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("allkeys-lru")
+        .query_async(&mut conn)
+        .await
+        .expect("CONFIG SET");
+
+    let response = api.client.get(&readyz).send().await.expect("GET");
+
+    assert_eq!(response.status(), 200, "a warning, not unreadiness");
+    let ready: Value = response.json().await.expect("JSON");
+    assert_eq!(quiet["warnings"], json!([]));
+    let warning = ready["warnings"][0].as_str().unwrap_or_default();
+    assert!(warning.contains("allkeys-lru"), "{ready}");
+}
+
+#[tokio::test]
+async fn redis_keeps_only_the_task_of_an_accepted_job() {
+    let api = crate::helpers::spawn_api().await;
+    let token = api.token("jobs:write");
+    let jobs: Vec<Value> = (0..100)
+        .map(|i| keyed(&format!("footprint:{i}"), "Hello from sendonce."))
+        .collect();
+    for job in &jobs[..50] {
+        job_id(api.post_job(Some(&token), job).await, 202).await;
+    }
+    api.post_jobs(&token, &jobs[50..]).await;
+
+    let mut conn = api.redis().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{{{}}}:*", api.prefix))
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS");
+    let queue = format!("{{{}}}:queue", api.prefix);
+    assert_eq!(keys, [queue.clone()], "no replay record, no job marker");
+    let bytes: u64 = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(&queue)
+        .arg("SAMPLES")
+        .arg(0)
+        .query_async(&mut conn)
+        .await
+        .expect("MEMORY USAGE");
+    eprintln!("Redis bytes per accepted job: {}", bytes / 100);
+}

@@ -140,3 +140,68 @@ async fn a_retrying_job_and_a_requeued_dead_letter_reach_a_terminal_state_after_
     assert_eq!(job["status"], "failed", "{job}");
     assert_eq!(system.smtp.messages().len(), 1);
 }
+
+#[tokio::test]
+async fn jobs_whose_copies_redis_dropped_under_its_epoch_are_pushed_again_after_reconcile_after_ms()
+{
+    let redis = RedisServer::start(RedisOptions::default()).await;
+    let hour = "3600000";
+    let args = [
+        "--reconcile-after-ms",
+        "500",
+        "--retry-base-ms",
+        hour,
+        "--retry-max-ms",
+        hour,
+    ];
+    let system = system_on(&redis, &args).await;
+    let worker = system.spawn_worker().await;
+    let retrying = system
+        .post_ok(&email(
+            "later+flaky-1@example.com",
+            Some("evicted:retrying"),
+        ))
+        .await;
+    let retrying = retrying["job_id"].as_str().expect("job id").to_owned();
+    system.wait_for_status(&retrying, "retrying").await;
+    worker.stop().await.expect("a clean stop");
+    // The epoch stays: as after an eviction, or a failover that dropped the
+    // last writes, not a total loss.
+    let queued = system
+        .post_ok(&email("evicted@example.com", Some("evicted:queued")))
+        .await;
+    let queued = queued["job_id"].as_str().expect("job id").to_owned();
+    let queue = system.queue();
+    let mut conn = redis::Client::open(redis.url().as_str())
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let _: () = redis::cmd("DEL")
+        .arg(queue.keys().queue())
+        .arg(queue.keys().scheduled())
+        .query_async(&mut conn)
+        .await
+        .expect("DEL");
+    let epoch: bool = redis::cmd("EXISTS")
+        .arg(queue.keys().epoch())
+        .query_async(&mut conn)
+        .await
+        .expect("EXISTS");
+    assert!(epoch, "the epoch survived");
+    system
+        .db
+        .connect()
+        .await
+        .execute(
+            "UPDATE deliveries SET next_attempt_at = now() WHERE idempotency_key = $1",
+            &[&"evicted:retrying"],
+        )
+        .await
+        .expect("make the retry due");
+
+    let _worker = system.spawn_worker().await;
+
+    let ids = [retrying, queued];
+    assert_each_sent_once(&system, &ids).await;
+}
