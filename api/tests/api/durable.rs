@@ -207,7 +207,11 @@ async fn redis_keeps_only_the_task_of_an_accepted_job() {
         .await
         .expect("KEYS");
     let queue = format!("{{{}}}:queue", api.prefix);
-    assert_eq!(keys, [queue.clone()], "no replay record, no job marker");
+    assert_eq!(
+        keys,
+        std::slice::from_ref(&queue),
+        "no replay record, no job marker"
+    );
     let bytes: u64 = redis::cmd("MEMORY")
         .arg("USAGE")
         .arg(&queue)
