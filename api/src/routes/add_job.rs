@@ -156,10 +156,7 @@ pub async fn add_job(
     let (job_id, key) = (task.job_id, task.idempotency_key.clone());
     let accepted = state
         .acceptor
-        .accept(Submission {
-            task,
-            fingerprint: fingerprint.clone(),
-        })
+        .accept(Submission::new(task, fingerprint.clone()))
         .await
         .map_err(ApiError::unavailable)?;
     let (status, accepted) = answer(job_id, key, &fingerprint, accepted)?;

@@ -106,7 +106,7 @@ pub async fn add_jobs(
         refused.push(match item {
             Ok(task) => {
                 let fingerprint = task.email.fingerprint();
-                valid.push(Submission { task, fingerprint });
+                valid.push(Submission::new(task, fingerprint));
                 None
             }
             Err(e) => Some(e),
@@ -125,7 +125,7 @@ pub async fn add_jobs(
         .iter()
         .zip(&outcomes)
         .filter(|(_, o)| **o == Accepted::New)
-        .map(|(s, _)| s.task.to_json())
+        .map(|(s, _)| s.json().to_owned())
         .collect();
     let queued = fresh.len();
     // Recorded, hence accepted, whatever Redis says now: a task that could
@@ -140,7 +140,10 @@ pub async fn add_jobs(
     let answers: Vec<Result<(actix_web::http::StatusCode, JobAccepted), ApiError>> = valid
         .into_iter()
         .zip(outcomes)
-        .map(|(Submission { task, fingerprint }, outcome)| {
+        .map(|(submission, outcome)| {
+            let Submission {
+                task, fingerprint, ..
+            } = submission;
             answer(task.job_id, task.idempotency_key, &fingerprint, outcome)
         })
         .collect();

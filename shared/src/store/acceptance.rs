@@ -38,6 +38,25 @@ pub struct Submission {
     pub task: Task,
     /// `Email::fingerprint` of the request.
     pub fingerprint: String,
+    /// The task as stored and pushed, serialised once.
+    json: String,
+}
+
+impl Submission {
+    /// A submission of `task`, whose request has `fingerprint`.
+    pub fn new(task: Task, fingerprint: String) -> Self {
+        let json = task.to_json();
+        Self {
+            task,
+            fingerprint,
+            json,
+        }
+    }
+
+    /// The task as stored in its row and pushed to the queue.
+    pub fn json(&self) -> &str {
+        &self.json
+    }
 }
 
 /// What acceptance made of a submission.
@@ -93,7 +112,7 @@ impl Store {
             .iter()
             .map(|&i| jobs[i].task.job_id.as_uuid())
             .collect();
-        let tasks: Vec<String> = order.iter().map(|&i| jobs[i].task.to_json()).collect();
+        let tasks: Vec<&str> = order.iter().map(|&i| jobs[i].json()).collect();
         let fingerprints: Vec<&str> = order
             .iter()
             .map(|&i| jobs[i].fingerprint.as_str())
@@ -243,7 +262,7 @@ where
                 .iter()
                 .zip(&answers)
                 .filter(|(_, a)| **a == Accepted::New)
-                .map(|(j, _)| j.task.to_json())
+                .map(|(j, _)| j.json().to_owned())
                 .collect();
             if !fresh.is_empty()
                 && let Err(e) = push(fresh).await

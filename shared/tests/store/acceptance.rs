@@ -20,7 +20,7 @@ async fn migrated() -> (TestDatabase, Store) {
 fn submission(key: &str) -> Submission {
     let task = task(key);
     let fingerprint = task.email.fingerprint();
-    Submission { task, fingerprint }
+    Submission::new(task, fingerprint)
 }
 
 #[tokio::test]

@@ -131,10 +131,7 @@ async fn migration_3_keeps_jobs_in_every_state_replays_their_keys_and_finds_the_
     // it is answered as the original job, never recorded twice.
     let again: Vec<Submission> = tasks
         .iter()
-        .map(|t| Submission {
-            task: task(t.idempotency_key.as_str()),
-            fingerprint: "unknown".into(),
-        })
+        .map(|t| Submission::new(task(t.idempotency_key.as_str()), "unknown".into()))
         .collect();
     let answers = store.accept(&again).await.expect("accept");
     for (answer, t) in answers.iter().zip(&tasks) {
