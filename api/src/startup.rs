@@ -14,6 +14,7 @@ use tracing_actix_web::TracingLogger;
 
 use crate::auth::JwtKeys;
 use crate::config::ApiConfig;
+use crate::handoff::Handoff;
 use crate::openapi;
 use crate::problem::ApiError;
 use crate::rate_limit::RateLimit;
@@ -53,15 +54,17 @@ impl Application {
             &config.common.redis_key_prefix,
         );
         sendonce_shared::readiness::warn_at_start(&queue).await;
-        let pusher = queue.clone();
+        let handoff = Handoff::new(queue.clone());
+        let pusher = handoff.clone();
         let acceptor = Acceptor::spawn(store.clone(), move |tasks: Vec<String>| {
-            let queue = pusher.clone();
-            async move { queue.push(&tasks).await }
+            let handoff = pusher.clone();
+            async move { handoff.push(tasks).await }
         });
         let state = AppState {
             queue,
             store,
             acceptor,
+            handoff,
         };
         let listener = TcpListener::bind(config.api_addr)
             .with_context(|| format!("failed to bind API_ADDR {}", config.api_addr))?;

@@ -4,6 +4,7 @@ use sendonce_shared::domain::JobId;
 use sendonce_shared::queue::Queue;
 use sendonce_shared::store::{Acceptor, JobRecord, Store};
 
+use crate::handoff::Handoff;
 use crate::problem::ApiError;
 
 /// Shared handler state.
@@ -15,6 +16,9 @@ pub struct AppState {
     pub store: Store,
     /// The group commit that records single jobs before they are answered.
     pub acceptor: Acceptor,
+    /// Pushes accepted jobs to Redis (`POST /addJobs`; the acceptor's
+    /// writer uses it too).
+    pub handoff: Handoff,
 }
 
 impl AppState {

@@ -128,9 +128,11 @@ pub async fn add_jobs(
         .map(|(s, _)| s.json().to_owned())
         .collect();
     let queued = fresh.len();
-    // Recorded, hence accepted, whatever Redis says now: a task that could
-    // not be pushed waits for the reconciler.
-    if let Err(e) = state.queue.push(&fresh).await {
+    // Recorded, hence accepted, whatever Redis says now: a push that fails
+    // is retried in the background, and the reconciler is the backstop.
+    if !fresh.is_empty()
+        && let Err(e) = state.handoff.push(fresh).await
+    {
         tracing::warn!(error = %e, jobs = queued, "accepted jobs could not be pushed to Redis; they are recorded, and the reconciler will push them");
     }
     metrics::counter!(crate::telemetry::JOBS_ENQUEUED).increment(queued as u64);

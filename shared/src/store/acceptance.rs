@@ -192,8 +192,9 @@ pub struct Acceptor {
 impl Acceptor {
     /// Starts the writer on the current runtime. After each batch commits,
     /// `push` is given the batch's new tasks (one call per batch); if it
-    /// fails the jobs stay accepted (they are durable) and the reconciler
-    /// pushes them later, so the failure is only logged.
+    /// fails the jobs stay accepted (they are durable; pushing them later is
+    /// `push`'s and the reconciler's business), so the failure is only
+    /// logged.
     pub fn spawn<F, Fut, E>(store: Store, push: F) -> Self
     where
         F: Fn(Vec<String>) -> Fut + Send + Sync + 'static,
@@ -267,7 +268,7 @@ where
             if !fresh.is_empty()
                 && let Err(e) = push(fresh).await
             {
-                tracing::warn!(error = %e, "accepted jobs could not be pushed to Redis; they are recorded, and the reconciler will push them");
+                tracing::warn!(error = %e, "accepted jobs could not be pushed to Redis yet; they are recorded and will be pushed later");
             }
             for (reply, answer) in replies.into_iter().zip(answers) {
                 // The caller may have gone (its client hung up): the job is
