@@ -205,3 +205,37 @@ async fn jobs_whose_copies_redis_dropped_under_its_epoch_are_pushed_again_after_
     let ids = [retrying, queued];
     assert_each_sent_once(&system, &ids).await;
 }
+
+#[tokio::test]
+async fn redis_losing_everything_in_the_middle_of_a_run_loses_no_job_and_sends_none_twice() {
+    let redis = RedisServer::start(RedisOptions::default()).await;
+    let system = system_on(&redis, &[]).await;
+    let _workers = [system.spawn_worker().await, system.spawn_worker().await];
+    let post = |i: usize| {
+        let system = &system;
+        async move {
+            let answer = system
+                .post_ok(&email(
+                    &format!("mid{i}@example.com"),
+                    Some(&format!("mid:{i}")),
+                ))
+                .await;
+            answer["job_id"].as_str().expect("a job id").to_owned()
+        }
+    };
+
+    let mut ids = futures::future::join_all((0..40).map(post)).await;
+    redis.flushall().await;
+    ids.extend(futures::future::join_all((40..80).map(post)).await);
+
+    assert_each_sent_once(&system, &ids).await;
+    let mut recipients: Vec<String> = system
+        .smtp
+        .messages()
+        .iter()
+        .flat_map(|m| m.rcpt_to.clone())
+        .collect();
+    recipients.sort();
+    recipients.dedup();
+    assert_eq!(recipients.len(), ids.len(), "no recipient got two emails");
+}
