@@ -6,13 +6,16 @@
 //! reconciler (see `reconcile`) puts back from these rows.
 //!
 //! [`Store::accept`] records a batch in one statement. [`Acceptor`] is the
-//! group commit of `POST /addJob`: one writer gathers the requests that
-//! arrive within [`LINGER`], up to [`MAX_BATCH`], records them together,
-//! pushes the new tasks in one call, and answers each request.
+//! group commit of `POST /addJob`: one writer takes every request waiting
+//! (up to [`MAX_BATCH`]) as one batch, records it, pushes its new tasks in
+//! one call, and answers each request. While up to `IN_FLIGHT` batches
+//! commit, the next requests wait and form the next batch: batches grow
+//! with the load, and a lone request is not held back. (Waiting 1 ms for
+//! more requests instead cost a third of the throughput at saturation,
+//! 16,100 against 22,900 req/s, and added 1 ms to every request.)
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use uuid::Uuid;
@@ -20,8 +23,6 @@ use uuid::Uuid;
 use super::{Store, StoreError};
 use crate::domain::{JobId, Task};
 
-/// How long the writer waits for more requests after the first of a batch.
-pub const LINGER: Duration = Duration::from_millis(1);
 /// Most requests recorded in one statement.
 pub const MAX_BATCH: usize = 512;
 /// Batches being recorded at once (each on its own connection), so a slow
@@ -229,17 +230,10 @@ where
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
+        // Everything waiting, or the next request to arrive.
         let mut batch = Vec::with_capacity(MAX_BATCH);
         if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
             return;
-        }
-        let deadline = tokio::time::Instant::now() + LINGER;
-        while batch.len() < MAX_BATCH {
-            let room = MAX_BATCH - batch.len();
-            match tokio::time::timeout_at(deadline, rx.recv_many(&mut batch, room)).await {
-                Ok(n) if n > 0 => {}
-                _ => break,
-            }
         }
         let store = store.clone();
         let push = Arc::clone(&push);
