@@ -3,6 +3,8 @@
 //! # Layout
 //!
 //! - [`config`]: `ApiConfig`, every setting with its environment variable.
+//! - [`handoff`]: pushing accepted jobs to Redis, retried in the
+//!   background when Redis refuses.
 //! - [`startup`]: `Application::build` binds the listener (port 0 in tests)
 //!   and wires the routes; `run_until_stopped` drains on shutdown.
 //! - [`auth`]: bearer-JWT verification, the `Authorized<scope>` extractor
@@ -18,6 +20,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod handoff;
 pub mod limits;
 pub mod openapi;
 pub mod problem;

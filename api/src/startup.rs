@@ -10,11 +10,12 @@ use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sendonce_shared::queue::{self, Queue};
-use sendonce_shared::store::{self, Store};
+use sendonce_shared::store::{self, Acceptor, Store};
 use tracing_actix_web::TracingLogger;
 
 use crate::auth::JwtKeys;
 use crate::config::ApiConfig;
+use crate::handoff::Handoff;
 use crate::limits::{self, BodyTimeout, LargeBody, LargeRequests};
 use crate::openapi;
 use crate::problem::ApiError;
@@ -60,10 +61,18 @@ impl Application {
             queue::connect(&config.common.redis_url, 32)?,
             &config.common.redis_key_prefix,
         );
+        sendonce_shared::readiness::warn_at_start(&queue).await;
+        let handoff = Handoff::new(queue.clone());
+        let pusher = handoff.clone();
+        let acceptor = Acceptor::spawn(store.clone(), move |tasks: Vec<String>| {
+            let handoff = pusher.clone();
+            async move { handoff.push(tasks).await }
+        });
         let state = AppState {
             queue,
             store,
-            replay_ttl: config.common.dedup_ttl(),
+            acceptor,
+            handoff,
             max_job_bytes: usize::try_from(config.max_job_bytes)
                 .context("MAX_JOB_BYTES does not fit in memory")?,
         };

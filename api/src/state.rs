@@ -1,11 +1,10 @@
 //! What every handler shares.
 
-use std::time::Duration;
-
 use sendonce_shared::domain::JobId;
 use sendonce_shared::queue::Queue;
-use sendonce_shared::store::{JobRecord, Store};
+use sendonce_shared::store::{Acceptor, JobRecord, Store};
 
+use crate::handoff::Handoff;
 use crate::problem::ApiError;
 
 /// Shared handler state.
@@ -15,34 +14,19 @@ pub struct AppState {
     pub queue: Queue,
     /// The Postgres store.
     pub store: Store,
-    /// How long the API remembers an accepted key for replays.
-    pub replay_ttl: Duration,
+    /// The group commit that records single jobs before they are answered.
+    pub acceptor: Acceptor,
+    /// Pushes accepted jobs to Redis (`POST /addJobs`; the acceptor's
+    /// writer uses it too).
+    pub handoff: Handoff,
     /// `MAX_JOB_BYTES`: the largest `text` plus `html` of one job.
     pub max_job_bytes: usize,
 }
 
 impl AppState {
-    /// A job's current state: from Postgres once a worker has seen it, else
-    /// `queued` while Redis still marks it accepted.
+    /// A job's current state, from Postgres: every accepted job has its row
+    /// from the moment it was answered `202`.
     pub async fn job(&self, job: JobId) -> Result<Option<JobRecord>, ApiError> {
-        if let Some(record) = self.store.job(job).await.map_err(ApiError::unavailable)? {
-            return Ok(Some(record));
-        }
-        let key = self
-            .queue
-            .accepted_key(job)
-            .await
-            .map_err(ApiError::unavailable)?;
-        Ok(key.map(|idempotency_key| JobRecord {
-            job_id: job,
-            idempotency_key,
-            status: "queued".into(),
-            attempts: 0,
-            last_error: None,
-            next_attempt_at: None,
-            created_at: job.created_at(),
-            updated_at: job.created_at(),
-            sent_at: None,
-        }))
+        self.store.job(job).await.map_err(ApiError::unavailable)
     }
 }

@@ -48,8 +48,8 @@ pub struct CommonConfig {
     #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "sendonce", value_parser = parse_prefix)]
     pub redis_key_prefix: String,
 
-    /// How long, in seconds, the L1 dedup key and the API's replay record of
-    /// an idempotency key live in Redis.
+    /// How long, in seconds, the L1 dedup key of an idempotency key lives in
+    /// Redis. (Replays are answered from Postgres, with no time limit.)
     #[arg(long, env = "DEDUP_TTL_SECS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
     pub dedup_ttl_secs: u64,
 

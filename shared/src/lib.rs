@@ -7,10 +7,10 @@
 //! - [`config`]: settings common to both binaries (`DATABASE_URL`,
 //!   `REDIS_URL`, ...), read once through clap.
 //! - [`queue`]: the Redis queue, processing lists, delayed set, worker leases,
-//!   L1 dedup keys and the API's replay records. Its module docs list every
-//!   key.
-//! - [`store`]: the Postgres store: migrations, the L2 claim (the authority
-//!   on "at most one effect per key"), job states and the dead-letter table.
+//!   L1 dedup keys and the epoch. Its module docs list every key.
+//! - [`store`]: the Postgres store: migrations, accepted jobs (recorded before
+//!   the API answers), the L2 claim (the authority on "at most one effect
+//!   per key"), job states, the dead-letter table and the reconciler's scans.
 //! - [`readiness`]: the `/readyz` check both binaries serve.
 //! - [`telemetry`]: log and metrics set-up, the shutdown signal.
 

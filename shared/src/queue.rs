@@ -1,5 +1,8 @@
 //! The Redis side: the ready queue, per-worker processing lists, the delayed
-//! set, worker leases, the L1 dedup keys and the API's replay records.
+//! set, worker leases, the L1 dedup keys and the epoch.
+//!
+//! Redis is the transport, not the record: every accepted job is a row in
+//! Postgres first, and the reconciler pushes again whatever Redis loses.
 //!
 //! # Key layout
 //!
@@ -13,8 +16,7 @@
 //! | `{p}:scheduled` | sorted set | tasks waiting for a retry, scored by due time (ms, Redis clock) |
 //! | `{p}:leases` | sorted set | worker ids that may hold tasks, scored by lease deadline (ms, Redis clock) |
 //! | `{p}:dedup:<key>` | string, EX ttl | L1 claim: the job id that holds the key |
-//! | `{p}:idem:<key>` | string, EX ttl | API replay record: `<job id> <fingerprint>` |
-//! | `{p}:job:<job id>` | string, EX ttl | the key of a job the API accepted, so it reads `queued` before a worker sees it |
+//! | `{p}:epoch` | string, no TTL | set by the worker that re-pushed every waiting job after Redis was found without it (flushed, restarted empty, failed over) |
 //! | `{p}:poison` | list | tasks that do not parse; kept for an operator, never dropped |
 
 use std::time::Duration;
@@ -25,6 +27,9 @@ use redis::{AsyncConnectionConfig, Script};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::domain::{IdempotencyKey, JobId, Task};
+
+/// `maxmemory-policy` values under which Redis never drops a key.
+const NOEVICTION: &str = "noeviction";
 
 mod shared;
 use shared::SharedConnection;
@@ -90,13 +95,10 @@ impl Keys {
     pub fn dedup(&self, key: &IdempotencyKey) -> String {
         format!("{}:dedup:{key}", self.tag)
     }
-    /// The API's replay record of an idempotency key.
-    pub fn idem(&self, key: &IdempotencyKey) -> String {
-        format!("{}:idem:{key}", self.tag)
-    }
-    /// The accepted-but-not-yet-processed marker of a job.
-    pub fn job(&self, job: JobId) -> String {
-        format!("{}:job:{job}", self.tag)
+    /// The epoch: missing means this Redis lost (or never had) the tasks
+    /// of the waiting jobs.
+    pub fn epoch(&self) -> String {
+        format!("{}:epoch", self.tag)
     }
     /// Where unparseable tasks are kept.
     pub fn poison(&self) -> String {
@@ -122,40 +124,6 @@ pub fn connect(url: &SecretString, max_size: usize) -> Result<Pool, QueueError> 
         .map_err(|e| QueueError::Config(e.to_string()))
 }
 
-/// Outcome of posting a task through the API's replay guard.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Enqueued {
-    /// The task is in the queue.
-    New,
-    /// The key was already accepted; nothing was enqueued.
-    Replay {
-        /// The job that was accepted for this key.
-        job_id: JobId,
-        /// That request's fingerprint.
-        fingerprint: String,
-    },
-}
-
-impl Enqueued {
-    /// Reads the replay record the scripts answered for a key already
-    /// accepted. They answer only records of the form `<job id> <fingerprint>`
-    /// (and overwrite anything else), so one that does not parse is an error,
-    /// never a silent "queued".
-    fn from_record(prev: Option<String>) -> Result<Self, QueueError> {
-        let Some(prev) = prev else {
-            return Ok(Self::New);
-        };
-        let (job, fingerprint) = prev.split_once(' ').unwrap_or((&prev, ""));
-        let job_id = job
-            .parse()
-            .map_err(|_| QueueError::Unexpected(format!("unreadable replay record {prev:?}")))?;
-        Ok(Self::Replay {
-            job_id,
-            fingerprint: fingerprint.to_owned(),
-        })
-    }
-}
-
 /// Outcome of the L1 claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum L1Claim {
@@ -168,47 +136,30 @@ pub enum L1Claim {
     },
 }
 
-/// A replay record: `<job id (a UUID)> <fingerprint>`. A key holding
-/// anything else (damaged, or written by hand) is treated as never accepted
-/// and overwritten, so it neither blocks the key nor replays a bogus job.
 /// Most lapsed workers reaped per round.
 const REAP_BATCH: usize = 100;
 
-const RECORD_PATTERN: &str = "^%x+%-%x+%-%x+%-%x+%-%x+ ";
-
-const ENQUEUE: &str = r"
--- KEYS: idem, queue, job marker. ARGV: replay record, task, ttl secs, key,
--- record pattern.
-local prev = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'GET', 'EX', ARGV[3])
-if prev and string.match(prev, ARGV[5]) then return prev end
-if prev then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3]) end
-redis.call('LPUSH', KEYS[2], ARGV[2])
-redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[3])
-return false
+/// Extends or ends the TTL of the epoch key only while it still holds this
+/// pass's value (a flush meanwhile starts another pass elsewhere).
+const KEEP_EPOCH: &str = r"
+-- KEYS: epoch. ARGV: value, ttl ms (0: persist).
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '0' then redis.call('PERSIST', KEYS[1])
+else redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 1
 ";
 
-const ENQUEUE_MANY: &str = r"
--- KEYS: queue, then per task its idem key and its job marker.
--- ARGV: ttl secs, record pattern, then per task its replay record, task
--- and key.
--- Tasks are handled in order, so a key repeated in the batch replays its
--- first occurrence. Answers, per task, the previous record or false.
-local answers, fresh = {}, {}
-for i = 1, (#KEYS - 1) / 2 do
-  local prev = redis.call('SET', KEYS[2 * i], ARGV[3 * i], 'NX', 'GET', 'EX', ARGV[1])
-  if prev and string.match(prev, ARGV[2]) then
-    answers[i] = prev
-  else
-    if prev then redis.call('SET', KEYS[2 * i], ARGV[3 * i], 'EX', ARGV[1]) end
-    answers[i] = false
-    fresh[#fresh + 1] = ARGV[3 * i + 1]
-    redis.call('SET', KEYS[2 * i + 1], ARGV[3 * i + 2], 'EX', ARGV[1])
-  end
+const RESTORE: &str = r"
+-- KEYS: queue, scheduled. ARGV: pairs of task and delay ms.
+-- A task due now goes where the next pop takes it; a later one back to the
+-- delayed set, due by this Redis's clock.
+local now = now_ms()
+for i = 1, #ARGV, 2 do
+  local delay = tonumber(ARGV[i + 1])
+  if delay <= 0 then redis.call('RPUSH', KEYS[1], ARGV[i])
+  else redis.call('ZADD', KEYS[2], now + delay, ARGV[i]) end
 end
-for i = 1, #fresh, 1000 do
-  redis.call('LPUSH', KEYS[1], unpack(fresh, i, math.min(i + 999, #fresh)))
-end
-return answers
+return #ARGV / 2
 ";
 
 const PROMOTE: &str = r"
@@ -274,8 +225,8 @@ return n
 pub struct Queue {
     conn: SharedConnection,
     keys: Keys,
-    enqueue: Script,
-    enqueue_many: Script,
+    keep_epoch: Script,
+    restore: Script,
     promote: Script,
     heartbeat: Script,
     lapsed: Script,
@@ -296,8 +247,8 @@ impl Queue {
         Self {
             conn: SharedConnection::new(pool),
             keys: Keys::new(prefix),
-            enqueue: Script::new(ENQUEUE),
-            enqueue_many: Script::new(ENQUEUE_MANY),
+            keep_epoch: Script::new(KEEP_EPOCH),
+            restore: Script::new(&format!("{NOW_MS}{RESTORE}")),
             promote: Script::new(&format!("{NOW_MS}{PROMOTE}")),
             heartbeat: Script::new(&format!("{NOW_MS}{HEARTBEAT}")),
             lapsed: Script::new(&format!("{NOW_MS}{LAPSED}")),
@@ -323,68 +274,6 @@ impl Queue {
         Ok(())
     }
 
-    /// Enqueues `task` unless its key was already accepted within `ttl`, in
-    /// one atomic script: the replay record, the `LPUSH` and the job marker.
-    pub async fn enqueue(
-        &self,
-        task: &Task,
-        fingerprint: &str,
-        ttl: Duration,
-    ) -> Result<Enqueued, QueueError> {
-        let mut conn = self.conn().await?;
-        let record = format!("{} {fingerprint}", task.job_id);
-        let prev: Option<String> = self
-            .enqueue
-            .key(self.keys.idem(&task.idempotency_key))
-            .key(self.keys.queue())
-            .key(self.keys.job(task.job_id))
-            .arg(record)
-            .arg(task.to_json())
-            .arg(ttl.as_secs().max(1))
-            .arg(task.idempotency_key.as_str())
-            .arg(RECORD_PATTERN)
-            .invoke_async(&mut conn)
-            .await?;
-        Enqueued::from_record(prev)
-    }
-
-    /// Enqueues a batch of `(task, fingerprint)` in one script call (one
-    /// round trip, atomic), with [`Queue::enqueue`]'s replay semantics per
-    /// key: a key accepted earlier, or earlier in the same batch, is not
-    /// enqueued again and answers with the accepted job. Answers in order.
-    pub async fn enqueue_many(
-        &self,
-        batch: &[(Task, String)],
-        ttl: Duration,
-    ) -> Result<Vec<Enqueued>, QueueError> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut invocation = self.enqueue_many.prepare_invoke();
-        invocation
-            .key(self.keys.queue())
-            .arg(ttl.as_secs().max(1))
-            .arg(RECORD_PATTERN);
-        for (task, fingerprint) in batch {
-            invocation
-                .key(self.keys.idem(&task.idempotency_key))
-                .key(self.keys.job(task.job_id))
-                .arg(format!("{} {fingerprint}", task.job_id))
-                .arg(task.to_json())
-                .arg(task.idempotency_key.as_str());
-        }
-        let mut conn = self.conn().await?;
-        let answers: Vec<Option<String>> = invocation.invoke_async(&mut conn).await?;
-        if answers.len() != batch.len() {
-            return Err(QueueError::Unexpected(format!(
-                "the enqueue script answered {} items for {}",
-                answers.len(),
-                batch.len()
-            )));
-        }
-        answers.into_iter().map(Enqueued::from_record).collect()
-    }
-
     /// Pushes tasks straight onto the queue in one round trip (requeue
     /// from the DLQ, tests).
     pub async fn push(&self, raw: &[String]) -> Result<(), QueueError> {
@@ -400,14 +289,98 @@ impl Queue {
         Ok(())
     }
 
-    /// The idempotency key of a job the API accepted (within the replay
-    /// TTL), for reporting it `queued` before a worker has seen it.
-    pub async fn accepted_key(&self, job: JobId) -> Result<Option<String>, QueueError> {
+    /// Puts tasks at the far end of the queue, next to be popped, in one
+    /// round trip: the reconciler's pushes, for jobs that already waited.
+    pub async fn push_next(&self, raw: &[String]) -> Result<(), QueueError> {
+        if raw.is_empty() {
+            return Ok(());
+        }
         let mut conn = self.conn().await?;
-        Ok(redis::cmd("GET")
-            .arg(self.keys.job(job))
+        redis::cmd("RPUSH")
+            .arg(self.keys.queue())
+            .arg(raw)
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Puts back tasks Redis lost, each with how long until it is due: due
+    /// ones next to be popped, later ones in the delayed set. One script.
+    pub async fn restore(&self, tasks: &[(String, Duration)]) -> Result<(), QueueError> {
+        if tasks.is_empty() {
+            return Ok(());
+        }
+        let mut invocation = self.restore.prepare_invoke();
+        invocation.key(self.keys.queue()).key(self.keys.scheduled());
+        for (task, due_in) in tasks {
+            invocation
+                .arg(task)
+                .arg(u64::try_from(due_in.as_millis()).unwrap_or(u64::MAX));
+        }
+        let mut conn = self.conn().await?;
+        invocation.invoke_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Whether the epoch key is missing: this Redis lost everything since a
+    /// worker last re-pushed the waiting jobs (or never had them).
+    pub async fn epoch_missing(&self) -> Result<bool, QueueError> {
+        let mut conn = self.conn().await?;
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(self.keys.epoch())
             .query_async(&mut conn)
-            .await?)
+            .await?;
+        Ok(!exists)
+    }
+
+    /// Takes the epoch for a re-push pass, as `value`, for `ttl` (renewed
+    /// with [`Queue::keep_epoch`] while the pass runs, so that if its worker
+    /// dies another one takes over). `false` when another worker has it.
+    pub async fn claim_epoch(&self, value: &str, ttl: Duration) -> Result<bool, QueueError> {
+        let mut conn = self.conn().await?;
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.keys.epoch())
+            .arg(value)
+            .arg("NX")
+            .arg("PX")
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+            .query_async(&mut conn)
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// Renews the epoch taken as `value` for `ttl`, or, with `None`, keeps
+    /// it for good (the pass is done). `false` when the key no longer holds
+    /// `value` (Redis lost it again; another pass is under way).
+    pub async fn keep_epoch(&self, value: &str, ttl: Option<Duration>) -> Result<bool, QueueError> {
+        let mut conn = self.conn().await?;
+        let ms = ttl.map_or(0, |t| {
+            u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)
+        });
+        let kept: i64 = self
+            .keep_epoch
+            .key(self.keys.epoch())
+            .arg(value)
+            .arg(ms)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(kept == 1)
+    }
+
+    /// Redis's `maxmemory-policy` when it may evict keys (anything but
+    /// `noeviction`), read from `INFO memory` (which managed services
+    /// allow where `CONFIG GET` is disabled).
+    pub async fn eviction_policy(&self) -> Result<Option<String>, QueueError> {
+        let mut conn = self.conn().await?;
+        let info: String = redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut conn)
+            .await?;
+        Ok(info
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("maxmemory_policy:"))
+            .filter(|policy| *policy != NOEVICTION)
+            .map(str::to_owned))
     }
 
     /// A dedicated connection for blocking pops, whose response timeout

@@ -1,6 +1,6 @@
 //! Readiness: whether Redis and Postgres answer in time. The API's and the
 //! worker's `/readyz` both ask [`check`], so they agree on what "ready"
-//! means.
+//! means; both also report [`warnings`], which do not make them unready.
 
 use std::time::Duration;
 
@@ -38,5 +38,41 @@ pub async fn check(queue: &Queue, store: &Store) -> Result<(), NotReady> {
         Ok(())
     } else {
         Err(NotReady { down })
+    }
+}
+
+/// Gauge: 1 while Redis's `maxmemory-policy` lets it evict keys, else 0.
+pub const REDIS_EVICTS_KEYS: &str = "sendonce_redis_evicts_keys";
+
+/// What is wrong without making the process unready: a Redis whose
+/// `maxmemory-policy` evicts keys. Evicted tasks are not lost (every
+/// accepted job is in Postgres) but wait for the reconciler, up to
+/// `RECONCILE_AFTER_MS`. Sets [`REDIS_EVICTS_KEYS`]; an unanswered
+/// question is no warning (readiness reports a Redis that is down).
+pub async fn warnings(queue: &Queue) -> Vec<String> {
+    match tokio::time::timeout(TIMEOUT, queue.eviction_policy()).await {
+        Ok(Ok(Some(policy))) => {
+            metrics::gauge!(REDIS_EVICTS_KEYS).set(1.0);
+            vec![format!(
+                "Redis maxmemory-policy is `{policy}`: it may evict queued tasks, which then \
+                 wait for the reconciler (RECONCILE_AFTER_MS); set it to `noeviction`"
+            )]
+        }
+        Ok(Ok(None)) => {
+            metrics::gauge!(REDIS_EVICTS_KEYS).set(0.0);
+            Vec::new()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// At start-up: logs each of [`warnings`].
+pub async fn warn_at_start(queue: &Queue) {
+    metrics::describe_gauge!(
+        REDIS_EVICTS_KEYS,
+        "1 while Redis's maxmemory-policy may evict keys (tasks then wait for the reconciler)."
+    );
+    for warning in warnings(queue).await {
+        tracing::warn!(%warning, "Redis may lose tasks");
     }
 }

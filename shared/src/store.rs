@@ -4,13 +4,18 @@
 //! # Layout
 //!
 //! - this module: the pool, errors, migrations and the shared record types;
+//! - [`acceptance`]: the API records each accepted job (its key's row,
+//!   `queued`, with the task) before it answers, grouped into one statement
+//!   per batch;
 //! - [`claims`]: the attempt's life on its key's row: claim (which takes a
 //!   fencing token), `sending`, `sent`, `retrying`, dead-letter, duplicate;
 //! - `dead_letters`: listing, discarding and requeueing DLQ entries;
 //! - `jobs`: a job's state as clients read it;
 //! - [`leases`]: worker leases on the database clock, and the sweeper that
 //!   resolves rows whose holder lost its lease;
-//! - [`retention`]: pruning finished jobs' personal data (`RETENTION_DAYS`).
+//! - [`retention`]: pruning finished jobs' personal data (`RETENTION_DAYS`);
+//! - [`reconcile`]: the accepted jobs still waiting for an attempt, for the
+//!   reconciler that puts back on the queue whatever Redis lost.
 //!
 //! Every write for an attempt is conditional on the attempt's fencing
 //! token (`deliveries.fence`); `docs/exactly-once.md` says why each
@@ -25,14 +30,18 @@ use tokio_postgres::NoTls;
 
 use crate::domain::JobId;
 
+pub mod acceptance;
 pub mod claims;
 mod dead_letters;
 mod jobs;
 pub mod leases;
+pub mod reconcile;
 pub mod retention;
 
+pub use acceptance::{AcceptError, Accepted, Acceptor, Submission};
 pub use claims::{Claim, Fence};
 pub use leases::Swept;
+pub use reconcile::{WaitingCursor, WaitingPage};
 
 mod embedded {
     refinery::embed_migrations!("../migrations");

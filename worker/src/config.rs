@@ -77,6 +77,14 @@ pub struct WorkerConfig {
     /// What to do with a send whose outcome is unknown.
     #[arg(long, env = "ON_UNCERTAIN", value_enum, default_value_t = OnUncertain::Dlq)]
     pub on_uncertain: OnUncertain,
+
+    /// How long, in ms, an accepted job may wait in `queued` (or past its
+    /// retry's due time) before the reconciler pushes it to Redis again, in
+    /// case Redis lost its copy (eviction, a failover that dropped writes).
+    /// Longer than a normal wait in the queue: a job still in Redis gets a
+    /// second copy, which the claims absorb but which costs a pop.
+    #[arg(long = "reconcile-after-ms", env = "RECONCILE_AFTER_MS", default_value = "300000", value_parser = parse_millis)]
+    pub reconcile_after: Duration,
 }
 
 impl WorkerConfig {
@@ -93,6 +101,10 @@ impl WorkerConfig {
         anyhow::ensure!(
             !self.smtp_timeout.is_zero(),
             "SMTP_TIMEOUT_MS must be positive"
+        );
+        anyhow::ensure!(
+            self.reconcile_after >= Duration::from_millis(100),
+            "RECONCILE_AFTER_MS must be at least 100"
         );
         Ok(())
     }

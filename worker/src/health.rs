@@ -51,7 +51,10 @@ async fn healthz() -> HttpResponse {
 
 async fn readyz(state: web::Data<State>) -> HttpResponse {
     match readiness::check(&state.queue, &state.store).await {
-        Ok(()) => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
+        Ok(()) => HttpResponse::Ok().json(serde_json::json!({
+            "status": "ready",
+            "warnings": readiness::warnings(&state.queue).await,
+        })),
         Err(not_ready) => HttpResponse::ServiceUnavailable()
             .content_type("application/problem+json")
             .json(serde_json::json!({

@@ -74,6 +74,7 @@ impl Application {
             &config.common.redis_key_prefix,
         );
         queue.ping().await.context("failed to reach REDIS_URL")?;
+        sendonce_shared::readiness::warn_at_start(&queue).await;
         let mailer = Mailer::new(
             config.smtp.clone(),
             config.mail_from.clone(),

@@ -14,7 +14,8 @@
 //! acknowledged only once the key is terminal; until then it waits a lease
 //! in the delayed set, so the job always has a copy that will come back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -42,6 +43,19 @@ const SWEEP_EVERY_LEASES: u32 = 2;
 const DEPTH_EVERY: Duration = Duration::from_secs(5);
 /// Most retries promoted per round.
 const PROMOTE_BATCH: usize = 500;
+/// How often each worker checks that Redis still has its epoch (a Redis
+/// that lost everything has none, and its waiting jobs are pushed again).
+const EPOCH_EVERY: Duration = Duration::from_secs(2);
+/// How long a re-push pass waits after taking the epoch: jobs accepted
+/// just before are usually claimed by then (they were in Redis after all,
+/// as on a first start), so only jobs still waiting are pushed again.
+const EPOCH_GRACE: Duration = Duration::from_secs(5);
+/// How long an epoch taken for a re-push pass lives without renewal: if
+/// the worker running the pass dies, another one starts over after this.
+const EPOCH_CLAIM_TTL: Duration = Duration::from_secs(30);
+/// Waiting jobs pushed per page of a re-push pass, and per round of the
+/// periodic reconciler.
+const RECONCILE_BATCH: i64 = 500;
 /// Backoff bounds when Redis or Postgres fail under a task.
 const INFRA_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const INFRA_BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -103,6 +117,13 @@ pub struct Worker {
     /// The popped tasks being handled, with multiplicity; anything else in
     /// this worker's processing list is stranded (see `return_stranded`).
     handling: Mutex<HashMap<String, usize>>,
+    /// The jobs this worker is handling a copy of. A second copy of one of
+    /// them (the reconciler pushed a job Redis still had) steps aside
+    /// without claiming: a claim by the same worker would take the attempt
+    /// from its own first copy.
+    jobs: Mutex<HashSet<uuid::Uuid>>,
+    /// Whether this process is running a re-push pass (at most one).
+    restoring: AtomicBool,
 }
 
 impl Worker {
@@ -122,6 +143,8 @@ impl Worker {
             policy,
             config,
             handling: Mutex::default(),
+            jobs: Mutex::default(),
+            restoring: AtomicBool::new(false),
         }
     }
 
@@ -277,7 +300,8 @@ impl Worker {
         Ok(())
     }
 
-    /// Heartbeat, retry promotion and crash recovery, until `stop`.
+    /// Heartbeat, retry promotion, crash recovery and reconciliation,
+    /// until `stop`.
     async fn upkeep(self: Arc<Self>, stop: CancellationToken) {
         let lease = self.config.worker_lease;
         let mut beat = tokio::time::interval(lease / 3);
@@ -285,12 +309,58 @@ impl Worker {
         let mut reap = tokio::time::interval(lease / 2);
         let mut sweep = tokio::time::interval(lease * SWEEP_EVERY_LEASES);
         let mut depth = tokio::time::interval(DEPTH_EVERY);
-        for timer in [&mut beat, &mut promote, &mut reap, &mut sweep, &mut depth] {
+        let mut epoch = tokio::time::interval(EPOCH_EVERY);
+        let mut reconcile = tokio::time::interval(self.config.reconcile_after / 4);
+        for timer in [
+            &mut beat,
+            &mut promote,
+            &mut reap,
+            &mut sweep,
+            &mut depth,
+            &mut epoch,
+            &mut reconcile,
+        ] {
             timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
+        let mut pass: Option<tokio::task::JoinHandle<()>> = None;
         loop {
             tokio::select! {
-                () = stop.cancelled() => return,
+                () = stop.cancelled() => {
+                    if let Some(pass) = pass {
+                        pass.abort();
+                    }
+                    return;
+                }
+                _ = epoch.tick() => {
+                    if !self.restoring.load(Ordering::Acquire) {
+                        match self.queue.epoch_missing().await {
+                            Ok(false) => {}
+                            Ok(true) => {
+                                pass = Some(tokio::spawn(Arc::clone(&self).restore_waiting()));
+                            }
+                            Err(e) => tracing::debug!(error = %error_chain(&e), "reading the epoch failed"),
+                        }
+                    }
+                }
+                _ = reconcile.tick() => {
+                    let queue = &self.queue;
+                    let pushed = self
+                        .store
+                        .reconcile_stale(
+                            self.config.reconcile_after,
+                            RECONCILE_BATCH,
+                            async |tasks: Vec<String>| queue.push_next(&tasks).await,
+                        )
+                        .await;
+                    match pushed {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            telemetry::tasks_reconciled(n);
+                            tracing::warn!(pushed = n, "reconciler: pushed accepted jobs that waited too long (Redis may have lost them)");
+                        }
+                        Err(e) => tracing::warn!(error = %error_chain(&e), "reconciling waiting jobs failed"),
+                    }
+                }
                 _ = beat.tick() => {
                     if let Err(e) = self.renew_leases().await {
                         tracing::warn!(error = format!("{e:#}"), "renewing the lease failed");
@@ -332,6 +402,64 @@ impl Worker {
         }
     }
 
+    /// Redis has no epoch: it lost everything (flushed, restarted without
+    /// persistence, failed over to an empty replica) or is new. If this
+    /// worker wins the epoch, it waits [`EPOCH_GRACE`], then puts back the
+    /// task of every job that was waiting for an attempt (`queued`,
+    /// `retrying`) when it took the epoch and still is: due ones on the
+    /// queue, later retries in the delayed set. Page by page, renewing the
+    /// epoch as it goes and keeping it for good at the end. A job that is
+    /// in Redis after all gets a second copy, which the claims absorb.
+    async fn restore_waiting(self: Arc<Self>) {
+        if self.restoring.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let epoch = format!("{} {}", self.id, uuid::Uuid::now_v7());
+        match self.restore_pass(&epoch).await {
+            Ok(None) => {}
+            Ok(Some(pushed)) => {
+                telemetry::tasks_reconciled(pushed);
+                tracing::warn!(
+                    pushed,
+                    "Redis had no epoch (it lost its data, or is new): pushed every waiting job again"
+                );
+            }
+            Err(e) => tracing::warn!(
+                error = format!("{e:#}"),
+                "re-pushing the waiting jobs failed; another pass follows"
+            ),
+        }
+        self.restoring.store(false, Ordering::Release);
+    }
+
+    /// One pass; `None` when another worker took the epoch first.
+    async fn restore_pass(&self, epoch: &str) -> anyhow::Result<Option<usize>> {
+        if !self.queue.claim_epoch(epoch, EPOCH_CLAIM_TTL).await? {
+            return Ok(None);
+        }
+        let until = self.store.now().await?;
+        tokio::time::sleep(EPOCH_GRACE).await;
+        let mut cursor = None;
+        let mut pushed = 0;
+        loop {
+            let page = self
+                .store
+                .waiting_page(until, cursor.as_ref(), RECONCILE_BATCH)
+                .await?;
+            self.queue.restore(&page.tasks).await?;
+            pushed += page.tasks.len();
+            if !self.queue.keep_epoch(epoch, Some(EPOCH_CLAIM_TTL)).await? {
+                anyhow::bail!("the epoch was lost during the pass (Redis lost its data again)");
+            }
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        self.queue.keep_epoch(epoch, None).await?;
+        Ok(Some(pushed))
+    }
+
     /// Processes one popped task to the end, whatever fails underneath.
     async fn handle(&self, raw: String) {
         let _inflight = telemetry::inflight();
@@ -350,13 +478,29 @@ impl Worker {
             job_id = %task.job_id,
             idempotency_key = %sendonce_shared::telemetry::key(&task.idempotency_key),
         );
+        let job = task.job_id.as_uuid();
+        let first_copy = self
+            .jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(job);
         async {
-            let verdict = self.until_ok("decide", || self.decide(&task)).await;
+            let verdict = if first_copy {
+                self.until_ok("decide", || self.decide(&task)).await
+            } else {
+                Verdict::Fenced
+            };
             self.until_ok("record", || self.record(&task, &raw, &verdict))
                 .await;
         }
         .instrument(span)
         .await;
+        if first_copy {
+            self.jobs
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&job);
+        }
     }
 
     /// Claims the key and, when this job owns it, sends.

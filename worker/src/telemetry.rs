@@ -28,6 +28,9 @@ pub const QUEUE_DEPTH: &str = "sendonce_queue_depth";
 pub const INFLIGHT: &str = "sendonce_inflight";
 /// Tasks of dead workers handed back to the queue by this one.
 pub const TASKS_RECOVERED: &str = "sendonce_tasks_recovered_total";
+/// Accepted jobs pushed again from Postgres by the reconciler (Redis may
+/// have lost them).
+pub const TASKS_RECONCILED: &str = "sendonce_tasks_reconciled_total";
 /// Tasks that did not parse, moved to the poison list.
 pub const POISON_TASKS: &str = "sendonce_poison_tasks_total";
 /// Task copies that found another holder owning their attempt.
@@ -74,6 +77,10 @@ fn register() {
         "Tasks of dead workers handed back to the queue."
     );
     describe_counter!(
+        TASKS_RECONCILED,
+        "Accepted jobs pushed again from Postgres by the reconciler."
+    );
+    describe_counter!(
         POISON_TASKS,
         "Tasks that did not parse, moved to the poison list."
     );
@@ -87,6 +94,7 @@ fn register() {
         EMAILS_SENT,
         RETRIES,
         TASKS_RECOVERED,
+        TASKS_RECONCILED,
         POISON_TASKS,
         COPIES_FENCED,
     ] {
@@ -136,6 +144,11 @@ pub fn smtp_send(elapsed: Duration) {
 /// Records tasks handed back from dead workers.
 pub fn tasks_recovered(n: usize) {
     counter!(TASKS_RECOVERED).increment(n as u64);
+}
+
+/// Records accepted jobs pushed again by the reconciler.
+pub fn tasks_reconciled(n: usize) {
+    counter!(TASKS_RECONCILED).increment(n as u64);
 }
 
 /// Records a task that did not parse.

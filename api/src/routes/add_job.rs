@@ -1,16 +1,17 @@
-//! `POST /addJob`: validate, then enqueue once per idempotency key.
+//! `POST /addJob`: validate, record the job in Postgres (the group commit),
+//! then push it to the queue; once per idempotency key.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use sendonce_shared::domain::{
     Body, Email, EmailAddress, IdempotencyKey, InvalidValue, JobId, Subject, Task,
 };
-use sendonce_shared::queue::Enqueued;
+use sendonce_shared::store::{Accepted, Submission};
 use sendonce_shared::telemetry;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{Authorized, scope};
-use crate::problem::ApiError;
+use crate::problem::{ApiError, Problem};
 use crate::state::AppState;
 
 /// The request body, as sent. Unknown fields are refused so a typo
@@ -129,8 +130,10 @@ pub fn header_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError>
         .transpose()
 }
 
-/// `POST /addJob`. Answers 202 for a new job, 200 with the original job for
-/// a replay of the same request, 422 when the key was used for another one.
+/// `POST /addJob`. Answers 202 for a new job once it is recorded in
+/// Postgres, 200 with the original job for a replay of the same request,
+/// 422 when the key was used for another one, 503 when Postgres could not
+/// record it (then nothing was queued).
 #[utoipa::path(
     post,
     path = "/addJob",
@@ -140,6 +143,7 @@ pub fn header_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError>
     responses(
         (status = 202, description = "A new job was queued", body = JobAccepted),
         (status = 200, description = "A replay of an accepted request: nothing was queued", body = JobAccepted),
+        (status = 503, description = "The job could not be recorded; nothing was queued: retry with the same key", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["jobs:write"])),
 )]
@@ -168,57 +172,55 @@ pub async fn add_job(
         tracing::field::display(telemetry::key(&task.idempotency_key)),
     );
     let fingerprint = task.email.fingerprint();
-    let enqueued = state
-        .queue
-        .enqueue(&task, &fingerprint, state.replay_ttl)
+    let (job_id, key) = (task.job_id, task.idempotency_key.clone());
+    let accepted = state
+        .acceptor
+        .accept(Submission::new(task, fingerprint.clone()))
         .await
         .map_err(ApiError::unavailable)?;
-    let (status, accepted) = answer(&state, task, &fingerprint, enqueued).await?;
+    let (status, accepted) = answer(job_id, key, &fingerprint, accepted)?;
     if status == StatusCode::ACCEPTED {
         crate::telemetry::job_enqueued();
-        tracing::info!("job queued");
+        tracing::info!("job accepted");
     }
     Ok(HttpResponse::build(status).json(accepted))
 }
 
-/// What an enqueue outcome answers: `202` for a new job, `200` with the
-/// original job for a replay of the same request, 422 when the key was used
-/// for a different one. `POST /addJobs` answers each item with it.
-pub async fn answer(
-    state: &AppState,
-    task: Task,
+/// What an acceptance answers: `202` for a new job, `200` with the original
+/// job for a replay of the same request (or of a request accepted before
+/// fingerprints were kept, which cannot be told apart), 422 when the key
+/// was used for a different one. `POST /addJobs` answers each item with it.
+pub fn answer(
+    job_id: JobId,
+    key: IdempotencyKey,
     fingerprint: &str,
-    enqueued: Enqueued,
+    accepted: Accepted,
 ) -> Result<(StatusCode, JobAccepted), ApiError> {
-    match enqueued {
-        Enqueued::New => Ok((
+    match accepted {
+        Accepted::New => Ok((
             StatusCode::ACCEPTED,
             JobAccepted {
-                job_id: task.job_id,
-                idempotency_key: task.idempotency_key,
+                job_id,
+                idempotency_key: key,
                 status: "queued".into(),
             },
         )),
-        Enqueued::Replay {
-            job_id,
-            fingerprint: original,
+        Accepted::Replay {
+            job_id: original,
+            fingerprint: recorded,
+            status,
         } => {
-            if original != fingerprint {
+            if recorded.is_some_and(|r| r != fingerprint) {
                 return Err(ApiError::KeyReused(format!(
-                    "idempotency key `{}` was already used for a different request (job {job_id})",
-                    task.idempotency_key
+                    "idempotency key `{key}` was already used for a different request (job {original})"
                 )));
             }
-            let status = state
-                .job(job_id)
-                .await?
-                .map_or_else(|| "queued".to_owned(), |r| r.status);
-            tracing::info!(original_job_id = %job_id, idempotency_key = %telemetry::key(&task.idempotency_key), "replay of an accepted key; nothing enqueued");
+            tracing::info!(original_job_id = %original, idempotency_key = %telemetry::key(&key), "replay of an accepted key; nothing queued");
             Ok((
                 StatusCode::OK,
                 JobAccepted {
-                    job_id,
-                    idempotency_key: task.idempotency_key,
+                    job_id: original,
+                    idempotency_key: key,
                     status,
                 },
             ))

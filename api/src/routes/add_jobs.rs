@@ -1,10 +1,10 @@
 //! `POST /addJobs`: up to [`MAX_JOBS`] `/addJob` bodies in one request,
-//! enqueued in one Redis round trip, answered item by item in order.
+//! recorded in Postgres in one statement, then pushed in one Redis round
+//! trip, answered item by item in order.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use futures::future::join_all;
 use sendonce_shared::domain::Task;
-use sendonce_shared::queue::Enqueued;
+use sendonce_shared::store::{Accepted, Submission};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -106,44 +106,50 @@ pub async fn add_jobs(
         refused.push(match item {
             Ok(task) => {
                 let fingerprint = task.email.fingerprint();
-                valid.push((task, fingerprint));
+                valid.push(Submission::new(task, fingerprint));
                 None
             }
             Err(e) => Some(e),
         });
     }
-    let outcomes = state
-        .queue
-        .enqueue_many(&valid, state.replay_ttl)
-        .await
-        .map_err(ApiError::unavailable)?;
-    let queued = outcomes.iter().filter(|o| **o == Enqueued::New).count();
+    let outcomes = if valid.is_empty() {
+        Vec::new()
+    } else {
+        state
+            .store
+            .accept(&valid)
+            .await
+            .map_err(ApiError::unavailable)?
+    };
+    let fresh: Vec<String> = valid
+        .iter()
+        .zip(&outcomes)
+        .filter(|(_, o)| **o == Accepted::New)
+        .map(|(s, _)| s.json().to_owned())
+        .collect();
+    let queued = fresh.len();
+    // Recorded, hence accepted, whatever Redis says now: a push that fails
+    // is retried in the background, and the reconciler is the backstop.
+    if !fresh.is_empty()
+        && let Err(e) = state.handoff.push(fresh).await
+    {
+        tracing::warn!(error = %e, jobs = queued, "accepted jobs could not be pushed to Redis; they are recorded, and the reconciler will push them");
+    }
     metrics::counter!(crate::telemetry::JOBS_ENQUEUED).increment(queued as u64);
     tracing::Span::current().record("queued", queued);
-    tracing::info!("batch queued");
+    tracing::info!("batch accepted");
 
-    // New jobs answer at once; only replays read the job's state, and those
-    // reads run concurrently. (Boxing a future per job cost a third of the
-    // handler's time in a profile of all-new batches.)
-    let mut answers = Vec::with_capacity(valid.len());
-    let mut replays = Vec::new();
-    for (i, ((task, fingerprint), enqueued)) in valid.into_iter().zip(outcomes).enumerate() {
-        if enqueued == Enqueued::New {
-            answers.push(Some(answer(&state, task, &fingerprint, enqueued).await));
-        } else {
-            answers.push(None);
-            replays.push((i, task, fingerprint, enqueued));
-        }
-    }
-    let replayed = join_all(replays.into_iter().map(|(i, task, fingerprint, enqueued)| {
-        let state = &state;
-        async move { (i, answer(state, task, &fingerprint, enqueued).await) }
-    }))
-    .await;
-    for (i, outcome) in replayed {
-        answers[i] = Some(outcome);
-    }
-    let mut answers = answers.into_iter().flatten();
+    let answers: Vec<Result<(actix_web::http::StatusCode, JobAccepted), ApiError>> = valid
+        .into_iter()
+        .zip(outcomes)
+        .map(|(submission, outcome)| {
+            let Submission {
+                task, fingerprint, ..
+            } = submission;
+            answer(task.job_id, task.idempotency_key, &fingerprint, outcome)
+        })
+        .collect();
+    let mut answers = answers.into_iter();
     let items = refused
         .into_iter()
         .map(|refusal| {

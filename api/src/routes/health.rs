@@ -14,7 +14,8 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
-/// `GET /readyz`: Redis and Postgres answer in time.
+/// `GET /readyz`: Redis and Postgres answer in time. `warnings` lists what
+/// is wrong without making the API unready (a Redis that evicts keys).
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses(
     (status = 200, description = "Redis and Postgres answer", body = Object),
     (status = 503, description = "A dependency is down", body = Problem, content_type = "application/problem+json"),
@@ -23,7 +24,8 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     readiness::check(&state.queue, &state.store)
         .await
         .map_err(|not_ready| ApiError::NotReady(not_ready.down.join(" and ")))?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ready"})))
+    let warnings = readiness::warnings(&state.queue).await;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ready", "warnings": warnings})))
 }
 
 /// `GET /metrics` on `METRICS_ADDR`: Prometheus text format; 404 without

@@ -136,28 +136,3 @@ async fn unreadable_bodies_are_refused_with_400() {
     assert_problem(malformed, 400, "JSON").await;
     assert_eq!(api.queue_len().await, 0);
 }
-
-#[tokio::test]
-async fn a_damaged_replay_record_is_replaced_and_the_job_really_queued() {
-    let api = spawn_api().await;
-    let token = api.token("jobs:write");
-    let mut conn = api.redis().await;
-    let _: () = redis::cmd("SET")
-        .arg(format!("{{{}}}:idem:damaged:1", api.prefix))
-        .arg("not a record")
-        .query_async(&mut conn)
-        .await
-        .expect("SET");
-    let body = json!({"to": "ada@example.com", "subject": "Hi", "text": "Hello",
-                      "idempotency_key": "damaged:1"});
-
-    let first = api.post_job(Some(&token), &body).await;
-    let replay = api.post_job(Some(&token), &body).await;
-
-    assert_eq!(first.status().as_u16(), 202, "accepted as new");
-    assert_eq!(api.queue_len().await, 1, "and really queued");
-    assert_eq!(replay.status().as_u16(), 200, "the record is readable now");
-    let first: serde_json::Value = first.json().await.expect("json");
-    let replay: serde_json::Value = replay.json().await.expect("json");
-    assert_eq!(first["job_id"], replay["job_id"]);
-}

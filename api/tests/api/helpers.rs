@@ -16,7 +16,7 @@ pub struct TestApi {
     pub keys: JwtKeys,
     pub prefix: String,
     pub redis_url: String,
-    _db: TestDatabase,
+    db: TestDatabase,
     _stop: oneshot::Sender<()>,
 }
 
@@ -79,12 +79,17 @@ async fn spawn_api_configured(redis_url: String, settings: &[&str]) -> TestApi {
         keys,
         prefix,
         redis_url,
-        _db: db,
+        db,
         _stop: stop,
     }
 }
 
 impl TestApi {
+    /// This API's database.
+    pub fn db(&self) -> &TestDatabase {
+        &self.db
+    }
+
     pub fn token(&self, scope: &str) -> String {
         self.keys
             .mint("tests", scope, Duration::from_secs(600))

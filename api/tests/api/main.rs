@@ -4,6 +4,7 @@
 mod add_job;
 mod add_jobs;
 mod auth;
+mod durable;
 mod helpers;
 mod hostile_input;
 mod logs;

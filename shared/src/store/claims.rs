@@ -74,9 +74,11 @@ macro_rules! live {
 }
 pub(crate) use live;
 
+/// For a task that has no row yet (pushed by hand, or by an API older than
+/// durable acceptance): the row is made at the first claim.
 const CLAIM_NEW: &str = "INSERT INTO deliveries
-        (idempotency_key, job_id, state, attempts, fence, holder, task)
-    VALUES ($1, $2, 'processing', 1, 1, $3, $4::text::jsonb)
+        (idempotency_key, job_id, state, attempts, fence, holder, task, fingerprint)
+    VALUES ($1, $2, 'processing', 1, 1, $3, $4::text::jsonb, $5)
     ON CONFLICT (idempotency_key) DO NOTHING
     RETURNING attempts, fence";
 
@@ -160,20 +162,34 @@ const REOPEN: &str = concat!(
 );
 
 impl Store {
-    /// The L2 claim, by `worker`. Inserts the key's row for a first attempt;
-    /// otherwise takes the row for this same job when it waits for an
-    /// attempt or its holder is gone. Either way the attempt gets a new
-    /// token. The `UPDATE` waits on a concurrent requeue's row lock, so it
-    /// sees the requeued state rather than the stale terminal one.
+    /// The L2 claim, by `worker`. Takes the key's row for this job when it
+    /// waits for an attempt (the common case: the API recorded it `queued`)
+    /// or its holder is gone; otherwise, when the key has no row yet,
+    /// inserts it. Either way the attempt gets a new token. The `UPDATE`
+    /// waits on a concurrent requeue's row lock, so it sees the requeued
+    /// state rather than the stale terminal one.
     #[tracing::instrument(skip_all)]
     pub async fn claim(&self, task: &Task, worker: &str) -> Result<Claim, StoreError> {
         let conn = self.pool.get().await?;
         let key = task.idempotency_key.as_str();
         let job = task.job_id.as_uuid();
+        let again = conn.prepare_cached(CLAIM_AGAIN).await?;
+        if let Some(row) = conn.query_opt(&again, &[&key, &job, &worker]).await? {
+            return Ok(Claim::Proceed {
+                attempt: row.get(0),
+                fence: Fence(row.get(1)),
+            });
+        }
         let inserted = conn
             .query_opt(
                 &conn.prepare_cached(CLAIM_NEW).await?,
-                &[&key, &job, &worker, &task.to_json()],
+                &[
+                    &key,
+                    &job,
+                    &worker,
+                    &task.to_json(),
+                    &task.email.fingerprint(),
+                ],
             )
             .await?;
         if let Some(row) = inserted {
@@ -182,13 +198,8 @@ impl Store {
                 fence: Fence(row.get(1)),
             });
         }
-        let taken = conn
-            .query_opt(
-                &conn.prepare_cached(CLAIM_AGAIN).await?,
-                &[&key, &job, &worker],
-            )
-            .await?;
-        if let Some(row) = taken {
+        // Another copy inserted the row between the two statements.
+        if let Some(row) = conn.query_opt(&again, &[&key, &job, &worker]).await? {
             return Ok(Claim::Proceed {
                 attempt: row.get(0),
                 fence: Fence(row.get(1)),

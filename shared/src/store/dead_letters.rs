@@ -132,16 +132,20 @@ impl Store {
             }
             let jobs: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
             let keys: Vec<String> = rows.iter().map(|r| r.get(1)).collect();
+            let dead_tasks: Vec<String> = rows.iter().map(|r| r.get(2)).collect();
+            // The row keeps (or, from before migration 2, gains) its task, so
+            // the reconciler can push it again if Redis loses this push.
             let moved: HashSet<Uuid> = tx
                 .query(
                     "UPDATE deliveries d
                      SET state = 'queued', attempts = 0, last_error = NULL,
-                         next_attempt_at = NULL, updated_at = now()
-                     FROM unnest($1::uuid[], $2::text[]) AS r(job_id, key)
+                         next_attempt_at = NULL, updated_at = now(),
+                         task = COALESCE(d.task, r.task::jsonb)
+                     FROM unnest($1::uuid[], $2::text[], $3::text[]) AS r(job_id, key, task)
                      WHERE d.job_id = r.job_id AND d.idempotency_key = r.key
                        AND d.state IN ('failed', 'uncertain')
                      RETURNING d.job_id",
-                    &[&jobs, &keys],
+                    &[&jobs, &keys, &dead_tasks],
                 )
                 .await
                 .map_err(StoreError::from)?

@@ -4,7 +4,8 @@ use super::{JobRecord, Store, StoreError};
 use crate::domain::JobId;
 
 impl Store {
-    /// The state of a job the workers have seen, if any.
+    /// The state of an accepted job, in any state (`queued` from its
+    /// acceptance on), or of a job skipped as a duplicate.
     #[tracing::instrument(skip_all)]
     pub async fn job(&self, job: JobId) -> Result<Option<JobRecord>, StoreError> {
         let row = self
@@ -14,10 +15,11 @@ impl Store {
             .query_opt(
                 "SELECT idempotency_key,
                         CASE state WHEN 'sending' THEN 'processing' ELSE state END,
-                        attempts, last_error, next_attempt_at, updated_at, sent_at
+                        attempts, last_error, next_attempt_at, updated_at, sent_at,
+                        created_at
                  FROM deliveries WHERE job_id = $1
                  UNION ALL
-                 SELECT idempotency_key, 'duplicate', 0, NULL, NULL, created_at, NULL
+                 SELECT idempotency_key, 'duplicate', 0, NULL, NULL, created_at, NULL, NULL
                  FROM duplicate_jobs WHERE job_id = $1
                  LIMIT 1",
                 &[&job.as_uuid()],
@@ -30,7 +32,7 @@ impl Store {
             attempts: r.get(2),
             last_error: r.get(3),
             next_attempt_at: r.get(4),
-            created_at: job.created_at(),
+            created_at: r.get::<_, Option<_>>(7).or_else(|| job.created_at()),
             updated_at: r.get(5),
             sent_at: r.get(6),
         }))

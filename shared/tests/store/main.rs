@@ -3,6 +3,7 @@
 //! [`readiness`] tests the `/readyz` check against live and dead servers;
 //! [`connection`] the queue's one shared Redis connection.
 
+mod acceptance;
 mod connection;
 mod leases;
 mod readiness;

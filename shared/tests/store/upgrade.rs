@@ -1,8 +1,8 @@
-//! Upgrading a live database: migration 2 (fencing) over a schema-1
-//! database holding jobs in every state.
+//! Upgrading a live database holding jobs in every state: migration 2
+//! (fencing) over schema 1, migration 4 (durable acceptance) over schema 3 (retention indexes).
 
 use refinery::Target;
-use sendonce_shared::store::Claim;
+use sendonce_shared::store::{Accepted, Claim, Submission};
 use sendonce_testkit::TestDatabase;
 
 use crate::{LEASE, store_for, task};
@@ -53,7 +53,11 @@ async fn migration_2_keeps_jobs_in_every_state_and_their_promise() {
         .await
         .expect("a schema-1 dead letter");
 
-    assert_eq!(store.migrate().await.expect("upgrade"), 1);
+    assert_eq!(
+        store.migrate().await.expect("upgrade"),
+        3,
+        "migrations 2, 3 and 4"
+    );
 
     let rows = client
         .query(
@@ -88,5 +92,74 @@ async fn migration_2_keeps_jobs_in_every_state_and_their_promise() {
         if let Claim::Proceed { fence, .. } = claim {
             assert_eq!(fence.get(), 1, "{state}");
         }
+    }
+}
+
+#[tokio::test]
+async fn migration_4_keeps_jobs_in_every_state_replays_their_keys_and_finds_the_waiting_ones() {
+    let db = TestDatabase::create().await;
+    let store = store_for(&db);
+    store
+        .migrate_to(Target::Version(3))
+        .await
+        .expect("schema 3");
+    let client = db.connect().await;
+    let tasks: Vec<_> = STATES
+        .iter()
+        .map(|state| task(&format!("upgrade3:{state}")))
+        .collect();
+    for (t, state) in tasks.iter().zip(STATES) {
+        client
+            .execute(
+                "INSERT INTO deliveries
+                     (idempotency_key, job_id, state, attempts, fence, holder, task)
+                 VALUES ($1, $2, $3, 1, 1, 'gone', $4::text::jsonb)",
+                &[
+                    &t.idempotency_key.as_str(),
+                    &t.job_id.as_uuid(),
+                    &state,
+                    &t.to_json(),
+                ],
+            )
+            .await
+            .expect("a schema-3 row");
+    }
+
+    assert_eq!(store.migrate().await.expect("upgrade"), 1);
+
+    // A replay of an old key: its request's fingerprint was never kept, so
+    // it is answered as the original job, never recorded twice.
+    let again: Vec<Submission> = tasks
+        .iter()
+        .map(|t| Submission::new(task(t.idempotency_key.as_str()), "unknown".into()))
+        .collect();
+    let answers = store.accept(&again).await.expect("accept");
+    for (answer, t) in answers.iter().zip(&tasks) {
+        let Accepted::Replay {
+            job_id,
+            fingerprint,
+            ..
+        } = answer
+        else {
+            panic!("{}: {answer:?}", t.idempotency_key);
+        };
+        assert_eq!((*job_id, fingerprint), (t.job_id, &None));
+    }
+    // The waiting rows are the reconciler's.
+    let until = store.now().await.expect("now");
+    let page = store.waiting_page(until, None, 100).await.expect("a page");
+    assert_eq!(page.tasks.len(), 2, "queued and retrying");
+    // Each old row carries on under its token.
+    store.renew_lease("new", LEASE).await.expect("lease");
+    for (t, state) in tasks.iter().zip(STATES) {
+        let claim = store.claim(t, "new").await.expect("claim");
+        let expected = match state {
+            "queued" | "processing" | "retrying" => {
+                matches!(claim, Claim::Proceed { fence, .. } if fence.get() == 2)
+            }
+            "sending" => matches!(claim, Claim::Ambiguous { .. }),
+            _ => claim == Claim::AlreadyDone,
+        };
+        assert!(expected, "{state}: {claim:?}");
     }
 }

@@ -4,6 +4,7 @@
 
 mod crash;
 mod delivery;
+mod durable;
 mod failures;
 mod fencing;
 mod helpers;
