@@ -49,6 +49,12 @@ pub enum Action {
     /// supervisor would after a host-level crash. The fresh worker reaps at
     /// start-up while the heartbeats of the others come back from the AOF.
     RestartRedis { slot: usize },
+    /// `FLUSHALL`: Redis loses every key (queue, processing lists, delayed
+    /// set, leases, L1) while everything keeps running.
+    FlushRedis,
+    /// SIGKILL Redis and restart it with its AOF deleted: a restart without
+    /// persistence, or a failover to an empty replica.
+    WipeRedis,
 }
 
 /// Every action of a run, by offset from the start of the chaos.
@@ -103,6 +109,8 @@ impl Schedule {
         }
         let slot = rand::random_range(0..workers);
         actions.push((end / 2, Action::RestartRedis { slot }));
+        actions.push((end / 4, Action::FlushRedis));
+        actions.push((end * 3 / 4, Action::WipeRedis));
         actions.sort_by_key(|&(at, _)| at);
         Self { actions }
     }
@@ -136,6 +144,8 @@ pub struct Injected {
     pub postgres_pauses: usize,
     /// Redis SIGKILLs and restarts.
     pub redis_restarts: usize,
+    /// Times Redis lost everything (a `FLUSHALL`, a restart without its AOF).
+    pub redis_losses: usize,
     /// Workers that exited on their own and were started again.
     pub worker_exits: usize,
     /// Those of them that had logged that they were up: crashes, each
@@ -249,6 +259,14 @@ pub async fn inject(
                     restart(workers, slot)?;
                 }
             }
+            Action::FlushRedis => {
+                redis.flushall().await;
+                done.redis_losses += 1;
+            }
+            Action::WipeRedis => {
+                redis.restart_empty().await;
+                done.redis_losses += 1;
+            }
             Action::Kill { .. } | Action::PauseWorker { .. } | Action::ResumeWorker { .. } => {}
         }
     }
@@ -288,6 +306,10 @@ mod tests {
         assert_eq!(count(|a| matches!(a, Action::PauseSmtp)), 1);
         assert_eq!(count(|a| matches!(a, Action::PausePostgres)), 1);
         assert_eq!(count(|a| matches!(a, Action::RestartRedis { .. })), 1);
+        assert_eq!(
+            count(|a| matches!(a, Action::FlushRedis | Action::WipeRedis)),
+            2
+        );
         for &(at, action) in actions {
             let resumed =
                 |wanted: Action| actions.iter().find(|&&(_, a)| a == wanted).map(|&(t, _)| t);

@@ -227,7 +227,7 @@ impl fmt::Display for Summary {
         write!(
             f,
             "chaos: posts={} (reused keys {}) keys={} kills={} worker_exits={} worker_pauses={} \
-             smtp_pauses={} postgres_pauses={} redis_restarts={} \
+             smtp_pauses={} postgres_pauses={} redis_restarts={} redis_losses={} \
              sent={} duplicate={} failed={} uncertain={} (cut {}) \
              duplicate_effects={} stranded={} false_uncertain={} (logged sent {}) \
              duration={:.1}s",
@@ -240,6 +240,7 @@ impl fmt::Display for Summary {
             faults.smtp_pauses,
             faults.postgres_pauses,
             faults.redis_restarts,
+            faults.redis_losses,
             self.sent,
             self.duplicate,
             self.failed,

@@ -133,6 +133,24 @@ impl RedisServer {
         self.child = Some(child);
     }
 
+    /// SIGKILLs the server, deletes its append-only files, and starts it
+    /// again on the same port: a restart that lost everything (no
+    /// persistence, or a failover to an empty replica).
+    ///
+    /// # Panics
+    ///
+    /// If the directory cannot be emptied or the server does not come back.
+    pub async fn restart_empty(&mut self) {
+        self.stop();
+        fs::remove_dir_all(&self.dir)
+            .and_then(|()| fs::create_dir_all(&self.dir))
+            .unwrap_or_else(|err| panic!("empty Redis directory {}: {err}", self.dir.display()));
+        let child = launch(self.options, self.port, &self.dir)
+            .await
+            .unwrap_or_else(|err| panic!("restart redis-server empty: {err}"));
+        self.child = Some(child);
+    }
+
     /// Deletes every key.
     ///
     /// # Panics

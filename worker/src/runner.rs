@@ -79,8 +79,14 @@ pub enum Verdict {
     AlreadyDone,
     /// Another holder of this same task owns the attempt (this worker was
     /// presumed dead and its task handed on, or its lease lapsed); this copy
-    /// sent nothing and steps aside.
-    Fenced,
+    /// sent nothing and steps aside. `held` is the token this copy claimed,
+    /// when it had one: its row is released so that another copy, or the
+    /// sweeper, can take it at once (a lease that lapsed under a live worker
+    /// would otherwise leave the row held by a worker no longer on it).
+    Fenced {
+        /// The token this copy held, if it claimed.
+        held: Option<Fence>,
+    },
     /// A transient failure; try again after the delay.
     Retry {
         /// The attempt's token.
@@ -488,7 +494,7 @@ impl Worker {
             let verdict = if first_copy {
                 self.until_ok("decide", || self.decide(&task)).await
             } else {
-                Verdict::Fenced
+                Verdict::Fenced { held: None }
             };
             self.until_ok("record", || self.record(&task, &raw, &verdict))
                 .await;
@@ -532,14 +538,14 @@ impl Worker {
                 });
             }
             Claim::AlreadyDone => return Ok(Verdict::AlreadyDone),
-            Claim::Held => return Ok(Verdict::Fenced),
+            Claim::Held => return Ok(Verdict::Fenced { held: None }),
             Claim::Ambiguous { attempts, fence }
                 if self.config.on_uncertain == OnUncertain::Resend
                     && !self.policy.exhausted(attempts) =>
             {
                 match self.store.reopen_ambiguous(task, fence, &self.id).await? {
                     Some(taken) => taken,
-                    None => return Ok(Verdict::Fenced),
+                    None => return Ok(Verdict::Fenced { held: None }),
                 }
             }
             Claim::Ambiguous { attempts, fence } => {
@@ -576,7 +582,7 @@ impl Worker {
         telemetry::smtp_send(started.elapsed());
         Ok(match sent {
             Ok(Delivered::Accepted { reply }) => Verdict::Sent { reply },
-            Ok(Delivered::Fenced) => Verdict::Fenced,
+            Ok(Delivered::Fenced) => Verdict::Fenced { held: Some(fence) },
             // The `sending` write may or may not have committed, but the
             // data certainly did not go out: a plain retry, by this same
             // token, not a rerun that would find `sending` and call it
@@ -656,7 +662,12 @@ impl Worker {
                 self.queue.ack(&self.id, raw).await?;
                 tracing::info!("redelivered after its outcome was recorded; acknowledged");
             }
-            Verdict::Fenced => self.step_aside(task, raw).await?,
+            Verdict::Fenced { held } => {
+                if let Some(fence) = held {
+                    self.store.release_claim(task, *fence).await?;
+                }
+                self.step_aside(task, raw).await?;
+            }
             Verdict::Retry {
                 fence,
                 error,

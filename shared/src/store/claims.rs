@@ -303,6 +303,26 @@ impl Store {
         Ok(n == 1)
     }
 
+    /// Gives up attempt `fence` before its data (its holder's lease lapsed):
+    /// the row stays `processing` with no holder, so the next copy's claim,
+    /// or the sweeper, takes it without waiting for a lease that the live
+    /// worker keeps renewing. Nothing when the token was lost already.
+    #[tracing::instrument(skip_all)]
+    pub async fn release_claim(&self, task: &Task, fence: Fence) -> Result<(), StoreError> {
+        let conn = self.pool.get().await?;
+        conn.execute(
+            &conn
+                .prepare_cached(
+                    "UPDATE deliveries SET holder = NULL, updated_at = now()
+                     WHERE idempotency_key = $1 AND fence = $2 AND state = 'processing'",
+                )
+                .await?,
+            &[&task.idempotency_key.as_str(), &fence.0],
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Records the server's acceptance, whoever holds the row now, unless it
     /// already says `sent`; withdraws any dead-letter entry of the job.
     #[tracing::instrument(skip_all)]
