@@ -131,3 +131,29 @@ async fn a_holder_whose_lease_lapsed_does_not_start_sending() {
 
     assert_eq!(store.mark_sending(&t, fence, "a").await.ok(), Some(false));
 }
+
+#[tokio::test]
+async fn a_claim_given_up_after_a_lapsed_lease_is_taken_at_once_though_its_worker_lives_on() {
+    let db = TestDatabase::create().await;
+    let store = store_for(&db);
+    store.migrate().await.expect("migrate");
+    store.renew_lease("a", LEASE).await.expect("lease");
+    store.renew_lease("b", LEASE).await.expect("lease");
+    let t = task("fence:released");
+    let Ok(Claim::Proceed { fence, .. }) = store.claim(&t, "a").await else {
+        panic!("the claim proceeds");
+    };
+    store.release_lease("a").await.expect("lapse");
+    assert_eq!(store.mark_sending(&t, fence, "a").await.ok(), Some(false));
+
+    store.release_claim(&t, fence).await.expect("release");
+    store.renew_lease("a", LEASE).await.expect("a lives on");
+
+    assert!(
+        matches!(
+            store.claim(&t, "b").await,
+            Ok(Claim::Proceed { attempt: 2, .. })
+        ),
+        "another copy takes the row without waiting for a's lease"
+    );
+}
