@@ -364,7 +364,10 @@ mod tests {
 
         assert!(schedule.actions.iter().all(|(_, action)| matches!(
             action,
-            Action::Kill { .. } | Action::RestartRedis { .. }
+            Action::Kill { .. }
+                | Action::RestartRedis { .. }
+                | Action::FlushRedis
+                | Action::WipeRedis
         )));
     }
 }

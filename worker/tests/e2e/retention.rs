@@ -8,7 +8,7 @@ use sendonce_testkit::{RedisOptions, RedisServer};
 use crate::helpers::{Options, email, spawn_system};
 
 #[tokio::test]
-async fn a_pruned_key_posted_again_is_still_a_duplicate_and_its_body_is_gone() {
+async fn a_pruned_key_posted_again_is_answered_from_postgres_and_its_body_is_gone() {
     let mut redis = RedisServer::start(RedisOptions::default()).await;
     let system = spawn_system(Options {
         redis_url: Some(redis.url()),
@@ -92,11 +92,28 @@ async fn a_pruned_key_posted_again_is_still_a_duplicate_and_its_body_is_gone() {
     );
 
     redis.flushall().await;
-    let again = system.post_ok(&old).await["job_id"].clone();
-    assert_ne!(again, sent, "the API no longer remembers the key");
-    system
-        .wait_for_status(again.as_str().expect("job id"), "duplicate")
-        .await;
+    let response = system.post_job(&old).await;
+    assert_eq!(response.status(), reqwest::StatusCode::OK, "a replay");
+    let again: serde_json::Value = response.json().await.expect("JSON");
+    assert_eq!(
+        again["job_id"], sent,
+        "Postgres still remembers the pruned key: the replay names the sent job"
+    );
+    let mut other = old.clone();
+    other["subject"] = "another body".into();
+    assert_eq!(
+        system.post_job(&other).await.status(),
+        reqwest::StatusCode::UNPROCESSABLE_ENTITY,
+        "the same key with another body is refused though the body is pruned"
+    );
+    let depths = system.queue().depths().await.expect("queue depths");
+    assert_eq!(
+        depths.ready + depths.scheduled + depths.processing,
+        0,
+        "neither post queued anything to send"
+    );
+    let (_, job) = system.get_job(sent.as_str().expect("job id")).await;
+    assert_eq!(job["status"], "sent");
     assert_eq!(
         system.smtp.messages().len(),
         2,
