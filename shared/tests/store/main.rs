@@ -6,6 +6,7 @@
 mod acceptance;
 mod connection;
 mod leases;
+mod pooler;
 mod readiness;
 mod requeue;
 mod state_machine;
