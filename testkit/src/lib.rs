@@ -22,6 +22,7 @@ pub mod postgres;
 pub mod process;
 pub mod redis;
 pub mod smtp;
+pub mod tls;
 
 pub use metrics::sample;
 pub use pgbouncer::PgBouncer;

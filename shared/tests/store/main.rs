@@ -10,6 +10,7 @@ mod pooler;
 mod readiness;
 mod requeue;
 mod state_machine;
+mod tls;
 mod upgrade;
 
 use std::time::Duration;
