@@ -82,6 +82,16 @@ log "cargo test"
 set +e
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$state_dir/test.log"
 status=${PIPESTATUS[0]}
+# The e2e suite and the small chaos run again, every process reaching
+# Postgres through a private PgBouncer 1.18 in transaction mode
+# (DATABASE_POOLER=transaction; testkit/src/pgbouncer.rs).
+log "cargo test: e2e and chaos through PgBouncer (transaction mode)"
+TEST_THROUGH_PGBOUNCER=1 cargo test --locked --no-fail-fast -p sendonce-worker --test e2e \
+  2>&1 | tee -a "$state_dir/test.log"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+TEST_THROUGH_PGBOUNCER=1 cargo test --locked --no-fail-fast -p sendonce-chaos --test chaos \
+  2>&1 | tee -a "$state_dir/test.log"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
 set -e
 # One closing line for the whole suite (cargo prints one per test binary).
 awk '/^test result:/ {passed += $4; failed += $6; ignored += $8}
