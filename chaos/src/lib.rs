@@ -287,7 +287,12 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Summary> {
     // With TEST_THROUGH_PGBOUNCER=1 the processes reach it through a
     // PgBouncer in transaction mode, as a fleet behind a pooler would.
     let bouncer = if through_pgbouncer() {
-        Some(PgBouncer::start_for(&postgres.admin_url(), 20).await)
+        let bouncer = PgBouncer::start_for(&postgres.admin_url(), 20).await;
+        println!(
+            "chaos: every process reaches Postgres through PgBouncer (transaction mode) on port {}",
+            bouncer.port()
+        );
+        Some(bouncer)
     } else {
         None
     };
