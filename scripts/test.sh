@@ -44,6 +44,9 @@ if ! redis_up; then
 fi
 
 command -v psql >/dev/null || apt_install postgresql-client
+# Tests run the store, the e2e suite and the chaos test through a private
+# PgBouncer in transaction mode (testkit/src/pgbouncer.rs).
+command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || { log "installing pgbouncer"; apt_install pgbouncer; }
 # The chaos test runs a private Postgres cluster (to pause it with SIGSTOP),
 # so initdb and pg_ctl must exist even when a server already answers.
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { log "installing postgresql"; apt_install postgresql; }
@@ -79,6 +82,16 @@ log "cargo test"
 set +e
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$state_dir/test.log"
 status=${PIPESTATUS[0]}
+# The e2e suite and the small chaos run again, every process reaching
+# Postgres through a private PgBouncer 1.18 in transaction mode
+# (DATABASE_POOLER=transaction; testkit/src/pgbouncer.rs).
+log "cargo test: e2e and chaos through PgBouncer (transaction mode)"
+TEST_THROUGH_PGBOUNCER=1 cargo test --locked --no-fail-fast -p sendonce-worker --test e2e \
+  2>&1 | tee -a "$state_dir/test.log"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+TEST_THROUGH_PGBOUNCER=1 cargo test --locked --no-fail-fast -p sendonce-chaos --test chaos \
+  2>&1 | tee -a "$state_dir/test.log"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
 set -e
 # One closing line for the whole suite (cargo prints one per test binary).
 awk '/^test result:/ {passed += $4; failed += $6; ignored += $8}

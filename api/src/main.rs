@@ -6,8 +6,8 @@ use clap::{Parser, Subcommand};
 use sendonce_api::Application;
 use sendonce_api::auth::JwtKeys;
 use sendonce_api::config::ApiConfig;
+use sendonce_shared::store::Store;
 use sendonce_shared::store::retention::Pruned;
-use sendonce_shared::store::{self, Store};
 use sendonce_shared::telemetry;
 
 /// Rows one `prune` transaction touches per table.
@@ -73,7 +73,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Migrate => {
-            let store = Store::new(store::connect(&config.common.database_url, 1)?);
+            let store = Store::connect(
+                &config.common.database_url,
+                &config.common.postgres.options(),
+                1,
+            )?;
             let applied = store.migrate().await?;
             println!("applied {applied} migration(s)");
             Ok(())
@@ -82,7 +86,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let days = config
                 .retention_days
                 .context("RETENTION_DAYS is required by `prune`")?;
-            let store = Store::new(store::connect(&config.common.database_url, 1)?);
+            let store = Store::connect(
+                &config.common.database_url,
+                &config.common.postgres.options(),
+                1,
+            )?;
             let mut total = Pruned::default();
             loop {
                 let pruned = store.prune_batch(days, PRUNE_BATCH).await?;

@@ -10,7 +10,7 @@ use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sendonce_shared::queue::{self, Queue};
-use sendonce_shared::store::{self, Acceptor, Store};
+use sendonce_shared::store::{Acceptor, Store};
 use tracing_actix_web::TracingLogger;
 
 use crate::auth::JwtKeys;
@@ -52,7 +52,11 @@ impl Application {
         for warning in JwtKeys::warnings(&config) {
             tracing::warn!("{warning}");
         }
-        let store = Store::new(store::connect(&config.common.database_url, 16)?);
+        let store = Store::connect(
+            &config.common.database_url,
+            &config.common.postgres.options(),
+            16,
+        )?;
         store
             .migrate()
             .await

@@ -35,7 +35,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use sendonce_testkit::{PostgresServer, RedisOptions, RedisServer, TestDatabase};
+use sendonce_testkit::pgbouncer::through_pgbouncer;
+use sendonce_testkit::{PgBouncer, PostgresServer, RedisOptions, RedisServer, TestDatabase};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -283,6 +284,22 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Summary> {
     let mut postgres = PostgresServer::start().await;
     // Declared after the cluster, so dropped before it.
     let db = TestDatabase::create_on(&postgres.admin_url()).await;
+    // With TEST_THROUGH_PGBOUNCER=1 the processes reach it through a
+    // PgBouncer in transaction mode, as a fleet behind a pooler would.
+    let bouncer = if through_pgbouncer() {
+        let bouncer = PgBouncer::start_for(&postgres.admin_url(), 20).await;
+        println!(
+            "chaos: every process reaches Postgres through PgBouncer (transaction mode) on port {}",
+            bouncer.port()
+        );
+        Some(bouncer)
+    } else {
+        None
+    };
+    let (database_url, pooler) = match &bouncer {
+        Some(bouncer) => (bouncer.url(db.url()), "transaction"),
+        None => (db.url().to_owned(), "none"),
+    };
     let secret = format!("chaos-{}", uuid::Uuid::now_v7().simple());
     let mut env = Environment {
         bin_dir: scenario.bin_dir.clone(),
@@ -291,7 +308,8 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Summary> {
     };
     let mut smtp = SmtpSink::start(&env).await?;
     env.vars = [
-        ("DATABASE_URL", db.url().to_owned()),
+        ("DATABASE_URL", database_url),
+        ("DATABASE_POOLER", pooler.to_owned()),
         ("REDIS_URL", redis.url()),
         ("REDIS_KEY_PREFIX", PREFIX.to_owned()),
         ("JWT_SECRET", secret),

@@ -2,14 +2,16 @@
 //! parsed once at start-up so a bad value stops the process with an error
 //! naming the variable.
 
-use std::time::Duration;
-
 use std::ffi::OsStr;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::builder::TypedValueParser;
 use clap::error::ErrorKind;
 use clap::{Arg, Args, Command, ValueEnum};
 use secrecy::{ExposeSecret, SecretString};
+
+use crate::store::{PgOptions, Pooler};
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -32,6 +34,10 @@ pub struct CommonConfig {
         hide_env_values = true
     )]
     pub database_url: SecretString,
+
+    /// Postgres connection settings besides the URL.
+    #[command(flatten)]
+    pub postgres: PostgresConfig,
 
     /// Redis connection URL (the queue and the L1 dedup keys).
     #[arg(
@@ -65,6 +71,50 @@ pub struct CommonConfig {
     /// development (keys often hold addresses).
     #[arg(long, env = "LOG_PLAIN_KEYS", default_value_t = false)]
     pub log_plain_keys: bool,
+}
+
+/// Postgres connection settings besides `DATABASE_URL` (whose `sslmode`
+/// chooses TLS).
+#[derive(Debug, Clone, Args)]
+pub struct PostgresConfig {
+    /// `none` (direct connections, or a pooler in session mode) or
+    /// `transaction` (PgBouncer `pool_mode = transaction` and the like:
+    /// statements go out unnamed, no startup options are sent).
+    #[arg(long, env = "DATABASE_POOLER", value_enum, default_value_t = Pooler::None)]
+    pub database_pooler: Pooler,
+
+    /// PEM file of the CAs trusted for `sslmode=verify-ca` and
+    /// `verify-full` (default: the system's roots).
+    #[arg(long, env = "DATABASE_CA_FILE")]
+    pub database_ca_file: Option<PathBuf>,
+
+    /// `statement_timeout` of every session, in milliseconds (0: none);
+    /// the client also gives up on a statement 1 s after it.
+    #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT_MS", default_value = "5000", value_parser = parse_millis)]
+    pub database_statement_timeout_ms: Duration,
+
+    /// How long opening a Postgres connection may take, in milliseconds.
+    #[arg(long, env = "DATABASE_CONNECT_TIMEOUT_MS", default_value = "5000", value_parser = parse_millis)]
+    pub database_connect_timeout_ms: Duration,
+
+    /// `TCP_USER_TIMEOUT` of every Postgres connection, in milliseconds
+    /// (0: the kernel's default): unacknowledged data older than this drops
+    /// the connection.
+    #[arg(long, env = "DATABASE_TCP_USER_TIMEOUT_MS", default_value = "10000", value_parser = parse_millis)]
+    pub database_tcp_user_timeout_ms: Duration,
+}
+
+impl PostgresConfig {
+    /// The settings as the store takes them.
+    pub fn options(&self) -> PgOptions {
+        PgOptions {
+            pooler: self.database_pooler,
+            ca_file: self.database_ca_file.clone(),
+            statement_timeout: self.database_statement_timeout_ms,
+            connect_timeout: self.database_connect_timeout_ms,
+            tcp_user_timeout: self.database_tcp_user_timeout_ms,
+        }
+    }
 }
 
 impl CommonConfig {
@@ -130,8 +180,7 @@ where
 }
 
 fn parse_postgres_url(s: &str) -> Result<SecretString, String> {
-    s.parse::<tokio_postgres::Config>()
-        .map_err(|e| format!("not a Postgres connection string: {e}"))?;
+    crate::store::connection::parse(s)?;
     Ok(SecretString::from(s.to_owned()))
 }
 

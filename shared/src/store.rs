@@ -24,22 +24,25 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use deadpool::managed::Manager as _;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use secrecy::{ExposeSecret, SecretString};
-use tokio_postgres::NoTls;
 
 use crate::domain::JobId;
 
 pub mod acceptance;
 pub mod claims;
+pub mod connection;
 mod dead_letters;
 mod jobs;
 pub mod leases;
 pub mod reconcile;
 pub mod retention;
+mod sql;
 
 pub use acceptance::{AcceptError, Accepted, Acceptor, Submission};
 pub use claims::{Claim, Fence};
+pub use connection::{PgOptions, Pooler};
 pub use leases::Swept;
 pub use reconcile::{WaitingCursor, WaitingPage};
 
@@ -67,6 +70,11 @@ pub enum StoreError {
     /// The connection settings were unusable.
     #[error("invalid Postgres configuration: {0}")]
     Config(String),
+    /// Postgres did not answer within the client-side deadline (its
+    /// `statement_timeout` plus a grace): a silent server. Whether the
+    /// statement took effect is unknown.
+    #[error("Postgres did not answer within {0:?}")]
+    Timeout(Duration),
     /// A stored row did not parse back into a domain value.
     #[error("a stored row is corrupt: {0}")]
     Corrupt(String),
@@ -84,32 +92,34 @@ pub enum RequeueError<E> {
     Push(#[source] E),
 }
 
-/// Opens a pool. Connections are made lazily; call [`Store::ping`] to check.
-/// Every session runs with `synchronous_commit = on`.
+/// Opens a pool on a direct connection with the default [`PgOptions`].
+/// Connections are made lazily; call [`Store::ping`] to check. Every
+/// session runs with `synchronous_commit = on`.
 pub fn connect(url: &SecretString, max_size: usize) -> Result<Pool, StoreError> {
-    let mut pg: tokio_postgres::Config = url
-        .expose_secret()
-        .parse()
-        .map_err(|e: tokio_postgres::Error| StoreError::Config(e.to_string()))?;
-    // The fence must survive a server crash whatever the server's default:
-    // a `sending` lost to `synchronous_commit = off` would let a redelivered
-    // task send again without anyone knowing.
-    let options = match pg.get_options() {
-        Some(given) => format!("{given} -c synchronous_commit=on"),
-        None => "-c synchronous_commit=on".to_owned(),
-    };
-    pg.options(&options);
+    pool(url, &PgOptions::default(), max_size)
+}
+
+/// Opens a pool with `options`: TLS as the URL's `sslmode` says, the
+/// timeouts, and (with no pooler in between) `synchronous_commit = on` and
+/// the `statement_timeout` as session settings.
+pub fn pool(url: &SecretString, options: &PgOptions, max_size: usize) -> Result<Pool, StoreError> {
+    let (pg, tls) = connection::configure(url.expose_secret(), options)?;
     let manager = Manager::from_config(
         pg,
-        NoTls,
+        tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
     );
+    let create = if options.connect_timeout.is_zero() {
+        Duration::from_secs(5)
+    } else {
+        options.connect_timeout
+    };
     Pool::builder(manager)
         .max_size(max_size)
         .runtime(Runtime::Tokio1)
-        .create_timeout(Some(Duration::from_secs(5)))
+        .create_timeout(Some(create))
         .wait_timeout(Some(Duration::from_secs(10)))
         .build()
         .map_err(|e| StoreError::Config(e.to_string()))
@@ -247,20 +257,44 @@ pub enum RequeueSelection {
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    pooler: Pooler,
+    /// How long the client waits for any one statement's answer.
+    deadline: Option<Duration>,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
             .field("pool", &self.pool.status())
+            .field("pooler", &self.pooler)
+            .field("deadline", &self.deadline)
             .finish()
     }
 }
 
 impl Store {
-    /// Wraps a pool.
+    /// Wraps a pool made by [`connect`]: a direct connection, with the
+    /// default timeouts.
     pub fn new(pool: Pool) -> Self {
-        Self { pool }
+        Self::with_options(pool, &PgOptions::default())
+    }
+
+    /// Wraps a pool made by [`pool`] with the same `options`.
+    pub fn with_options(pool: Pool, options: &PgOptions) -> Self {
+        Self {
+            pool,
+            pooler: options.pooler,
+            deadline: sql::client_deadline(options.statement_timeout),
+        }
+    }
+
+    /// Opens a pool of up to `max_size` connections with `options`.
+    pub fn connect(
+        url: &SecretString,
+        options: &PgOptions,
+        max_size: usize,
+    ) -> Result<Self, StoreError> {
+        Ok(Self::with_options(pool(url, options, max_size)?, options))
     }
 
     /// The pool, for code that needs its own queries.
@@ -270,7 +304,8 @@ impl Store {
 
     /// Checks that Postgres answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.pool.get().await?.simple_query("SELECT 1").await?;
+        let conn = self.pool.get().await?;
+        self.bounded(conn.simple_query("SELECT 1")).await?;
         Ok(())
     }
 
@@ -282,18 +317,71 @@ impl Store {
 
     /// Applies migrations up to `target` (upgrade tests start from an older
     /// schema this way), under the same lock as [`Store::migrate`].
+    ///
+    /// The lock is a transaction-level advisory lock, taken in a transaction
+    /// kept open on a connection of its own while refinery works on a
+    /// second one, and released by that transaction's end: lock and unlock
+    /// can never land on different server connections, which a pooler in
+    /// transaction mode could otherwise do. Neither connection comes from
+    /// the pool (a pool of one would deadlock), and neither has a
+    /// statement timeout (a long migration, a long wait for the lock).
     pub async fn migrate_to(&self, target: refinery::Target) -> Result<usize, StoreError> {
-        let mut conn = self.pool.get().await?;
-        conn.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_ID])
-            .await?;
+        let manager = self.pool.manager();
+        let mut lock = manager.create().await?;
+        let held = lock.transaction().await?;
+        held.batch_execute(&format!(
+            "SET LOCAL statement_timeout = 0; SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})"
+        ))
+        .await?;
+        let mut conn = manager.create().await?;
+        if self.pooler == Pooler::None {
+            // Its own session, dropped afterwards: nothing leaks to others.
+            conn.batch_execute("SET statement_timeout = 0").await?;
+        }
         let client: &mut tokio_postgres::Client = &mut conn;
         let result = embedded::migrations::runner()
             .set_target(target)
             .run_async(client)
             .await;
-        // Unlock even on failure; the session may go back to the pool.
-        conn.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_ID])
-            .await?;
+        // Committed (or, on failure, rolled back) only now: the lock is
+        // held until the migrations are.
+        held.commit().await?;
         Ok(result?.applied_migrations().len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sendonce_testkit::postgres::TestDatabase;
+
+    use super::*;
+
+    /// Behind a transaction pooler each statement goes out with the types
+    /// it declares; they must be the ones the server infers on its own.
+    #[tokio::test]
+    async fn every_statement_declares_the_parameter_types_the_server_infers() {
+        let db = TestDatabase::create().await;
+        let store = Store::new(connect(&SecretString::from(db.url().to_owned()), 1).expect("pool"));
+        store.migrate().await.expect("migrate");
+        let client = db.connect().await;
+        let all = [
+            acceptance::ALL,
+            claims::ALL,
+            dead_letters::ALL,
+            jobs::ALL,
+            leases::ALL,
+            reconcile::ALL,
+            retention::ALL,
+        ];
+        let mut checked = 0;
+        for sql in all.into_iter().flatten() {
+            let statement = client
+                .prepare(sql.text)
+                .await
+                .unwrap_or_else(|e| panic!("prepare {}: {e}", sql.text));
+            assert_eq!(statement.params(), sql.types, "{}", sql.text);
+            checked += 1;
+        }
+        assert!(checked >= 30, "{checked}");
     }
 }

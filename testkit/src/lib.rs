@@ -17,12 +17,15 @@
 //! could do nothing but fail, so tests stay short.
 
 pub mod metrics;
+pub mod pgbouncer;
 pub mod postgres;
 pub mod process;
 pub mod redis;
 pub mod smtp;
+pub mod tls;
 
 pub use metrics::sample;
+pub use pgbouncer::PgBouncer;
 pub use postgres::{PostgresServer, TestDatabase};
 pub use process::{CapturedChild, eventually};
 pub use redis::{RedisOptions, RedisServer, unique_prefix};

@@ -12,7 +12,7 @@
 //! A database of its own per test lets tests run in parallel, and run twice
 //! in a row, without seeing each other's rows or migrations.
 
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::{fs, mem};
@@ -175,6 +175,16 @@ impl PostgresServer {
     ///
     /// If a tool is missing or fails, or no port can be bound.
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// As [`PostgresServer::start`], with TLS on (`ssl = on`) when `tls`
+    /// gives the server's certificate chain and key, in PEM.
+    ///
+    /// # Panics
+    ///
+    /// As [`PostgresServer::start`].
+    pub async fn start_with(tls: Option<(&str, &str)>) -> Self {
         let dir = std::env::temp_dir().join(format!("sendonce-pg-{}", Uuid::now_v7().simple()));
         fs::create_dir_all(&dir)
             .unwrap_or_else(|err| panic!("create Postgres directory {}: {err}", dir.display()));
@@ -196,13 +206,33 @@ impl PostgresServer {
             .arg(&data)
             .args(["-A", "trust", "-U", "postgres", "--no-sync"]);
         run(initdb).await;
+        let mut ssl = String::new();
+        if let Some((cert, key)) = tls {
+            let cert_file = server.dir.join("server.crt");
+            let key_file = server.dir.join("server.key");
+            fs::write(&cert_file, cert).expect("write the server certificate");
+            fs::write(&key_file, key).expect("write the server key");
+            // Postgres refuses a key others can read.
+            fs::set_permissions(&key_file, fs::Permissions::from_mode(0o600))
+                .expect("chmod the server key");
+            if running_as_root() {
+                let mut chown = std::process::Command::new("chown");
+                chown.arg("postgres").arg(&cert_file).arg(&key_file);
+                run(chown).await;
+            }
+            ssl = format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                cert_file.display(),
+                key_file.display()
+            );
+        }
         let mut last_error = String::new();
         // A port found free can be taken by someone else before Postgres
         // binds it; another port then does.
         for _ in 0..PORT_ATTEMPTS {
             server.port = free_port();
             let options = format!(
-                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200{ssl}",
                 server.port,
                 server.dir.display()
             );
@@ -229,6 +259,11 @@ impl PostgresServer {
             "start a private Postgres ({PORT_ATTEMPTS} attempts): {last_error}\nlog:\n{}",
             fs::read_to_string(server.dir.join("postgres.log")).unwrap_or_default()
         );
+    }
+
+    /// The port it listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// A URL of the cluster's `postgres` database, as the superuser.

@@ -29,7 +29,7 @@ use std::net::TcpListener;
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sendonce_shared::queue::{self, Queue};
-use sendonce_shared::store::{self, Store};
+use sendonce_shared::store::Store;
 
 use crate::config::WorkerConfig;
 use crate::mailer::Mailer;
@@ -61,10 +61,11 @@ impl Application {
     ) -> anyhow::Result<Self> {
         config.validate()?;
         let concurrency = usize::from(config.worker_concurrency);
-        let store = Store::new(store::connect(
+        let store = Store::connect(
             &config.common.database_url,
+            &config.common.postgres.options(),
             concurrency.clamp(2, 16),
-        )?);
+        )?;
         store
             .migrate()
             .await

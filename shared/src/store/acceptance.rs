@@ -20,6 +20,9 @@ use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
+use tokio_postgres::types::Type;
+
+use super::sql::Sql;
 use super::{Store, StoreError};
 use crate::domain::{JobId, Task};
 
@@ -78,18 +81,33 @@ pub enum Accepted {
     },
 }
 
-const INSERT: &str = "INSERT INTO deliveries
+const INSERT: Sql = Sql::new(
+    "INSERT INTO deliveries
         (idempotency_key, job_id, state, attempts, fence, task, fingerprint)
     SELECT key, job, 'queued', 0, 0, task::jsonb, fingerprint
     FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[])
         WITH ORDINALITY AS r(key, job, task, fingerprint, n)
     ORDER BY n
     ON CONFLICT (idempotency_key) DO NOTHING
-    RETURNING job_id";
+    RETURNING job_id",
+    &[
+        Type::TEXT_ARRAY,
+        Type::UUID_ARRAY,
+        Type::TEXT_ARRAY,
+        Type::TEXT_ARRAY,
+    ],
+);
 
-const REPLAYED: &str = "SELECT idempotency_key, job_id, fingerprint,
+const REPLAYED: Sql = Sql::new(
+    "SELECT idempotency_key, job_id, fingerprint,
         CASE state WHEN 'sending' THEN 'processing' ELSE state END
-    FROM deliveries WHERE idempotency_key = ANY($1)";
+    FROM deliveries WHERE idempotency_key = ANY($1)",
+    &[Type::TEXT_ARRAY],
+);
+
+/// Every statement of this module, for the test that checks their types.
+#[cfg(test)]
+pub(super) const ALL: &[&Sql] = &[&INSERT, &REPLAYED];
 
 impl Store {
     /// Records `jobs` as accepted, in one statement, and answers each in
@@ -120,11 +138,8 @@ impl Store {
             .collect();
 
         let conn = self.pool.get().await?;
-        let inserted: std::collections::HashSet<Uuid> = conn
-            .query(
-                &conn.prepare_cached(INSERT).await?,
-                &[&keys, &ids, &tasks, &fingerprints],
-            )
+        let inserted: std::collections::HashSet<Uuid> = self
+            .rows(&conn, &INSERT, &[&keys, &ids, &tasks, &fingerprints])
             .await?
             .iter()
             .map(|r| r.get(0))
@@ -136,10 +151,7 @@ impl Store {
             .collect();
         let mut holders: HashMap<String, Accepted> = HashMap::new();
         if !replayed.is_empty() {
-            for row in conn
-                .query(&conn.prepare_cached(REPLAYED).await?, &[&replayed])
-                .await?
-            {
+            for row in self.rows(&conn, &REPLAYED, &[&replayed]).await? {
                 holders.insert(
                     row.get(0),
                     Accepted::Replay {

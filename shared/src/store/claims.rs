@@ -12,6 +12,9 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
+use tokio_postgres::types::Type;
+
+use super::sql::Sql;
 use super::{DedupLayer, Failure, Store, StoreError};
 use crate::domain::{IdempotencyKey, JobId, Task};
 
@@ -76,64 +79,83 @@ pub(crate) use live;
 
 /// For a task that has no row yet (pushed by hand, or by an API older than
 /// durable acceptance): the row is made at the first claim.
-const CLAIM_NEW: &str = "INSERT INTO deliveries
+const CLAIM_NEW: Sql = Sql::new(
+    "INSERT INTO deliveries
         (idempotency_key, job_id, state, attempts, fence, holder, task, fingerprint)
     VALUES ($1, $2, 'processing', 1, 1, $3, $4::text::jsonb, $5)
     ON CONFLICT (idempotency_key) DO NOTHING
-    RETURNING attempts, fence";
+    RETURNING attempts, fence",
+    &[Type::TEXT, Type::UUID, Type::TEXT, Type::TEXT, Type::TEXT],
+);
 
 /// A re-claim takes a row waiting for an attempt, or one in `processing`
 /// whose holder is this worker or has lost its lease: never one a live
 /// worker is working on.
-const CLAIM_AGAIN: &str = concat!(
-    "UPDATE deliveries d
+const CLAIM_AGAIN: Sql = Sql::new(
+    concat!(
+        "UPDATE deliveries d
     SET state = 'processing', attempts = attempts + 1, fence = fence + 1,
         holder = $3, next_attempt_at = NULL, updated_at = now()
     WHERE idempotency_key = $1 AND job_id = $2
       AND (state IN ('queued', 'retrying')
            OR (state = 'processing'
                AND (holder IS NOT DISTINCT FROM $3 OR NOT ",
-    live!("d.holder"),
-    ")))
+        live!("d.holder"),
+        ")))
     RETURNING attempts, fence"
+    ),
+    &[Type::TEXT, Type::UUID, Type::TEXT],
 );
 
-const CLAIM_LOOK: &str = concat!(
-    "SELECT job_id, state, attempts, fence, ",
-    live!("d.holder"),
-    " FROM deliveries d WHERE idempotency_key = $1"
+const CLAIM_LOOK: Sql = Sql::new(
+    concat!(
+        "SELECT job_id, state, attempts, fence, ",
+        live!("d.holder"),
+        " FROM deliveries d WHERE idempotency_key = $1"
+    ),
+    &[Type::TEXT],
 );
 
 /// Only a live holder with the newest token starts the data.
-const MARK_SENDING: &str = concat!(
-    "UPDATE deliveries SET state = 'sending', updated_at = now()
+const MARK_SENDING: Sql = Sql::new(
+    concat!(
+        "UPDATE deliveries SET state = 'sending', updated_at = now()
     WHERE idempotency_key = $1 AND fence = $2 AND state = 'processing' AND ",
-    live!("$3")
+        live!("$3")
+    ),
+    &[Type::TEXT, Type::INT8, Type::TEXT],
 );
 
 /// Unfenced: a `250` read is the truth. Withdraws any DLQ entry another
 /// holder filed meanwhile (so it cannot be requeued and sent again).
-const MARK_SENT: &str = "WITH sent AS (
+const MARK_SENT: Sql = Sql::new(
+    "WITH sent AS (
         UPDATE deliveries
         SET state = 'sent', smtp_reply = $3, last_error = NULL,
             next_attempt_at = NULL, sent_at = now(), updated_at = now()
         WHERE idempotency_key = $1 AND job_id = $2 AND state <> 'sent'
         RETURNING job_id)
-    DELETE FROM failed_jobs f USING sent WHERE f.job_id = sent.job_id";
+    DELETE FROM failed_jobs f USING sent WHERE f.job_id = sent.job_id",
+    &[Type::TEXT, Type::UUID, Type::TEXT],
+);
 
 /// Repeatable by the same holder (its record step is retried until it
 /// succeeds), refused to anyone else.
-const MARK_RETRYING: &str = "UPDATE deliveries
+const MARK_RETRYING: Sql = Sql::new(
+    "UPDATE deliveries
     SET state = 'retrying', last_error = $3, smtp_reply = $4,
         next_attempt_at = now() + $5::bigint * interval '1 millisecond',
         updated_at = now()
     WHERE idempotency_key = $1 AND fence = $2
-      AND state IN ('processing', 'sending', 'retrying')";
+      AND state IN ('processing', 'sending', 'retrying')",
+    &[Type::TEXT, Type::INT8, Type::TEXT, Type::TEXT, Type::INT8],
+);
 
 /// One statement: the fenced state change and, when it applied, the DLQ
 /// entry. The task comes from the caller or, for a row the sweeper found,
 /// from the row.
-const DEAD_LETTER: &str = "WITH dead AS (
+const DEAD_LETTER: Sql = Sql::new(
+    "WITH dead AS (
         UPDATE deliveries
         SET state = $3, last_error = $4, smtp_reply = $5,
             next_attempt_at = NULL, updated_at = now()
@@ -150,16 +172,69 @@ const DEAD_LETTER: &str = "WITH dead AS (
                $3, $4, $5, attempts
         FROM dead
         ON CONFLICT (job_id) DO NOTHING)
-    SELECT count(*) FROM dead";
+    SELECT count(*) FROM dead",
+    &[
+        Type::TEXT,
+        Type::INT8,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+    ],
+);
 
-const REOPEN: &str = concat!(
-    "UPDATE deliveries d
+const REOPEN: Sql = Sql::new(
+    concat!(
+        "UPDATE deliveries d
     SET state = 'processing', attempts = attempts + 1, fence = fence + 1,
         holder = $3, updated_at = now()
     WHERE idempotency_key = $1 AND fence = $2 AND state = 'sending' AND NOT ",
-    live!("d.holder"),
-    " RETURNING attempts, fence"
+        live!("d.holder"),
+        " RETURNING attempts, fence"
+    ),
+    &[Type::TEXT, Type::INT8, Type::TEXT],
 );
+
+const OWNER: Sql = Sql::new(
+    "SELECT job_id FROM deliveries WHERE idempotency_key = $1",
+    &[Type::TEXT],
+);
+
+const IS_TERMINAL: Sql = Sql::new(
+    "SELECT state IN ('sent', 'failed', 'uncertain')
+     FROM deliveries WHERE idempotency_key = $1",
+    &[Type::TEXT],
+);
+
+const RELEASE: Sql = Sql::new(
+    "UPDATE deliveries SET holder = NULL, updated_at = now()
+     WHERE idempotency_key = $1 AND fence = $2 AND state = 'processing'",
+    &[Type::TEXT, Type::INT8],
+);
+
+const DUPLICATE: Sql = Sql::new(
+    "INSERT INTO duplicate_jobs (job_id, idempotency_key, duplicate_of, layer)
+     VALUES ($1, $2, $3, $4)
+     ON CONFLICT (job_id) DO NOTHING",
+    &[Type::UUID, Type::TEXT, Type::UUID, Type::TEXT],
+);
+
+/// Every statement of this module, for the test that checks their types.
+#[cfg(test)]
+pub(super) const ALL: &[&Sql] = &[
+    &CLAIM_NEW,
+    &CLAIM_AGAIN,
+    &CLAIM_LOOK,
+    &MARK_SENDING,
+    &MARK_SENT,
+    &MARK_RETRYING,
+    &DEAD_LETTER,
+    &REOPEN,
+    &OWNER,
+    &IS_TERMINAL,
+    &RELEASE,
+    &DUPLICATE,
+];
 
 impl Store {
     /// The L2 claim, by `worker`. Takes the key's row for this job when it
@@ -173,16 +248,19 @@ impl Store {
         let conn = self.pool.get().await?;
         let key = task.idempotency_key.as_str();
         let job = task.job_id.as_uuid();
-        let again = conn.prepare_cached(CLAIM_AGAIN).await?;
-        if let Some(row) = conn.query_opt(&again, &[&key, &job, &worker]).await? {
+        if let Some(row) = self
+            .opt(&conn, &CLAIM_AGAIN, &[&key, &job, &worker])
+            .await?
+        {
             return Ok(Claim::Proceed {
                 attempt: row.get(0),
                 fence: Fence(row.get(1)),
             });
         }
-        let inserted = conn
-            .query_opt(
-                &conn.prepare_cached(CLAIM_NEW).await?,
+        let inserted = self
+            .opt(
+                &conn,
+                &CLAIM_NEW,
                 &[
                     &key,
                     &job,
@@ -199,15 +277,16 @@ impl Store {
             });
         }
         // Another copy inserted the row between the two statements.
-        if let Some(row) = conn.query_opt(&again, &[&key, &job, &worker]).await? {
+        if let Some(row) = self
+            .opt(&conn, &CLAIM_AGAIN, &[&key, &job, &worker])
+            .await?
+        {
             return Ok(Claim::Proceed {
                 attempt: row.get(0),
                 fence: Fence(row.get(1)),
             });
         }
-        let row = conn
-            .query_one(&conn.prepare_cached(CLAIM_LOOK).await?, &[&key])
-            .await?;
+        let row = self.one(&conn, &CLAIM_LOOK, &[&key]).await?;
         let owner: Uuid = row.get(0);
         let state: &str = row.get(1);
         let holder_live: bool = row.get(4);
@@ -240,9 +319,10 @@ impl Store {
         worker: &str,
     ) -> Result<Option<(i32, Fence)>, StoreError> {
         let conn = self.pool.get().await?;
-        let row = conn
-            .query_opt(
-                &conn.prepare_cached(REOPEN).await?,
+        let row = self
+            .opt(
+                &conn,
+                &REOPEN,
                 &[&task.idempotency_key.as_str(), &cut.0, &worker],
             )
             .await?;
@@ -253,14 +333,7 @@ impl Store {
     #[tracing::instrument(skip_all)]
     pub async fn owner(&self, key: &IdempotencyKey) -> Result<Option<JobId>, StoreError> {
         let conn = self.pool.get().await?;
-        let row = conn
-            .query_opt(
-                &conn
-                    .prepare_cached("SELECT job_id FROM deliveries WHERE idempotency_key = $1")
-                    .await?,
-                &[&key.as_str()],
-            )
-            .await?;
+        let row = self.opt(&conn, &OWNER, &[&key.as_str()]).await?;
         Ok(row.map(|r| JobId::from(r.get::<_, Uuid>(0))))
     }
 
@@ -268,16 +341,8 @@ impl Store {
     #[tracing::instrument(skip_all)]
     pub async fn is_terminal(&self, task: &Task) -> Result<bool, StoreError> {
         let conn = self.pool.get().await?;
-        let row = conn
-            .query_opt(
-                &conn
-                    .prepare_cached(
-                        "SELECT state IN ('sent', 'failed', 'uncertain')
-                         FROM deliveries WHERE idempotency_key = $1",
-                    )
-                    .await?,
-                &[&task.idempotency_key.as_str()],
-            )
+        let row = self
+            .opt(&conn, &IS_TERMINAL, &[&task.idempotency_key.as_str()])
             .await?;
         Ok(row.is_some_and(|r| r.get(0)))
     }
@@ -294,9 +359,10 @@ impl Store {
         worker: &str,
     ) -> Result<bool, StoreError> {
         let conn = self.pool.get().await?;
-        let n = conn
-            .execute(
-                &conn.prepare_cached(MARK_SENDING).await?,
+        let n = self
+            .exec(
+                &conn,
+                &MARK_SENDING,
                 &[&task.idempotency_key.as_str(), &fence.0, &worker],
             )
             .await?;
@@ -310,16 +376,8 @@ impl Store {
     #[tracing::instrument(skip_all)]
     pub async fn release_claim(&self, task: &Task, fence: Fence) -> Result<(), StoreError> {
         let conn = self.pool.get().await?;
-        conn.execute(
-            &conn
-                .prepare_cached(
-                    "UPDATE deliveries SET holder = NULL, updated_at = now()
-                     WHERE idempotency_key = $1 AND fence = $2 AND state = 'processing'",
-                )
-                .await?,
-            &[&task.idempotency_key.as_str(), &fence.0],
-        )
-        .await?;
+        self.exec(&conn, &RELEASE, &[&task.idempotency_key.as_str(), &fence.0])
+            .await?;
         Ok(())
     }
 
@@ -328,8 +386,9 @@ impl Store {
     #[tracing::instrument(skip_all)]
     pub async fn mark_sent(&self, task: &Task, smtp_reply: &str) -> Result<(), StoreError> {
         let conn = self.pool.get().await?;
-        conn.execute(
-            &conn.prepare_cached(MARK_SENT).await?,
+        self.exec(
+            &conn,
+            &MARK_SENT,
             &[
                 &task.idempotency_key.as_str(),
                 &task.job_id.as_uuid(),
@@ -354,9 +413,10 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let conn = self.pool.get().await?;
         let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
-        let n = conn
-            .execute(
-                &conn.prepare_cached(MARK_RETRYING).await?,
+        let n = self
+            .exec(
+                &conn,
+                &MARK_RETRYING,
                 &[
                     &task.idempotency_key.as_str(),
                     &fence.0,
@@ -399,14 +459,9 @@ impl Store {
         layer: DedupLayer,
     ) -> Result<(), StoreError> {
         let conn = self.pool.get().await?;
-        conn.execute(
-            &conn
-                .prepare_cached(
-                    "INSERT INTO duplicate_jobs (job_id, idempotency_key, duplicate_of, layer)
-                 VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (job_id) DO NOTHING",
-                )
-                .await?,
+        self.exec(
+            &conn,
+            &DUPLICATE,
             &[
                 &task.job_id.as_uuid(),
                 &task.idempotency_key.as_str(),
@@ -428,9 +483,10 @@ pub(super) async fn dead_letter(
     failure: Failure<'_>,
 ) -> Result<bool, StoreError> {
     let conn = store.pool.get().await?;
-    let row = conn
-        .query_one(
-            &conn.prepare_cached(DEAD_LETTER).await?,
+    let row = store
+        .one(
+            &conn,
+            &DEAD_LETTER,
             &[
                 &key,
                 &fence.0,

@@ -2,7 +2,10 @@
 
 use std::collections::HashSet;
 
+use tokio_postgres::types::Type;
 use uuid::Uuid;
+
+use super::sql::Sql;
 
 use super::{
     DeadReason, FailedFilter, FailedJob, RequeueError, RequeueSelection, Store, StoreError,
@@ -11,6 +14,53 @@ use crate::domain::JobId;
 
 /// Entries requeued per transaction.
 const REQUEUE_BATCH: i64 = 500;
+
+const PAGE: Sql = Sql::new(
+    "SELECT id, job_id, idempotency_key, task->>'to', task->>'subject',
+            reason, error, smtp_reply, attempts, failed_at
+     FROM failed_jobs
+     WHERE ($1::bigint IS NULL OR id < $1)
+       AND ($2::text IS NULL OR reason = $2)
+       AND ($3::timestamptz IS NULL OR failed_at >= $3)
+     ORDER BY id DESC
+     LIMIT $4",
+    &[Type::INT8, Type::TEXT, Type::TIMESTAMPTZ, Type::INT8],
+);
+
+const DISCARD: Sql = Sql::new("DELETE FROM failed_jobs WHERE id = $1", &[Type::INT8]);
+
+const NEWEST: Sql = Sql::new("SELECT COALESCE(max(id), 0) FROM failed_jobs", &[]);
+
+const TAKE_IDS: Sql = Sql::new(
+    "DELETE FROM failed_jobs WHERE id = ANY($1)
+     RETURNING job_id, idempotency_key, task::text",
+    &[Type::INT8_ARRAY],
+);
+
+const TAKE_ALL: Sql = Sql::new(
+    "DELETE FROM failed_jobs WHERE id IN (
+         SELECT id FROM failed_jobs
+         WHERE id <= $3 AND ($1::text IS NULL OR reason = $1)
+         ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)
+     RETURNING job_id, idempotency_key, task::text",
+    &[Type::TEXT, Type::INT8, Type::INT8],
+);
+
+const REQUEUE: Sql = Sql::new(
+    "UPDATE deliveries d
+     SET state = 'queued', attempts = 0, last_error = NULL,
+         next_attempt_at = NULL, updated_at = now(),
+         task = COALESCE(d.task, r.task::jsonb)
+     FROM unnest($1::uuid[], $2::text[], $3::text[]) AS r(job_id, key, task)
+     WHERE d.job_id = r.job_id AND d.idempotency_key = r.key
+       AND d.state IN ('failed', 'uncertain')
+     RETURNING d.job_id",
+    &[Type::UUID_ARRAY, Type::TEXT_ARRAY, Type::TEXT_ARRAY],
+);
+
+/// Every statement of this module, for the test that checks their types.
+#[cfg(test)]
+pub(super) const ALL: &[&Sql] = &[&PAGE, &DISCARD, &NEWEST, &TAKE_IDS, &TAKE_ALL, &REQUEUE];
 
 impl Store {
     /// A page of the dead-letter table, newest first, after the entry
@@ -23,19 +73,11 @@ impl Store {
         before: Option<i64>,
         limit: i64,
     ) -> Result<Vec<FailedJob>, StoreError> {
+        let conn = self.pool.get().await?;
         let rows = self
-            .pool
-            .get()
-            .await?
-            .query(
-                "SELECT id, job_id, idempotency_key, task->>'to', task->>'subject',
-                        reason, error, smtp_reply, attempts, failed_at
-                 FROM failed_jobs
-                 WHERE ($1::bigint IS NULL OR id < $1)
-                   AND ($2::text IS NULL OR reason = $2)
-                   AND ($3::timestamptz IS NULL OR failed_at >= $3)
-                 ORDER BY id DESC
-                 LIMIT $4",
+            .rows(
+                &conn,
+                &PAGE,
                 &[
                     &before,
                     &filter.reason.map(DeadReason::as_str),
@@ -65,12 +107,8 @@ impl Store {
     /// given up, not made sendable by a new job with the same key.
     #[tracing::instrument(skip_all)]
     pub async fn discard_failed(&self, id: i64) -> Result<bool, StoreError> {
-        let n = self
-            .pool
-            .get()
-            .await?
-            .execute("DELETE FROM failed_jobs WHERE id = $1", &[&id])
-            .await?;
+        let conn = self.pool.get().await?;
+        let n = self.exec(&conn, &DISCARD, &[&id]).await?;
         Ok(n == 1)
     }
 
@@ -96,37 +134,23 @@ impl Store {
     ) -> Result<u64, RequeueError<E>> {
         let bound: i64 = {
             let conn = self.pool.get().await.map_err(StoreError::from)?;
-            conn.query_one("SELECT COALESCE(max(id), 0) FROM failed_jobs", &[])
-                .await
-                .map_err(StoreError::from)?
-                .get(0)
+            self.one(&conn, &NEWEST, &[]).await?.get(0)
         };
         let mut total = 0;
         loop {
             let mut conn = self.pool.get().await.map_err(StoreError::from)?;
-            let tx = conn.transaction().await.map_err(StoreError::from)?;
+            let tx = self.begin(&mut conn).await?;
             let rows = match selection {
-                RequeueSelection::Ids(ids) => {
-                    tx.query(
-                        "DELETE FROM failed_jobs WHERE id = ANY($1)
-                         RETURNING job_id, idempotency_key, task::text",
-                        &[ids],
-                    )
-                    .await
-                }
+                RequeueSelection::Ids(ids) => self.tx_rows(&tx, &TAKE_IDS, &[ids]).await,
                 RequeueSelection::All(reason) => {
-                    tx.query(
-                        "DELETE FROM failed_jobs WHERE id IN (
-                             SELECT id FROM failed_jobs
-                             WHERE id <= $3 AND ($1::text IS NULL OR reason = $1)
-                             ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)
-                         RETURNING job_id, idempotency_key, task::text",
+                    self.tx_rows(
+                        &tx,
+                        &TAKE_ALL,
                         &[&reason.map(DeadReason::as_str), &REQUEUE_BATCH, &bound],
                     )
                     .await
                 }
-            }
-            .map_err(StoreError::from)?;
+            }?;
             if rows.is_empty() {
                 return Ok(total);
             }
@@ -135,20 +159,9 @@ impl Store {
             let dead_tasks: Vec<String> = rows.iter().map(|r| r.get(2)).collect();
             // The row keeps (or, from before migration 2, gains) its task, so
             // the reconciler can push it again if Redis loses this push.
-            let moved: HashSet<Uuid> = tx
-                .query(
-                    "UPDATE deliveries d
-                     SET state = 'queued', attempts = 0, last_error = NULL,
-                         next_attempt_at = NULL, updated_at = now(),
-                         task = COALESCE(d.task, r.task::jsonb)
-                     FROM unnest($1::uuid[], $2::text[], $3::text[]) AS r(job_id, key, task)
-                     WHERE d.job_id = r.job_id AND d.idempotency_key = r.key
-                       AND d.state IN ('failed', 'uncertain')
-                     RETURNING d.job_id",
-                    &[&jobs, &keys, &dead_tasks],
-                )
-                .await
-                .map_err(StoreError::from)?
+            let moved: HashSet<Uuid> = self
+                .tx_rows(&tx, &REQUEUE, &[&jobs, &keys, &dead_tasks])
+                .await?
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
@@ -161,7 +174,7 @@ impl Store {
             if !tasks.is_empty() {
                 push(tasks).await.map_err(RequeueError::Push)?;
             }
-            tx.commit().await.map_err(StoreError::from)?;
+            self.commit(tx).await?;
             total += moved;
             if matches!(selection, RequeueSelection::Ids(_)) {
                 return Ok(total);

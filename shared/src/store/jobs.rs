@@ -1,19 +1,13 @@
 //! A job's state as clients read it.
 
+use tokio_postgres::types::Type;
+
+use super::sql::Sql;
 use super::{JobRecord, Store, StoreError};
 use crate::domain::JobId;
 
-impl Store {
-    /// The state of an accepted job, in any state (`queued` from its
-    /// acceptance on), or of a job skipped as a duplicate.
-    #[tracing::instrument(skip_all)]
-    pub async fn job(&self, job: JobId) -> Result<Option<JobRecord>, StoreError> {
-        let row = self
-            .pool
-            .get()
-            .await?
-            .query_opt(
-                "SELECT idempotency_key,
+const JOB: Sql = Sql::new(
+    "SELECT idempotency_key,
                         CASE state WHEN 'sending' THEN 'processing' ELSE state END,
                         attempts, last_error, next_attempt_at, updated_at, sent_at,
                         created_at
@@ -22,9 +16,20 @@ impl Store {
                  SELECT idempotency_key, 'duplicate', 0, NULL, NULL, created_at, NULL, NULL
                  FROM duplicate_jobs WHERE job_id = $1
                  LIMIT 1",
-                &[&job.as_uuid()],
-            )
-            .await?;
+    &[Type::UUID],
+);
+
+/// Every statement of this module, for the test that checks their types.
+#[cfg(test)]
+pub(super) const ALL: &[&Sql] = &[&JOB];
+
+impl Store {
+    /// The state of an accepted job, in any state (`queued` from its
+    /// acceptance on), or of a job skipped as a duplicate.
+    #[tracing::instrument(skip_all)]
+    pub async fn job(&self, job: JobId) -> Result<Option<JobRecord>, StoreError> {
+        let conn = self.pool.get().await?;
+        let row = self.opt(&conn, &JOB, &[&job.as_uuid()]).await?;
         Ok(row.map(|r| JobRecord {
             job_id: job,
             idempotency_key: r.get(0),

@@ -16,6 +16,9 @@
 use std::time::Duration;
 
 use super::claims::{Fence, dead_letter, live};
+use tokio_postgres::types::Type;
+
+use super::sql::Sql;
 use super::{DeadReason, Failure, Store, StoreError};
 
 /// Rows resolved per sweep.
@@ -36,23 +39,59 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+const RENEW: Sql = Sql::new(
+    "INSERT INTO worker_leases (worker_id, expires_at)
+     VALUES ($1, now() + $2::bigint * interval '1 millisecond')
+     ON CONFLICT (worker_id) DO UPDATE SET expires_at = EXCLUDED.expires_at",
+    &[Type::TEXT, Type::INT8],
+);
+
+const RELEASE: Sql = Sql::new(
+    "DELETE FROM worker_leases WHERE worker_id = $1",
+    &[Type::TEXT],
+);
+
+const ABANDONED: Sql = Sql::new(
+    "SELECT idempotency_key, state, fence FROM deliveries d
+     WHERE state IN ('processing', 'sending')
+       AND updated_at < now() - $1::bigint * interval '1 millisecond'
+       AND NOT EXISTS (
+           SELECT 1 FROM worker_leases l
+           WHERE l.worker_id = d.holder
+             AND l.expires_at > now() - $1::bigint * interval '1 millisecond')
+     ORDER BY updated_at LIMIT $2",
+    &[Type::INT8, Type::INT8],
+);
+
+const FORGET: Sql = Sql::new(
+    "DELETE FROM worker_leases
+     WHERE expires_at < now() - $1::bigint * interval '1 millisecond'",
+    &[Type::INT8],
+);
+
+const REQUEUE: Sql = Sql::new(
+    concat!(
+        "UPDATE deliveries d
+         SET state = 'queued', fence = fence + 1, holder = NULL, updated_at = now()
+         WHERE idempotency_key = $1 AND fence = $2 AND state = 'processing'
+           AND task IS NOT NULL AND NOT ",
+        live!("d.holder"),
+        " RETURNING task::text"
+    ),
+    &[Type::TEXT, Type::INT8],
+);
+
+/// Every statement of this module, for the test that checks their types.
+#[cfg(test)]
+pub(super) const ALL: &[&Sql] = &[&RENEW, &RELEASE, &ABANDONED, &FORGET, &REQUEUE];
+
 impl Store {
     /// Renews (or takes) `worker`'s lease for `lease` from now, by the
     /// database clock.
     #[tracing::instrument(skip_all)]
     pub async fn renew_lease(&self, worker: &str, lease: Duration) -> Result<(), StoreError> {
         let conn = self.pool.get().await?;
-        conn.execute(
-            &conn
-                .prepare_cached(
-                    "INSERT INTO worker_leases (worker_id, expires_at)
-                     VALUES ($1, now() + $2::bigint * interval '1 millisecond')
-                     ON CONFLICT (worker_id) DO UPDATE SET expires_at = EXCLUDED.expires_at",
-                )
-                .await?,
-            &[&worker, &millis(lease)],
-        )
-        .await?;
+        self.exec(&conn, &RENEW, &[&worker, &millis(lease)]).await?;
         Ok(())
     }
 
@@ -60,11 +99,8 @@ impl Store {
     /// taken over at once instead of a lease later.
     #[tracing::instrument(skip_all)]
     pub async fn release_lease(&self, worker: &str) -> Result<(), StoreError> {
-        self.pool
-            .get()
-            .await?
-            .execute("DELETE FROM worker_leases WHERE worker_id = $1", &[&worker])
-            .await?;
+        let conn = self.pool.get().await?;
+        self.exec(&conn, &RELEASE, &[&worker]).await?;
         Ok(())
     }
 
@@ -87,18 +123,8 @@ impl Store {
     {
         let rows = {
             let conn = self.pool.get().await?;
-            conn.query(
-                "SELECT idempotency_key, state, fence FROM deliveries d
-                 WHERE state IN ('processing', 'sending')
-                   AND updated_at < now() - $1::bigint * interval '1 millisecond'
-                   AND NOT EXISTS (
-                       SELECT 1 FROM worker_leases l
-                       WHERE l.worker_id = d.holder
-                         AND l.expires_at > now() - $1::bigint * interval '1 millisecond')
-                 ORDER BY updated_at LIMIT $2",
-                &[&millis(lease), &SWEEP_BATCH],
-            )
-            .await?
+            self.rows(&conn, &ABANDONED, &[&millis(lease), &SWEEP_BATCH])
+                .await?
         };
         let mut swept = Swept::default();
         for row in rows {
@@ -122,14 +148,8 @@ impl Store {
                 tracing::warn!(idempotency_key = %key, "sweeper: abandoned `processing` requeued");
             }
         }
-        self.pool
-            .get()
-            .await?
-            .execute(
-                "DELETE FROM worker_leases
-                 WHERE expires_at < now() - $1::bigint * interval '1 millisecond'",
-                &[&millis(FORGET_LEASES_AFTER)],
-            )
+        let conn = self.pool.get().await?;
+        self.exec(&conn, &FORGET, &[&millis(FORGET_LEASES_AFTER)])
             .await?;
         Ok(swept)
     }
@@ -146,20 +166,8 @@ impl Store {
         Fut: Future<Output = Result<(), E>>,
     {
         let mut conn = self.pool.get().await?;
-        let tx = conn.transaction().await?;
-        let row = tx
-            .query_opt(
-                concat!(
-                    "UPDATE deliveries d
-                     SET state = 'queued', fence = fence + 1, holder = NULL, updated_at = now()
-                     WHERE idempotency_key = $1 AND fence = $2 AND state = 'processing'
-                       AND task IS NOT NULL AND NOT ",
-                    live!("d.holder"),
-                    " RETURNING task::text"
-                ),
-                &[&key, &fence.0],
-            )
-            .await?;
+        let tx = self.begin(&mut conn).await?;
+        let row = self.tx_opt(&tx, &REQUEUE, &[&key, &fence.0]).await?;
         let Some(row) = row else {
             return Ok(false);
         };
@@ -167,7 +175,7 @@ impl Store {
             tracing::warn!(error = %e, "sweeper: could not push a requeued task; left as it was");
             return Ok(false);
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(true)
     }
 }

@@ -18,6 +18,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use tokio_postgres::types::Type;
+
+use super::sql::Sql;
 use super::{Store, StoreError};
 
 /// Where a page of [`Store::waiting_page`] ended; pass it to get the next.
@@ -43,17 +46,46 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+const NOW: Sql = Sql::new("SELECT now()", &[]);
+
+const WAITING: Sql = Sql::new(
+    "SELECT GREATEST(updated_at, next_attempt_at), idempotency_key, task::text,
+            GREATEST(0, (EXTRACT(EPOCH FROM next_attempt_at - now())
+                         * 1000)::bigint)
+     FROM deliveries
+     WHERE state IN ('queued', 'retrying') AND task IS NOT NULL
+       AND (GREATEST(updated_at, next_attempt_at), idempotency_key)
+           > (COALESCE($1, '-infinity'::timestamptz), $2)
+       AND updated_at <= $3
+     ORDER BY 1, 2
+     LIMIT $4",
+    &[Type::TIMESTAMPTZ, Type::TEXT, Type::TIMESTAMPTZ, Type::INT8],
+);
+
+const STALE: Sql = Sql::new(
+    "UPDATE deliveries d SET updated_at = now()
+     FROM (SELECT idempotency_key FROM deliveries
+           WHERE state IN ('queued', 'retrying') AND task IS NOT NULL
+             AND GREATEST(updated_at, next_attempt_at)
+                 < now() - $1::bigint * interval '1 millisecond'
+           ORDER BY GREATEST(updated_at, next_attempt_at), idempotency_key
+           LIMIT $2
+           FOR UPDATE SKIP LOCKED) stale
+     WHERE d.idempotency_key = stale.idempotency_key
+     RETURNING d.task::text",
+    &[Type::INT8, Type::INT8],
+);
+
+/// Every statement of this module, for the test that checks their types.
+#[cfg(test)]
+pub(super) const ALL: &[&Sql] = &[&NOW, &WAITING, &STALE];
+
 impl Store {
     /// The database's clock, which bounds a pass of [`Store::waiting_page`]:
     /// rows changed later were pushed by whoever changed them.
     pub async fn now(&self) -> Result<DateTime<Utc>, StoreError> {
-        Ok(self
-            .pool
-            .get()
-            .await?
-            .query_one("SELECT now()", &[])
-            .await?
-            .get(0))
+        let conn = self.pool.get().await?;
+        Ok(self.one(&conn, &NOW, &[]).await?.get(0))
     }
 
     /// Up to `limit` waiting rows last changed at `until` or before, after
@@ -71,24 +103,8 @@ impl Store {
             Some(c) => (Some(c.since), c.key.as_str()),
             None => (None, ""),
         };
-        let rows = conn
-            .query(
-                &conn
-                    .prepare_cached(
-                        "SELECT GREATEST(updated_at, next_attempt_at), idempotency_key, task::text,
-                                GREATEST(0, (EXTRACT(EPOCH FROM next_attempt_at - now())
-                                             * 1000)::bigint)
-                         FROM deliveries
-                         WHERE state IN ('queued', 'retrying') AND task IS NOT NULL
-                           AND (GREATEST(updated_at, next_attempt_at), idempotency_key)
-                               > (COALESCE($1, '-infinity'::timestamptz), $2)
-                           AND updated_at <= $3
-                         ORDER BY 1, 2
-                         LIMIT $4",
-                    )
-                    .await?,
-                &[&since, &key, &until, &limit],
-            )
+        let rows = self
+            .rows(&conn, &WAITING, &[&since, &key, &until, &limit])
             .await?;
         let next = match rows.last() {
             Some(last) if rows.len() as i64 == limit => Some(WaitingCursor {
@@ -127,21 +143,9 @@ impl Store {
         E: std::fmt::Display,
     {
         let mut conn = self.pool.get().await?;
-        let tx = conn.transaction().await?;
-        let tasks: Vec<String> = tx
-            .query(
-                "UPDATE deliveries d SET updated_at = now()
-                 FROM (SELECT idempotency_key FROM deliveries
-                       WHERE state IN ('queued', 'retrying') AND task IS NOT NULL
-                         AND GREATEST(updated_at, next_attempt_at)
-                             < now() - $1::bigint * interval '1 millisecond'
-                       ORDER BY GREATEST(updated_at, next_attempt_at), idempotency_key
-                       LIMIT $2
-                       FOR UPDATE SKIP LOCKED) stale
-                 WHERE d.idempotency_key = stale.idempotency_key
-                 RETURNING d.task::text",
-                &[&millis(after), &limit],
-            )
+        let tx = self.begin(&mut conn).await?;
+        let tasks: Vec<String> = self
+            .tx_rows(&tx, &STALE, &[&millis(after), &limit])
             .await?
             .iter()
             .map(|r| r.get(0))
@@ -154,7 +158,7 @@ impl Store {
             tracing::warn!(error = %e, "reconciler: could not push waiting tasks; left as they were");
             return Ok(0);
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(n)
     }
 }

@@ -10,6 +10,9 @@
 //! Each call prunes at most one batch, so a large backlog is worked off in
 //! short transactions that never hold many row locks.
 
+use tokio_postgres::types::Type;
+
+use super::sql::Sql;
 use super::{Store, StoreError};
 
 /// What one [`Store::prune_batch`] call removed.
@@ -29,6 +32,34 @@ impl Pruned {
     }
 }
 
+const PRUNE_DELIVERIES: Sql = Sql::new(
+    "WITH old AS (
+         SELECT idempotency_key FROM deliveries
+         WHERE state IN ('sent', 'failed', 'uncertain')
+           AND (task IS NOT NULL OR smtp_reply IS NOT NULL)
+           AND updated_at < now() - make_interval(days => $1)
+         ORDER BY updated_at
+         LIMIT $2
+         FOR UPDATE SKIP LOCKED)
+     UPDATE deliveries d SET task = NULL, smtp_reply = NULL
+     FROM old WHERE d.idempotency_key = old.idempotency_key",
+    &[Type::INT4, Type::INT8],
+);
+
+const PRUNE_FAILED: Sql = Sql::new(
+    "DELETE FROM failed_jobs WHERE id IN (
+         SELECT id FROM failed_jobs
+         WHERE failed_at < now() - make_interval(days => $1)
+         ORDER BY failed_at
+         LIMIT $2
+         FOR UPDATE SKIP LOCKED)",
+    &[Type::INT4, Type::INT8],
+);
+
+/// Every statement of this module, for the test that checks their types.
+#[cfg(test)]
+pub(super) const ALL: &[&Sql] = &[&PRUNE_DELIVERIES, &PRUNE_FAILED];
+
 impl Store {
     /// Prunes up to `batch` finished job records and `batch` dead-letter
     /// entries last changed more than `days` days ago. Rows locked by a
@@ -36,32 +67,10 @@ impl Store {
     pub async fn prune_batch(&self, days: u32, batch: i64) -> Result<Pruned, StoreError> {
         let days = i32::try_from(days).unwrap_or(i32::MAX);
         let client = self.pool.get().await?;
-        let deliveries = client
-            .execute(
-                "WITH old AS (
-                     SELECT idempotency_key FROM deliveries
-                     WHERE state IN ('sent', 'failed', 'uncertain')
-                       AND (task IS NOT NULL OR smtp_reply IS NOT NULL)
-                       AND updated_at < now() - make_interval(days => $1)
-                     ORDER BY updated_at
-                     LIMIT $2
-                     FOR UPDATE SKIP LOCKED)
-                 UPDATE deliveries d SET task = NULL, smtp_reply = NULL
-                 FROM old WHERE d.idempotency_key = old.idempotency_key",
-                &[&days, &batch],
-            )
+        let deliveries = self
+            .exec(&client, &PRUNE_DELIVERIES, &[&days, &batch])
             .await?;
-        let failed_jobs = client
-            .execute(
-                "DELETE FROM failed_jobs WHERE id IN (
-                     SELECT id FROM failed_jobs
-                     WHERE failed_at < now() - make_interval(days => $1)
-                     ORDER BY failed_at
-                     LIMIT $2
-                     FOR UPDATE SKIP LOCKED)",
-                &[&days, &batch],
-            )
-            .await?;
+        let failed_jobs = self.exec(&client, &PRUNE_FAILED, &[&days, &batch]).await?;
         Ok(Pruned {
             deliveries,
             failed_jobs,

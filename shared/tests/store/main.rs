@@ -6,9 +6,11 @@
 mod acceptance;
 mod connection;
 mod leases;
+mod pooler;
 mod readiness;
 mod requeue;
 mod state_machine;
+mod tls;
 mod upgrade;
 
 use std::time::Duration;

@@ -175,6 +175,9 @@ async fn a_lost_reply_to_the_sending_write_is_retried_not_made_uncertain() {
     );
     let port = postgres_cutting_reply_on(target, b"sendonce-test-cut-here").await;
     url.set_port(Some(port)).expect("set port");
+    // Plaintext, so the proxy can read the notice (`prefer` would take TLS
+    // from a server that offers it).
+    url.query_pairs_mut().append_pair("sslmode", "disable");
     let _worker = system
         .spawn_worker_with(&["--database-url", url.as_str()])
         .await;

@@ -8,8 +8,9 @@ use sendonce_api::auth::JwtKeys;
 use sendonce_api::config::ApiConfig;
 use sendonce_shared::domain::Task;
 use sendonce_shared::queue::{self, Queue};
+use sendonce_testkit::pgbouncer::through_pgbouncer;
 use sendonce_testkit::process::{CapturedChild, eventually};
-use sendonce_testkit::{SmtpServer, TestDatabase, unique_prefix};
+use sendonce_testkit::{PgBouncer, SmtpServer, TestDatabase, unique_prefix};
 use sendonce_worker::config::WorkerConfig;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -39,6 +40,9 @@ pub struct TestSystem {
     pub client: reqwest::Client,
     pub smtp: SmtpServer,
     pub db: TestDatabase,
+    /// With `TEST_THROUGH_PGBOUNCER=1`: the PgBouncer (transaction mode)
+    /// the API and the workers reach the database through.
+    pub bouncer: Option<PgBouncer>,
     pub prefix: String,
     pub redis_url: String,
     pub token: String,
@@ -73,16 +77,24 @@ impl Drop for TestWorker {
 pub async fn spawn_system(options: Options) -> TestSystem {
     let smtp = SmtpServer::start().await;
     let db = TestDatabase::create().await;
+    let bouncer = if through_pgbouncer() {
+        Some(PgBouncer::start().await)
+    } else {
+        None
+    };
+    let db_url = process_db_url(&db, bouncer.as_ref());
     let prefix = unique_prefix();
     let redis_url = options.redis_url.clone().unwrap_or_else(shared_redis_url);
     let config = ApiConfig::parse_from([
         "sendonce-api",
+        "--database-pooler",
+        pooler(bouncer.as_ref()),
         "--api-addr",
         "127.0.0.1:0",
         "--metrics-addr",
         "127.0.0.1:0",
         "--database-url",
-        db.url(),
+        &db_url,
         "--redis-url",
         &redis_url,
         "--redis-key-prefix",
@@ -111,6 +123,7 @@ pub async fn spawn_system(options: Options) -> TestSystem {
         client: reqwest::Client::new(),
         smtp,
         db,
+        bouncer,
         prefix,
         redis_url,
         token,
@@ -131,15 +144,35 @@ impl Drop for TestSystem {
     }
 }
 
+/// The URL the API and workers use: the database's own, or the same
+/// database through `bouncer`.
+fn process_db_url(db: &TestDatabase, bouncer: Option<&PgBouncer>) -> String {
+    match bouncer {
+        Some(bouncer) => bouncer.url(db.url()),
+        None => db.url().to_owned(),
+    }
+}
+
+fn pooler(bouncer: Option<&PgBouncer>) -> &'static str {
+    if bouncer.is_some() {
+        "transaction"
+    } else {
+        "none"
+    }
+}
+
 impl TestSystem {
     /// The worker's command line for this system.
     pub fn worker_args(&self) -> Vec<String> {
+        let db_url = process_db_url(&self.db, self.bouncer.as_ref());
         let mut args: Vec<String> = [
             "sendonce-worker",
+            "--database-pooler",
+            pooler(self.bouncer.as_ref()),
             "--metrics-addr",
             "127.0.0.1:0",
             "--database-url",
-            self.db.url(),
+            &db_url,
             "--redis-url",
             &self.redis_url,
             "--redis-key-prefix",

@@ -10,5 +10,6 @@ mod fencing;
 mod helpers;
 mod operations;
 mod retention;
+mod silent_postgres;
 mod window;
 mod wire;
