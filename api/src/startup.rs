@@ -58,7 +58,7 @@ impl Application {
             .await
             .context("failed to apply migrations to DATABASE_URL")?;
         let queue = Queue::new(
-            queue::connect(&config.common.redis_url, 32)?,
+            queue::connect(&config.common.redis_url, &config.common.redis_tls())?,
             &config.common.redis_key_prefix,
         );
         sendonce_shared::readiness::warn_at_start(&queue).await;

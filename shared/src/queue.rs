@@ -18,12 +18,11 @@
 //! | `{p}:dedup:<key>` | string, EX ttl | L1 claim: the job id that holds the key |
 //! | `{p}:epoch` | string, no TTL | set by the worker that re-pushed every waiting job after Redis was found without it (flushed, restarted empty, failed over) |
 //! | `{p}:poison` | list | tasks that do not parse; kept for an operator, never dropped |
+//! | `{p}:ready` | string, PX 10 s | written by every readiness probe, so a probe fails where writes would (a replica, the wrong Cluster node) |
 
 use std::time::Duration;
 
-use deadpool_redis::{Manager, Pool, Runtime};
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Script};
+use redis::Script;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::domain::{IdempotencyKey, JobId, Task};
@@ -31,16 +30,15 @@ use crate::domain::{IdempotencyKey, JobId, Task};
 /// `maxmemory-policy` values under which Redis never drops a key.
 const NOEVICTION: &str = "noeviction";
 
+mod connect;
 mod shared;
+pub use connect::{Connection, Connector, RedisTls, validate_url};
 use shared::SharedConnection;
 
 /// A Redis operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum QueueError {
-    /// No connection could be had from the pool.
-    #[error("could not get a Redis connection")]
-    Pool(#[from] deadpool_redis::PoolError),
     /// A command failed.
     #[error("a Redis command failed")]
     Redis(#[from] redis::RedisError),
@@ -104,24 +102,19 @@ impl Keys {
     pub fn poison(&self) -> String {
         format!("{}:poison", self.tag)
     }
+    /// Written by readiness probes.
+    pub fn ready(&self) -> String {
+        format!("{}:ready", self.tag)
+    }
 }
 
-/// Opens the pool that [`Queue`] opens its one shared multiplexed connection
-/// from (and a replacement when that one breaks). `response_timeout` bounds
-/// every command; blocking pops use their own connection (see
-/// [`Queue::popper`]).
-pub fn connect(url: &SecretString, max_size: usize) -> Result<Pool, QueueError> {
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_secs(2)));
-    let manager = Manager::new_with_config(url.expose_secret(), config)?;
-    Pool::builder(manager)
-        .max_size(max_size)
-        .runtime(Runtime::Tokio1)
-        .create_timeout(Some(Duration::from_secs(2)))
-        .wait_timeout(Some(Duration::from_secs(5)))
-        .build()
-        .map_err(|e| QueueError::Config(e.to_string()))
+/// The client for `url` (any of the URL kinds in [`connect`]'s module:
+/// one server, Sentinel, Cluster; TLS with `tls`'s certificates). Nothing
+/// connects yet: [`Queue`] opens its one shared multiplexed connection on
+/// first use, and a replacement when that one breaks; blocking pops use
+/// their own (see [`Queue::popper`]).
+pub fn connect(url: &SecretString, tls: &RedisTls) -> Result<Connector, QueueError> {
+    Connector::new(url.expose_secret(), tls).map_err(QueueError::Config)
 }
 
 /// Outcome of the L1 claim.
@@ -243,9 +236,9 @@ impl std::fmt::Debug for Queue {
 
 impl Queue {
     /// Operations on the keys under `prefix`.
-    pub fn new(pool: Pool, prefix: &str) -> Self {
+    pub fn new(connector: Connector, prefix: &str) -> Self {
         Self {
-            conn: SharedConnection::new(pool),
+            conn: SharedConnection::new(connector),
             keys: Keys::new(prefix),
             keep_epoch: Script::new(KEEP_EPOCH),
             restore: Script::new(&format!("{NOW_MS}{RESTORE}")),
@@ -271,6 +264,24 @@ impl Queue {
     pub async fn ping(&self) -> Result<(), QueueError> {
         let mut conn = self.conn().await?;
         redis::cmd("PING").query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Checks that Redis takes a write of a key under the prefix's hash
+    /// tag: `SET {p}:ready <now> PX 10000`. Fails where the queue's writes
+    /// would: on a replica (`READONLY`), on a Cluster node that does not
+    /// own the slot (`MOVED`), on a Redis out of memory. Such an answer
+    /// also replaces the shared connection, so the next command goes to
+    /// the current primary.
+    pub async fn probe_write(&self) -> Result<(), QueueError> {
+        let mut conn = self.conn().await?;
+        redis::cmd("SET")
+            .arg(self.keys.ready())
+            .arg(std::process::id())
+            .arg("PX")
+            .arg(10_000)
+            .query_async::<()>(&mut conn)
+            .await?;
         Ok(())
     }
 
@@ -384,18 +395,26 @@ impl Queue {
     }
 
     /// A dedicated connection for blocking pops, whose response timeout
-    /// outlasts the pop's own timeout.
-    pub async fn popper(
-        url: &SecretString,
-        block: Duration,
-    ) -> Result<MultiplexedConnection, QueueError> {
-        let client = redis::Client::open(url.expose_secret())?;
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(block + Duration::from_secs(5)));
-        Ok(client
-            .get_multiplexed_async_connection_with_config(&config)
+    /// outlasts the pop's own timeout. (On a Cluster, a connection of its
+    /// own too: a blocked `BLMOVE` holds up the commands queued behind it
+    /// to the same node.)
+    pub async fn popper(&self, block: Duration) -> Result<Connection, QueueError> {
+        Ok(self
+            .conn
+            .connector()
+            .open(block + Duration::from_secs(5))
             .await?)
+    }
+
+    /// Whether `e` means the connection that answered it should be
+    /// replaced (broken, or its server no longer takes writes: `READONLY`,
+    /// `MOVED`), for callers holding a connection of their own (the
+    /// popper).
+    pub fn breaks_connection(e: &QueueError) -> bool {
+        match e {
+            QueueError::Redis(e) => shared::breaks_connection(e),
+            _ => false,
+        }
     }
 
     /// Moves the oldest ready task into `worker`'s processing list and returns
@@ -403,7 +422,7 @@ impl Queue {
     /// so a crash after this call loses nothing.
     pub async fn pop(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Connection,
         worker: &str,
         block: Duration,
     ) -> Result<Option<String>, QueueError> {

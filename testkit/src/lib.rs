@@ -9,6 +9,7 @@
 //!   clusters for tests that stall Postgres itself.
 //! - [`redis`]: key prefixes for the shared Redis, and private
 //!   `redis-server` processes for tests that stop or flush Redis.
+//! - [`tls`]: a CA, server and client certificates for TLS tests.
 //! - [`metrics`]: reading one series from a Prometheus text exposition.
 //! - [`process`]: child processes with captured output (for log tests), and
 //!   [`eventually`], the poller tests wait with.
@@ -21,6 +22,7 @@ pub mod postgres;
 pub mod process;
 pub mod redis;
 pub mod smtp;
+pub mod tls;
 
 pub use metrics::sample;
 pub use postgres::{PostgresServer, TestDatabase};

@@ -56,6 +56,8 @@ pub struct RedisOptions {
 pub struct RedisServer {
     options: RedisOptions,
     port: u16,
+    /// More `redis-server` arguments (TLS, cluster mode), kept for restarts.
+    extra: Vec<String>,
     /// Holds the append-only files and the log; removed when dropped.
     dir: PathBuf,
     child: Option<Child>,
@@ -69,6 +71,17 @@ impl RedisServer {
     ///
     /// If the server cannot be started or does not answer in time.
     pub async fn start(options: RedisOptions) -> Self {
+        Self::start_with(options, |_| Vec::new()).await
+    }
+
+    /// Like [`RedisServer::start`], with more `redis-server` arguments,
+    /// computed from the (plain TCP) port picked for it, such as
+    /// `--tls-port` or `--cluster-enabled yes`.
+    ///
+    /// # Panics
+    ///
+    /// If the server cannot be started or does not answer in time.
+    pub async fn start_with(options: RedisOptions, extra: impl Fn(u16) -> Vec<String>) -> Self {
         let dir = env::temp_dir().join(format!("sendonce-redis-{}", Uuid::now_v7().simple()));
         fs::create_dir_all(&dir)
             .unwrap_or_else(|err| panic!("create Redis directory {}: {err}", dir.display()));
@@ -77,11 +90,13 @@ impl RedisServer {
         // it; another port then does.
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port();
-            match launch(options, port, &dir).await {
+            let extra = extra(port);
+            match launch(options, port, &dir, &extra).await {
                 Ok(child) => {
                     return Self {
                         options,
                         port,
+                        extra,
                         dir,
                         child: Some(child),
                     };
@@ -102,6 +117,35 @@ impl RedisServer {
     /// `redis://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's directory (its log is `redis.log` there).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Sends one command over plain TCP and returns a simple, integer or
+    /// bulk reply as text; an error reply is an `Err`.
+    pub async fn command(&self, args: &[&str]) -> io::Result<String> {
+        command(self.port, args).await
+    }
+
+    /// Makes this server a replica of `primary` (`REPLICAOF`), or, with
+    /// `None`, a primary again (`REPLICAOF NO ONE`).
+    ///
+    /// # Panics
+    ///
+    /// If the server does not reply `OK`.
+    pub async fn replicaof(&self, primary: Option<u16>) {
+        let port = primary.map(|p| p.to_string());
+        let args = match &port {
+            Some(p) => vec!["REPLICAOF", "127.0.0.1", p.as_str()],
+            None => vec!["REPLICAOF", "NO", "ONE"],
+        };
+        match self.command(&args).await {
+            Ok(reply) if reply.starts_with("OK") => {}
+            other => panic!("{args:?} on port {}: {other:?}", self.port),
+        }
     }
 
     /// Whether the process runs (it does, unless stopped).
@@ -127,7 +171,7 @@ impl RedisServer {
     /// If the server does not come back in time.
     pub async fn restart(&mut self) {
         self.stop();
-        let child = launch(self.options, self.port, &self.dir)
+        let child = launch(self.options, self.port, &self.dir, &self.extra)
             .await
             .unwrap_or_else(|err| panic!("restart redis-server: {err}"));
         self.child = Some(child);
@@ -145,7 +189,7 @@ impl RedisServer {
         fs::remove_dir_all(&self.dir)
             .and_then(|()| fs::create_dir_all(&self.dir))
             .unwrap_or_else(|err| panic!("empty Redis directory {}: {err}", self.dir.display()));
-        let child = launch(self.options, self.port, &self.dir)
+        let child = launch(self.options, self.port, &self.dir, &self.extra)
             .await
             .unwrap_or_else(|err| panic!("restart redis-server empty: {err}"));
         self.child = Some(child);
@@ -173,8 +217,27 @@ impl Drop for RedisServer {
     }
 }
 
+/// `redis-server` arguments for TLS on `tls_port` with `certs`'s server
+/// certificate, asking clients for a certificate signed by its CA. The
+/// plain port stays open (the harness checks readiness on it).
+pub fn tls_args(certs: &crate::tls::TestCerts, tls_port: u16) -> Vec<String> {
+    let path = |p: &Path| p.display().to_string();
+    vec![
+        "--tls-port".into(),
+        tls_port.to_string(),
+        "--tls-cert-file".into(),
+        path(&certs.server_cert),
+        "--tls-key-file".into(),
+        path(&certs.server_key),
+        "--tls-ca-cert-file".into(),
+        path(&certs.ca),
+        "--tls-auth-clients".into(),
+        "yes".into(),
+    ]
+}
+
 /// A port that was free a moment ago.
-pub(crate) fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|listener| listener.local_addr())
         .expect("find a free loopback port")
@@ -182,7 +245,12 @@ pub(crate) fn free_port() -> u16 {
 }
 
 /// Spawns `redis-server` and waits until it answers as itself.
-async fn launch(options: RedisOptions, port: u16, dir: &Path) -> Result<Child, String> {
+async fn launch(
+    options: RedisOptions,
+    port: u16,
+    dir: &Path,
+    extra: &[String],
+) -> Result<Child, String> {
     let binary = env::var_os(REDIS_SERVER_ENV).unwrap_or_else(|| "redis-server".into());
     let log = OpenOptions::new()
         .create(true)
@@ -208,6 +276,7 @@ async fn launch(options: RedisOptions, port: u16, dir: &Path) -> Result<Child, S
     if options.appendonly {
         cmd.args(["--appendfsync", "always"]);
     }
+    cmd.args(extra);
     let mut child = cmd.spawn().map_err(|err| {
         format!(
             "spawn {} (set {REDIS_SERVER_ENV}): {err}",
@@ -249,13 +318,13 @@ async fn launch(options: RedisOptions, port: u16, dir: &Path) -> Result<Child, S
     }
 }
 
-fn read_log(dir: &Path) -> String {
+pub(crate) fn read_log(dir: &Path) -> String {
     fs::read_to_string(dir.join(LOG_FILE)).unwrap_or_else(|err| format!("(no log: {err})"))
 }
 
 /// Sends one command and returns a simple, integer or bulk reply as text; an
 /// error reply (such as `-LOADING` while the AOF is replayed) is an `Err`.
-async fn command(port: u16, args: &[&str]) -> io::Result<String> {
+pub(crate) async fn command(port: u16, args: &[&str]) -> io::Result<String> {
     tokio::time::timeout(COMMAND_TIMEOUT, async {
         let mut conn = BufReader::new(TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await?);
         let mut request = format!("*{}\r\n", args.len());

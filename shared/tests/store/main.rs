@@ -9,6 +9,7 @@ mod leases;
 mod readiness;
 mod requeue;
 mod state_machine;
+mod tls;
 mod upgrade;
 
 use std::time::Duration;

@@ -10,5 +10,6 @@ mod fencing;
 mod helpers;
 mod operations;
 mod retention;
+mod topologies;
 mod window;
 mod wire;
