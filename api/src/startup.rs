@@ -82,7 +82,9 @@ impl Application {
         let limits = Limits {
             max_body_bytes: usize::try_from(config.max_body_bytes)
                 .context("MAX_BODY_BYTES does not fit in memory")?,
-            rate: config.rate_limit_per_sec.map(RateLimit::per_second),
+            rate: config
+                .rate_limit_per_sec
+                .map(|per_sec| RateLimit::per_second(per_sec, state.queue.clone())),
             max_batch_bytes: usize::try_from(config.max_batch_bytes)
                 .context("MAX_BATCH_BYTES does not fit in memory")?,
             large_requests: LargeRequests::new(

@@ -18,6 +18,7 @@
 //! | `{p}:dedup:<key>` | string, EX ttl | L1 claim: the job id that holds the key |
 //! | `{p}:epoch` | string, no TTL | set by the worker that re-pushed every waiting job after Redis was found without it (flushed, restarted empty, failed over) |
 //! | `{p}:poison` | list | tasks that do not parse; kept for an operator, never dropped |
+//! | `{p}:rate:<sub>` | string, PX until full | the API's rate limit: a token subject's GCRA "theoretical arrival time" (µs, Redis clock) |
 //! | `{p}:ready` | string, PX 10 s | written by every readiness probe, so a probe fails where writes would (a replica, the wrong Cluster node) |
 
 use std::time::Duration;
@@ -101,6 +102,10 @@ impl Keys {
     /// Where unparseable tasks are kept.
     pub fn poison(&self) -> String {
         format!("{}:poison", self.tag)
+    }
+    /// The rate-limit state of a token subject.
+    pub fn rate(&self, subject: &str) -> String {
+        format!("{}:rate:{subject}", self.tag)
     }
     /// Written by readiness probes.
     pub fn ready(&self) -> String {
@@ -213,6 +218,27 @@ end
 return n
 ";
 
+/// GCRA (the token bucket's equivalent in one number), by Redis's clock,
+/// so every API replica shares a subject's budget. The key holds the
+/// "theoretical arrival time" `tat`: when the bucket would be full again.
+/// Taking `n` moves it `n` intervals later; allowed while that stays within
+/// `burst` intervals of now. Integers in µs: doubles hold them exactly
+/// (below 2^53), and `%d` writes them without an exponent.
+const RATE: &str = r"
+-- KEYS: the subject's key. ARGV: interval µs, burst, n.
+-- Returns 0 when taken, else the µs to wait until it would be.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tat = tonumber(redis.call('GET', KEYS[1]) or 0)
+if tat < now then tat = now end
+local new_tat = tat + tonumber(ARGV[3]) * interval
+local allowed_at = new_tat - tonumber(ARGV[2]) * interval
+if allowed_at > now then return allowed_at - now end
+redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.floor((new_tat - now) / 1000) + 1)
+return 0
+";
+
 /// The queue operations both binaries use.
 #[derive(Clone)]
 pub struct Queue {
@@ -226,6 +252,7 @@ pub struct Queue {
     reap: Script,
     retry_later: Script,
     return_held: Script,
+    rate: Script,
 }
 
 impl std::fmt::Debug for Queue {
@@ -248,6 +275,7 @@ impl Queue {
             reap: Script::new(&format!("{NOW_MS}{REAP}")),
             retry_later: Script::new(&format!("{NOW_MS}{RETRY_LATER}")),
             return_held: Script::new(RETURN_HELD),
+            rate: Script::new(RATE),
         }
     }
 
@@ -283,6 +311,33 @@ impl Queue {
             .query_async::<()>(&mut conn)
             .await?;
         Ok(())
+    }
+
+    /// Takes `n` from `subject`'s rate-limit budget: a bucket of `burst`
+    /// refilled one every `interval`, shared by every process using this
+    /// Redis. `None` when taken; else how long until it could be (nothing
+    /// taken). One script, one round trip.
+    pub async fn take_rate(
+        &self,
+        subject: &str,
+        interval: Duration,
+        burst: u32,
+        n: u32,
+    ) -> Result<Option<Duration>, QueueError> {
+        let mut conn = self.conn().await?;
+        let wait_us: u64 = self
+            .rate
+            .key(self.keys.rate(subject))
+            .arg(
+                u64::try_from(interval.as_micros())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            )
+            .arg(burst)
+            .arg(n)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok((wait_us > 0).then(|| Duration::from_micros(wait_us)))
     }
 
     /// Pushes tasks straight onto the queue in one round trip (requeue
