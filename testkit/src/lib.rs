@@ -27,5 +27,5 @@ pub mod tls;
 pub use metrics::sample;
 pub use postgres::{PostgresServer, TestDatabase};
 pub use process::{CapturedChild, eventually};
-pub use redis::{RedisOptions, RedisServer, unique_prefix};
+pub use redis::{RedisOptions, RedisSentinel, RedisServer, unique_prefix};
 pub use smtp::{Fault, MailEvent, ReceivedMail, SmtpServer};

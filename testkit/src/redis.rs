@@ -217,6 +217,111 @@ impl Drop for RedisServer {
     }
 }
 
+/// Environment variable that overrides the `redis-sentinel` binary (by
+/// default `redis-sentinel` found on `PATH`).
+pub const REDIS_SENTINEL_ENV: &str = "REDIS_SENTINEL";
+
+/// A `redis-sentinel` process of the test's own, monitoring one primary as
+/// `master_name` with a quorum of 2 and a 1 s down-after; killed when
+/// dropped.
+#[derive(Debug)]
+pub struct RedisSentinel {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl RedisSentinel {
+    /// Starts a sentinel on a free port of 127.0.0.1 watching the primary on
+    /// `primary_port`, and waits until it answers.
+    ///
+    /// # Panics
+    ///
+    /// If it cannot be started or does not answer in time.
+    pub async fn start(master_name: &str, primary_port: u16) -> Self {
+        let dir = env::temp_dir().join(format!("sendonce-sentinel-{}", Uuid::now_v7().simple()));
+        fs::create_dir_all(&dir)
+            .unwrap_or_else(|err| panic!("create sentinel directory {}: {err}", dir.display()));
+        let binary = env::var_os(REDIS_SENTINEL_ENV).unwrap_or_else(|| "redis-sentinel".into());
+        let mut last_error = String::new();
+        for _ in 0..PORT_ATTEMPTS {
+            let port = free_port();
+            // Sentinel rewrites its configuration file, so each gets its own.
+            let conf = dir.join("sentinel.conf");
+            let text = format!(
+                "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\n\
+                 sentinel monitor {master_name} 127.0.0.1 {primary_port} 2\n\
+                 sentinel down-after-milliseconds {master_name} 1000\n\
+                 sentinel failover-timeout {master_name} 10000\n\
+                 sentinel parallel-syncs {master_name} 1\n",
+                dir = dir.display()
+            );
+            fs::write(&conf, text).unwrap_or_else(|err| panic!("write {}: {err}", conf.display()));
+            let log = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(LOG_FILE))
+                .expect("open the sentinel log");
+            let log_err = log.try_clone().expect("duplicate log handle");
+            let mut child = Command::new(&binary)
+                .arg(&conf)
+                .current_dir(&dir)
+                .stdin(Stdio::null())
+                .stdout(log)
+                .stderr(log_err)
+                .spawn()
+                .unwrap_or_else(|err| {
+                    panic!(
+                        "spawn {} (install redis-sentinel or set {REDIS_SENTINEL_ENV}): {err}",
+                        Path::new(&binary).display()
+                    )
+                });
+            let deadline = Instant::now() + START_TIMEOUT;
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    last_error = format!("redis-sentinel exited with {status}: {}", read_log(&dir));
+                    break;
+                }
+                if let Ok(info) = command(port, &["INFO", "server"]).await
+                    && info
+                        .lines()
+                        .any(|line| line.trim() == format!("process_id:{}", child.id()))
+                {
+                    return Self {
+                        port,
+                        dir,
+                        child: Some(child),
+                    };
+                }
+                if Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    last_error = format!("redis-sentinel did not answer: {}", read_log(&dir));
+                    break;
+                }
+                tokio::time::sleep(POLL_INTERVAL).await;
+            }
+        }
+        let _ = fs::remove_dir_all(&dir);
+        panic!("start redis-sentinel ({PORT_ATTEMPTS} attempts): {last_error}");
+    }
+
+    /// The port the sentinel listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// `redis-server` arguments for TLS on `tls_port` with `certs`'s server
 /// certificate, asking clients for a certificate signed by its CA. The
 /// plain port stays open (the harness checks readiness on it).

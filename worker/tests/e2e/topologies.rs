@@ -1,10 +1,38 @@
 //! The system on the kinds of Redis teams run: TLS with a private CA and a
-//! client certificate. Each test starts its own servers.
+//! client certificate; a primary and replica watched by three sentinels,
+//! failed over in the middle of a run. Each test starts its own servers.
 
+use std::collections::HashSet;
+use std::time::Duration;
+
+use sendonce_testkit::process::eventually;
 use sendonce_testkit::tls::TestCerts;
-use sendonce_testkit::{RedisOptions, RedisServer, unique_prefix};
+use sendonce_testkit::{RedisOptions, RedisSentinel, RedisServer, unique_prefix};
+use serde_json::Value;
 
-use crate::helpers::{DEADLINE, Options, email, spawn_system};
+use crate::helpers::{DEADLINE, Options, TestSystem, email, spawn_system};
+
+/// Posts a job for `key` and returns its id.
+async fn post(system: &TestSystem, key: &str) -> String {
+    let answer: Value = system
+        .post_ok(&email(
+            &format!("{}@example.com", key.replace(':', "-")),
+            Some(key),
+        ))
+        .await;
+    answer["job_id"].as_str().expect("a job id").to_owned()
+}
+
+/// Every job `sent`, and the SMTP server got exactly one message per job.
+async fn all_sent_once(system: &TestSystem, jobs: &[String]) {
+    for job in jobs {
+        system.wait_for_status(job, "sent").await;
+    }
+    let messages = system.smtp.wait_for_messages(jobs.len(), DEADLINE).await;
+    assert_eq!(messages.len(), jobs.len(), "one message per job");
+    let recipients: HashSet<_> = messages.iter().map(|m| m.rcpt_to.clone()).collect();
+    assert_eq!(recipients.len(), jobs.len(), "no recipient got two");
+}
 
 fn tempdir(what: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("sendonce-{what}-{}", unique_prefix()));
@@ -49,4 +77,106 @@ async fn jobs_are_posted_and_delivered_once_over_tls() {
     }
     system.smtp.wait_for_messages(2, DEADLINE).await;
     assert_eq!(system.smtp.messages().len(), 2);
+}
+
+const MASTER: &str = "sendonce";
+
+/// The line of `INFO sentinel` about [`MASTER`], when it is there.
+async fn sentinel_view(sentinel: &RedisSentinel) -> Option<String> {
+    let info = sentinel_command(sentinel, &["INFO", "sentinel"]).await?;
+    info.lines()
+        .find(|line| line.contains(&format!("name={MASTER},")))
+        .map(str::to_owned)
+}
+
+async fn sentinel_command(sentinel: &RedisSentinel, args: &[&str]) -> Option<String> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}", sentinel.port())).ok()?;
+    let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+    let mut cmd = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    cmd.query_async::<String>(&mut conn).await.ok()
+}
+
+#[tokio::test]
+async fn jobs_posted_before_during_and_after_a_sentinel_failover_are_all_delivered_once() {
+    let primary = RedisServer::start(RedisOptions::default()).await;
+    let replica = RedisServer::start(RedisOptions::default()).await;
+    replica.replicaof(Some(primary.port())).await;
+    eventually("the replica is in sync", DEADLINE, || async {
+        let info = replica.command(&["INFO", "replication"]).await.ok()?;
+        info.contains("master_link_status:up").then_some(())
+    })
+    .await;
+    let mut sentinels = Vec::new();
+    for _ in 0..3 {
+        sentinels.push(RedisSentinel::start(MASTER, primary.port()).await);
+    }
+    for sentinel in &sentinels {
+        eventually(
+            "each sentinel sees the replica and the other sentinels",
+            DEADLINE,
+            || async {
+                let view = sentinel_view(sentinel).await?;
+                (view.contains("status=ok")
+                    && view.contains("slaves=1")
+                    && view.contains("sentinels=3"))
+                .then_some(())
+            },
+        )
+        .await;
+    }
+    let nodes: Vec<String> = sentinels
+        .iter()
+        .map(|s| format!("127.0.0.1:{}", s.port()))
+        .collect();
+    let system = spawn_system(Options {
+        redis_url: Some(format!("redis+sentinel://{}/{MASTER}", nodes.join(","))),
+        // Jobs whose push met the demoted primary wait for the reconciler.
+        worker_args: vec!["--reconcile-after-ms".into(), "1000".into()],
+        ..Options::default()
+    })
+    .await;
+    let _worker = system.spawn_worker().await;
+    let mut jobs = Vec::new();
+    for i in 0..5 {
+        jobs.push(post(&system, &format!("sentinel:before:{i}")).await);
+    }
+    all_sent_once(&system, &jobs).await;
+
+    sentinel_command(&sentinels[0], &["SENTINEL", "FAILOVER", MASTER])
+        .await
+        .expect("SENTINEL FAILOVER answers OK");
+    // Post while the failover runs.
+    let new_primary = format!("address=127.0.0.1:{},", replica.port());
+    let until = tokio::time::Instant::now() + DEADLINE;
+    let mut during = 0;
+    loop {
+        jobs.push(post(&system, &format!("sentinel:during:{during}")).await);
+        during += 1;
+        // Done when the sentinels name the replica, and have turned the old
+        // primary into its replica (until then it still takes writes).
+        if sentinel_view(&sentinels[1])
+            .await
+            .is_some_and(|view| view.contains(&new_primary))
+            && primary
+                .command(&["INFO", "replication"])
+                .await
+                .is_ok_and(|info| info.contains("role:slave"))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the failover never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for i in 0..5 {
+        jobs.push(post(&system, &format!("sentinel:after:{i}")).await);
+    }
+
+    all_sent_once(&system, &jobs).await;
+    assert!(during >= 1);
 }
