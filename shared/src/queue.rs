@@ -438,14 +438,18 @@ impl Queue {
     /// allow where `CONFIG GET` is disabled).
     pub async fn eviction_policy(&self) -> Result<Option<String>, QueueError> {
         let mut conn = self.conn().await?;
-        let info: String = redis::cmd("INFO")
+        // One text from a server; on a Cluster, one per node.
+        let info: redis::Value = redis::cmd("INFO")
             .arg("memory")
             .query_async(&mut conn)
             .await?;
-        Ok(info
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("maxmemory_policy:"))
-            .filter(|policy| *policy != NOEVICTION)
+        let mut texts = Vec::new();
+        collect_texts(&info, &mut texts);
+        Ok(texts
+            .iter()
+            .flat_map(|text| text.lines())
+            .filter_map(|l| l.trim().strip_prefix("maxmemory_policy:"))
+            .find(|policy| *policy != NOEVICTION)
             .map(str::to_owned))
     }
 
@@ -692,6 +696,21 @@ impl Queue {
             scheduled: lens.get(1).copied().unwrap_or(0),
             processing: lens.iter().skip(2).sum(),
         })
+    }
+}
+
+/// The text replies in `value` (a Cluster answers `INFO` with one per
+/// node, keyed by node).
+fn collect_texts(value: &redis::Value, out: &mut Vec<String>) {
+    use redis::Value;
+    match value {
+        Value::BulkString(bytes) => out.push(String::from_utf8_lossy(bytes).into_owned()),
+        Value::SimpleString(text) | Value::VerbatimString { text, .. } => out.push(text.clone()),
+        Value::Array(items) | Value::Set(items) => {
+            items.iter().for_each(|v| collect_texts(v, out));
+        }
+        Value::Map(pairs) => pairs.iter().for_each(|(_, v)| collect_texts(v, out)),
+        _ => {}
     }
 }
 

@@ -8,7 +8,8 @@
 //! - [`postgres`]: a throwaway database per test, and private Postgres
 //!   clusters for tests that stall Postgres itself.
 //! - [`redis`]: key prefixes for the shared Redis, and private
-//!   `redis-server` processes for tests that stop or flush Redis.
+//!   `redis-server` processes for tests that stop or flush Redis; private
+//!   sentinels and clusters.
 //! - [`tls`]: a CA, server and client certificates for TLS tests.
 //! - [`metrics`]: reading one series from a Prometheus text exposition.
 //! - [`process`]: child processes with captured output (for log tests), and
@@ -27,5 +28,5 @@ pub mod tls;
 pub use metrics::sample;
 pub use postgres::{PostgresServer, TestDatabase};
 pub use process::{CapturedChild, eventually};
-pub use redis::{RedisOptions, RedisSentinel, RedisServer, unique_prefix};
+pub use redis::{RedisCluster, RedisOptions, RedisSentinel, RedisServer, unique_prefix};
 pub use smtp::{Fault, MailEvent, ReceivedMail, SmtpServer};

@@ -322,6 +322,92 @@ impl Drop for RedisSentinel {
     }
 }
 
+/// A Redis Cluster of `redis-server` processes of the test's own, one
+/// master per node and no replicas, created with `redis-cli --cluster
+/// create`; killed when dropped.
+#[derive(Debug)]
+pub struct RedisCluster {
+    /// The nodes, in creation order.
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts `masters` nodes (at least 3), joins them into a cluster that
+    /// spreads the slots over all of them, and waits until every node says
+    /// `cluster_state:ok`.
+    ///
+    /// # Panics
+    ///
+    /// If a node does not start or the cluster does not form in time.
+    pub async fn start(masters: usize) -> Self {
+        let mut nodes = Vec::with_capacity(masters);
+        for _ in 0..masters {
+            nodes.push(
+                RedisServer::start_with(RedisOptions::default(), |_| {
+                    [
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "2000",
+                    ]
+                    .map(String::from)
+                    .to_vec()
+                })
+                .await,
+            );
+        }
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        let output = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .arg("--cluster-yes")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli --cluster create (install redis-tools)");
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let cluster = Self { nodes };
+        let deadline = Instant::now() + START_TIMEOUT;
+        for node in &cluster.nodes {
+            loop {
+                if node
+                    .command(&["CLUSTER", "INFO"])
+                    .await
+                    .is_ok_and(|info| info.contains("cluster_state:ok"))
+                {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the cluster did not reach cluster_state:ok within {START_TIMEOUT:?}"
+                );
+                tokio::time::sleep(POLL_INTERVAL).await;
+            }
+        }
+        cluster
+    }
+
+    /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,...`.
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        format!("redis+cluster://{}", nodes.join(","))
+    }
+}
+
 /// `redis-server` arguments for TLS on `tls_port` with `certs`'s server
 /// certificate, asking clients for a certificate signed by its CA. The
 /// plain port stays open (the harness checks readiness on it).

@@ -1,13 +1,16 @@
 //! The system on the kinds of Redis teams run: TLS with a private CA and a
 //! client certificate; a primary and replica watched by three sentinels,
-//! failed over in the middle of a run. Each test starts its own servers.
+//! failed over in the middle of a run; a 3-master Cluster whose slot for the
+//! queue's keys moves to another node in the middle of a run. Each test
+//! starts its own servers.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
+use sendonce_shared::queue::{self, Queue, RedisTls};
 use sendonce_testkit::process::eventually;
 use sendonce_testkit::tls::TestCerts;
-use sendonce_testkit::{RedisOptions, RedisSentinel, RedisServer, unique_prefix};
+use sendonce_testkit::{RedisCluster, RedisOptions, RedisSentinel, RedisServer, unique_prefix};
 use serde_json::Value;
 
 use crate::helpers::{DEADLINE, Options, TestSystem, email, spawn_system};
@@ -179,4 +182,157 @@ async fn jobs_posted_before_during_and_after_a_sentinel_failover_are_all_deliver
 
     all_sent_once(&system, &jobs).await;
     assert!(during >= 1);
+}
+
+/// A node of a cluster as `CLUSTER NODES` lists it.
+struct Node {
+    id: String,
+    port: u16,
+    slots: Vec<(u16, u16)>,
+}
+
+async fn cluster_nodes(any: &RedisServer) -> Vec<Node> {
+    let text = any
+        .command(&["CLUSTER", "NODES"])
+        .await
+        .expect("CLUSTER NODES");
+    text.lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let port = fields[1]
+                .split(['@', ','])
+                .next()
+                .and_then(|addr| addr.rsplit(':').next())
+                .and_then(|p| p.parse().ok())
+                .expect("a node port");
+            let slots = fields[8..]
+                .iter()
+                .filter(|f| !f.starts_with('['))
+                .map(|range| {
+                    let (a, b) = range.split_once('-').unwrap_or((range, range));
+                    (a.parse().expect("slot"), b.parse().expect("slot"))
+                })
+                .collect();
+            Node {
+                id: fields[0].to_owned(),
+                port,
+                slots,
+            }
+        })
+        .collect()
+}
+
+async fn admin(port: u16) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to a node")
+}
+
+async fn setslot(port: u16, slot: u16, how: &[&str]) {
+    redis::cmd("CLUSTER")
+        .arg("SETSLOT")
+        .arg(slot)
+        .arg(how)
+        .query_async::<()>(&mut admin(port).await)
+        .await
+        .unwrap_or_else(|e| panic!("CLUSTER SETSLOT {slot} {how:?} on {port}: {e}"));
+}
+
+#[tokio::test]
+async fn jobs_posted_before_during_and_after_a_cluster_slot_migration_are_all_delivered_once() {
+    let cluster = RedisCluster::start(3).await;
+    let system = spawn_system(Options {
+        redis_url: Some(cluster.url()),
+        worker_args: vec!["--reconcile-after-ms".into(), "1000".into()],
+        ..Options::default()
+    })
+    .await;
+    let _worker = system.spawn_worker().await;
+    let slot: u16 = cluster.nodes[0]
+        .command(&[
+            "CLUSTER",
+            "KEYSLOT",
+            &format!("{{{}}}:queue", system.prefix),
+        ])
+        .await
+        .expect("KEYSLOT")
+        .parse()
+        .expect("a slot");
+    let nodes = cluster_nodes(&cluster.nodes[0]).await;
+    let owns = |n: &Node| n.slots.iter().any(|&(a, b)| (a..=b).contains(&slot));
+    let from = nodes.iter().find(|n| owns(n)).expect("the slot's owner");
+    let to = nodes.iter().find(|n| !owns(n)).expect("another node");
+
+    // A plain connection to a node that does not serve the slot is not
+    // ready: its keyed write answers MOVED (a PING would pass).
+    let wrong = Queue::new(
+        queue::connect(
+            &format!("redis://127.0.0.1:{}", to.port).into(),
+            &RedisTls::default(),
+        )
+        .expect("client"),
+        &system.prefix,
+    );
+    assert!(wrong.ping().await.is_ok());
+    assert!(wrong.probe_write().await.is_err(), "MOVED");
+
+    let mut jobs = Vec::new();
+    for i in 0..5 {
+        jobs.push(post(&system, &format!("cluster:before:{i}")).await);
+    }
+    all_sent_once(&system, &jobs).await;
+    for i in 0..3 {
+        jobs.push(post(&system, &format!("cluster:queued:{i}")).await);
+    }
+
+    // Move the slot as `redis-cli --cluster reshard` does, posting between
+    // the steps: clients meet ASK while keys are split, MOVED after.
+    setslot(to.port, slot, &["IMPORTING", &from.id]).await;
+    setslot(from.port, slot, &["MIGRATING", &to.id]).await;
+    let mut source = admin(from.port).await;
+    let mut during = 0;
+    loop {
+        let keys: Vec<String> = redis::cmd("CLUSTER")
+            .arg("GETKEYSINSLOT")
+            .arg(slot)
+            .arg(1)
+            .query_async(&mut source)
+            .await
+            .expect("GETKEYSINSLOT");
+        if keys.is_empty() {
+            break;
+        }
+        redis::cmd("MIGRATE")
+            .arg("127.0.0.1")
+            .arg(to.port)
+            .arg("")
+            .arg(0)
+            .arg(5000)
+            .arg("KEYS")
+            .arg(&keys)
+            .query_async::<()>(&mut source)
+            .await
+            .expect("MIGRATE");
+        jobs.push(post(&system, &format!("cluster:during:{during}")).await);
+        during += 1;
+    }
+    for node in &nodes {
+        setslot(node.port, slot, &["NODE", &to.id]).await;
+    }
+    for i in 0..5 {
+        jobs.push(post(&system, &format!("cluster:after:{i}")).await);
+    }
+
+    all_sent_once(&system, &jobs).await;
+    assert!(during >= 1, "the slot held keys to move");
+    let readyz = system
+        .client
+        .get(format!("{}/readyz", system.api))
+        .send()
+        .await
+        .expect("GET /readyz");
+    assert_eq!(readyz.status(), 200);
 }
