@@ -82,6 +82,42 @@ async fn jobs_are_posted_and_delivered_once_over_tls() {
     assert_eq!(system.smtp.messages().len(), 2);
 }
 
+#[tokio::test]
+async fn a_worker_given_the_wrong_ca_exits_at_start_with_a_one_line_reason() {
+    let certs = TestCerts::generate(&tempdir("tls-wrong-ca"));
+    let tls_port = sendonce_testkit::redis::free_port();
+    let _redis = RedisServer::start_with(RedisOptions::default(), |_| {
+        sendonce_testkit::redis::tls_args(&certs, tls_port)
+    })
+    .await;
+    let path = |p: &std::path::Path| p.display().to_string();
+    let system = spawn_system(Options {
+        redis_url: Some(format!("rediss://127.0.0.1:{tls_port}")),
+        redis_args: vec!["--redis-ca-file".into(), path(&certs.ca)],
+        ..Options::default()
+    })
+    .await;
+    let mut args = system.worker_args();
+    args.extend(["--redis-ca-file".to_owned(), path(&certs.other_ca)]);
+
+    let output = tokio::time::timeout(
+        DEADLINE,
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_sendonce-worker"))
+            .args(&args[1..])
+            .env("RUST_LOG", "off")
+            .output(),
+    )
+    .await
+    .expect("the worker exits")
+    .expect("run the worker");
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("REDIS_URL"), "{stderr}");
+    assert!(stderr.contains("UnknownIssuer"), "{stderr}");
+}
+
 const MASTER: &str = "sendonce";
 
 /// The line of `INFO sentinel` about [`MASTER`], when it is there.
