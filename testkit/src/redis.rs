@@ -340,8 +340,19 @@ impl RedisCluster {
     ///
     /// If a node does not start or the cluster does not form in time.
     pub async fn start(masters: usize) -> Self {
-        let mut nodes = Vec::with_capacity(masters);
-        for _ in 0..masters {
+        Self::start_with_replicas(masters, 0).await
+    }
+
+    /// Like [`RedisCluster::start`], with `replicas` replicas per master
+    /// (`--cluster-replicas`), and waits until every replica is in sync.
+    ///
+    /// # Panics
+    ///
+    /// If a node does not start or the cluster does not form in time.
+    pub async fn start_with_replicas(masters: usize, replicas: usize) -> Self {
+        let total = masters * (1 + replicas);
+        let mut nodes = Vec::with_capacity(total);
+        for _ in 0..total {
             nodes.push(
                 RedisServer::start_with(RedisOptions::default(), |_| {
                     [
@@ -366,6 +377,7 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&addresses)
+            .args(["--cluster-replicas", &replicas.to_string()])
             .arg("--cluster-yes")
             .stdin(Stdio::null())
             .output()
@@ -380,11 +392,17 @@ impl RedisCluster {
         let deadline = Instant::now() + START_TIMEOUT;
         for node in &cluster.nodes {
             loop {
-                if node
+                let ok = node
                     .command(&["CLUSTER", "INFO"])
                     .await
-                    .is_ok_and(|info| info.contains("cluster_state:ok"))
-                {
+                    .is_ok_and(|info| info.contains("cluster_state:ok"));
+                let synced = node
+                    .command(&["INFO", "replication"])
+                    .await
+                    .is_ok_and(|info| {
+                        info.contains("role:master") || info.contains("master_link_status:up")
+                    });
+                if ok && synced {
                     break;
                 }
                 assert!(

@@ -224,6 +224,8 @@ async fn jobs_posted_before_during_and_after_a_sentinel_failover_are_all_deliver
 struct Node {
     id: String,
     port: u16,
+    /// The master's id, for a replica.
+    master: Option<String>,
     slots: Vec<(u16, u16)>,
 }
 
@@ -253,6 +255,7 @@ async fn cluster_nodes(any: &RedisServer) -> Vec<Node> {
             Node {
                 id: fields[0].to_owned(),
                 port,
+                master: (fields[3] != "-").then(|| fields[3].to_owned()),
                 slots,
             }
         })
@@ -371,4 +374,71 @@ async fn jobs_posted_before_during_and_after_a_cluster_slot_migration_are_all_de
         .await
         .expect("GET /readyz");
     assert_eq!(readyz.status(), 200);
+}
+
+#[tokio::test]
+async fn jobs_posted_before_during_and_after_a_cluster_failover_are_all_delivered_once() {
+    let cluster = RedisCluster::start_with_replicas(3, 1).await;
+    let system = spawn_system(Options {
+        redis_url: Some(cluster.url()),
+        worker_args: vec!["--reconcile-after-ms".into(), "1000".into()],
+        ..Options::default()
+    })
+    .await;
+    let _worker = system.spawn_worker().await;
+    let slot: u16 = cluster.nodes[0]
+        .command(&[
+            "CLUSTER",
+            "KEYSLOT",
+            &format!("{{{}}}:queue", system.prefix),
+        ])
+        .await
+        .expect("KEYSLOT")
+        .parse()
+        .expect("a slot");
+    let nodes = cluster_nodes(&cluster.nodes[0]).await;
+    let master = nodes
+        .iter()
+        .find(|n| n.slots.iter().any(|&(a, b)| (a..=b).contains(&slot)))
+        .expect("the slot's master");
+    let replica = nodes
+        .iter()
+        .find(|n| n.master.as_deref() == Some(master.id.as_str()))
+        .expect("its replica");
+
+    let mut jobs = Vec::new();
+    for i in 0..5 {
+        jobs.push(post(&system, &format!("cluster-failover:before:{i}")).await);
+    }
+    all_sent_once(&system, &jobs).await;
+
+    // A manual failover: the replica takes over the master's slots.
+    redis::cmd("CLUSTER")
+        .arg("FAILOVER")
+        .query_async::<()>(&mut admin(replica.port).await)
+        .await
+        .expect("CLUSTER FAILOVER");
+    let until = tokio::time::Instant::now() + DEADLINE;
+    let mut during = 0;
+    loop {
+        jobs.push(post(&system, &format!("cluster-failover:during:{during}")).await);
+        during += 1;
+        let promoted = cluster_nodes(&cluster.nodes[0])
+            .await
+            .iter()
+            .any(|n| n.id == replica.id && n.master.is_none() && !n.slots.is_empty());
+        if promoted {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the failover never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for i in 0..5 {
+        jobs.push(post(&system, &format!("cluster-failover:after:{i}")).await);
+    }
+
+    all_sent_once(&system, &jobs).await;
 }
