@@ -22,6 +22,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use redis::aio::ConnectionLike;
 use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, ServerErrorKind, Value};
 
@@ -36,8 +38,12 @@ pub(crate) struct SharedConnection {
     connector: Connector,
     current: Arc<Mutex<Current>>,
     /// Held while a connection is being opened, so that callers arriving
-    /// meanwhile wait for it instead of each opening their own.
-    opening: Arc<tokio::sync::Mutex<()>>,
+    /// meanwhile wait for it instead of each opening their own. Holds when
+    /// and why the last attempt failed: callers that waited for that
+    /// attempt share its failure instead of each trying again in turn (a
+    /// Redis that does not answer would otherwise cost the last of N
+    /// waiters N connect timeouts).
+    opening: Arc<tokio::sync::Mutex<Option<(Instant, RedisError)>>>,
 }
 
 /// The connection callers get now, if one is open, and its generation:
@@ -68,12 +74,25 @@ impl SharedConnection {
         if let Some(conn) = self.existing() {
             return Ok(conn);
         }
-        let _opening = self.opening.lock().await;
-        // Whoever held the lock before may have opened one.
+        let asked = Instant::now();
+        let mut last_failure = self.opening.lock().await;
+        // Whoever held the lock before may have opened one, or failed to
+        // while this caller waited.
         if let Some(conn) = self.existing() {
             return Ok(conn);
         }
-        let opened = self.connector.open(RESPONSE_TIMEOUT).await?;
+        if let Some((at, e)) = &*last_failure
+            && *at >= asked
+        {
+            return Err(e.clone());
+        }
+        let opened = match self.connector.open(RESPONSE_TIMEOUT).await {
+            Ok(opened) => opened,
+            Err(e) => {
+                *last_failure = Some((Instant::now(), e.clone()));
+                return Err(e);
+            }
+        };
         let mut current = self.lock();
         let inner = current.conn.get_or_insert(opened).clone();
         Ok(self.handle(current.generation, inner))

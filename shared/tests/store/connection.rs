@@ -142,3 +142,36 @@ async fn a_readonly_answer_replaces_the_connection_so_a_promoted_server_is_writt
         "READONLY made the queue open a new connection"
     );
 }
+
+#[tokio::test]
+async fn callers_waiting_for_a_connection_that_cannot_be_opened_share_one_attempts_failure() {
+    // Accepts connections and never answers: each attempt to open one
+    // lasts until its timeout.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("redis://{}", listener.local_addr().expect("addr"));
+    let _hole = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let queue = queue_at(&url);
+
+    let started = tokio::time::Instant::now();
+    let results = tokio::time::timeout(
+        Duration::from_secs(60),
+        join_all((0..20).map(|_| queue.ping())),
+    )
+    .await
+    .expect("every caller answers");
+
+    assert!(results.iter().all(Result::is_err));
+    // One attempt for all 20 (taking turns, the last would wait 20 of them).
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "{:?}",
+        started.elapsed()
+    );
+}
