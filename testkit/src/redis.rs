@@ -354,6 +354,8 @@ impl RedisCluster {
         let mut nodes = Vec::with_capacity(total);
         for _ in 0..total {
             nodes.push(
+                // The bus port would be the port + 10000, past 65535 for
+                // a high free port; it gets a free port of its own.
                 RedisServer::start_with(RedisOptions::default(), |_| {
                     [
                         "--cluster-enabled",
@@ -362,6 +364,8 @@ impl RedisCluster {
                         "nodes.conf",
                         "--cluster-node-timeout",
                         "2000",
+                        "--cluster-port",
+                        &free_port().to_string(),
                     ]
                     .map(String::from)
                     .to_vec()
