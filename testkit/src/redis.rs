@@ -377,7 +377,12 @@ impl RedisCluster {
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port()))
             .collect();
-        let output = Command::new("redis-cli")
+        // `--cluster create` waits for the nodes to meet with no limit of
+        // its own; `timeout` bounds it, so a cluster that cannot form fails
+        // the test instead of hanging the suite.
+        let output = Command::new("timeout")
+            .arg(START_TIMEOUT.as_secs().to_string())
+            .arg("redis-cli")
             .arg("--cluster")
             .arg("create")
             .args(&addresses)
