@@ -10,9 +10,11 @@ use rcgen::{
     KeyUsagePurpose,
 };
 
-/// PEM files in a directory of their own.
-#[derive(Debug, Clone)]
+/// PEM files in a directory of their own, removed (directory and all) when
+/// dropped.
+#[derive(Debug)]
 pub struct TestCerts {
+    dir: PathBuf,
     /// The CA that signed the server and client certificates.
     pub ca: PathBuf,
     /// A CA that signed nothing here.
@@ -28,7 +30,8 @@ pub struct TestCerts {
 }
 
 impl TestCerts {
-    /// Generates everything into `dir` (created if missing).
+    /// Generates everything into `dir` (created if missing; removed when
+    /// this is dropped).
     ///
     /// # Panics
     ///
@@ -56,6 +59,7 @@ impl TestCerts {
         let (server_pem, server_key) = leaf("redis", ExtendedKeyUsagePurpose::ServerAuth);
         let (client_pem, client_key) = leaf("sendonce", ExtendedKeyUsagePurpose::ClientAuth);
         Self {
+            dir: dir.to_owned(),
             ca: write("ca.pem", ca_pem),
             other_ca: write("other-ca.pem", other_pem),
             server_cert: write("server.pem", server_pem),
@@ -63,6 +67,13 @@ impl TestCerts {
             client_cert: write("client.pem", client_pem),
             client_key: write("client-key.pem", client_key),
         }
+    }
+}
+
+impl Drop for TestCerts {
+    fn drop(&mut self) {
+        // Best effort: a leftover directory in the temp dir is harmless.
+        let _ = fs::remove_dir_all(&self.dir);
     }
 }
 
