@@ -31,6 +31,8 @@ apt_install() {
 # Redis without touching anyone else's), so the binary must exist.
 command -v redis-server >/dev/null || { log "installing redis-server"; apt_install redis-server; }
 command -v redis-cli >/dev/null || apt_install redis-tools
+# The Sentinel failover test starts redis-sentinel processes of its own.
+command -v redis-sentinel >/dev/null || { log "installing redis-sentinel"; apt_install redis-sentinel; }
 
 redis_up() { redis-cli -u "$TEST_REDIS_URL" ping 2>/dev/null | grep -q PONG; }
 if ! redis_up; then

@@ -26,7 +26,7 @@
 //! `Authorization` header, 403 (`error="insufficient_scope"`) without the
 //! scope, and 429 when a write scope's per-subject rate limit is spent.
 
-use std::future::{Ready, ready};
+use futures::future::LocalBoxFuture;
 use std::marker::PhantomData;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -307,12 +307,26 @@ pub struct Authorized<S: Scope> {
     _scope: PhantomData<S>,
 }
 
-impl<S: Scope> FromRequest for Authorized<S> {
+impl<S: Scope + 'static> FromRequest for Authorized<S> {
     type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(authorize::<S>(req))
+        let authorized = authorize::<S>(req);
+        // The rate limit asks Redis (shared by every replica), so it is the
+        // one asynchronous step; only scoped, verified callers reach it.
+        let limit = S::RATE_LIMITED
+            .then(|| req.app_data::<web::Data<RateLimit>>().cloned())
+            .flatten();
+        Box::pin(async move {
+            let authorized = authorized?;
+            if let Some(limit) = limit {
+                limit
+                    .check(authorized.claims.sub.as_deref().unwrap_or_default())
+                    .await?;
+            }
+            Ok(authorized)
+        })
     }
 }
 
@@ -320,11 +334,6 @@ fn authorize<S: Scope>(req: &HttpRequest) -> Result<Authorized<S>, ApiError> {
     let claims = authenticate(req)?;
     if !claims.has_scope(S::NAME) {
         return Err(ApiError::Forbidden(S::NAME));
-    }
-    if S::RATE_LIMITED
-        && let Some(limit) = req.app_data::<web::Data<RateLimit>>()
-    {
-        limit.check(claims.sub.as_deref().unwrap_or_default())?;
     }
     Ok(Authorized {
         claims,

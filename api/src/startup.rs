@@ -62,7 +62,7 @@ impl Application {
             .await
             .context("failed to apply migrations to DATABASE_URL")?;
         let queue = Queue::new(
-            queue::connect(&config.common.redis_url, 32)?,
+            queue::connect(&config.common.redis_url, &config.common.redis_tls())?,
             &config.common.redis_key_prefix,
         );
         sendonce_shared::readiness::warn_at_start(&queue).await;
@@ -86,7 +86,9 @@ impl Application {
         let limits = Limits {
             max_body_bytes: usize::try_from(config.max_body_bytes)
                 .context("MAX_BODY_BYTES does not fit in memory")?,
-            rate: config.rate_limit_per_sec.map(RateLimit::per_second),
+            rate: config
+                .rate_limit_per_sec
+                .map(|per_sec| RateLimit::per_second(per_sec, state.queue.clone())),
             max_batch_bytes: usize::try_from(config.max_batch_bytes)
                 .context("MAX_BATCH_BYTES does not fit in memory")?,
             large_requests: LargeRequests::new(

@@ -11,6 +11,7 @@ use clap::error::ErrorKind;
 use clap::{Arg, Args, Command, ValueEnum};
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::queue::RedisTls;
 use crate::store::{PgOptions, Pooler};
 
 /// How log lines are written.
@@ -39,7 +40,10 @@ pub struct CommonConfig {
     #[command(flatten)]
     pub postgres: PostgresConfig,
 
-    /// Redis connection URL (the queue and the L1 dedup keys).
+    /// Redis connection URL (the queue and the L1 dedup keys): `redis://`
+    /// or `rediss://` (TLS) for one server, `redis+sentinel://h:p,h:p/master[/db]`
+    /// for a primary found through Sentinel, `redis+cluster://h:p,h:p` for a
+    /// Cluster (`rediss+...` for TLS).
     #[arg(
         long,
         env = "REDIS_URL",
@@ -48,6 +52,28 @@ pub struct CommonConfig {
         hide_env_values = true
     )]
     pub redis_url: SecretString,
+
+    /// PEM file of the CA that signed the Redis server's certificate
+    /// (`rediss://` URLs); unset, the system's roots.
+    #[arg(long, env = "REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+
+    /// PEM client certificate (chain) for Redis servers that ask for one
+    /// (`tls-auth-clients`); with `REDIS_CLIENT_KEY_FILE`.
+    #[arg(
+        long,
+        env = "REDIS_CLIENT_CERT_FILE",
+        requires = "redis_client_key_file"
+    )]
+    pub redis_client_cert_file: Option<PathBuf>,
+
+    /// PEM private key of `REDIS_CLIENT_CERT_FILE`.
+    #[arg(
+        long,
+        env = "REDIS_CLIENT_KEY_FILE",
+        requires = "redis_client_cert_file"
+    )]
+    pub redis_client_key_file: Option<PathBuf>,
 
     /// Prefix of every Redis key, used as a hash tag (`{sendonce}:queue`) so
     /// all keys a script touches live in one Redis Cluster slot.
@@ -118,6 +144,15 @@ impl PostgresConfig {
 }
 
 impl CommonConfig {
+    /// The Redis TLS files.
+    pub fn redis_tls(&self) -> RedisTls {
+        RedisTls {
+            ca_file: self.redis_ca_file.clone(),
+            client_cert_file: self.redis_client_cert_file.clone(),
+            client_key_file: self.redis_client_key_file.clone(),
+        }
+    }
+
     /// The dedup lifetime as a duration.
     pub fn dedup_ttl(&self) -> Duration {
         Duration::from_secs(self.dedup_ttl_secs)
@@ -185,7 +220,7 @@ fn parse_postgres_url(s: &str) -> Result<SecretString, String> {
 }
 
 fn parse_redis_url(s: &str) -> Result<SecretString, String> {
-    redis::Client::open(s).map_err(|e| format!("not a Redis URL: {e}"))?;
+    crate::queue::validate_url(s).map_err(|e| format!("not a Redis URL: {e}"))?;
     Ok(SecretString::from(s.to_owned()))
 }
 

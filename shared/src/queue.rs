@@ -18,12 +18,12 @@
 //! | `{p}:dedup:<key>` | string, EX ttl | L1 claim: the job id that holds the key |
 //! | `{p}:epoch` | string, no TTL | set by the worker that re-pushed every waiting job after Redis was found without it (flushed, restarted empty, failed over) |
 //! | `{p}:poison` | list | tasks that do not parse; kept for an operator, never dropped |
+//! | `{p}:rate:<sub>` | string, PX until full | the API's rate limit: a token subject's GCRA "theoretical arrival time" (µs, Redis clock) |
+//! | `{p}:ready` | string, PX 10 s | written by every readiness probe, so a probe fails where writes would (a replica, the wrong Cluster node) |
 
 use std::time::Duration;
 
-use deadpool_redis::{Manager, Pool, Runtime};
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Script};
+use redis::Script;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::domain::{IdempotencyKey, JobId, Task};
@@ -31,16 +31,15 @@ use crate::domain::{IdempotencyKey, JobId, Task};
 /// `maxmemory-policy` values under which Redis never drops a key.
 const NOEVICTION: &str = "noeviction";
 
+mod connect;
 mod shared;
+pub use connect::{Connection, Connector, RedisTls, validate_url};
 use shared::SharedConnection;
 
 /// A Redis operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum QueueError {
-    /// No connection could be had from the pool.
-    #[error("could not get a Redis connection")]
-    Pool(#[from] deadpool_redis::PoolError),
     /// A command failed.
     #[error("a Redis command failed")]
     Redis(#[from] redis::RedisError),
@@ -104,24 +103,23 @@ impl Keys {
     pub fn poison(&self) -> String {
         format!("{}:poison", self.tag)
     }
+    /// The rate-limit state of a token subject.
+    pub fn rate(&self, subject: &str) -> String {
+        format!("{}:rate:{subject}", self.tag)
+    }
+    /// Written by readiness probes.
+    pub fn ready(&self) -> String {
+        format!("{}:ready", self.tag)
+    }
 }
 
-/// Opens the pool that [`Queue`] opens its one shared multiplexed connection
-/// from (and a replacement when that one breaks). `response_timeout` bounds
-/// every command; blocking pops use their own connection (see
-/// [`Queue::popper`]).
-pub fn connect(url: &SecretString, max_size: usize) -> Result<Pool, QueueError> {
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_secs(2)));
-    let manager = Manager::new_with_config(url.expose_secret(), config)?;
-    Pool::builder(manager)
-        .max_size(max_size)
-        .runtime(Runtime::Tokio1)
-        .create_timeout(Some(Duration::from_secs(2)))
-        .wait_timeout(Some(Duration::from_secs(5)))
-        .build()
-        .map_err(|e| QueueError::Config(e.to_string()))
+/// The client for `url` (any of the URL kinds in [`connect`]'s module:
+/// one server, Sentinel, Cluster; TLS with `tls`'s certificates). Nothing
+/// connects yet: [`Queue`] opens its one shared multiplexed connection on
+/// first use, and a replacement when that one breaks; blocking pops use
+/// their own (see [`Queue::popper`]).
+pub fn connect(url: &SecretString, tls: &RedisTls) -> Result<Connector, QueueError> {
+    Connector::new(url.expose_secret(), tls).map_err(QueueError::Config)
 }
 
 /// Outcome of the L1 claim.
@@ -220,6 +218,27 @@ end
 return n
 ";
 
+/// GCRA (the token bucket's equivalent in one number), by Redis's clock,
+/// so every API replica shares a subject's budget. The key holds the
+/// "theoretical arrival time" `tat`: when the bucket would be full again.
+/// Taking `n` moves it `n` intervals later; allowed while that stays within
+/// `burst` intervals of now. Integers in µs: doubles hold them exactly
+/// (below 2^53), and `%d` writes them without an exponent.
+const RATE: &str = r"
+-- KEYS: the subject's key. ARGV: interval µs, burst, n.
+-- Returns 0 when taken, else the µs to wait until it would be.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tat = tonumber(redis.call('GET', KEYS[1]) or 0)
+if tat < now then tat = now end
+local new_tat = tat + tonumber(ARGV[3]) * interval
+local allowed_at = new_tat - tonumber(ARGV[2]) * interval
+if allowed_at > now then return allowed_at - now end
+redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.floor((new_tat - now) / 1000) + 1)
+return 0
+";
+
 /// The queue operations both binaries use.
 #[derive(Clone)]
 pub struct Queue {
@@ -233,6 +252,7 @@ pub struct Queue {
     reap: Script,
     retry_later: Script,
     return_held: Script,
+    rate: Script,
 }
 
 impl std::fmt::Debug for Queue {
@@ -243,9 +263,9 @@ impl std::fmt::Debug for Queue {
 
 impl Queue {
     /// Operations on the keys under `prefix`.
-    pub fn new(pool: Pool, prefix: &str) -> Self {
+    pub fn new(connector: Connector, prefix: &str) -> Self {
         Self {
-            conn: SharedConnection::new(pool),
+            conn: SharedConnection::new(connector),
             keys: Keys::new(prefix),
             keep_epoch: Script::new(KEEP_EPOCH),
             restore: Script::new(&format!("{NOW_MS}{RESTORE}")),
@@ -255,6 +275,7 @@ impl Queue {
             reap: Script::new(&format!("{NOW_MS}{REAP}")),
             retry_later: Script::new(&format!("{NOW_MS}{RETRY_LATER}")),
             return_held: Script::new(RETURN_HELD),
+            rate: Script::new(RATE),
         }
     }
 
@@ -272,6 +293,51 @@ impl Queue {
         let mut conn = self.conn().await?;
         redis::cmd("PING").query_async::<()>(&mut conn).await?;
         Ok(())
+    }
+
+    /// Checks that Redis takes a write of a key under the prefix's hash
+    /// tag: `SET {p}:ready <now> PX 10000`. Fails where the queue's writes
+    /// would: on a replica (`READONLY`), on a Cluster node that does not
+    /// own the slot (`MOVED`), on a Redis out of memory. Such an answer
+    /// also replaces the shared connection, so the next command goes to
+    /// the current primary.
+    pub async fn probe_write(&self) -> Result<(), QueueError> {
+        let mut conn = self.conn().await?;
+        redis::cmd("SET")
+            .arg(self.keys.ready())
+            .arg(std::process::id())
+            .arg("PX")
+            .arg(10_000)
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Takes `n` from `subject`'s rate-limit budget: a bucket of `burst`
+    /// refilled one every `interval`, shared by every process using this
+    /// Redis. `None` when taken; else how long until it could be (nothing
+    /// taken). One script, one round trip.
+    pub async fn take_rate(
+        &self,
+        subject: &str,
+        interval: Duration,
+        burst: u32,
+        n: u32,
+    ) -> Result<Option<Duration>, QueueError> {
+        let mut conn = self.conn().await?;
+        let wait_us: u64 = self
+            .rate
+            .key(self.keys.rate(subject))
+            .arg(
+                u64::try_from(interval.as_micros())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            )
+            .arg(burst)
+            .arg(n)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok((wait_us > 0).then(|| Duration::from_micros(wait_us)))
     }
 
     /// Pushes tasks straight onto the queue in one round trip (requeue
@@ -372,30 +438,42 @@ impl Queue {
     /// allow where `CONFIG GET` is disabled).
     pub async fn eviction_policy(&self) -> Result<Option<String>, QueueError> {
         let mut conn = self.conn().await?;
-        let info: String = redis::cmd("INFO")
+        // One text from a server; on a Cluster, one per node.
+        let info: redis::Value = redis::cmd("INFO")
             .arg("memory")
             .query_async(&mut conn)
             .await?;
-        Ok(info
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("maxmemory_policy:"))
-            .filter(|policy| *policy != NOEVICTION)
+        let mut texts = Vec::new();
+        collect_texts(&info, &mut texts);
+        Ok(texts
+            .iter()
+            .flat_map(|text| text.lines())
+            .filter_map(|l| l.trim().strip_prefix("maxmemory_policy:"))
+            .find(|policy| *policy != NOEVICTION)
             .map(str::to_owned))
     }
 
     /// A dedicated connection for blocking pops, whose response timeout
-    /// outlasts the pop's own timeout.
-    pub async fn popper(
-        url: &SecretString,
-        block: Duration,
-    ) -> Result<MultiplexedConnection, QueueError> {
-        let client = redis::Client::open(url.expose_secret())?;
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(block + Duration::from_secs(5)));
-        Ok(client
-            .get_multiplexed_async_connection_with_config(&config)
+    /// outlasts the pop's own timeout. (On a Cluster, a connection of its
+    /// own too: a blocked `BLMOVE` holds up the commands queued behind it
+    /// to the same node.)
+    pub async fn popper(&self, block: Duration) -> Result<Connection, QueueError> {
+        Ok(self
+            .conn
+            .connector()
+            .open(block + Duration::from_secs(5))
             .await?)
+    }
+
+    /// Whether `e` means the connection that answered it should be
+    /// replaced (broken, or its server no longer takes writes: `READONLY`,
+    /// `MOVED`), for callers holding a connection of their own (the
+    /// popper).
+    pub fn breaks_connection(e: &QueueError) -> bool {
+        match e {
+            QueueError::Redis(e) => shared::breaks_connection(e),
+            _ => false,
+        }
     }
 
     /// Moves the oldest ready task into `worker`'s processing list and returns
@@ -403,7 +481,7 @@ impl Queue {
     /// so a crash after this call loses nothing.
     pub async fn pop(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Connection,
         worker: &str,
         block: Duration,
     ) -> Result<Option<String>, QueueError> {
@@ -618,6 +696,21 @@ impl Queue {
             scheduled: lens.get(1).copied().unwrap_or(0),
             processing: lens.iter().skip(2).sum(),
         })
+    }
+}
+
+/// The text replies in `value` (a Cluster answers `INFO` with one per
+/// node, keyed by node).
+fn collect_texts(value: &redis::Value, out: &mut Vec<String>) {
+    use redis::Value;
+    match value {
+        Value::BulkString(bytes) => out.push(String::from_utf8_lossy(bytes).into_owned()),
+        Value::SimpleString(text) | Value::VerbatimString { text, .. } => out.push(text.clone()),
+        Value::Array(items) | Value::Set(items) => {
+            items.iter().for_each(|v| collect_texts(v, out));
+        }
+        Value::Map(pairs) => pairs.iter().for_each(|(_, v)| collect_texts(v, out)),
+        _ => {}
     }
 }
 

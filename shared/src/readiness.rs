@@ -11,7 +11,8 @@ use crate::store::Store;
 /// probe answers before the orchestrator's own probe timeout.
 pub const TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The dependencies that did not answer within [`TIMEOUT`].
+/// The dependencies that did not answer within [`TIMEOUT`] (or, for Redis,
+/// refused the probe's write).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{} did not answer within {TIMEOUT:?}", .down.join(" and "))]
 pub struct NotReady {
@@ -19,12 +20,15 @@ pub struct NotReady {
     pub down: Vec<&'static str>,
 }
 
-/// Pings Redis and Postgres concurrently, each bounded by [`TIMEOUT`]. A
-/// broken connection is replaced on the next use (a probe is a use), so
-/// readiness recovers by itself once a dependency is back.
+/// Asks Redis and Postgres concurrently, each bounded by [`TIMEOUT`]. Redis
+/// must take a keyed write ([`Queue::probe_write`]), not just answer a
+/// `PING`: a demoted primary or the wrong Cluster node answers `PING` but
+/// refuses every job. A broken connection (or one to a server that refuses
+/// writes) is replaced on the next use (a probe is a use), so readiness
+/// recovers by itself once a dependency is back.
 pub async fn check(queue: &Queue, store: &Store) -> Result<(), NotReady> {
     let (redis, postgres) = tokio::join!(
-        tokio::time::timeout(TIMEOUT, queue.ping()),
+        tokio::time::timeout(TIMEOUT, queue.probe_write()),
         tokio::time::timeout(TIMEOUT, store.ping()),
     );
     let down: Vec<&'static str> = [

@@ -8,7 +8,10 @@
 //! - [`postgres`]: a throwaway database per test, and private Postgres
 //!   clusters for tests that stall Postgres itself.
 //! - [`redis`]: key prefixes for the shared Redis, and private
-//!   `redis-server` processes for tests that stop or flush Redis.
+//!   `redis-server` processes for tests that stop or flush Redis; private
+//!   sentinels and clusters.
+//! - [`ca`]: a throwaway CA issuing server certificates (Postgres TLS tests).
+//! - [`tls`]: a CA, server and client certificates for TLS tests.
 //! - [`metrics`]: reading one series from a Prometheus text exposition.
 //! - [`process`]: child processes with captured output (for log tests), and
 //!   [`eventually`], the poller tests wait with.
@@ -16,6 +19,7 @@
 //! Helpers panic with a message instead of returning errors where a test
 //! could do nothing but fail, so tests stay short.
 
+pub mod ca;
 pub mod metrics;
 pub mod pgbouncer;
 pub mod postgres;
@@ -28,5 +32,5 @@ pub use metrics::sample;
 pub use pgbouncer::PgBouncer;
 pub use postgres::{PostgresServer, TestDatabase};
 pub use process::{CapturedChild, eventually};
-pub use redis::{RedisOptions, RedisServer, unique_prefix};
+pub use redis::{RedisCluster, RedisOptions, RedisSentinel, RedisServer, unique_prefix};
 pub use smtp::{Fault, MailEvent, ReceivedMail, SmtpServer};

@@ -71,7 +71,7 @@ impl Application {
             .await
             .context("failed to apply migrations to DATABASE_URL")?;
         let queue = Queue::new(
-            queue::connect(&config.common.redis_url, concurrency.clamp(2, 16))?,
+            queue::connect(&config.common.redis_url, &config.common.redis_tls())?,
             &config.common.redis_key_prefix,
         );
         queue.ping().await.context("failed to reach REDIS_URL")?;

@@ -209,7 +209,7 @@ impl Worker {
             while inflight.try_join_next().is_some() {}
             let popper = match &mut conn {
                 Some(c) => c,
-                None => match Queue::popper(&self.config.common.redis_url, POP_BLOCK).await {
+                None => match self.queue.popper(POP_BLOCK).await {
                     Ok(c) => {
                         if let Err(e) = self.return_stranded().await {
                             tracing::warn!(error = %error_chain(&e), "cannot check this worker's processing list");

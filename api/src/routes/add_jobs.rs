@@ -92,7 +92,9 @@ pub async fn add_jobs(
     // The extractor took one job's worth from the caller's bucket; a batch
     // pays for the rest of its jobs too.
     if let Some(limit) = req.app_data::<web::Data<RateLimit>>() {
-        limit.check_batch(caller.claims.sub.as_deref().unwrap_or_default(), jobs.len())?;
+        limit
+            .check_batch(caller.claims.sub.as_deref().unwrap_or_default(), jobs.len())
+            .await?;
     }
 
     let parsed: Vec<Result<Task, ApiError>> = jobs

@@ -45,8 +45,22 @@ pub async fn spawn_api_with(settings: &[&str]) -> TestApi {
 }
 
 async fn spawn_api_configured(redis_url: String, settings: &[&str]) -> TestApi {
+    spawn_api_sharing(redis_url, unique_prefix(), settings).await
+}
+
+/// Like [`spawn_api_with`], on the given Redis.
+pub async fn spawn_api_on_redis_with(redis_url: String, settings: &[&str]) -> TestApi {
+    spawn_api_configured(redis_url, settings).await
+}
+
+/// Another API replica: the same Redis and key prefix as `other`, its own
+/// database and process state.
+pub async fn spawn_replica_of(other: &TestApi, settings: &[&str]) -> TestApi {
+    spawn_api_sharing(other.redis_url.clone(), other.prefix.clone(), settings).await
+}
+
+async fn spawn_api_sharing(redis_url: String, prefix: String, settings: &[&str]) -> TestApi {
     let db = TestDatabase::create().await;
-    let prefix = unique_prefix();
     let config = ApiConfig::parse_from(
         [
             "sendonce-api",

@@ -1,6 +1,9 @@
 use serde_json::json;
 
-use crate::helpers::{SECRET, assert_problem, spawn_api, spawn_api_with, valid_body};
+use crate::helpers::{
+    SECRET, assert_problem, spawn_api, spawn_api_on_redis_with, spawn_api_with, spawn_replica_of,
+    valid_body,
+};
 
 #[tokio::test]
 async fn a_body_over_max_body_bytes_is_refused_with_413_and_not_stored() {
@@ -130,4 +133,87 @@ async fn a_subject_over_its_write_rate_limit_gets_429_with_retry_after() {
         accepted + 1,
         "the refused job was not stored"
     );
+}
+
+#[tokio::test]
+async fn api_replicas_on_one_redis_share_a_subjects_rate_limit() {
+    let settings = ["--jwt-secret", SECRET, "--rate-limit-per-sec", "1"];
+    let a = spawn_api_with(&settings).await;
+    let b = spawn_replica_of(&a, &settings).await;
+    let token = a
+        .keys
+        .mint("shared", "jobs:write", std::time::Duration::from_secs(600))
+        .expect("mint");
+
+    // A one-per-second bucket: what one replica took, the other cannot.
+    // (Per process, each replica had a bucket of its own, and both were 202.)
+    let first = a.post_job(Some(&token), &valid_body()).await;
+    let second = b.post_job(Some(&token), &valid_body()).await;
+
+    assert_eq!(first.status(), 202);
+    assert_eq!(second.status(), 429);
+    assert_eq!(
+        second
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    assert_problem(second, 429, "too many requests").await;
+}
+
+#[tokio::test]
+async fn a_burst_spread_over_two_replicas_gets_one_budget_not_two() {
+    let settings = ["--jwt-secret", SECRET, "--rate-limit-per-sec", "5"];
+    let a = spawn_api_with(&settings).await;
+    let b = spawn_replica_of(&a, &settings).await;
+    let token = a
+        .keys
+        .mint("burst", "jobs:write", std::time::Duration::from_secs(600))
+        .expect("mint");
+
+    let mut accepted = 0;
+    let started = std::time::Instant::now();
+    for i in 0..10 {
+        let api = if i % 2 == 0 { &a } else { &b };
+        let mut body = valid_body();
+        body["idempotency_key"] = serde_json::json!(format!("burst:{i}"));
+        let status = api.post_job(Some(&token), &body).await.status();
+        if status == 202 {
+            accepted += 1;
+        } else {
+            assert_eq!(status, 429);
+        }
+    }
+
+    // 5 at once, plus what refills (one per 200 ms) while the posts ran;
+    // two buckets would have taken all 10 within a second.
+    let refilled = (started.elapsed().as_secs_f64() * 5.0).ceil() as usize;
+    assert!(
+        accepted >= 5 && accepted <= 5 + refilled,
+        "{accepted} of 10 accepted in {:?}: the two replicas did not share one bucket of 5",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn with_redis_down_each_replica_still_limits_on_its_own() {
+    let mut redis = sendonce_testkit::RedisServer::start(Default::default()).await;
+    let api = spawn_api_on_redis_with(
+        redis.url(),
+        &["--jwt-secret", SECRET, "--rate-limit-per-sec", "1"],
+    )
+    .await;
+    let token = api
+        .keys
+        .mint("offline", "jobs:write", std::time::Duration::from_secs(600))
+        .expect("mint");
+    redis.stop();
+
+    // Accepted all the same (recorded in Postgres), and limited.
+    let first = api.post_job(Some(&token), &valid_body()).await;
+    let second = api.post_job(Some(&token), &valid_body()).await;
+
+    assert_eq!(first.status(), 202);
+    assert_eq!(second.status(), 429);
 }

@@ -54,6 +54,52 @@ async fn readyz_answers_503_while_redis_is_down_and_200_once_it_returns() {
     assert_eq!(get(&api.client, &healthz).await.status(), 200);
 }
 
+/// Length of the queue under `prefix` on `server`, over its own connection.
+async fn queue_len_on(server: &RedisServer, prefix: &str) -> u64 {
+    server
+        .command(&["LLEN", &format!("{{{prefix}}}:queue")])
+        .await
+        .expect("LLEN")
+        .parse()
+        .expect("a length")
+}
+
+#[tokio::test]
+async fn readyz_fails_on_a_demoted_primary_and_the_api_recovers_when_it_is_promoted_again() {
+    let redis = RedisServer::start(RedisOptions::default()).await;
+    let other = RedisServer::start(RedisOptions::default()).await;
+    let api = spawn_api_on_redis(redis.url()).await;
+    let readyz = format!("{}/readyz", api.address);
+    let token = api.token("jobs:write");
+    assert_eq!(get(&api.client, &readyz).await.status(), 200);
+
+    // A PING still answers on a replica; only a write tells.
+    redis.replicaof(Some(other.port())).await;
+    let down = eventually("/readyz answers 503 on a replica", DEADLINE, || async {
+        let response = get(&api.client, &readyz).await;
+        (response.status() == 503).then_some(response)
+    })
+    .await;
+    assert_problem(down, 503, "redis").await;
+
+    redis.replicaof(None).await;
+    eventually(
+        "/readyz answers 200 once the server is a primary again",
+        DEADLINE,
+        || async { (get(&api.client, &readyz).await.status() == 200).then_some(()) },
+    )
+    .await;
+    let mut body = valid_body();
+    body["idempotency_key"] = serde_json::json!("after-promotion");
+    assert_eq!(api.post_job(Some(&token), &body).await.status(), 202);
+    eventually(
+        "the job posted after the promotion reaches the queue",
+        DEADLINE,
+        || async { (queue_len_on(&redis, &api.prefix).await == 1).then_some(()) },
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn a_job_posted_while_redis_is_down_is_accepted_pushed_once_redis_is_back_and_its_retry_is_a_replay()
  {

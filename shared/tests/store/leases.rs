@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use sendonce_shared::queue::{self, Queue};
+use sendonce_shared::queue::{self, Queue, RedisTls};
 use sendonce_testkit::{RedisOptions, RedisServer, TestDatabase, eventually, unique_prefix};
 
 use crate::store_for;
@@ -14,15 +14,16 @@ use crate::store_for;
 async fn a_freshly_restarted_redis_is_not_reaped_before_a_lease_has_passed() {
     let redis = RedisServer::start(RedisOptions::default()).await;
     let url = secrecy::SecretString::from(redis.url());
-    let queue = Queue::new(queue::connect(&url, 2).expect("pool"), &unique_prefix());
+    let queue = Queue::new(
+        queue::connect(&url, &RedisTls::default()).expect("pool"),
+        &unique_prefix(),
+    );
     queue
         .heartbeat("w", Duration::from_millis(1))
         .await
         .expect("lease");
     queue.push(&["task".to_owned()]).await.expect("push");
-    let mut popper = Queue::popper(&url, Duration::from_secs(1))
-        .await
-        .expect("popper");
+    let mut popper = queue.popper(Duration::from_secs(1)).await.expect("popper");
     queue
         .pop(&mut popper, "w", Duration::from_secs(1))
         .await

@@ -7,10 +7,11 @@ mod acceptance;
 mod connection;
 mod leases;
 mod pooler;
+mod postgres_tls;
 mod readiness;
+mod redis_tls;
 mod requeue;
 mod state_machine;
-mod tls;
 mod upgrade;
 
 use std::time::Duration;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use secrecy::SecretString;
-use sendonce_shared::queue::{self, Queue};
+use sendonce_shared::queue::{self, Queue, RedisTls};
 use sendonce_shared::readiness::{self, NotReady};
 use sendonce_shared::store::{self, Store};
 use sendonce_testkit::{TestDatabase, unique_prefix};
@@ -15,7 +15,8 @@ use tokio::net::TcpListener;
 const DEADLINE: Duration = Duration::from_secs(30);
 
 fn queue_at(url: &str) -> Queue {
-    let pool = queue::connect(&SecretString::from(url.to_owned()), 2).expect("Redis pool");
+    let pool = queue::connect(&SecretString::from(url.to_owned()), &RedisTls::default())
+        .expect("Redis pool");
     Queue::new(pool, &unique_prefix())
 }
 

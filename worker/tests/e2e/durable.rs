@@ -11,6 +11,7 @@ async fn system_on(redis: &RedisServer, worker_args: &[&str]) -> TestSystem {
     spawn_system(Options {
         redis_url: Some(redis.url()),
         worker_args: worker_args.iter().map(|s| (*s).to_owned()).collect(),
+        ..Options::default()
     })
     .await
 }

@@ -118,6 +118,7 @@ async fn a_redis_restart_while_the_data_is_out_does_not_make_a_delivered_message
     let system = spawn_system(Options {
         redis_url: Some(redis.url()),
         worker_args: vec!["--worker-lease-ms".into(), "2000".into()],
+        ..Options::default()
     })
     .await;
     let _a = system.spawn_worker().await;

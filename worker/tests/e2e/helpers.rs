@@ -32,6 +32,8 @@ pub fn shared_redis_url() -> String {
 pub struct Options {
     pub redis_url: Option<String>,
     pub worker_args: Vec<String>,
+    /// Flags for both the API and the workers (`--redis-ca-file ...`).
+    pub redis_args: Vec<String>,
 }
 
 /// An API, an SMTP server and a database, with workers started on demand.
@@ -85,23 +87,27 @@ pub async fn spawn_system(options: Options) -> TestSystem {
     let db_url = process_db_url(&db, bouncer.as_ref());
     let prefix = unique_prefix();
     let redis_url = options.redis_url.clone().unwrap_or_else(shared_redis_url);
-    let config = ApiConfig::parse_from([
-        "sendonce-api",
-        "--database-pooler",
-        pooler(bouncer.as_ref()),
-        "--api-addr",
-        "127.0.0.1:0",
-        "--metrics-addr",
-        "127.0.0.1:0",
-        "--database-url",
-        &db_url,
-        "--redis-url",
-        &redis_url,
-        "--redis-key-prefix",
-        &prefix,
-        "--jwt-secret",
-        SECRET,
-    ]);
+    let config = ApiConfig::parse_from(
+        [
+            "sendonce-api",
+            "--database-pooler",
+            pooler(bouncer.as_ref()),
+            "--api-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--database-url",
+            &db_url,
+            "--redis-url",
+            &redis_url,
+            "--redis-key-prefix",
+            &prefix,
+            "--jwt-secret",
+            SECRET,
+        ]
+        .into_iter()
+        .chain(options.redis_args.iter().map(String::as_str)),
+    );
     let token = JwtKeys::from_config(&config)
         .expect("JWT settings")
         .mint(
@@ -193,6 +199,7 @@ impl TestSystem {
         .into_iter()
         .map(String::from)
         .collect();
+        args.extend(self.options.redis_args.iter().cloned());
         args.extend(self.options.worker_args.iter().cloned());
         args
     }
@@ -205,7 +212,10 @@ impl TestSystem {
     /// A queue handle on this system's keys.
     pub fn queue(&self) -> Queue {
         let url = secrecy::SecretString::from(self.redis_url.clone());
-        Queue::new(queue::connect(&url, 4).expect("redis pool"), &self.prefix)
+        Queue::new(
+            queue::connect(&url, &sendonce_shared::queue::RedisTls::default()).expect("redis pool"),
+            &self.prefix,
+        )
     }
 
     /// Pushes a task straight onto the queue, bypassing the API.

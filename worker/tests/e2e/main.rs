@@ -11,5 +11,6 @@ mod helpers;
 mod operations;
 mod retention;
 mod silent_postgres;
+mod topologies;
 mod window;
 mod wire;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use secrecy::SecretString;
 use sendonce_shared::store::{PgOptions, Store};
 use sendonce_testkit::PostgresServer;
-use sendonce_testkit::tls::TestCa;
+use sendonce_testkit::ca::TestCa;
 
 /// The server's certificate names this host only.
 const HOST: &str = "db.sendonce.test";
