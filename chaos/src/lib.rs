@@ -326,6 +326,10 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Summary> {
         ("RETRY_BASE_MS", "50".to_owned()),
         ("RETRY_MAX_MS", "500".to_owned()),
         ("MAX_ATTEMPTS", "5".to_owned()),
+        // Within the drain: a retry scheduled on a Redis that had just lost
+        // everything (its copy gone with the processing list) waits for the
+        // periodic reconciler, by design; so do copies lost otherwise.
+        ("RECONCILE_AFTER_MS", "3000".to_owned()),
         ("SMTP_TIMEOUT_MS", "5000".to_owned()),
         ("SHUTDOWN_GRACE_MS", "5000".to_owned()),
         ("METRICS_ADDR", "127.0.0.1:0".to_owned()),
