@@ -71,6 +71,8 @@ fi
 
 log "docker-compose.yml (static: no Docker engine here)"
 ./scripts/check-compose.sh
+log "deploy/kubernetes (offline schemas)"
+./scripts/check-kubernetes.sh
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
