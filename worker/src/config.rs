@@ -36,6 +36,12 @@ pub struct WorkerConfig {
     )]
     pub smtp: SmtpSettings,
 
+    /// Allow an `SMTP_URL` with a user and password but without assured
+    /// TLS (`smtp://` plain, or `tls=opportunistic`): the password may then
+    /// cross the network in clear. Off: such a URL stops the worker.
+    #[arg(long, env = "SMTP_ALLOW_PLAINTEXT_AUTH", default_value_t = false)]
+    pub smtp_allow_plaintext_auth: bool,
+
     /// Sender used when a job gives no `from`; its domain names the Message-ID.
     #[arg(long, env = "MAIL_FROM", default_value = "sendonce <noreply@sendonce.localhost>", value_parser = parse_address)]
     pub mail_from: EmailAddress,
@@ -106,6 +112,11 @@ impl WorkerConfig {
             self.reconcile_after >= Duration::from_millis(100),
             "RECONCILE_AFTER_MS must be at least 100"
         );
+        anyhow::ensure!(
+            self.smtp_allow_plaintext_auth || !self.smtp.may_authenticate_in_plaintext(),
+            "SMTP_URL has credentials but no assured TLS (use smtps:// or ?tls=required, \
+             or set SMTP_ALLOW_PLAINTEXT_AUTH=true to send them in clear)"
+        );
         Ok(())
     }
 }
@@ -116,4 +127,46 @@ fn parse_smtp_url(s: &str) -> Result<SmtpSettings, String> {
 
 fn parse_address(s: &str) -> Result<EmailAddress, String> {
     EmailAddress::parse(s).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::WorkerConfig;
+
+    fn validated(args: &[&str]) -> anyhow::Result<()> {
+        let args = std::iter::once("sendonce-worker").chain(args.iter().copied());
+        WorkerConfig::try_parse_from(args)?.validate()
+    }
+
+    #[test]
+    fn credentials_without_assured_tls_stop_the_worker_unless_allowed() {
+        let refused = validated(&["--smtp-url", "smtp://user:pass@relay.example.com"])
+            .expect_err("a password in clear is refused");
+        assert!(
+            refused.to_string().contains("SMTP_ALLOW_PLAINTEXT_AUTH"),
+            "{refused}"
+        );
+        assert!(
+            validated(&[
+                "--smtp-url",
+                "smtp://user:pass@relay.example.com?tls=opportunistic"
+            ])
+            .is_err()
+        );
+        validated(&[
+            "--smtp-url",
+            "smtp://user:pass@relay.example.com?tls=required",
+        ])
+        .expect("STARTTLS required");
+        validated(&["--smtp-url", "smtps://user:pass@relay.example.com"]).expect("implicit TLS");
+        validated(&["--smtp-url", "smtp://127.0.0.1:1025"]).expect("no credentials");
+        validated(&[
+            "--smtp-url",
+            "smtp://user:pass@relay.example.com",
+            "--smtp-allow-plaintext-auth",
+        ])
+        .expect("allowed on purpose");
+    }
 }

@@ -117,6 +117,13 @@ impl SmtpSettings {
         })
     }
 
+    /// Whether credentials could cross the network unencrypted: a user in
+    /// the URL with no TLS, or with STARTTLS only if offered (a server, or
+    /// anyone in the path, can leave it out).
+    pub fn may_authenticate_in_plaintext(&self) -> bool {
+        self.credentials.is_some() && matches!(self.tls, TlsMode::None | TlsMode::Opportunistic)
+    }
+
     fn tls_parameters(&self) -> Result<TlsParameters, lettre::transport::smtp::Error> {
         TlsParameters::new(self.host.clone())
     }
@@ -524,6 +531,16 @@ mod tests {
         let s = SmtpSettings::from_url("smtp://mx.example.com?tls=required").expect("starttls");
         assert_eq!((s.port, s.tls), (587, TlsMode::Required));
         assert!(SmtpSettings::from_url("http://x").is_err());
+        let plain = |url| {
+            SmtpSettings::from_url(url)
+                .expect("parses")
+                .may_authenticate_in_plaintext()
+        };
+        assert!(plain("smtp://user:pass@mx.example.com"));
+        assert!(plain("smtp://user:pass@mx.example.com?tls=opportunistic"));
+        assert!(!plain("smtp://user:pass@mx.example.com?tls=required"));
+        assert!(!plain("smtps://user:pass@mx.example.com"));
+        assert!(!plain("smtp://mx.example.com"));
         assert!(SmtpSettings::from_url("smtp://x?tls=maybe").is_err());
     }
 }
