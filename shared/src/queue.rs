@@ -20,6 +20,16 @@
 //! | `{p}:poison` | list | tasks that do not parse; kept for an operator, never dropped |
 //! | `{p}:rate:<sub>` | string, PX until full | the API's rate limit: a token subject's GCRA "theoretical arrival time" (µs, Redis clock) |
 //! | `{p}:ready` | string, PX 10 s | written by every readiness probe, so a probe fails where writes would (a replica, the wrong Cluster node) |
+//! | `{p}:housekeeper` | string, PX 2/3 lease | the worker elected to do the fleet's housekeeping (retry promotion, queue depths, the epoch check, the reconciler and the sweeper); taken and renewed with the heartbeat |
+//! | `{p}:depths` | string, PX 15 s | the queue depths the housekeeper last counted, `ready scheduled processing`, which every other worker exports as its gauges |
+//!
+//! # Cost per worker
+//!
+//! An idle worker's Redis commands do not grow with the fleet: a blocking
+//! pop per second, a heartbeat (which also contends for the housekeeper)
+//! every third of a lease, a reap that reads only lapsed leases every half
+//! lease, and a read of the published depths every 5 s. Only the
+//! housekeeper promotes, counts the processing lists and checks the epoch.
 
 use std::time::Duration;
 
@@ -111,6 +121,14 @@ impl Keys {
     pub fn ready(&self) -> String {
         format!("{}:ready", self.tag)
     }
+    /// The id of the worker doing the fleet's housekeeping.
+    pub fn housekeeper(&self) -> String {
+        format!("{}:housekeeper", self.tag)
+    }
+    /// The queue depths the housekeeper last counted.
+    pub fn depths(&self) -> String {
+        format!("{}:depths", self.tag)
+    }
 }
 
 /// The client for `url` (any of the URL kinds in [`connect`]'s module:
@@ -170,9 +188,21 @@ end
 return #due
 ";
 
+/// Renews a worker's lease and contends for the housekeeper: taken when
+/// free, renewed when held. Returns 1 when this worker is the housekeeper.
 const HEARTBEAT: &str = r"
--- KEYS: leases. ARGV: worker id, lease ms.
+-- KEYS: leases, housekeeper. ARGV: worker id, lease ms, housekeeper ms.
 redis.call('ZADD', KEYS[1], now_ms() + tonumber(ARGV[2]), ARGV[1])
+local holder = redis.call('GET', KEYS[2])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+  return 1
+end
+if not holder then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
+  return 1
+end
+return 0
 ";
 
 /// Lapsed leases, unless this Redis has been up for less than a lease: then
@@ -188,12 +218,15 @@ return redis.call('ZRANGE', KEYS[1], '-inf', now_ms(), 'BYSCORE', 'LIMIT', 0, AR
 ";
 
 const REAP: &str = r"
--- KEYS: leases, processing, queue. ARGV: worker id, force.
+-- KEYS: leases, processing, queue, housekeeper. ARGV: worker id, force.
+-- Forced (the worker's own hand-back at shutdown), it also gives up the
+-- housekeeper, so the next heartbeat elsewhere takes it at once.
 local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if ARGV[2] ~= '1' and deadline and tonumber(deadline) > now_ms() then return -1 end
 local n = 0
 while redis.call('LMOVE', KEYS[2], KEYS[3], 'RIGHT', 'RIGHT') do n = n + 1 end
 redis.call('ZREM', KEYS[1], ARGV[1])
+if ARGV[2] == '1' and redis.call('GET', KEYS[4]) == ARGV[1] then redis.call('DEL', KEYS[4]) end
 return n
 ";
 
@@ -578,7 +611,8 @@ impl Queue {
     }
 
     /// Moves up to `batch` tasks due by Redis's clock from the delayed set to
-    /// the queue. Atomic, so every worker may run it at once.
+    /// the queue. Atomic, so any number of workers may run it at once (the
+    /// housekeeper, and one that lost the role without knowing it yet).
     pub async fn promote_due(&self, batch: usize) -> Result<usize, QueueError> {
         let mut conn = self.conn().await?;
         Ok(self
@@ -614,16 +648,78 @@ impl Queue {
     }
 
     /// Registers `worker` and renews its lease for `lease` from now, by
-    /// Redis's clock.
-    pub async fn heartbeat(&self, worker: &str, lease: Duration) -> Result<(), QueueError> {
+    /// Redis's clock, and contends for the housekeeper: `true` when
+    /// `worker` is it (took it, or renewed it), for two thirds of `lease`.
+    /// Beating every third of a lease, a housekeeper keeps the role through
+    /// one missed beat, and a lost one is replaced within one lease.
+    pub async fn heartbeat(&self, worker: &str, lease: Duration) -> Result<bool, QueueError> {
         let mut conn = self.conn().await?;
-        self.heartbeat
+        let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+        let leads: i64 = self
+            .heartbeat
             .key(self.keys.leases())
+            .key(self.keys.housekeeper())
             .arg(worker)
-            .arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX))
-            .invoke_async::<()>(&mut conn)
+            .arg(lease_ms)
+            .arg((lease_ms / 3 * 2).max(1))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(leads == 1)
+    }
+
+    /// The id of the worker that is the housekeeper, if any is.
+    pub async fn housekeeper(&self) -> Result<Option<String>, QueueError> {
+        let mut conn = self.conn().await?;
+        Ok(redis::cmd("GET")
+            .arg(self.keys.housekeeper())
+            .query_async(&mut conn)
+            .await?)
+    }
+
+    /// Publishes the depths the housekeeper counted, for `ttl`.
+    pub async fn publish_depths(&self, depths: &Depths, ttl: Duration) -> Result<(), QueueError> {
+        let mut conn = self.conn().await?;
+        redis::cmd("SET")
+            .arg(self.keys.depths())
+            .arg(format!(
+                "{} {} {}",
+                depths.ready, depths.scheduled, depths.processing
+            ))
+            .arg("PX")
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+            .query_async::<()>(&mut conn)
             .await?;
         Ok(())
+    }
+
+    /// The depths the housekeeper last published; `None` when there are
+    /// none (no housekeeper for a while, or Redis lost them).
+    pub async fn published_depths(&self) -> Result<Option<Depths>, QueueError> {
+        let mut conn = self.conn().await?;
+        let text: Option<String> = redis::cmd("GET")
+            .arg(self.keys.depths())
+            .query_async(&mut conn)
+            .await?;
+        let Some(text) = text else { return Ok(None) };
+        let mut numbers = text.split(' ').map(str::parse::<u64>);
+        match (
+            numbers.next(),
+            numbers.next(),
+            numbers.next(),
+            numbers.next(),
+        ) {
+            (Some(Ok(ready)), Some(Ok(scheduled)), Some(Ok(processing)), None) => {
+                Ok(Some(Depths {
+                    ready,
+                    scheduled,
+                    processing,
+                }))
+            }
+            _ => Err(QueueError::Unexpected(format!(
+                "{} holds {text:?}, not three counts",
+                self.keys.depths()
+            ))),
+        }
     }
 
     /// Hands the tasks of workers whose lease has lapsed back to the queue,
@@ -650,8 +746,8 @@ impl Queue {
         Ok(moved)
     }
 
-    /// On shutdown: hands back everything `worker` still holds and
-    /// deregisters it.
+    /// On shutdown: hands back everything `worker` still holds, deregisters
+    /// it and, if it is the housekeeper, gives that up.
     pub async fn hand_back(&self, worker: &str) -> Result<usize, QueueError> {
         let mut conn = self.conn().await?;
         let n = self.invoke_reap(&mut conn, worker, true).await?;
@@ -669,13 +765,16 @@ impl Queue {
             .key(self.keys.leases())
             .key(self.keys.processing(worker))
             .key(self.keys.queue())
+            .key(self.keys.housekeeper())
             .arg(worker)
             .arg(if force { "1" } else { "0" })
             .invoke_async(conn)
             .await?)
     }
 
-    /// Lengths of the ready queue, the delayed set and all processing lists.
+    /// Lengths of the ready queue, the delayed set and all processing lists:
+    /// one command per registered worker, so only the housekeeper counts
+    /// (see [`Queue::publish_depths`]).
     pub async fn depths(&self) -> Result<Depths, QueueError> {
         let mut conn = self.conn().await?;
         let workers: Vec<String> = redis::cmd("ZRANGE")

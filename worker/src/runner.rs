@@ -39,8 +39,12 @@ const POP_BLOCK: Duration = Duration::from_secs(1);
 const PROMOTE_EVERY: Duration = Duration::from_millis(200);
 /// How often rows abandoned by dead holders are looked for.
 const SWEEP_EVERY_LEASES: u32 = 2;
-/// How often the queue-depth gauges are refreshed.
+/// How often the queue-depth gauges are refreshed (counted by the
+/// housekeeper, read by everyone else).
 const DEPTH_EVERY: Duration = Duration::from_secs(5);
+/// How long published depths live: a few refreshes, so a housekeeper
+/// gone quiet does not leave the fleet exporting stale ones for long.
+const DEPTH_TTL: Duration = Duration::from_secs(15);
 /// Most retries promoted per round.
 const PROMOTE_BATCH: usize = 500;
 /// How often each worker checks that Redis still has its epoch (a Redis
@@ -130,6 +134,10 @@ pub struct Worker {
     jobs: Mutex<HashSet<uuid::Uuid>>,
     /// Whether this process is running a re-push pass (at most one).
     restoring: AtomicBool,
+    /// Whether this worker's last heartbeat made it the housekeeper: the
+    /// one worker that promotes retries, counts the queue, checks the
+    /// epoch, reconciles and sweeps for the whole fleet.
+    housekeeper: AtomicBool,
 }
 
 impl Worker {
@@ -151,6 +159,7 @@ impl Worker {
             handling: Mutex::default(),
             jobs: Mutex::default(),
             restoring: AtomicBool::new(false),
+            housekeeper: AtomicBool::new(false),
         }
     }
 
@@ -168,6 +177,9 @@ impl Worker {
         tracing::info!(worker_id = %worker.id, concurrency = worker.config.worker_concurrency, "worker started");
 
         let stop = CancellationToken::new();
+        // Upkeep stops with this future even when it is dropped unfinished
+        // (a worker embedded in another program, aborted).
+        let _stop_upkeep = stop.clone().drop_guard();
         let upkeep = tokio::spawn(Arc::clone(&worker).upkeep(stop.clone()));
 
         let mut inflight = JoinSet::new();
@@ -293,21 +305,53 @@ impl Worker {
     }
 
     /// Renews this worker's lease in Redis (which guards its processing
-    /// list against reapers) and in Postgres (which guards its rows, and
-    /// without which it starts no data).
+    /// list against reapers, and holds or contends for the housekeeper) and
+    /// in Postgres (which guards its rows, and without which it starts no
+    /// data).
     async fn renew_leases(&self) -> anyhow::Result<()> {
         let lease = self.config.worker_lease;
         let (redis, postgres) = tokio::join!(
             self.queue.heartbeat(&self.id, lease),
             self.store.renew_lease(&self.id, lease)
         );
-        redis.context("failed to renew the lease in Redis")?;
+        let leads = match redis {
+            Ok(leads) => leads,
+            Err(e) => {
+                self.set_housekeeper(false);
+                return Err(e).context("failed to renew the lease in Redis");
+            }
+        };
+        self.set_housekeeper(leads);
         postgres.context("failed to renew the lease in Postgres")?;
         Ok(())
     }
 
-    /// Heartbeat, retry promotion, crash recovery and reconciliation,
-    /// until `stop`.
+    /// Records whether this worker is the housekeeper, saying so when that
+    /// changes.
+    fn set_housekeeper(&self, leads: bool) {
+        if self.housekeeper.swap(leads, Ordering::AcqRel) != leads {
+            telemetry::housekeeper(leads);
+            if leads {
+                tracing::info!(
+                    "this worker is now the housekeeper (retry promotion, queue depths, epoch, reconciler, sweeper)"
+                );
+            } else {
+                tracing::info!("this worker is no longer the housekeeper");
+            }
+        }
+    }
+
+    fn is_housekeeper(&self) -> bool {
+        self.housekeeper.load(Ordering::Acquire)
+    }
+
+    /// Heartbeat and reaping in every worker; retry promotion, queue
+    /// depths, the epoch check, the reconciler and the sweeper only in the
+    /// housekeeper (elected by the heartbeat), so an idle fleet's Redis
+    /// commands grow with its size, not with its square. Each of those is
+    /// safe to run in several workers at once (a housekeeper that lost the
+    /// role without knowing it yet), and the reaper, which crash recovery
+    /// waits on, needs no election. Until `stop`.
     async fn upkeep(self: Arc<Self>, stop: CancellationToken) {
         let lease = self.config.worker_lease;
         let mut beat = tokio::time::interval(lease / 3);
@@ -337,7 +381,7 @@ impl Worker {
                     }
                     return;
                 }
-                _ = epoch.tick() => {
+                _ = epoch.tick(), if self.is_housekeeper() => {
                     if !self.restoring.load(Ordering::Acquire) {
                         match self.queue.epoch_missing().await {
                             Ok(false) => {}
@@ -348,7 +392,7 @@ impl Worker {
                         }
                     }
                 }
-                _ = reconcile.tick() => {
+                _ = reconcile.tick(), if self.is_housekeeper() => {
                     let queue = &self.queue;
                     let pushed = self
                         .store
@@ -372,7 +416,7 @@ impl Worker {
                         tracing::warn!(error = format!("{e:#}"), "renewing the lease failed");
                     }
                 }
-                _ = promote.tick() => {
+                _ = promote.tick(), if self.is_housekeeper() => {
                     match self.queue.promote_due(PROMOTE_BATCH).await {
                         Ok(0) => {}
                         Ok(n) => tracing::debug!(promoted = n, "due retries back on the queue"),
@@ -389,7 +433,7 @@ impl Worker {
                         Err(e) => tracing::warn!(error = %error_chain(&e), "reaping dead workers failed"),
                     }
                 }
-                _ = sweep.tick() => {
+                _ = sweep.tick(), if self.is_housekeeper() => {
                     let push = |raw: String| {
                         let queue = self.queue.clone();
                         async move { queue.push(&[raw]).await }
@@ -400,11 +444,29 @@ impl Worker {
                         Err(e) => tracing::warn!(error = %error_chain(&e), "sweeping abandoned rows failed"),
                     }
                 }
-                _ = depth.tick() => match self.queue.depths().await {
-                    Ok(depths) => telemetry::queue_depth(&depths),
-                    Err(e) => tracing::warn!(error = %error_chain(&e), "reading queue depths failed"),
-                },
+                _ = depth.tick() => self.refresh_depths().await,
             }
+        }
+    }
+
+    /// The housekeeper counts the queue and publishes the counts; every
+    /// other worker reads them. Either way the gauges show the whole queue.
+    async fn refresh_depths(&self) {
+        let depths = if self.is_housekeeper() {
+            let counted = self.queue.depths().await;
+            if let Ok(depths) = &counted
+                && let Err(e) = self.queue.publish_depths(depths, DEPTH_TTL).await
+            {
+                tracing::debug!(error = %error_chain(&e), "publishing queue depths failed");
+            }
+            counted.map(Some)
+        } else {
+            self.queue.published_depths().await
+        };
+        match depths {
+            Ok(Some(depths)) => telemetry::queue_depth(&depths),
+            Ok(None) => tracing::debug!("no queue depths published yet"),
+            Err(e) => tracing::warn!(error = %error_chain(&e), "reading queue depths failed"),
         }
     }
 

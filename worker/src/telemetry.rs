@@ -24,6 +24,8 @@ pub const DEAD_LETTERED: &str = "sendonce_dead_lettered_total";
 pub const SMTP_SEND_DURATION: &str = "sendonce_smtp_send_duration_seconds";
 /// Tasks waiting or held, by `queue`.
 pub const QUEUE_DEPTH: &str = "sendonce_queue_depth";
+/// 1 on the worker that does the fleet's housekeeping, 0 elsewhere.
+pub const HOUSEKEEPER: &str = "sendonce_housekeeper";
 /// Tasks this process is working on.
 pub const INFLIGHT: &str = "sendonce_inflight";
 /// Tasks of dead workers handed back to the queue by this one.
@@ -69,9 +71,13 @@ fn register() {
     );
     describe_gauge!(
         QUEUE_DEPTH,
-        "Tasks ready, scheduled for a retry, or held by workers (the whole queue, as this worker last saw it)."
+        "Tasks ready, scheduled for a retry, or held by workers (the whole queue, as the housekeeper last counted it)."
     );
     describe_gauge!(INFLIGHT, "Tasks this process is working on.");
+    describe_gauge!(
+        HOUSEKEEPER,
+        "1 on the worker elected to promote retries, count the queue, check the epoch, reconcile and sweep for the fleet; 0 elsewhere."
+    );
     describe_counter!(
         TASKS_RECOVERED,
         "Tasks of dead workers handed back to the queue."
@@ -109,6 +115,12 @@ fn register() {
     let _ = histogram!(SMTP_SEND_DURATION);
     queue_depth(&Depths::default());
     gauge!(INFLIGHT).set(0.0);
+    housekeeper(false);
+}
+
+/// Sets whether this worker is the housekeeper.
+pub fn housekeeper(leads: bool) {
+    gauge!(HOUSEKEEPER).set(if leads { 1.0 } else { 0.0 });
 }
 
 /// Records an accepted email.

@@ -73,3 +73,62 @@ async fn store_sessions_commit_synchronously_whatever_the_default() {
 
     assert_eq!(setting, "on");
 }
+
+/// One housekeeper at a time, elected by the heartbeat: the first worker to
+/// beat takes it, others do not while it renews, a housekeeper that stops
+/// beating is replaced within one lease, and one that shuts down hands it
+/// over at once.
+#[tokio::test]
+async fn the_housekeeper_is_one_worker_replaced_within_a_lease_when_it_stops() {
+    let url = secrecy::SecretString::from(
+        std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+    );
+    let queue = Queue::new(
+        queue::connect(&url, &RedisTls::default()).expect("client"),
+        &unique_prefix(),
+    );
+    let lease = Duration::from_millis(900);
+
+    assert!(
+        queue.heartbeat("a", lease).await.expect("beat"),
+        "the first beat takes it"
+    );
+    assert!(!queue.heartbeat("b", lease).await.expect("beat"), "taken");
+    assert!(
+        queue.heartbeat("a", lease).await.expect("beat"),
+        "renewed by its holder"
+    );
+    assert!(
+        !queue.heartbeat("b", lease).await.expect("beat"),
+        "still taken"
+    );
+
+    // "a" stops beating; "b" beats every third of a lease, as workers do.
+    let stopped = tokio::time::Instant::now();
+    let took_over = eventually("b takes over", lease * 2, || {
+        let queue = queue.clone();
+        async move {
+            let leads = queue.heartbeat("b", lease).await.expect("beat");
+            if !leads {
+                tokio::time::sleep(lease / 3).await;
+            }
+            leads.then(|| stopped.elapsed())
+        }
+    })
+    .await;
+    assert!(
+        took_over <= lease + lease / 3,
+        "replaced only after {took_over:?} (lease {lease:?})"
+    );
+    assert!(
+        !queue.heartbeat("a", lease).await.expect("beat"),
+        "a came back second"
+    );
+
+    // A housekeeper's hand-back at shutdown frees it for the next beat.
+    queue.hand_back("b").await.expect("hand back");
+    assert!(
+        queue.heartbeat("a", lease).await.expect("beat"),
+        "free after b left"
+    );
+}

@@ -160,3 +160,77 @@ async fn a_task_moved_into_a_live_workers_list_by_a_pop_whose_reply_was_lost_is_
     assert_eq!(job["attempts"], 1);
     assert_eq!(system.smtp.messages().len(), 2);
 }
+
+/// Only the housekeeper promotes retries. SIGKILLed, it is replaced within
+/// about a lease by a surviving worker, whose promotion delivers a retry
+/// scheduled after the kill.
+#[tokio::test]
+async fn a_sigkilled_housekeeper_is_replaced_and_retries_still_come_back() {
+    let system = spawn_system(Options::default()).await;
+    let queue = system.queue();
+    let mut first = system.spawn_worker_process(None);
+    let first_pid = first.id().to_string();
+    let holder = sendonce_testkit::eventually("a housekeeper", DEADLINE, || {
+        let queue = queue.clone();
+        async move { queue.housekeeper().await.ok().flatten() }
+    })
+    .await;
+    assert!(
+        holder.starts_with(&format!("{first_pid}-")),
+        "the only worker is the housekeeper: {holder}"
+    );
+    let mut second = system.spawn_worker_process(None);
+    let second_pid = second.id().to_string();
+    eventually_registered(&system.redis_url, &queue, 2).await;
+
+    first.kill().expect("SIGKILL the housekeeper");
+    first.wait().expect("reap it");
+    let killed_at = tokio::time::Instant::now();
+    // Fails its first RCPT: the retry waits in the delayed set, which only
+    // a housekeeper moves back to the queue.
+    let answer = system
+        .post_ok(&email(
+            "again+flaky-1@example.com",
+            Some("housekeeper:retry"),
+        ))
+        .await;
+    let job_id = answer["job_id"].as_str().expect("job id");
+    let done = system.wait_for_status(job_id, "sent").await;
+    assert_eq!(done["attempts"], 2, "{done}");
+    let holder = queue
+        .housekeeper()
+        .await
+        .expect("read")
+        .expect("a housekeeper");
+    assert!(
+        holder.starts_with(&format!("{second_pid}-")),
+        "the survivor took over: {holder}"
+    );
+    eprintln!(
+        "the survivor took over and the retry was sent {:?} after the kill (lease 2 s)",
+        killed_at.elapsed()
+    );
+    system.smtp.wait_for_messages(1, DEADLINE).await;
+    second.kill().expect("stop the survivor");
+    second.wait().expect("reap it");
+}
+
+async fn eventually_registered(url: &str, queue: &sendonce_shared::queue::Queue, n: usize) {
+    let url = url.to_owned();
+    let leases = queue.keys().leases();
+    sendonce_testkit::eventually("both workers registered", DEADLINE, || {
+        let url = url.clone();
+        let leases = leases.clone();
+        async move {
+            let client = redis::Client::open(url).ok()?;
+            let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+            let count: usize = redis::cmd("ZCARD")
+                .arg(&leases)
+                .query_async(&mut conn)
+                .await
+                .ok()?;
+            (count == n).then_some(())
+        }
+    })
+    .await;
+}
