@@ -7,10 +7,12 @@
 //! - [`runner`]: the run loop: reliable pop, L1 and L2 claims, send, record,
 //!   acknowledge; leases, retry promotion, crash recovery and the sweeper.
 //! - [`mailer`]: pooled SMTP connections driven command by command, so a
-//!   failure is known to be before or after the data went out; its `relays`
-//!   module chooses among several relays and skips unavailable ones for a
-//!   while; its `wire` module keeps bodies, headers and addresses within
-//!   what strict servers accept, and addresses out of stored replies.
+//!   failure is known to be before or after the data went out; its
+//!   `connection` module opens and checks one relay's connections, its
+//!   `relays` module chooses among several relays and skips unavailable
+//!   ones for a while, and its `wire` module keeps bodies, headers and
+//!   addresses within what strict servers accept, and addresses out of
+//!   stored replies.
 //! - [`retry`]: exponential backoff with full jitter.
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics` on `METRICS_ADDR`.
 //! - [`telemetry`]: every metric's name and help, registered at start-up,
