@@ -41,7 +41,7 @@ pub mod retention;
 mod sql;
 
 pub use acceptance::{AcceptError, Accepted, Acceptor, Submission};
-pub use claims::{Claim, Fence};
+pub use claims::{Claim, Fence, Retrying};
 pub use connection::{PgOptions, Pooler};
 pub use leases::Swept;
 pub use reconcile::{WaitingCursor, WaitingPage};

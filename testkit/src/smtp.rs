@@ -70,6 +70,11 @@ pub enum Fault {
     /// `drop-before-data`: the connection is closed as soon as RCPT arrives,
     /// without a reply.
     DropBeforeData,
+    /// `busy-CODE-N`: the first N RCPTs for this exact address get the reply
+    /// of a relay over its limit, CODE one of 421 (`421 4.7.0`, and the
+    /// connection is closed), 451 (`451 4.7.1`) or 454 (`454 4.7.0`); later
+    /// ones are accepted.
+    Busy(u16, usize),
 }
 
 impl Fault {
@@ -103,6 +108,7 @@ impl fmt::Display for Fault {
             Self::SlowData(delay) => write!(f, "slow-data-{}", delay.as_millis()),
             Self::DropAfterData => f.write_str("drop-after-data"),
             Self::DropBeforeData => f.write_str("drop-before-data"),
+            Self::Busy(code, n) => write!(f, "busy-{code}-{n}"),
         }
     }
 }
@@ -122,6 +128,14 @@ impl FromStr for Fault {
             _ => {
                 if let Some(n) = tag.strip_prefix("flaky-") {
                     Self::Flaky(n.parse().map_err(|_| unknown())?)
+                } else if let Some(rest) = tag.strip_prefix("busy-") {
+                    let (code, n) = rest.split_once('-').ok_or_else(unknown)?;
+                    let code = code
+                        .parse()
+                        .ok()
+                        .filter(|code| matches!(code, 421 | 451 | 454))
+                        .ok_or_else(unknown)?;
+                    Self::Busy(code, n.parse().map_err(|_| unknown())?)
                 } else if let Some(ms) = tag.strip_prefix("slow-data-") {
                     Self::SlowData(Duration::from_millis(ms.parse().map_err(|_| unknown())?))
                 } else {
@@ -684,6 +698,18 @@ impl Session {
             }
             Some(Fault::RejectRcpt) => self.reply("550 5.1.1 no such user").await?,
             Some(Fault::DropBeforeData) => return Ok(Flow::Close),
+            Some(Fault::Busy(421, n)) if attempt <= n => {
+                self.reply("421 4.7.0 too many connections, closing")
+                    .await?;
+                return Ok(Flow::Close);
+            }
+            Some(Fault::Busy(451, n)) if attempt <= n => {
+                self.reply("451 4.7.1 rate limit exceeded, try again later")
+                    .await?;
+            }
+            Some(Fault::Busy(_, n)) if attempt <= n => {
+                self.reply("454 4.7.0 relay over its sending limit").await?;
+            }
             _ => {
                 let rcpt = rcpt.to_owned();
                 if let Some(envelope) = self.envelope.as_mut() {
@@ -804,11 +830,16 @@ mod tests {
             Fault::SlowData(Duration::from_millis(250)),
             Fault::DropAfterData,
             Fault::DropBeforeData,
+            Fault::Busy(421, 1),
+            Fault::Busy(451, 2),
+            Fault::Busy(454, 3),
         ];
         for fault in faults {
             assert_eq!(fault.to_string().parse::<Fault>(), Ok(fault));
         }
         assert!("flaky-x".parse::<Fault>().is_err());
+        assert!("busy-450-1".parse::<Fault>().is_err());
+        assert!("busy-421".parse::<Fault>().is_err());
         assert!("nonsense".parse::<Fault>().is_err());
     }
 

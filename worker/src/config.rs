@@ -7,7 +7,7 @@ use clap::{Parser, ValueEnum};
 use sendonce_shared::config::{CommonConfig, parse_millis, secret};
 use sendonce_shared::domain::EmailAddress;
 
-use crate::mailer::SmtpSettings;
+use crate::mailer::{RelayPolicy, SmtpRelays};
 
 /// What to do with a send whose outcome is unknown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -25,16 +25,36 @@ pub struct WorkerConfig {
     #[command(flatten)]
     pub common: CommonConfig,
 
-    /// SMTP server, in lettre's URL syntax: `smtp://host:port` (plain),
+    /// SMTP relays, in lettre's URL syntax: `smtp://host:port` (plain),
     /// `smtp://host?tls=required` (STARTTLS), `smtps://user:pass@host:465`.
+    /// Several relays are separated by commas, each with its own
+    /// credentials and TLS; a comma inside a URL is written `%2C`.
     #[arg(
         long = "smtp-url",
         env = "SMTP_URL",
         default_value = "smtp://127.0.0.1:1025",
-        value_parser = secret(parse_smtp_url),
+        value_parser = secret(SmtpRelays::parse),
         hide_env_values = true
     )]
-    pub smtp: SmtpSettings,
+    pub smtp: SmtpRelays,
+
+    /// Which relay of `SMTP_URL` a send tries first: `failover` (the first
+    /// available one in order) or `spread` (round-robin over the available
+    /// ones). Either way a relay that cannot be reached, or is over its
+    /// limit, is passed over for the next in the same attempt.
+    #[arg(long, env = "SMTP_RELAY_POLICY", value_enum, default_value_t = RelayPolicy::Failover)]
+    pub smtp_relay_policy: RelayPolicy,
+
+    /// Pooled connections per relay in this process; a send waits for one
+    /// of its relay's. Defaults to `WORKER_CONCURRENCY`.
+    #[arg(long, env = "SMTP_RELAY_MAX_CONNECTIONS", value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub smtp_relay_max_connections: Option<u16>,
+
+    /// How long, in ms, a relay that refused a connection, did not greet in
+    /// time, or said it is over its limit is passed over while another relay
+    /// is available.
+    #[arg(long = "smtp-relay-cooldown-ms", env = "SMTP_RELAY_COOLDOWN_MS", default_value = "30000", value_parser = parse_millis)]
+    pub smtp_relay_cooldown: Duration,
 
     /// Allow an `SMTP_URL` with a user and password but without assured
     /// TLS (`smtp://` plain, or `tls=opportunistic`): the password may then
@@ -112,17 +132,31 @@ impl WorkerConfig {
             self.reconcile_after >= Duration::from_millis(100),
             "RECONCILE_AFTER_MS must be at least 100"
         );
-        anyhow::ensure!(
-            self.smtp_allow_plaintext_auth || !self.smtp.may_authenticate_in_plaintext(),
-            "SMTP_URL has credentials but no assured TLS (use smtps:// or ?tls=required, \
-             or set SMTP_ALLOW_PLAINTEXT_AUTH=true to send them in clear)"
-        );
+        if !self.smtp_allow_plaintext_auth {
+            let many = self.smtp.len() > 1;
+            for (i, relay) in self.smtp.iter().enumerate() {
+                let entry = if many {
+                    format!(" entry {} of {}", i + 1, self.smtp.len())
+                } else {
+                    String::new()
+                };
+                anyhow::ensure!(
+                    !relay.may_authenticate_in_plaintext(),
+                    "SMTP_URL{entry} has credentials but no assured TLS (use smtps:// or \
+                     ?tls=required, or set SMTP_ALLOW_PLAINTEXT_AUTH=true to send them in clear)"
+                );
+            }
+        }
         Ok(())
     }
-}
 
-fn parse_smtp_url(s: &str) -> Result<SmtpSettings, String> {
-    SmtpSettings::from_url(s)
+    /// Pooled SMTP connections per relay.
+    pub fn smtp_relay_max_connections(&self) -> usize {
+        usize::from(
+            self.smtp_relay_max_connections
+                .unwrap_or(self.worker_concurrency),
+        )
+    }
 }
 
 fn parse_address(s: &str) -> Result<EmailAddress, String> {
@@ -168,5 +202,59 @@ mod tests {
             "--smtp-allow-plaintext-auth",
         ])
         .expect("allowed on purpose");
+    }
+
+    #[test]
+    fn every_relay_needs_assured_tls_for_its_credentials() {
+        let refused = validated(&[
+            "--smtp-url",
+            "smtps://user:pass@a.example.com,smtp://user:pass@b.example.com",
+        ])
+        .expect_err("the second relay would send its password in clear");
+        assert!(refused.to_string().contains("entry 2 of 2"), "{refused}");
+        assert!(!refused.to_string().contains("pass"), "{refused}");
+        validated(&[
+            "--smtp-url",
+            "smtps://user:pass@a.example.com,smtp://b.example.com:25",
+        ])
+        .expect("the second relay has no credentials");
+        validated(&[
+            "--smtp-url",
+            "smtp://user:pass@a.example.com,smtp://user:pass@b.example.com",
+            "--smtp-allow-plaintext-auth",
+        ])
+        .expect("allowed for every relay");
+    }
+
+    #[test]
+    fn a_bad_relay_url_is_refused_naming_its_entry_but_not_its_text() {
+        let args = [
+            "sendonce-worker",
+            "--smtp-url",
+            "smtp://a.example.com,ftp://user:s3cret@b.example.com",
+        ];
+        let refused = WorkerConfig::try_parse_from(args).expect_err("a bad entry");
+        let text = refused.to_string();
+        assert!(
+            text.contains("SMTP_URL") && text.contains("entry 2 of 2"),
+            "{text}"
+        );
+        assert!(!text.contains("s3cret"), "{text}");
+    }
+
+    #[test]
+    fn relays_get_worker_concurrency_connections_each_unless_capped() {
+        let parsed = |args: &[&str]| {
+            let args = std::iter::once("sendonce-worker").chain(args.iter().copied());
+            WorkerConfig::try_parse_from(args).expect("parses")
+        };
+        assert_eq!(
+            parsed(&["--worker-concurrency", "8"]).smtp_relay_max_connections(),
+            8
+        );
+        assert_eq!(
+            parsed(&["--smtp-relay-max-connections", "3"]).smtp_relay_max_connections(),
+            3
+        );
     }
 }

@@ -7,9 +7,12 @@
 //! - [`runner`]: the run loop: reliable pop, L1 and L2 claims, send, record,
 //!   acknowledge; leases, retry promotion, crash recovery and the sweeper.
 //! - [`mailer`]: pooled SMTP connections driven command by command, so a
-//!   failure is known to be before or after the data went out; its `wire`
-//!   module keeps bodies, headers and addresses within what strict servers
-//!   accept, and addresses out of stored replies.
+//!   failure is known to be before or after the data went out; its
+//!   `connection` module opens and checks one relay's connections, its
+//!   `relays` module chooses among several relays and skips unavailable
+//!   ones for a while, and its `wire` module keeps bodies, headers and
+//!   addresses within what strict servers accept, and addresses out of
+//!   stored replies.
 //! - [`retry`]: exponential backoff with full jitter.
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics` on `METRICS_ADDR`.
 //! - [`telemetry`]: every metric's name and help, registered at start-up,
@@ -32,7 +35,7 @@ use sendonce_shared::queue::{self, Queue};
 use sendonce_shared::store::Store;
 
 use crate::config::WorkerConfig;
-use crate::mailer::Mailer;
+use crate::mailer::{Mailer, RelayOptions};
 use crate::runner::Worker;
 
 /// A worker ready to run, with its health server bound.
@@ -77,10 +80,14 @@ impl Application {
         queue.ping().await.context("failed to reach REDIS_URL")?;
         sendonce_shared::readiness::warn_at_start(&queue).await;
         let mailer = Mailer::new(
-            config.smtp.clone(),
+            &config.smtp,
+            RelayOptions {
+                policy: config.smtp_relay_policy,
+                max_connections: config.smtp_relay_max_connections(),
+                cooldown: config.smtp_relay_cooldown,
+            },
             config.mail_from.clone(),
             config.smtp_timeout,
-            concurrency,
         )?;
         let listener = TcpListener::bind(config.metrics_addr)
             .with_context(|| format!("failed to bind METRICS_ADDR {}", config.metrics_addr))?;

@@ -7,215 +7,38 @@
 //! the server's `354` and the data, and records that the data is about to go
 //! out. A failure before that point is safe to retry; a failure after it,
 //! without a definite reply, is the ambiguous window.
+//!
+//! `SMTP_URL` may name several relays, each with its own pool. A relay that
+//! cannot be reached, or says it is over its limit, before the `354` is
+//! skipped for `SMTP_RELAY_COOLDOWN_MS` and the send moves on to the next
+//! one in the same attempt: nothing was sent, and `before_data` has not run,
+//! so the claim and its fence carry over untouched. From the `354` on, the
+//! send stays with its relay.
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use deadpool::managed::{self, Metrics, Pool, RecycleError, RecycleResult};
+use deadpool::managed::{Object, Pool, PoolError};
 use email_encoding::headers::rfc2047;
 use lettre::Message;
 use lettre::message::header::{self, Header};
 use lettre::message::{MultiPart, SinglePart};
-use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::client::AsyncSmtpConnection;
 use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
-use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
+use lettre::transport::smtp::extension::{Extension, MailBodyParameter, MailParameter};
 use lettre::transport::smtp::response::Response;
 use sendonce_shared::domain::{EmailAddress, Task};
 
+pub use connection::{ConnectError, SmtpManager, SmtpSettings, TlsMode};
+use relays::says_relay_is_busy;
+pub use relays::{RelayChooser, RelayPolicy, SmtpRelays};
 use wire::{a_labels, crlf, fit, fit_mailbox, redact};
 
+use crate::telemetry::{self, Unavailable};
+
+mod connection;
+mod relays;
 mod wire;
-
-/// A pooled connection unused for longer than this is checked with `NOOP`
-/// before reuse, since servers close idle connections.
-const IDLE_CHECK_AFTER: Duration = Duration::from_secs(10);
-
-/// How the connection is secured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TlsMode {
-    /// Plain text.
-    None,
-    /// STARTTLS when the server offers it.
-    Opportunistic,
-    /// STARTTLS, or fail.
-    Required,
-    /// TLS from the first byte (`smtps://`).
-    Implicit,
-}
-
-/// Where and how to connect, parsed from `SMTP_URL`.
-#[derive(Clone)]
-pub struct SmtpSettings {
-    host: String,
-    port: u16,
-    tls: TlsMode,
-    credentials: Option<Credentials>,
-    hello: ClientId,
-}
-
-impl fmt::Debug for SmtpSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SmtpSettings")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("tls", &self.tls)
-            .field(
-                "credentials",
-                &self.credentials.as_ref().map(|_| "[REDACTED]"),
-            )
-            .finish()
-    }
-}
-
-impl SmtpSettings {
-    /// Parses lettre's URL syntax: `smtp[s]://[user:pass@]host[:port][/ehlo-name][?tls=required|opportunistic]`.
-    pub fn from_url(s: &str) -> Result<Self, String> {
-        let url = url::Url::parse(s).map_err(|e| format!("not a URL: {e}"))?;
-        let host = url
-            .host_str()
-            .filter(|h| !h.is_empty())
-            .ok_or("has no host")?
-            .trim_matches(['[', ']'])
-            .to_owned();
-        let tls_param = url
-            .query_pairs()
-            .find(|(k, _)| k == "tls")
-            .map(|(_, v)| v.into_owned());
-        let (tls, default_port) = match (url.scheme(), tls_param.as_deref()) {
-            ("smtps", None) => (TlsMode::Implicit, 465),
-            ("smtp", None) => (TlsMode::None, 25),
-            ("smtp", Some("required")) => (TlsMode::Required, 587),
-            ("smtp", Some("opportunistic")) => (TlsMode::Opportunistic, 587),
-            ("smtp", Some(other)) => {
-                return Err(format!("tls={other} is not one of required, opportunistic"));
-            }
-            (scheme, _) => return Err(format!("scheme {scheme} is not smtp or smtps")),
-        };
-        let credentials = match (url.username(), url.password()) {
-            ("", None) => None,
-            (user, pass) => {
-                let decode = |v: &str| {
-                    url::form_urlencoded::parse(v.as_bytes())
-                        .map(|(k, _)| k.into_owned())
-                        .next()
-                        .unwrap_or_default()
-                };
-                Some(Credentials::new(decode(user), decode(pass.unwrap_or(""))))
-            }
-        };
-        let hello = match url.path().trim_start_matches('/') {
-            "" => ClientId::default(),
-            name => ClientId::Domain(name.to_owned()),
-        };
-        Ok(Self {
-            host,
-            port: url.port().unwrap_or(default_port),
-            tls,
-            credentials,
-            hello,
-        })
-    }
-
-    /// Whether credentials could cross the network unencrypted: a user in
-    /// the URL with no TLS, or with STARTTLS only if offered (a server, or
-    /// anyone in the path, can leave it out).
-    pub fn may_authenticate_in_plaintext(&self) -> bool {
-        self.credentials.is_some() && matches!(self.tls, TlsMode::None | TlsMode::Opportunistic)
-    }
-
-    fn tls_parameters(&self) -> Result<TlsParameters, lettre::transport::smtp::Error> {
-        TlsParameters::new(self.host.clone())
-    }
-}
-
-/// Makes and checks pooled SMTP connections.
-#[derive(Debug)]
-pub struct SmtpManager {
-    settings: SmtpSettings,
-    timeout: Duration,
-}
-
-/// Opening a pooled SMTP connection failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    /// The TCP connection could not be made.
-    #[error("could not connect: {0}")]
-    Tcp(#[source] std::io::Error),
-    /// No TCP connection within `SMTP_TIMEOUT_MS`.
-    #[error("no TCP connection within {0:?}")]
-    Timeout(Duration),
-    /// The SMTP greeting, EHLO, STARTTLS or AUTH failed.
-    #[error(transparent)]
-    Smtp(#[from] lettre::transport::smtp::Error),
-}
-
-impl managed::Manager for SmtpManager {
-    type Type = AsyncSmtpConnection;
-    type Error = ConnectError;
-
-    async fn create(&self) -> Result<AsyncSmtpConnection, Self::Error> {
-        let s = &self.settings;
-        let mut conn = if s.tls == TlsMode::Implicit {
-            AsyncSmtpConnection::connect_tokio1(
-                (s.host.as_str(), s.port),
-                Some(self.timeout),
-                &s.hello,
-                Some(s.tls_parameters()?),
-                None,
-            )
-            .await?
-        } else {
-            let tcp = tokio::time::timeout(
-                self.timeout,
-                tokio::net::TcpStream::connect((s.host.as_str(), s.port)),
-            )
-            .await
-            .map_err(|_| ConnectError::Timeout(self.timeout))?
-            .map_err(ConnectError::Tcp)?;
-            // lettre writes the message and its closing dot in two writes;
-            // with Nagle's algorithm the dot waits for the server's delayed
-            // ACK (40 ms on Linux), on every message.
-            tcp.set_nodelay(true).map_err(ConnectError::Tcp)?;
-            AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &s.hello).await?
-        };
-        let starttls = match s.tls {
-            TlsMode::Required => true,
-            TlsMode::Opportunistic => conn.can_starttls(),
-            TlsMode::None | TlsMode::Implicit => false,
-        };
-        if starttls {
-            conn.starttls(s.tls_parameters()?, &s.hello).await?;
-        }
-        if let Some(credentials) = &s.credentials {
-            conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials)
-                .await?;
-        }
-        Ok(conn)
-    }
-
-    async fn recycle(
-        &self,
-        conn: &mut AsyncSmtpConnection,
-        metrics: &Metrics,
-    ) -> RecycleResult<Self::Error> {
-        if conn.has_broken() {
-            return Err(RecycleError::message("connection broken"));
-        }
-        // Bounded: a peer that vanished without a FIN or RST would
-        // otherwise hold this task, and its slot, forever.
-        if metrics.last_used() > IDLE_CHECK_AFTER
-            && !tokio::time::timeout(self.timeout, conn.test_connected())
-                .await
-                .unwrap_or(false)
-        {
-            return Err(RecycleError::message(
-                "idle connection closed or silent on NOOP",
-            ));
-        }
-        Ok(())
-    }
-}
 
 /// A send that went through: the server's reply to the data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -241,6 +64,18 @@ pub enum SendError<E> {
         /// The server's reply, if it gave one.
         reply: Option<String>,
     },
+    /// Every relay tried was unavailable before the data, and at least one
+    /// of them said it is over its limit (`421`, `451 4.7.x`, `454`):
+    /// nothing was sent, and the fault is the relays', not the message's.
+    #[error("SMTP relays over their limits: {error}")]
+    RelayBusy {
+        /// What happened at the last relay that said so.
+        error: String,
+        /// Its reply.
+        reply: Option<String>,
+        /// How long until a relay's cooldown ends (zero if one has).
+        retry_after: Duration,
+    },
     /// Refused for good (5xx, an address the server rejects).
     #[error("permanent SMTP failure: {error}")]
     Permanent {
@@ -261,38 +96,87 @@ pub enum SendError<E> {
     Hook(#[source] E),
 }
 
-/// Sends tasks over pooled SMTP connections.
-pub struct Mailer {
+/// Why a transaction did not reach the server's `354`.
+enum NotOpened<E> {
+    /// The relay said it is over its limit; another relay may take it.
+    Busy {
+        error: String,
+        reply: Option<String>,
+    },
+    /// Anything else: the send's outcome.
+    Failed(SendError<E>),
+}
+
+/// One relay of `SMTP_URL` and its pooled connections.
+struct Relay {
+    /// `host:port`, for logs and metrics.
+    name: String,
     pool: Pool<SmtpManager>,
+}
+
+/// How the mailer uses the relays of `SMTP_URL`.
+#[derive(Debug, Clone, Copy)]
+pub struct RelayOptions {
+    /// Which relay a send tries first.
+    pub policy: RelayPolicy,
+    /// Pooled connections per relay.
+    pub max_connections: usize,
+    /// How long a relay that could not be reached, or said it is over its
+    /// limit, is skipped.
+    pub cooldown: Duration,
+}
+
+/// Sends tasks over pooled SMTP connections to one or more relays.
+pub struct Mailer {
+    relays: Vec<Relay>,
+    chooser: RelayChooser,
     timeout: Duration,
     default_from: EmailAddress,
 }
 
 impl fmt::Debug for Mailer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let relays: Vec<_> = self
+            .relays
+            .iter()
+            .map(|r| (r.name.as_str(), r.pool.status()))
+            .collect();
         f.debug_struct("Mailer")
-            .field("pool", &self.pool.status())
+            .field("relays", &relays)
+            .field("chooser", &self.chooser)
             .field("timeout", &self.timeout)
             .finish()
     }
 }
 
 impl Mailer {
-    /// A mailer with up to `max_connections` pooled connections; `timeout`
-    /// bounds the connect and every step of a send.
+    /// A mailer with a pool of up to `options.max_connections` connections
+    /// per relay; `timeout` bounds the connect and every step of a send.
     pub fn new(
-        settings: SmtpSettings,
+        relays: &SmtpRelays,
+        options: RelayOptions,
         default_from: EmailAddress,
         timeout: Duration,
-        max_connections: usize,
     ) -> anyhow::Result<Self> {
-        let pool = Pool::builder(SmtpManager { settings, timeout })
-            .max_size(max_connections)
-            .runtime(deadpool::Runtime::Tokio1)
-            .create_timeout(Some(timeout))
-            .build()?;
+        let relays = relays
+            .iter()
+            .map(|settings| {
+                let pool = Pool::builder(SmtpManager {
+                    settings: settings.clone(),
+                    timeout,
+                })
+                .max_size(options.max_connections)
+                .runtime(deadpool::Runtime::Tokio1)
+                .create_timeout(Some(timeout))
+                .build()?;
+                let name = settings.name();
+                telemetry::relay_registered(&name);
+                Ok(Relay { name, pool })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Self {
-            pool,
+            chooser: RelayChooser::new(relays.len(), options.policy, options.cooldown),
+            relays,
             timeout,
             default_from,
         })
@@ -345,32 +229,95 @@ impl Mailer {
     }
 
     /// Sends `message`, calling `before_data` after the server's `354` and
-    /// before the data. A connection that saw any failure is discarded.
+    /// before the data. The relays are tried in the chooser's order until
+    /// one gives a `354`; the first failure that is not about the relay
+    /// (a refused recipient, say) ends the send. A connection that saw any
+    /// failure is discarded.
     pub async fn send<E>(
         &self,
         message: &Message,
         before_data: impl AsyncFnOnce() -> Result<bool, E>,
     ) -> Result<Delivered, SendError<E>> {
-        let mut conn = self.pool.get().await.map_err(|e| SendError::Transient {
-            error: format!("could not connect: {e}"),
-            reply: None,
-        })?;
-        let result = self.transact(&mut conn, message, before_data).await;
-        if !matches!(result, Ok(Delivered::Accepted { .. })) {
-            // Mid-transaction or broken: never hand it to the next task.
-            drop(managed::Object::take(conn));
+        let body = message.formatted();
+        let mut busy = None;
+        let mut refused = None;
+        for i in self.chooser.candidates(Instant::now()) {
+            let relay = &self.relays[i];
+            let mut conn = match relay.pool.get().await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    let error = format!("could not connect to {}: {e}", relay.name);
+                    match &e {
+                        PoolError::Backend(ConnectError::Smtp(smtp))
+                            if says_relay_is_busy(smtp) =>
+                        {
+                            self.unavailable(i, Unavailable::Busy, &error);
+                            busy = Some((error, Some(redact(&smtp.to_string()))));
+                        }
+                        _ => {
+                            self.unavailable(i, Unavailable::Unreachable, &error);
+                            refused = Some(error);
+                        }
+                    }
+                    continue;
+                }
+            };
+            match self.open(&mut conn, message, &body).await {
+                Ok(()) => {
+                    self.chooser.recovered(i);
+                    let result = self.transmit(i, &mut conn, &body, before_data).await;
+                    if !matches!(result, Ok(Delivered::Accepted { .. })) {
+                        // Mid-transaction or broken: never hand it to the next task.
+                        drop(Object::take(conn));
+                    }
+                    return result;
+                }
+                Err(NotOpened::Busy { error, reply }) => {
+                    drop(Object::take(conn));
+                    self.unavailable(i, Unavailable::Busy, &error);
+                    busy = Some((error, reply));
+                }
+                Err(NotOpened::Failed(e)) => {
+                    drop(Object::take(conn));
+                    return Err(e);
+                }
+            }
         }
-        result
+        Err(match (busy, refused) {
+            (Some((error, reply)), _) => SendError::RelayBusy {
+                error,
+                reply,
+                retry_after: self.chooser.next_available_in(Instant::now()),
+            },
+            (None, error) => SendError::Transient {
+                error: error.unwrap_or_else(|| "no SMTP relay to try".into()),
+                reply: None,
+            },
+        })
     }
 
-    async fn transact<E>(
+    /// Relay `i` could not be reached or is over its limit: other relays
+    /// go first until its cooldown ends.
+    fn unavailable(&self, i: usize, cause: Unavailable, error: &str) {
+        let relay = &self.relays[i];
+        self.chooser.cool_down(i, Instant::now());
+        telemetry::relay_unavailable(&relay.name, cause);
+        tracing::warn!(
+            relay = %relay.name,
+            cause = cause.as_str(),
+            %error,
+            "SMTP relay unavailable: the other relays go first until its cooldown ends"
+        );
+    }
+
+    /// `MAIL`, `RCPT` and `DATA`, up to the server's `354`.
+    async fn open<E>(
         &self,
         conn: &mut AsyncSmtpConnection,
         message: &Message,
-        before_data: impl AsyncFnOnce() -> Result<bool, E>,
-    ) -> Result<Delivered, SendError<E>> {
+        body: &[u8],
+    ) -> Result<(), NotOpened<E>> {
         let envelope = message.envelope();
-        let body = message.formatted();
         // `build_message` leaves nothing but addresses with a non-ASCII local
         // part outside ASCII: lettre encodes non-ASCII display names and
         // subjects as encoded words and bodies as quoted-printable or
@@ -380,12 +327,12 @@ impl Mailer {
         if !body.is_ascii() {
             let server = conn.server_info();
             if !server.supports_feature(Extension::SmtpUtfEight) {
-                return Err(SendError::Permanent {
+                return Err(NotOpened::Failed(SendError::Permanent {
                     error: "an address has a non-ASCII local part, which needs SMTPUTF8, \
                             and the SMTP server does not offer SMTPUTF8"
                         .into(),
                     reply: None,
-                });
+                }));
             }
             params.push(MailParameter::SmtpUtfEight);
             if server.supports_feature(Extension::EightBitMime) {
@@ -394,27 +341,48 @@ impl Mailer {
         }
         self.step(conn.command(Mail::new(envelope.from().cloned(), params)))
             .await
-            .map_err(before_data_error)?;
+            .map_err(not_opened)?;
         for rcpt in envelope.to() {
             self.step(conn.command(Rcpt::new(rcpt.clone(), vec![])))
                 .await
-                .map_err(before_data_error)?;
+                .map_err(not_opened)?;
         }
-        self.step(conn.command(Data))
-            .await
-            .map_err(before_data_error)?;
+        self.step(conn.command(Data)).await.map_err(not_opened)?;
+        Ok(())
+    }
+
+    /// After the `354`: records that the data is going out, then sends it
+    /// over relay `relay` and reads the reply.
+    async fn transmit<E>(
+        &self,
+        relay: usize,
+        conn: &mut AsyncSmtpConnection,
+        body: &[u8],
+        before_data: impl AsyncFnOnce() -> Result<bool, E>,
+    ) -> Result<Delivered, SendError<E>> {
         if !before_data().await.map_err(SendError::Hook)? {
             return Ok(Delivered::Fenced);
         }
-        match self.step(conn.message(&body)).await {
-            Ok(response) => Ok(Delivered::Accepted {
-                reply: reply_text(&response),
-            }),
-            // A definite refusal of the data: not delivered.
-            Err(Failure::Smtp(e)) if e.is_transient() => Err(SendError::Transient {
-                reply: Some(redact(&e.to_string())),
-                error: redact(&e.to_string()),
-            }),
+        match self.step(conn.message(body)).await {
+            Ok(response) => {
+                telemetry::relay_sent(&self.relays[relay].name);
+                Ok(Delivered::Accepted {
+                    reply: reply_text(&response),
+                })
+            }
+            // A definite refusal of the data: not delivered, so retried as
+            // any 4xx; if it says the relay is over its limit, later sends
+            // also prefer the other relays for a while.
+            Err(Failure::Smtp(e)) if e.is_transient() => {
+                let error = redact(&e.to_string());
+                if says_relay_is_busy(&e) {
+                    self.unavailable(relay, Unavailable::Busy, &error);
+                }
+                Err(SendError::Transient {
+                    reply: Some(error.clone()),
+                    error,
+                })
+            }
             Err(Failure::Smtp(e)) if e.is_permanent() => Err(SendError::Permanent {
                 reply: Some(redact(&e.to_string())),
                 error: redact(&e.to_string()),
@@ -446,6 +414,16 @@ enum Failure {
     Timeout(Duration),
 }
 
+fn not_opened<E>(failure: Failure) -> NotOpened<E> {
+    match failure {
+        Failure::Smtp(e) if says_relay_is_busy(&e) => NotOpened::Busy {
+            reply: Some(redact(&e.to_string())),
+            error: redact(&e.to_string()),
+        },
+        failure => NotOpened::Failed(before_data_error(failure)),
+    }
+}
+
 fn before_data_error<E>(failure: Failure) -> SendError<E> {
     match failure {
         Failure::Smtp(e) if e.is_permanent() || e.is_client() => SendError::Permanent {
@@ -466,81 +444,4 @@ fn before_data_error<E>(failure: Failure) -> SendError<E> {
 fn reply_text(response: &Response) -> String {
     let lines: Vec<&str> = response.message().collect();
     redact(&format!("{} {}", response.code(), lines.join(" ")))
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Instant;
-
-    use deadpool::managed::Manager;
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    use tokio::net::TcpListener;
-
-    use super::*;
-
-    /// A server that greets and answers EHLO, then reads but never answers
-    /// again, like a peer gone without closing the connection.
-    async fn silent_after_ehlo() -> u16 {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        tokio::spawn(async move {
-            let (socket, _) = listener.accept().await.expect("accept");
-            let (read, mut write) = socket.into_split();
-            let mut lines = BufReader::new(read).lines();
-            write
-                .write_all(b"220 silent ESMTP\r\n")
-                .await
-                .expect("greet");
-            let _ehlo = lines.next_line().await;
-            write.write_all(b"250 silent\r\n").await.expect("ehlo");
-            while let Ok(Some(_)) = lines.next_line().await {}
-        });
-        port
-    }
-
-    #[tokio::test]
-    async fn an_idle_connection_whose_server_went_silent_is_discarded_not_waited_on() {
-        let port = silent_after_ehlo().await;
-        let settings = SmtpSettings::from_url(&format!("smtp://127.0.0.1:{port}")).expect("url");
-        let manager = SmtpManager {
-            settings,
-            timeout: Duration::from_millis(300),
-        };
-        let mut conn = manager.create().await.expect("connect");
-        let idle = Metrics {
-            created: Instant::now() - IDLE_CHECK_AFTER * 2,
-            ..Metrics::default()
-        };
-
-        let recycled =
-            tokio::time::timeout(Duration::from_secs(10), manager.recycle(&mut conn, &idle))
-                .await
-                .expect("recycling must not wait on a silent server");
-
-        assert!(recycled.is_err(), "a silent connection must not be reused");
-    }
-
-    #[test]
-    fn smtp_urls_parse_like_lettre() {
-        let s = SmtpSettings::from_url("smtp://127.0.0.1:1025").expect("plain");
-        assert_eq!((s.port, s.tls), (1025, TlsMode::None));
-        let s = SmtpSettings::from_url("smtps://user:p%40ss@mail.example.com").expect("smtps");
-        assert_eq!((s.port, s.tls), (465, TlsMode::Implicit));
-        assert!(s.credentials.is_some());
-        assert!(!format!("{s:?}").contains("p@ss"));
-        let s = SmtpSettings::from_url("smtp://mx.example.com?tls=required").expect("starttls");
-        assert_eq!((s.port, s.tls), (587, TlsMode::Required));
-        assert!(SmtpSettings::from_url("http://x").is_err());
-        let plain = |url| {
-            SmtpSettings::from_url(url)
-                .expect("parses")
-                .may_authenticate_in_plaintext()
-        };
-        assert!(plain("smtp://user:pass@mx.example.com"));
-        assert!(plain("smtp://user:pass@mx.example.com?tls=opportunistic"));
-        assert!(!plain("smtp://user:pass@mx.example.com?tls=required"));
-        assert!(!plain("smtps://user:pass@mx.example.com"));
-        assert!(!plain("smtp://mx.example.com"));
-        assert!(SmtpSettings::from_url("smtp://x?tls=maybe").is_err());
-    }
 }

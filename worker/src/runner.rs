@@ -22,7 +22,9 @@ use std::time::Duration;
 use anyhow::Context;
 use sendonce_shared::domain::{JobId, Task};
 use sendonce_shared::queue::{L1Claim, Queue, QueueError};
-use sendonce_shared::store::{Claim, DeadReason, DedupLayer, Failure, Fence, Store, Swept};
+use sendonce_shared::store::{
+    Claim, DeadReason, DedupLayer, Failure, Fence, Retrying, Store, Swept,
+};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -101,6 +103,9 @@ pub enum Verdict {
         reply: Option<String>,
         /// How long until the next attempt.
         delay: Duration,
+        /// Whether this attempt counts towards `MAX_ATTEMPTS`: not when
+        /// every relay said it was over its limit before the data.
+        counted: bool,
     },
     /// To the dead-letter table.
     Dead {
@@ -657,6 +662,7 @@ impl Worker {
                 ),
                 reply: None,
                 delay: self.policy.delay(attempt),
+                counted: true,
             },
             Err(SendError::Permanent { error, reply }) => Verdict::Dead {
                 fence,
@@ -677,6 +683,22 @@ impl Worker {
                 error,
                 reply,
                 delay: self.policy.delay(attempt),
+                counted: true,
+            },
+            // The relays' fault, not the job's: it waits for a relay's
+            // cooldown to end (plus the first retry's jitter, so that the
+            // jobs turned away together do not come back together), and
+            // however often that happens, never runs out of attempts.
+            Err(SendError::RelayBusy {
+                error,
+                reply,
+                retry_after,
+            }) => Verdict::Retry {
+                fence,
+                error: format!("{error} (not counted as an attempt)"),
+                reply,
+                delay: retry_after + self.policy.delay(1),
+                counted: false,
             },
             Err(SendError::Uncertain { error })
                 if self.config.on_uncertain == OnUncertain::Resend
@@ -687,6 +709,7 @@ impl Worker {
                     error: format!("outcome unknown, resending (ON_UNCERTAIN=resend): {error}"),
                     reply: None,
                     delay: self.policy.delay(attempt),
+                    counted: true,
                 }
             }
             Err(SendError::Uncertain { error }) => Verdict::Dead {
@@ -735,17 +758,20 @@ impl Worker {
                 error,
                 reply,
                 delay,
+                counted,
             } => {
-                if !self
-                    .store
-                    .mark_retrying(task, *fence, error, reply.as_deref(), *delay)
-                    .await?
-                {
+                let retrying = Retrying {
+                    error,
+                    smtp_reply: reply.as_deref(),
+                    delay: *delay,
+                    counted: *counted,
+                };
+                if !self.store.mark_retrying(task, *fence, retrying).await? {
                     return self.step_aside(task, raw).await;
                 }
                 self.queue.retry_later(&self.id, raw, *delay).await?;
                 telemetry::retry_scheduled();
-                tracing::warn!(%error, ?delay, "transient failure; retry scheduled");
+                tracing::warn!(%error, ?delay, counted, "transient failure; retry scheduled");
             }
             Verdict::Dead {
                 fence,

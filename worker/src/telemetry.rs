@@ -37,6 +37,31 @@ pub const TASKS_RECONCILED: &str = "sendonce_tasks_reconciled_total";
 pub const POISON_TASKS: &str = "sendonce_poison_tasks_total";
 /// Task copies that found another holder owning their attempt.
 pub const COPIES_FENCED: &str = "sendonce_copies_fenced_total";
+/// Times an SMTP relay was found unavailable and put in its cooldown, by
+/// `relay` (`host:port`) and `cause`.
+pub const SMTP_RELAY_UNAVAILABLE: &str = "sendonce_smtp_relay_unavailable_total";
+/// Messages each SMTP relay accepted, by `relay` (`host:port`).
+pub const SMTP_RELAY_SENT: &str = "sendonce_smtp_relay_sent_total";
+
+/// Why a relay was put in its cooldown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// Connection refused, no connection or greeting in time, or a failed
+    /// greeting, EHLO, STARTTLS or AUTH.
+    Unreachable,
+    /// It said it is over its limit (`421`, `451 4.7.x`, `454`).
+    Busy,
+}
+
+impl Unavailable {
+    /// The `cause` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unreachable => "unreachable",
+            Self::Busy => "busy",
+        }
+    }
+}
 
 /// Upper bounds of the SMTP duration buckets, in seconds: a local relay
 /// answers in milliseconds, a remote one in seconds, and the default
@@ -96,6 +121,12 @@ fn register() {
         "Task copies that found another holder owning their attempt (a paused or cut-off worker resumed, or a spare copy); they sent nothing."
     );
 
+    describe_counter!(
+        SMTP_RELAY_UNAVAILABLE,
+        "Times an SMTP relay was unreachable or said it is over its limit, and was put in its cooldown, by relay and cause."
+    );
+    describe_counter!(SMTP_RELAY_SENT, "Messages each SMTP relay accepted.");
+
     for name in [
         EMAILS_SENT,
         RETRIES,
@@ -151,6 +182,27 @@ pub fn dead_lettered(reason: DeadReason) {
 /// Records how long an SMTP conversation took.
 pub fn smtp_send(elapsed: Duration) {
     histogram!(SMTP_SEND_DURATION).record(elapsed.as_secs_f64());
+}
+
+/// Shows `relay`'s series at zero before anything happens. Leaves a series
+/// that exists as it is (tests build several mailers in one process).
+pub fn relay_registered(relay: &str) {
+    counter!(SMTP_RELAY_SENT, "relay" => relay.to_owned()).increment(0);
+    for cause in [Unavailable::Unreachable, Unavailable::Busy] {
+        counter!(SMTP_RELAY_UNAVAILABLE, "relay" => relay.to_owned(), "cause" => cause.as_str())
+            .increment(0);
+    }
+}
+
+/// Records a relay put in its cooldown.
+pub fn relay_unavailable(relay: &str, cause: Unavailable) {
+    counter!(SMTP_RELAY_UNAVAILABLE, "relay" => relay.to_owned(), "cause" => cause.as_str())
+        .increment(1);
+}
+
+/// Records a message a relay accepted.
+pub fn relay_sent(relay: &str) {
+    counter!(SMTP_RELAY_SENT, "relay" => relay.to_owned()).increment(1);
 }
 
 /// Records tasks handed back from dead workers.

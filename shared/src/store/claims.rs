@@ -30,6 +30,19 @@ impl Fence {
     }
 }
 
+/// A transient failure of an attempt, as [`Store::mark_retrying`] records it.
+#[derive(Debug, Clone, Copy)]
+pub struct Retrying<'a> {
+    /// What went wrong.
+    pub error: &'a str,
+    /// The server's reply, if any.
+    pub smtp_reply: Option<&'a str>,
+    /// How long until the next attempt.
+    pub delay: Duration,
+    /// Whether the attempt counts towards `MAX_ATTEMPTS`.
+    pub counted: bool,
+}
+
 /// Where an idempotency key stands for the job trying to claim it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
@@ -140,15 +153,25 @@ const MARK_SENT: Sql = Sql::new(
 );
 
 /// Repeatable by the same holder (its record step is retried until it
-/// succeeds), refused to anyone else.
+/// succeeds), refused to anyone else. An attempt that does not count (`$6`
+/// false) gives back the one its claim took, only on the way out of
+/// `processing`, so a repeat does not give it back twice.
 const MARK_RETRYING: Sql = Sql::new(
     "UPDATE deliveries
     SET state = 'retrying', last_error = $3, smtp_reply = $4,
+        attempts = attempts - CASE WHEN NOT $6 AND state = 'processing' THEN 1 ELSE 0 END,
         next_attempt_at = now() + $5::bigint * interval '1 millisecond',
         updated_at = now()
     WHERE idempotency_key = $1 AND fence = $2
       AND state IN ('processing', 'sending', 'retrying')",
-    &[Type::TEXT, Type::INT8, Type::TEXT, Type::TEXT, Type::INT8],
+    &[
+        Type::TEXT,
+        Type::INT8,
+        Type::TEXT,
+        Type::TEXT,
+        Type::INT8,
+        Type::BOOL,
+    ],
 );
 
 /// One statement: the fenced state change and, when it applied, the DLQ
@@ -400,19 +423,19 @@ impl Store {
     }
 
     /// Records a transient failure of attempt `fence`, the next due in
-    /// `delay` (for `GET /jobs`; the queue keeps its own due time). `false`
-    /// when the attempt lost its token.
+    /// `delay` (for `GET /jobs`; the queue keeps its own due time). Unless
+    /// `counted`, the attempt is given back (it never reached the message:
+    /// every SMTP relay said it was over its limit). `false` when the
+    /// attempt lost its token.
     #[tracing::instrument(skip_all)]
     pub async fn mark_retrying(
         &self,
         task: &Task,
         fence: Fence,
-        error: &str,
-        smtp_reply: Option<&str>,
-        delay: Duration,
+        failure: Retrying<'_>,
     ) -> Result<bool, StoreError> {
         let conn = self.pool.get().await?;
-        let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+        let delay_ms = i64::try_from(failure.delay.as_millis()).unwrap_or(i64::MAX);
         let n = self
             .exec(
                 &conn,
@@ -420,9 +443,10 @@ impl Store {
                 &[
                     &task.idempotency_key.as_str(),
                     &fence.0,
-                    &error,
-                    &smtp_reply,
+                    &failure.error,
+                    &failure.smtp_reply,
                     &delay_ms,
+                    &failure.counted,
                 ],
             )
             .await?;

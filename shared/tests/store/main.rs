@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use sendonce_shared::domain::{Body, Email, EmailAddress, IdempotencyKey, Subject, Task};
-use sendonce_shared::store::{self, Claim, Store};
+use sendonce_shared::store::{self, Claim, Retrying, Store};
 use sendonce_testkit::TestDatabase;
 
 /// A lease long enough to outlive any test.
@@ -57,6 +57,52 @@ async fn six_processes_migrating_at_once_neither_race_nor_fail() {
         1,
         "applied once: {applied:?}"
     );
+}
+
+#[tokio::test]
+async fn a_retry_that_does_not_count_gives_its_attempt_back_once_however_often_it_is_recorded() {
+    let db = TestDatabase::create().await;
+    let store = store_for(&db);
+    store.migrate().await.expect("migrate");
+    let t = task("relay:busy");
+    store.renew_lease("w", LEASE).await.expect("lease");
+    let Ok(Claim::Proceed { attempt, fence }) = store.claim(&t, "w").await else {
+        panic!("the first claim proceeds");
+    };
+    assert_eq!(attempt, 1);
+    let busy = Retrying {
+        error: "421 4.7.0 too many connections",
+        smtp_reply: None,
+        delay: Duration::ZERO,
+        counted: false,
+    };
+
+    for _ in 0..2 {
+        assert!(
+            store
+                .mark_retrying(&t, fence, busy)
+                .await
+                .expect("retrying")
+        );
+    }
+    let again = store.claim(&t, "w").await.expect("claim again");
+
+    let Claim::Proceed { attempt, fence } = again else {
+        panic!("the retry proceeds: {again:?}");
+    };
+    assert_eq!(attempt, 1, "the busy attempt was not counted");
+    let counted = Retrying {
+        counted: true,
+        ..busy
+    };
+    store
+        .mark_retrying(&t, fence, counted)
+        .await
+        .expect("retrying");
+    let Ok(Claim::Proceed { attempt, .. }) = store.claim(&t, "w").await else {
+        panic!("the next retry proceeds");
+    };
+    assert_eq!(attempt, 2, "a counted attempt stays counted");
 }
 
 #[tokio::test]

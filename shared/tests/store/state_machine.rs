@@ -7,7 +7,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use sendonce_shared::domain::Task;
-use sendonce_shared::store::{Claim, DeadReason, Failure, Fence, Store};
+use sendonce_shared::store::{Claim, DeadReason, Failure, Fence, Retrying, Store};
 use sendonce_testkit::TestDatabase;
 
 use crate::{LEASE, store_for, task};
@@ -127,7 +127,7 @@ async fn run(store: &Store, t: &Task, steps: &[(usize, Step)]) -> Result<(), Tes
                     Reply::Transient => {
                         effects.open -= 1;
                         store
-                            .mark_retrying(t, fence, "451", None, Duration::ZERO)
+                            .mark_retrying(t, fence, retrying("451", true))
                             .await
                             .expect("retrying");
                     }
@@ -143,7 +143,7 @@ async fn run(store: &Store, t: &Task, steps: &[(usize, Step)]) -> Result<(), Tes
             }
             (Step::FailBeforeData, Phase::Claimed(fence)) => {
                 store
-                    .mark_retrying(t, fence, "connect timeout", None, Duration::ZERO)
+                    .mark_retrying(t, fence, retrying("421 relay busy", false))
                     .await
                     .expect("retrying");
                 phases[h] = Phase::Idle;
@@ -185,5 +185,14 @@ fn random_interleavings_of_three_holders_never_open_two_data_phases_nor_overwrit
     drop(store);
     if let Err(e) = result {
         panic!("{e}");
+    }
+}
+
+fn retrying(error: &str, counted: bool) -> Retrying<'_> {
+    Retrying {
+        error,
+        smtp_reply: None,
+        delay: Duration::ZERO,
+        counted,
     }
 }

@@ -441,6 +441,59 @@ impl TestSystem {
     }
 }
 
+/// A worker binary with JSON logs, and the address of its `/metrics`.
+pub struct WorkerProcess {
+    pub child: CapturedChild,
+    address: String,
+    client: reqwest::Client,
+}
+
+/// Starts the worker binary with extra flags (later flags win), JSON logs
+/// at debug and its output captured.
+pub async fn start_worker_process(system: &TestSystem, extra: &[&str]) -> WorkerProcess {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sendonce-worker"));
+    command
+        .args(&system.worker_args()[1..])
+        .args(extra)
+        .env("LOG_FORMAT", "json")
+        .env(
+            "RUST_LOG",
+            "info,sendonce_worker=debug,sendonce_shared=debug",
+        );
+    let child = CapturedChild::spawn(command);
+    let addr = child.wait_for_json_field("metrics_addr", DEADLINE).await;
+    let addr = addr.as_str().expect("METRICS_ADDR as text");
+    WorkerProcess {
+        child,
+        address: format!("http://{addr}"),
+        client: reqwest::Client::new(),
+    }
+}
+
+impl WorkerProcess {
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .expect("GET the worker's health server")
+    }
+
+    pub async fn metrics(&self) -> String {
+        let response = self.get("/metrics").await;
+        assert_eq!(response.status(), 200);
+        response.text().await.expect("the metrics text")
+    }
+
+    /// SIGTERMs the worker, checks it exits cleanly, and returns every line
+    /// it wrote to stdout.
+    pub async fn stop(self) -> Vec<String> {
+        let (status, stdout) = self.child.stop().await;
+        assert!(status.success(), "the worker exited with {status}");
+        stdout
+    }
+}
+
 /// Sends `signal` (`STOP`, `CONT`, `KILL`) to process `pid`.
 pub fn signal(pid: u32, signal: &str) {
     let status = std::process::Command::new("kill")

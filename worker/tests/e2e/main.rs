@@ -9,6 +9,7 @@ mod failures;
 mod fencing;
 mod helpers;
 mod operations;
+mod relays;
 mod retention;
 mod silent_postgres;
 mod topologies;

@@ -2,63 +2,11 @@
 //! real binary (it installs the process-wide metrics recorder and log
 //! subscriber) with its output captured.
 
-use std::process::Command;
-
 use sendonce_shared::domain::{Body, Email, EmailAddress, IdempotencyKey, Subject, Task};
-use sendonce_testkit::{CapturedChild, Fault, RedisOptions, RedisServer, eventually, sample};
+use sendonce_testkit::{Fault, RedisOptions, RedisServer, eventually, sample};
 use serde_json::Value;
 
-use crate::helpers::{DEADLINE, Options, TestSystem, email, spawn_system};
-
-/// A worker binary with JSON logs, and the address of its `/metrics`.
-struct WorkerProcess {
-    child: CapturedChild,
-    address: String,
-    client: reqwest::Client,
-}
-
-async fn start_worker_process(system: &TestSystem) -> WorkerProcess {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sendonce-worker"));
-    command
-        .args(&system.worker_args()[1..])
-        .env("LOG_FORMAT", "json")
-        .env(
-            "RUST_LOG",
-            "info,sendonce_worker=debug,sendonce_shared=debug",
-        );
-    let child = CapturedChild::spawn(command);
-    let addr = child.wait_for_json_field("metrics_addr", DEADLINE).await;
-    let addr = addr.as_str().expect("METRICS_ADDR as text");
-    WorkerProcess {
-        child,
-        address: format!("http://{addr}"),
-        client: reqwest::Client::new(),
-    }
-}
-
-impl WorkerProcess {
-    async fn get(&self, path: &str) -> reqwest::Response {
-        self.client
-            .get(format!("{}{path}", self.address))
-            .send()
-            .await
-            .expect("GET the worker's health server")
-    }
-
-    async fn metrics(&self) -> String {
-        let response = self.get("/metrics").await;
-        assert_eq!(response.status(), 200);
-        response.text().await.expect("the metrics text")
-    }
-
-    /// SIGTERMs the worker, checks it exits cleanly, and returns every line
-    /// it wrote to stdout.
-    async fn stop(self) -> Vec<String> {
-        let (status, stdout) = self.child.stop().await;
-        assert!(status.success(), "the worker exited with {status}");
-        stdout
-    }
-}
+use crate::helpers::{DEADLINE, Options, email, spawn_system, start_worker_process};
 
 fn keyed_task(to: &str, key: &str) -> Task {
     Task::new(
@@ -97,7 +45,7 @@ async fn the_worker_counts_sends_duplicates_retries_and_dead_letters() {
     .await;
     // Read before any work exists: the worker could otherwise send one
     // before the first scrape.
-    let worker = start_worker_process(&system).await;
+    let worker = start_worker_process(&system, &[]).await;
     let at_start = worker.metrics().await;
     let (first, twin) = (
         keyed_task("ada@example.com", "metrics:ada"),
@@ -166,7 +114,7 @@ async fn the_worker_counts_sends_duplicates_retries_and_dead_letters() {
 #[tokio::test]
 async fn with_json_logs_every_worker_line_is_json_and_a_jobs_lines_carry_its_id() {
     let system = spawn_system(Options::default()).await;
-    let worker = start_worker_process(&system).await;
+    let worker = start_worker_process(&system, &[]).await;
     let answer = system
         .post_ok(&email("dora@example.com", Some("logs:dora")))
         .await;
@@ -236,7 +184,7 @@ async fn the_workers_readyz_answers_503_while_redis_is_down_and_200_once_it_retu
         ..Options::default()
     })
     .await;
-    let worker = start_worker_process(&system).await;
+    let worker = start_worker_process(&system, &[]).await;
     assert_eq!(worker.get("/readyz").await.status(), 200);
 
     redis.stop();
@@ -282,7 +230,7 @@ async fn the_queue_depth_gauges_show_the_tasks_waiting_and_held() {
             .push_task(&keyed_task(&slow, &format!("depth:{n}")))
             .await;
     }
-    let worker = start_worker_process(&system).await;
+    let worker = start_worker_process(&system, &[]).await;
 
     eventually("ready 2, processing 1, one in flight", DEADLINE, || async {
         let text = worker.metrics().await;
