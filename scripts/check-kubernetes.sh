@@ -3,7 +3,8 @@
 # Kubernetes schemas (kubernetes-validate, strict: unknown fields fail), and
 # the cross-references no schema sees (the KEDA ScaledObject's target and
 # queue key, the workers' grace period against SHUTDOWN_GRACE_MS and
-# SMTP_TIMEOUT_MS). Installs kubernetes-validate with pip when missing.
+# SMTP_TIMEOUT_MS, the env the triggers read, a postgresql trigger to wake
+# from zero). Installs kubernetes-validate with pip when missing.
 set -euo pipefail
 cd "$(dirname "$0")/../deploy/kubernetes"
 
@@ -38,9 +39,23 @@ target = "Deployment/" + scaled["scaleTargetRef"]["name"]
 if target not in resources:
     fail.append(f"the ScaledObject scales {target}, which is not in the kustomization")
 want = "{" + config["REDIS_KEY_PREFIX"] + "}:queue"
+# The Secret is made by hand: its keys are the README's --from-literal ones.
+import re
+secret = set(re.findall(r"--from-literal=([A-Z_]+)=", open("README.md").read()))
+worker_env = {e["name"] for e in worker["containers"][0].get("env", [])} | set(config) | secret
+kinds = set()
 for trigger in scaled["triggers"]:
-    if trigger["metadata"]["listName"] != want:
-        fail.append(f"the ScaledObject watches {trigger['metadata']['listName']}, the queue is {want}")
+    kinds.add(trigger["type"])
+    meta = trigger["metadata"]
+    if trigger["type"] == "redis" and meta["listName"] != want:
+        fail.append(f"the ScaledObject watches {meta['listName']}, the queue is {want}")
+    for key in ("addressFromEnv", "connectionFromEnv"):
+        if key in meta and meta[key] not in worker_env:
+            fail.append(f"the ScaledObject reads {meta[key]} from the worker's env, which does not set it")
+# The Redis queue alone cannot wake workers from zero: retries and
+# re-pushes need a worker's housekeeper, so Postgres must wake one.
+if scaled.get("minReplicaCount", 1) == 0 and "postgresql" not in kinds:
+    fail.append("minReplicaCount 0 needs the postgresql trigger (unfinished jobs) to wake the workers")
 api = resources["Deployment/sendonce-api"]["spec"]["template"]["spec"]
 if "preStop" not in api["containers"][0].get("lifecycle", {}):
     fail.append("the API needs a preStop delay so readiness turns before the listener closes")

@@ -4,6 +4,7 @@
 //! [`connection`] the queue's one shared Redis connection.
 
 mod acceptance;
+mod autoscaling;
 mod connection;
 mod leases;
 mod pooler;
