@@ -54,7 +54,12 @@ async fn the_wake_up_query_counts_the_unfinished_jobs_and_nothing_else() {
                 "INSERT INTO deliveries
                      (idempotency_key, job_id, state, attempts, fence, holder, task)
                  VALUES ($1, $2, $3, 1, 1, 'gone', $4::text::jsonb)",
-                &[&t.idempotency_key.as_str(), &t.job_id.as_uuid(), &state, &t.to_json()],
+                &[
+                    &t.idempotency_key.as_str(),
+                    &t.job_id.as_uuid(),
+                    &state,
+                    &t.to_json(),
+                ],
             )
             .await
             .expect("a row");
