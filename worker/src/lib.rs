@@ -35,7 +35,7 @@ use sendonce_shared::queue::{self, Queue};
 use sendonce_shared::store::Store;
 
 use crate::config::WorkerConfig;
-use crate::mailer::{Mailer, RelayOptions};
+use crate::mailer::Mailer;
 use crate::runner::Worker;
 
 /// A worker ready to run, with its health server bound.
@@ -79,16 +79,7 @@ impl Application {
         );
         queue.ping().await.context("failed to reach REDIS_URL")?;
         sendonce_shared::readiness::warn_at_start(&queue).await;
-        let mailer = Mailer::new(
-            &config.smtp,
-            RelayOptions {
-                policy: config.smtp_relay_policy,
-                max_connections: config.smtp_relay_max_connections(),
-                cooldown: config.smtp_relay_cooldown,
-            },
-            config.mail_from.clone(),
-            config.smtp_timeout,
-        )?;
+        let mailer = Mailer::from_config(&config)?;
         let listener = TcpListener::bind(config.metrics_addr)
             .with_context(|| format!("failed to bind METRICS_ADDR {}", config.metrics_addr))?;
         let metrics_port = listener.local_addr()?.port();

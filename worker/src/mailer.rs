@@ -150,6 +150,21 @@ impl fmt::Debug for Mailer {
 }
 
 impl Mailer {
+    /// The mailer `config` describes: its relays, policy, per-relay pools,
+    /// cooldown, default sender and step timeout.
+    pub fn from_config(config: &crate::config::WorkerConfig) -> anyhow::Result<Self> {
+        Self::new(
+            &config.smtp,
+            RelayOptions {
+                policy: config.smtp_relay_policy,
+                max_connections: config.smtp_relay_max_connections(),
+                cooldown: config.smtp_relay_cooldown,
+            },
+            config.mail_from.clone(),
+            config.smtp_timeout,
+        )
+    }
+
     /// A mailer with a pool of up to `options.max_connections` connections
     /// per relay; `timeout` bounds the connect and every step of a send.
     pub fn new(

@@ -16,7 +16,7 @@ use sendonce_shared::queue::{self, Queue, RedisTls};
 use sendonce_shared::store::Store;
 use sendonce_testkit::{RedisOptions, RedisServer, TestDatabase, eventually, unique_prefix};
 use sendonce_worker::config::WorkerConfig;
-use sendonce_worker::mailer::{Mailer, RelayOptions};
+use sendonce_worker::mailer::Mailer;
 use sendonce_worker::runner::Worker;
 use tokio::time::Instant;
 
@@ -87,17 +87,7 @@ async fn an_idle_fleet_costs_redis_a_few_commands_per_worker_per_second() {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut fleet = tokio::task::JoinSet::new();
     for _ in 0..workers {
-        let mailer = Mailer::new(
-            &config.smtp,
-            RelayOptions {
-                policy: config.smtp_relay_policy,
-                max_connections: config.smtp_relay_max_connections(),
-                cooldown: config.smtp_relay_cooldown,
-            },
-            config.mail_from.clone(),
-            config.smtp_timeout,
-        )
-        .expect("mailer");
+        let mailer = Mailer::from_config(&config).expect("mailer");
         let worker = Worker::new(config.clone(), queue.clone(), store.clone(), mailer);
         let mut stopped = stopped.clone();
         fleet.spawn(worker.run(async move {

@@ -5,7 +5,7 @@
 
 use sendonce_testkit::TestDatabase;
 
-use crate::{store_for, task};
+use crate::{insert_row, store_for, task};
 
 /// Every state a job row can be in.
 const STATES: [&str; 7] = [
@@ -49,20 +49,7 @@ async fn the_wake_up_query_counts_the_unfinished_jobs_and_nothing_else() {
 
     for state in STATES {
         let t = task(&format!("autoscale:{state}"));
-        client
-            .execute(
-                "INSERT INTO deliveries
-                     (idempotency_key, job_id, state, attempts, fence, holder, task)
-                 VALUES ($1, $2, $3, 1, 1, 'gone', $4::text::jsonb)",
-                &[
-                    &t.idempotency_key.as_str(),
-                    &t.job_id.as_uuid(),
-                    &state,
-                    &t.to_json(),
-                ],
-            )
-            .await
-            .expect("a row");
+        insert_row(&client, &t, state).await;
     }
 
     assert_eq!(

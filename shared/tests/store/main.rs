@@ -25,6 +25,25 @@ use sendonce_testkit::TestDatabase;
 /// A lease long enough to outlive any test.
 const LEASE: Duration = Duration::from_secs(600);
 
+/// Writes a row of `t` in `state`, held (fence 1) by a worker long gone,
+/// as schema 3 and later have it.
+async fn insert_row(client: &tokio_postgres::Client, t: &Task, state: &str) {
+    client
+        .execute(
+            "INSERT INTO deliveries
+                 (idempotency_key, job_id, state, attempts, fence, holder, task)
+             VALUES ($1, $2, $3, 1, 1, 'gone', $4::text::jsonb)",
+            &[
+                &t.idempotency_key.as_str(),
+                &t.job_id.as_uuid(),
+                &state,
+                &t.to_json(),
+            ],
+        )
+        .await
+        .expect("a row");
+}
+
 fn store_for(db: &TestDatabase) -> Store {
     Store::new(store::connect(&secrecy::SecretString::from(db.url().to_owned()), 4).expect("pool"))
 }

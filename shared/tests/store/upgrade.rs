@@ -5,7 +5,7 @@ use refinery::Target;
 use sendonce_shared::store::{Accepted, Claim, Submission};
 use sendonce_testkit::TestDatabase;
 
-use crate::{LEASE, store_for, task};
+use crate::{LEASE, insert_row, store_for, task};
 
 const STATES: [&str; 7] = [
     "queued",
@@ -109,20 +109,7 @@ async fn migration_4_keeps_jobs_in_every_state_replays_their_keys_and_finds_the_
         .map(|state| task(&format!("upgrade3:{state}")))
         .collect();
     for (t, state) in tasks.iter().zip(STATES) {
-        client
-            .execute(
-                "INSERT INTO deliveries
-                     (idempotency_key, job_id, state, attempts, fence, holder, task)
-                 VALUES ($1, $2, $3, 1, 1, 'gone', $4::text::jsonb)",
-                &[
-                    &t.idempotency_key.as_str(),
-                    &t.job_id.as_uuid(),
-                    &state,
-                    &t.to_json(),
-                ],
-            )
-            .await
-            .expect("a schema-3 row");
+        insert_row(&client, t, state).await;
     }
 
     assert_eq!(store.migrate().await.expect("upgrade"), 1);
