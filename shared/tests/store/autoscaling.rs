@@ -1,4 +1,4 @@
-//! The KEDA `ScaledObject`'s wake-up query (deploy/kubernetes) against the
+//! The KEDA `ScaledObject`'s wake-up query (deploy/kubernetes/base) against the
 //! real schema: it counts every job a worker still has to finish, and
 //! nothing finished, so workers scaled to zero wake when, and only when,
 //! there is work.
@@ -20,7 +20,7 @@ const STATES: [&str; 7] = [
 
 /// The `query:` of the ScaledObject's postgresql trigger.
 fn wake_up_query() -> String {
-    let manifest = include_str!("../../../deploy/kubernetes/worker-scaledobject.yaml");
+    let manifest = include_str!("../../../deploy/kubernetes/base/worker-scaledobject.yaml");
     let line = manifest
         .lines()
         .map(str::trim)
