@@ -1,8 +1,10 @@
 //! A Postgres that stops answering (every process of its cluster
 //! SIGSTOPped: the kernel still acknowledges, so neither TCP nor the
 //! server's own `statement_timeout` notices) fails the task's statements
-//! within `DATABASE_STATEMENT_TIMEOUT_MS` plus the client's grace, onto the
-//! normal infrastructure retry; `/readyz` says Postgres is down; once it
+//! within `DATABASE_STATEMENT_TIMEOUT_MS` plus the client's grace (or, when
+//! the step needs a new connection because upkeep holds the open ones,
+//! within `DATABASE_CONNECT_TIMEOUT_MS`), onto the normal infrastructure
+//! retry; `/readyz` says Postgres is down; once it
 //! answers again every job is sent exactly once.
 
 use std::net::{Ipv4Addr, TcpListener};
@@ -26,12 +28,18 @@ fn keyed_task(to: &str, key: &str) -> Task {
     )
 }
 
-/// Log lines of `worker` saying a step failed on the silent server.
+/// Log lines of `worker` saying a step failed on the silent server: a
+/// statement on an open connection, or the opening of a new one (seen in
+/// CI when the housekeeper's passes held the open ones), timed out.
 fn timed_out(worker: &CapturedChild) -> Vec<String> {
     worker
         .stdout()
         .into_iter()
-        .filter(|l| l.contains("infrastructure error") && l.contains("did not answer within"))
+        .filter(|l| {
+            l.contains("infrastructure error")
+                && (l.contains("did not answer within")
+                    || l.contains("Timeout occurred while creating a new object"))
+        })
         .collect()
 }
 
