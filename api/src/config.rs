@@ -3,10 +3,11 @@
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use secrecy::SecretString;
-use sendonce_shared::config::CommonConfig;
+use sendonce_shared::config::{CommonConfig, parse_millis};
 
 /// Which deployment this is. Development relaxes the start-up refusals of
 /// weak or published secrets, and nothing else.
@@ -51,6 +52,13 @@ pub struct ApiConfig {
     /// `API_ADDR` so that it can stay off public networks.
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9090")]
     pub metrics_addr: SocketAddr,
+
+    /// After SIGTERM, how long the API goes on serving while `/readyz`
+    /// answers 503, in ms, so that load balancers take it out before its
+    /// listener closes (0: stop accepting at once, as behind a `preStop`
+    /// delay).
+    #[arg(long = "shutdown-delay-ms", env = "SHUTDOWN_DELAY_MS", default_value = "0", value_parser = parse_millis)]
+    pub shutdown_delay: Duration,
 
     /// `production` refuses weak or published secrets at start-up;
     /// `development` allows them.

@@ -65,6 +65,9 @@ pub enum ApiError {
     /// A readiness probe found dependencies down.
     #[error("not ready: {0} did not answer in time")]
     NotReady(String),
+    /// A readiness probe during `SHUTDOWN_DELAY_MS` after SIGTERM.
+    #[error("not ready: shutting down")]
+    ShuttingDown,
     /// A dependency (Redis, Postgres) failed or is down.
     #[error("a dependency is unavailable")]
     Unavailable(#[source] anyhow::Error),
@@ -124,16 +127,17 @@ impl ResponseError for ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) | Self::NotReady(_) | Self::TooManyLargeRequests => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::Unavailable(_)
+            | Self::NotReady(_)
+            | Self::ShuttingDown
+            | Self::TooManyLargeRequests => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
         let status = self.status_code();
-        if status.is_server_error() && !matches!(self, Self::NotReady(_)) {
+        if status.is_server_error() && !matches!(self, Self::NotReady(_) | Self::ShuttingDown) {
             tracing::error!(error = ?anyhow_chain(self), "request failed");
         }
         let mut response = HttpResponse::build(status);

@@ -1,6 +1,8 @@
 //! Building and running the HTTP server.
 
 use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use actix_web::dev::Server;
@@ -30,6 +32,8 @@ pub struct Application {
     server: Server,
     metrics_port: u16,
     metrics_server: Server,
+    shutdown_delay: Duration,
+    draining: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Application {
@@ -79,7 +83,9 @@ impl Application {
             handoff,
             max_job_bytes: usize::try_from(config.max_job_bytes)
                 .context("MAX_JOB_BYTES does not fit in memory")?,
+            draining: Arc::default(),
         };
+        let draining = Arc::clone(&state.draining);
         let listener = TcpListener::bind(config.api_addr)
             .with_context(|| format!("failed to bind API_ADDR {}", config.api_addr))?;
         let port = listener.local_addr()?.port();
@@ -109,6 +115,8 @@ impl Application {
             server,
             metrics_port,
             metrics_server,
+            shutdown_delay: config.shutdown_delay,
+            draining,
         })
     }
 
@@ -122,14 +130,20 @@ impl Application {
         self.metrics_port
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting, drains
-    /// in-flight requests and returns.
+    /// Serves until `shutdown` resolves; then, for `SHUTDOWN_DELAY_MS`,
+    /// goes on serving with `/readyz` answering 503; then stops accepting,
+    /// drains in-flight requests and returns.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let handle = self.server.handle();
         let metrics_handle = self.metrics_server.handle();
         let server = tokio::spawn(self.server);
         let metrics_server = tokio::spawn(self.metrics_server);
         shutdown.await;
+        if !self.shutdown_delay.is_zero() {
+            self.draining.store(true, Ordering::Release);
+            tracing::info!(delay = ?self.shutdown_delay, "shutting down: /readyz answers 503 while requests are still served");
+            tokio::time::sleep(self.shutdown_delay).await;
+        }
         tracing::info!("shutting down: draining in-flight requests");
         handle.stop(true).await;
         metrics_handle.stop(true).await;

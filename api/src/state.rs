@@ -1,5 +1,8 @@
 //! What every handler shares.
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
 use sendonce_shared::domain::JobId;
 use sendonce_shared::queue::Queue;
 use sendonce_shared::store::{Acceptor, JobRecord, Store};
@@ -21,6 +24,10 @@ pub struct AppState {
     pub handoff: Handoff,
     /// `MAX_JOB_BYTES`: the largest `text` plus `html` of one job.
     pub max_job_bytes: usize,
+    /// Set at SIGTERM when `SHUTDOWN_DELAY_MS` is not zero: `/readyz`
+    /// answers 503 while requests are still served, so load balancers stop
+    /// sending before the listener closes.
+    pub draining: Arc<AtomicBool>,
 }
 
 impl AppState {

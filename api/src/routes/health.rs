@@ -14,13 +14,17 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
-/// `GET /readyz`: Redis and Postgres answer in time. `warnings` lists what
+/// `GET /readyz`: Redis and Postgres answer in time, and the API is not
+/// shutting down (`SHUTDOWN_DELAY_MS` after SIGTERM). `warnings` lists what
 /// is wrong without making the API unready (a Redis that evicts keys).
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses(
     (status = 200, description = "Redis and Postgres answer", body = Object),
-    (status = 503, description = "A dependency is down", body = Problem, content_type = "application/problem+json"),
+    (status = 503, description = "A dependency is down, or the API is shutting down", body = Problem, content_type = "application/problem+json"),
 ))]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    if state.draining.load(std::sync::atomic::Ordering::Acquire) {
+        return Err(ApiError::ShuttingDown);
+    }
     readiness::check(&state.queue, &state.store)
         .await
         .map_err(|not_ready| ApiError::NotReady(not_ready.down.join(" and ")))?;
