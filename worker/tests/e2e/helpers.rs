@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Parser;
 use sendonce_api::auth::JwtKeys;
 use sendonce_api::config::ApiConfig;
-use sendonce_shared::domain::Task;
+use sendonce_shared::domain::{Body, Email, EmailAddress, IdempotencyKey, Subject, Task};
 use sendonce_shared::queue::{self, Queue};
 use sendonce_testkit::pgbouncer::through_pgbouncer;
 use sendonce_testkit::process::{CapturedChild, eventually};
@@ -362,6 +362,21 @@ pub fn terminate(child: &std::process::Child) {
 }
 
 /// A valid job body.
+/// A task for `to` under `key`, with `subject`, for pushing straight onto
+/// the queue.
+pub fn keyed_task(to: &str, key: &str, subject: &str) -> Task {
+    Task::new(
+        Email {
+            from: None,
+            to: EmailAddress::parse(to).expect("valid"),
+            reply_to: None,
+            subject: Subject::parse(subject).expect("valid"),
+            body: Body::new(Some("a test body".into()), None).expect("valid"),
+        },
+        Some(IdempotencyKey::parse(key).expect("valid")),
+    )
+}
+
 pub fn email(to: &str, key: Option<&str>) -> Value {
     let mut body = json!({
         "to": to,

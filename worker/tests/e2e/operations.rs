@@ -2,24 +2,11 @@
 //! real binary (it installs the process-wide metrics recorder and log
 //! subscriber) with its output captured.
 
-use sendonce_shared::domain::{Body, Email, EmailAddress, IdempotencyKey, Subject, Task};
+use sendonce_shared::domain::IdempotencyKey;
 use sendonce_testkit::{Fault, RedisOptions, RedisServer, eventually, sample};
 use serde_json::Value;
 
-use crate::helpers::{DEADLINE, Options, email, spawn_system, start_worker_process};
-
-fn keyed_task(to: &str, key: &str) -> Task {
-    Task::new(
-        Email {
-            from: None,
-            to: EmailAddress::parse(to).expect("valid"),
-            reply_to: None,
-            subject: Subject::parse("Metrics").expect("valid"),
-            body: Body::new(Some("counted".into()), None).expect("valid"),
-        },
-        Some(IdempotencyKey::parse(key).expect("valid")),
-    )
-}
+use crate::helpers::{DEADLINE, Options, email, keyed_task, spawn_system, start_worker_process};
 
 /// Every series the worker must show from start-up.
 const WORKER_SERIES: &[&str] = &[
@@ -48,8 +35,8 @@ async fn the_worker_counts_sends_duplicates_retries_and_dead_letters() {
     let worker = start_worker_process(&system, &[]).await;
     let at_start = worker.metrics().await;
     let (first, twin) = (
-        keyed_task("ada@example.com", "metrics:ada"),
-        keyed_task("ada@example.com", "metrics:ada"),
+        keyed_task("ada@example.com", "metrics:ada", "Metrics"),
+        keyed_task("ada@example.com", "metrics:ada", "Metrics"),
     );
     system.push_task(&first).await;
     system.push_task(&twin).await;
@@ -227,7 +214,7 @@ async fn the_queue_depth_gauges_show_the_tasks_waiting_and_held() {
     let slow = format!("eve+{}@example.com", Fault::SlowData(DEADLINE));
     for n in 0..3 {
         system
-            .push_task(&keyed_task(&slow, &format!("depth:{n}")))
+            .push_task(&keyed_task(&slow, &format!("depth:{n}"), "Metrics"))
             .await;
     }
     let worker = start_worker_process(&system, &[]).await;

@@ -10,23 +10,9 @@
 use std::net::{Ipv4Addr, TcpListener};
 use std::time::{Duration, Instant};
 
-use sendonce_shared::domain::{Body, Email, EmailAddress, IdempotencyKey, Subject, Task};
 use sendonce_testkit::{CapturedChild, PostgresServer, TestDatabase, eventually};
 
-use crate::helpers::{DEADLINE, Options, spawn_system};
-
-fn keyed_task(to: &str, key: &str) -> Task {
-    Task::new(
-        Email {
-            from: None,
-            to: EmailAddress::parse(to).expect("valid"),
-            reply_to: None,
-            subject: Subject::parse("Silent").expect("valid"),
-            body: Body::new(Some("are you there".into()), None).expect("valid"),
-        },
-        Some(IdempotencyKey::parse(key).expect("valid")),
-    )
-}
+use crate::helpers::{DEADLINE, Options, keyed_task, spawn_system};
 
 /// Log lines of `worker` saying a step failed on the silent server: a
 /// statement on an open connection, or the opening of a new one (seen in
@@ -102,7 +88,7 @@ async fn a_silent_postgres_fails_statements_within_the_timeout_and_nothing_is_se
 
     // The claim runs into the silent server.
     postgres.pause();
-    let first = keyed_task("ada@example.com", "silent:claim");
+    let first = keyed_task("ada@example.com", "silent:claim", "Silent");
     system.push_task(&first).await;
     let paused = Instant::now();
     let failed = within(Duration::from_secs(10), || async {
@@ -140,7 +126,7 @@ async fn a_silent_postgres_fails_statements_within_the_timeout_and_nothing_is_se
     // times out and is retried until it lands. Either way the message
     // reaches the server once and ends `sent`, not `uncertain`.
     let before = timed_out(&worker).len();
-    let second = keyed_task("bob+slow-data-1500@example.com", "silent:sent");
+    let second = keyed_task("bob+slow-data-1500@example.com", "silent:sent", "Silent");
     system.push_task(&second).await;
     eventually("the second RCPT", DEADLINE, || async {
         (system.smtp.attempts_for("bob+slow-data-1500@example.com") > 0).then_some(())

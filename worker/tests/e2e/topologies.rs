@@ -221,12 +221,28 @@ async fn jobs_posted_before_during_and_after_a_sentinel_failover_are_all_deliver
 }
 
 /// A node of a cluster as `CLUSTER NODES` lists it.
+/// The Cluster slot that holds the queue of `prefix` (all its keys).
+async fn queue_slot(cluster: &RedisCluster, prefix: &str) -> u16 {
+    cluster.nodes[0]
+        .command(&["CLUSTER", "KEYSLOT", &format!("{{{prefix}}}:queue")])
+        .await
+        .expect("KEYSLOT")
+        .parse()
+        .expect("a slot")
+}
+
 struct Node {
     id: String,
     port: u16,
     /// The master's id, for a replica.
     master: Option<String>,
     slots: Vec<(u16, u16)>,
+}
+
+impl Node {
+    fn owns(&self, slot: u16) -> bool {
+        self.slots.iter().any(|&(a, b)| (a..=b).contains(&slot))
+    }
 }
 
 async fn cluster_nodes(any: &RedisServer) -> Vec<Node> {
@@ -290,18 +306,9 @@ async fn jobs_posted_before_during_and_after_a_cluster_slot_migration_are_all_de
     })
     .await;
     let _worker = system.spawn_worker().await;
-    let slot: u16 = cluster.nodes[0]
-        .command(&[
-            "CLUSTER",
-            "KEYSLOT",
-            &format!("{{{}}}:queue", system.prefix),
-        ])
-        .await
-        .expect("KEYSLOT")
-        .parse()
-        .expect("a slot");
+    let slot = queue_slot(&cluster, &system.prefix).await;
     let nodes = cluster_nodes(&cluster.nodes[0]).await;
-    let owns = |n: &Node| n.slots.iter().any(|&(a, b)| (a..=b).contains(&slot));
+    let owns = |n: &Node| n.owns(slot);
     let from = nodes.iter().find(|n| owns(n)).expect("the slot's owner");
     let to = nodes.iter().find(|n| !owns(n)).expect("another node");
 
@@ -386,20 +393,11 @@ async fn jobs_posted_before_during_and_after_a_cluster_failover_are_all_delivere
     })
     .await;
     let _worker = system.spawn_worker().await;
-    let slot: u16 = cluster.nodes[0]
-        .command(&[
-            "CLUSTER",
-            "KEYSLOT",
-            &format!("{{{}}}:queue", system.prefix),
-        ])
-        .await
-        .expect("KEYSLOT")
-        .parse()
-        .expect("a slot");
+    let slot = queue_slot(&cluster, &system.prefix).await;
     let nodes = cluster_nodes(&cluster.nodes[0]).await;
     let master = nodes
         .iter()
-        .find(|n| n.slots.iter().any(|&(a, b)| (a..=b).contains(&slot)))
+        .find(|n| n.owns(slot))
         .expect("the slot's master");
     let replica = nodes
         .iter()
