@@ -65,10 +65,12 @@ impl Application {
             .migrate()
             .await
             .context("failed to apply migrations to DATABASE_URL")?;
-        let queue = Queue::new(
+        let queue = Queue::sharded(
             queue::connect(&config.common.redis_url, &config.common.redis_tls())?,
             &config.common.redis_key_prefix,
+            config.common.queue_shards,
         );
+        sendonce_shared::readiness::check_layout_at_start(&queue).await?;
         sendonce_shared::readiness::warn_at_start(&queue).await;
         let handoff = Handoff::new(queue.clone());
         let pusher = handoff.clone();

@@ -288,6 +288,7 @@ mod tests {
             kill_every: Duration::from_secs(2),
             pauses: Pauses::default(),
             drain_timeout: Duration::from_secs(1),
+            queue_shards: 1,
             bin_dir: PathBuf::new(),
         }
     }

@@ -76,6 +76,8 @@ pub struct Scenario {
     pub pauses: Pauses,
     /// How long the queue may take to drain after the chaos.
     pub drain_timeout: Duration,
+    /// `QUEUE_SHARDS` of every process.
+    pub queue_shards: u16,
     /// Holds `sendonce-api`, `sendonce-worker` and `sendonce-smtp-sink`.
     pub bin_dir: PathBuf,
 }
@@ -312,6 +314,7 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Summary> {
         ("DATABASE_POOLER", pooler.to_owned()),
         ("REDIS_URL", redis.url()),
         ("REDIS_KEY_PREFIX", PREFIX.to_owned()),
+        ("QUEUE_SHARDS", scenario.queue_shards.to_string()),
         ("JWT_SECRET", secret),
         ("SMTP_URL", smtp.url()),
         (

@@ -49,6 +49,9 @@ struct Args {
     /// Seconds the queue may take to drain after the chaos.
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
     drain_secs: u64,
+    /// `QUEUE_SHARDS` of the API and the workers.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    queue_shards: u16,
     /// Directory holding `sendonce-api`, `sendonce-worker` and
     /// `sendonce-smtp-sink` (default: the one this binary was built into).
     #[arg(long)]
@@ -93,6 +96,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             postgres: Duration::from_millis(args.postgres_pause_ms),
         },
         drain_timeout: Duration::from_secs(args.drain_secs),
+        queue_shards: args.queue_shards,
         bin_dir,
     };
     let summary = sendonce_chaos::run(&scenario).await?;

@@ -20,6 +20,9 @@ async fn under_kills_pauses_and_a_redis_restart_no_key_is_sent_twice_stranded_or
         // A healthy drain takes seconds; a stranded job waits it out, so
         // it bounds the wall time of a failing run.
         drain_timeout: Duration::from_secs(40),
+        // Sharded, so that restarts, reaps and restores cross shards here;
+        // the e2e suite covers one shard.
+        queue_shards: 3,
         bin_dir: cluster::find_bin_dir().expect("the sendonce binaries"),
     };
 

@@ -80,6 +80,13 @@ pub struct CommonConfig {
     #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "sendonce", value_parser = parse_prefix)]
     pub redis_key_prefix: String,
 
+    /// How many shards the queue's keys are spread over: `{prefix}` for 1,
+    /// `{prefix:0}` .. `{prefix:k-1}` otherwise, chosen by a hash of the
+    /// idempotency key, so a Redis Cluster spreads them over its masters.
+    /// Every process must use the same count; changing it needs a drain.
+    #[arg(long, env = "QUEUE_SHARDS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=i64::from(crate::queue::MAX_SHARDS)))]
+    pub queue_shards: u16,
+
     /// How long, in seconds, the L1 dedup key of an idempotency key lives in
     /// Redis. (Replays are answered from Postgres, with no time limit.)
     #[arg(long, env = "DEDUP_TTL_SECS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]

@@ -6,44 +6,51 @@
 //!
 //! # Key layout
 //!
-//! Every key carries the same hash tag, `{prefix}`, so any script or
-//! transaction touching several of them runs on Redis Cluster unchanged:
+//! Keys live under hash tags, so that every script or transaction touches
+//! one Redis Cluster slot. A task's keys are in its shard's tag: `{p}` with
+//! `QUEUE_SHARDS = 1` (the default, and the layout before sharding), else
+//! `{p:i}` with `i` a CRC-32 of the idempotency key modulo the shard count
+//! (see [`Keys`]). The fleet's keys are always under `{p}`.
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `{p}:queue` | list | ready tasks; the API `LPUSH`es, workers take from the right |
-//! | `{p}:processing:<worker>` | list | tasks a worker holds; removed on acknowledge |
-//! | `{p}:scheduled` | sorted set | tasks waiting for a retry, scored by due time (ms, Redis clock) |
-//! | `{p}:leases` | sorted set | worker ids that may hold tasks, scored by lease deadline (ms, Redis clock) |
-//! | `{p}:dedup:<key>` | string, EX ttl | L1 claim: the job id that holds the key |
-//! | `{p}:epoch` | string, no TTL | set by the worker that re-pushed every waiting job after Redis was found without it (flushed, restarted empty, failed over) |
-//! | `{p}:poison` | list | tasks that do not parse; kept for an operator, never dropped |
+//! | `{shard}:queue` | list | ready tasks; the API `LPUSH`es, workers take from the right |
+//! | `{shard}:processing:<worker>` | list | tasks a worker holds; removed on acknowledge |
+//! | `{shard}:scheduled` | sorted set | tasks waiting for a retry, scored by due time (ms, Redis clock) |
+//! | `{shard}:leases` | sorted set | worker ids that may hold tasks in this shard, scored by lease deadline (ms, that node's clock) |
+//! | `{shard}:dedup:<key>` | string, EX ttl | L1 claim: the job id that holds the key |
+//! | `{shard}:epoch` | string, no TTL | set by the worker that re-pushed the shard's waiting jobs after Redis was found without it (flushed, restarted empty, failed over) |
+//! | `{shard}:poison` | list | tasks that do not parse; kept for an operator, never dropped |
+//! | `{shard}:ready` | string, PX 10 s | written by every readiness probe, so a probe fails where writes would (a replica, the wrong Cluster node) |
+//! | `{p}:shards` | string, no TTL | the shard count the queue was laid out with; a process configured otherwise refuses to start |
 //! | `{p}:rate:<sub>` | string, PX until full | the API's rate limit: a token subject's GCRA "theoretical arrival time" (µs, Redis clock) |
-//! | `{p}:ready` | string, PX 10 s | written by every readiness probe, so a probe fails where writes would (a replica, the wrong Cluster node) |
 //! | `{p}:housekeeper` | string, PX 2/3 lease | the worker elected to do the fleet's housekeeping (retry promotion, queue depths, the epoch check, the reconciler and the sweeper); taken and renewed with the heartbeat |
 //! | `{p}:depths` | string, PX 15 s | the queue depths the housekeeper last counted, `ready scheduled processing`, which every other worker exports as its gauges |
 //!
 //! # Cost per worker
 //!
-//! An idle worker's Redis commands do not grow with the fleet: a blocking
-//! pop per second, a heartbeat (which also contends for the housekeeper)
-//! every third of a lease, a reap that reads only lapsed leases every half
-//! lease, and a read of the published depths every 5 s. Only the
-//! housekeeper promotes, counts the processing lists and checks the epoch.
+//! An idle worker's Redis commands do not grow with the fleet: a pop per
+//! shard per second (one of them blocking), a heartbeat (a lease per shard
+//! and the housekeeper contention) every third of a lease, a reap that
+//! reads only lapsed leases (per shard) every half lease, and a read of the
+//! published depths every 5 s. Only the housekeeper promotes, counts the
+//! processing lists and checks the epochs.
 
 use std::time::Duration;
 
 use redis::Script;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::domain::{IdempotencyKey, JobId, Task};
+use crate::domain::{JobId, Task};
 
 /// `maxmemory-policy` values under which Redis never drops a key.
 const NOEVICTION: &str = "noeviction";
 
 mod connect;
+mod keys;
 mod shared;
 pub use connect::{Connection, Connector, RedisTls, validate_url};
+pub use keys::{Keys, MAX_SHARDS, ShardKeys};
 use shared::SharedConnection;
 
 /// A Redis operation failed.
@@ -59,6 +66,20 @@ pub enum QueueError {
     /// Redis answered in a shape the caller did not expect.
     #[error("unexpected answer from Redis: {0}")]
     Unexpected(String),
+    /// Redis holds a queue laid out in another number of shards.
+    #[error(
+        "QUEUE_SHARDS is {configured}, but this Redis holds a queue laid out in {found} shard(s) \
+         ({key}); every process must use the same count, and changing it needs a drain \
+         (README: \"Changing the shard count\")"
+    )]
+    Layout {
+        /// This process's `QUEUE_SHARDS`.
+        configured: usize,
+        /// The count recorded in Redis.
+        found: String,
+        /// The key that records it.
+        key: String,
+    },
 }
 
 /// Every due time and lease deadline is computed and compared inside a
@@ -69,67 +90,6 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 ";
-
-/// Names of the Redis keys under one prefix.
-#[derive(Debug, Clone)]
-pub struct Keys {
-    tag: String,
-}
-
-impl Keys {
-    /// Keys under `{prefix}`.
-    pub fn new(prefix: &str) -> Self {
-        Self {
-            tag: format!("{{{prefix}}}"),
-        }
-    }
-
-    /// The ready queue.
-    pub fn queue(&self) -> String {
-        format!("{}:queue", self.tag)
-    }
-    /// The delayed-retry sorted set.
-    pub fn scheduled(&self) -> String {
-        format!("{}:scheduled", self.tag)
-    }
-    /// Worker leases: each registered worker, scored by its deadline.
-    pub fn leases(&self) -> String {
-        format!("{}:leases", self.tag)
-    }
-    /// A worker's processing list.
-    pub fn processing(&self, worker: &str) -> String {
-        format!("{}:processing:{worker}", self.tag)
-    }
-    /// The L1 dedup key of an idempotency key.
-    pub fn dedup(&self, key: &IdempotencyKey) -> String {
-        format!("{}:dedup:{key}", self.tag)
-    }
-    /// The epoch: missing means this Redis lost (or never had) the tasks
-    /// of the waiting jobs.
-    pub fn epoch(&self) -> String {
-        format!("{}:epoch", self.tag)
-    }
-    /// Where unparseable tasks are kept.
-    pub fn poison(&self) -> String {
-        format!("{}:poison", self.tag)
-    }
-    /// The rate-limit state of a token subject.
-    pub fn rate(&self, subject: &str) -> String {
-        format!("{}:rate:{subject}", self.tag)
-    }
-    /// Written by readiness probes.
-    pub fn ready(&self) -> String {
-        format!("{}:ready", self.tag)
-    }
-    /// The id of the worker doing the fleet's housekeeping.
-    pub fn housekeeper(&self) -> String {
-        format!("{}:housekeeper", self.tag)
-    }
-    /// The queue depths the housekeeper last counted.
-    pub fn depths(&self) -> String {
-        format!("{}:depths", self.tag)
-    }
-}
 
 /// The client for `url` (any of the URL kinds in [`connect`]'s module:
 /// one server, Sentinel, Cluster; TLS with `tls`'s certificates). Nothing
@@ -188,20 +148,35 @@ end
 return #due
 ";
 
-/// Renews a worker's lease and contends for the housekeeper: taken when
-/// free, renewed when held. Returns 1 when this worker is the housekeeper.
-const HEARTBEAT: &str = r"
--- KEYS: leases, housekeeper. ARGV: worker id, lease ms, housekeeper ms.
+/// Renews a worker's lease in one shard (every shard has its own leases,
+/// so that a reap re-checks the lease in the same script as the move).
+const LEASE: &str = r"
+-- KEYS: leases. ARGV: worker id, lease ms.
 redis.call('ZADD', KEYS[1], now_ms() + tonumber(ARGV[2]), ARGV[1])
-local holder = redis.call('GET', KEYS[2])
+return 1
+";
+
+/// Contends for the housekeeper: taken when free, renewed when held.
+/// Returns 1 when this worker is the housekeeper.
+const HOUSEKEEP: &str = r"
+-- KEYS: housekeeper. ARGV: worker id, housekeeper ms.
+local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return 1
 end
 if not holder then
-  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return 1
 end
+return 0
+";
+
+/// Gives up the housekeeper if this worker holds it, so the next heartbeat
+/// elsewhere takes it at once.
+const RESIGN: &str = r"
+-- KEYS: housekeeper. ARGV: worker id.
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 ";
 
@@ -218,15 +193,13 @@ return redis.call('ZRANGE', KEYS[1], '-inf', now_ms(), 'BYSCORE', 'LIMIT', 0, AR
 ";
 
 const REAP: &str = r"
--- KEYS: leases, processing, queue, housekeeper. ARGV: worker id, force.
--- Forced (the worker's own hand-back at shutdown), it also gives up the
--- housekeeper, so the next heartbeat elsewhere takes it at once.
+-- KEYS: leases, processing, queue (one shard's). ARGV: worker id, force.
+-- Forced: the worker's own hand-back at shutdown.
 local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if ARGV[2] ~= '1' and deadline and tonumber(deadline) > now_ms() then return -1 end
 local n = 0
 while redis.call('LMOVE', KEYS[2], KEYS[3], 'RIGHT', 'RIGHT') do n = n + 1 end
 redis.call('ZREM', KEYS[1], ARGV[1])
-if ARGV[2] == '1' and redis.call('GET', KEYS[4]) == ARGV[1] then redis.call('DEL', KEYS[4]) end
 return n
 ";
 
@@ -272,6 +245,28 @@ redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.floor((new_t
 return 0
 ";
 
+/// A copy of a task in one shard's keys: what a pop hands a worker, and
+/// what acknowledging, retrying or poisoning it names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Held {
+    /// The shard whose lists hold it.
+    pub shard: usize,
+    /// The task as stored.
+    pub raw: String,
+}
+
+/// A worker's blocking-pop connection, and the shard its next pop starts at.
+pub struct Popper {
+    conn: Connection,
+    next: usize,
+}
+
+impl std::fmt::Debug for Popper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Popper").field("next", &self.next).finish()
+    }
+}
+
 /// The queue operations both binaries use.
 #[derive(Clone)]
 pub struct Queue {
@@ -280,7 +275,9 @@ pub struct Queue {
     keep_epoch: Script,
     restore: Script,
     promote: Script,
-    heartbeat: Script,
+    lease: Script,
+    housekeep: Script,
+    resign: Script,
     lapsed: Script,
     reap: Script,
     retry_later: Script,
@@ -294,16 +291,29 @@ impl std::fmt::Debug for Queue {
     }
 }
 
+/// Milliseconds, saturating, for script arguments.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 impl Queue {
-    /// Operations on the keys under `prefix`.
+    /// Operations on the keys under `prefix`, in one shard.
     pub fn new(connector: Connector, prefix: &str) -> Self {
+        Self::sharded(connector, prefix, 1)
+    }
+
+    /// Operations on the keys under `prefix`, spread over `shards` shards
+    /// (see [`Keys::sharded`]).
+    pub fn sharded(connector: Connector, prefix: &str, shards: u16) -> Self {
         Self {
             conn: SharedConnection::new(connector),
-            keys: Keys::new(prefix),
+            keys: Keys::sharded(prefix, shards),
             keep_epoch: Script::new(KEEP_EPOCH),
             restore: Script::new(&format!("{NOW_MS}{RESTORE}")),
             promote: Script::new(&format!("{NOW_MS}{PROMOTE}")),
-            heartbeat: Script::new(&format!("{NOW_MS}{HEARTBEAT}")),
+            lease: Script::new(&format!("{NOW_MS}{LEASE}")),
+            housekeep: Script::new(HOUSEKEEP),
+            resign: Script::new(RESIGN),
             lapsed: Script::new(&format!("{NOW_MS}{LAPSED}")),
             reap: Script::new(&format!("{NOW_MS}{REAP}")),
             retry_later: Script::new(&format!("{NOW_MS}{RETRY_LATER}")),
@@ -317,6 +327,10 @@ impl Queue {
         &self.keys
     }
 
+    fn shards(&self) -> impl Iterator<Item = (usize, &ShardKeys)> {
+        self.keys.shards().iter().enumerate()
+    }
+
     async fn conn(&self) -> Result<shared::Conn, QueueError> {
         Ok(self.conn.get().await?)
     }
@@ -328,21 +342,52 @@ impl Queue {
         Ok(())
     }
 
-    /// Checks that Redis takes a write of a key under the prefix's hash
-    /// tag: `SET {p}:ready <now> PX 10000`. Fails where the queue's writes
-    /// would: on a replica (`READONLY`), on a Cluster node that does not
-    /// own the slot (`MOVED`), on a Redis out of memory. Such an answer
-    /// also replaces the shared connection, so the next command goes to
-    /// the current primary.
-    pub async fn probe_write(&self) -> Result<(), QueueError> {
+    /// Records the shard count in Redis (`{p}:shards`) if none is, and
+    /// fails if a different one is: processes with different counts would
+    /// push and pop under different keys (see README, "Changing the shard
+    /// count").
+    pub async fn check_layout(&self) -> Result<(), QueueError> {
         let mut conn = self.conn().await?;
-        redis::cmd("SET")
-            .arg(self.keys.ready())
-            .arg(std::process::id())
-            .arg("PX")
-            .arg(10_000)
-            .query_async::<()>(&mut conn)
+        let mine = self.keys.shard_count().to_string();
+        let found: Option<String> = redis::cmd("SET")
+            .arg(self.keys.layout())
+            .arg(&mine)
+            .arg("NX")
+            .arg("GET")
+            .query_async(&mut conn)
             .await?;
+        match found {
+            Some(found) if found != mine => Err(QueueError::Layout {
+                configured: self.keys.shard_count(),
+                found,
+                key: self.keys.layout(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks that Redis takes a write in every slot the queue uses:
+    /// `SET <tag>:ready <pid> PX 10000` for each hash tag. Fails where the
+    /// queue's writes would: on a replica (`READONLY`), on a Cluster node
+    /// that does not own the slot (`MOVED`), on a Redis out of memory. Such
+    /// an answer also replaces the shared connection, so the next command
+    /// goes to the current primary.
+    pub async fn probe_write(&self) -> Result<(), QueueError> {
+        let conn = self.conn().await?;
+        let pid = std::process::id();
+        let writes = self.keys.tags().map(|tag| {
+            let mut conn = conn.clone();
+            async move {
+                redis::cmd("SET")
+                    .arg(format!("{tag}:ready"))
+                    .arg(pid)
+                    .arg("PX")
+                    .arg(10_000)
+                    .query_async::<()>(&mut conn)
+                    .await
+            }
+        });
+        futures::future::try_join_all(writes).await?;
         Ok(())
     }
 
@@ -373,92 +418,134 @@ impl Queue {
         Ok((wait_us > 0).then(|| Duration::from_micros(wait_us)))
     }
 
-    /// Pushes tasks straight onto the queue in one round trip (requeue
-    /// from the DLQ, tests).
+    /// `tasks` grouped by shard, in order within each.
+    fn by_shard<'t, T>(
+        &self,
+        tasks: &'t [T],
+        raw: impl Fn(&T) -> &str,
+    ) -> Vec<(usize, Vec<&'t T>)> {
+        let mut groups: Vec<Vec<&T>> = vec![Vec::new(); self.keys.shard_count()];
+        for task in tasks {
+            groups[self.keys.shard_of_raw(raw(task))].push(task);
+        }
+        groups
+            .into_iter()
+            .enumerate()
+            .filter(|(_, g)| !g.is_empty())
+            .collect()
+    }
+
+    /// One list command per shard that has tasks, concurrently.
+    async fn push_with(&self, command: &str, raw: &[String]) -> Result<(), QueueError> {
+        if raw.is_empty() {
+            return Ok(());
+        }
+        let conn = self.conn().await?;
+        let pushes = self
+            .by_shard(raw, String::as_str)
+            .into_iter()
+            .map(|(shard, tasks)| {
+                let mut conn = conn.clone();
+                let mut cmd = redis::cmd(command);
+                cmd.arg(self.keys.shard(shard).queue()).arg(tasks);
+                async move { cmd.query_async::<()>(&mut conn).await }
+            });
+        futures::future::try_join_all(pushes).await?;
+        Ok(())
+    }
+
+    /// Pushes tasks onto their shards' queues, one round trip per shard,
+    /// concurrently (the API's hand-off, requeue from the DLQ, tests).
     pub async fn push(&self, raw: &[String]) -> Result<(), QueueError> {
-        if raw.is_empty() {
-            return Ok(());
-        }
-        let mut conn = self.conn().await?;
-        redis::cmd("LPUSH")
-            .arg(self.keys.queue())
-            .arg(raw)
-            .query_async::<()>(&mut conn)
-            .await?;
-        Ok(())
+        self.push_with("LPUSH", raw).await
     }
 
-    /// Puts tasks at the far end of the queue, next to be popped, in one
-    /// round trip: the reconciler's pushes, for jobs that already waited.
+    /// Puts tasks at the far end of their shards' queues, next to be
+    /// popped: the reconciler's pushes, for jobs that already waited.
     pub async fn push_next(&self, raw: &[String]) -> Result<(), QueueError> {
-        if raw.is_empty() {
-            return Ok(());
-        }
-        let mut conn = self.conn().await?;
-        redis::cmd("RPUSH")
-            .arg(self.keys.queue())
-            .arg(raw)
-            .query_async::<()>(&mut conn)
-            .await?;
-        Ok(())
+        self.push_with("RPUSH", raw).await
     }
 
-    /// Puts back tasks Redis lost, each with how long until it is due: due
-    /// ones next to be popped, later ones in the delayed set. One script.
-    pub async fn restore(&self, tasks: &[(String, Duration)]) -> Result<(), QueueError> {
-        if tasks.is_empty() {
-            return Ok(());
-        }
-        let mut invocation = self.restore.prepare_invoke();
-        invocation.key(self.keys.queue()).key(self.keys.scheduled());
-        for (task, due_in) in tasks {
-            invocation
-                .arg(task)
-                .arg(u64::try_from(due_in.as_millis()).unwrap_or(u64::MAX));
-        }
+    /// Puts back tasks a shard lost, each with how long until it is due:
+    /// due ones next to be popped, later ones in the delayed set. Only the
+    /// tasks of `shards` (the ones found without their epoch); one script
+    /// per shard. Returns how many it put back.
+    pub async fn restore(
+        &self,
+        tasks: &[(String, Duration)],
+        shards: &[usize],
+    ) -> Result<usize, QueueError> {
         let mut conn = self.conn().await?;
-        invocation.invoke_async::<()>(&mut conn).await?;
-        Ok(())
+        let mut restored = 0;
+        for (shard, tasks) in self.by_shard(tasks, |(raw, _)| raw) {
+            if !shards.contains(&shard) {
+                continue;
+            }
+            restored += tasks.len();
+            let keys = self.keys.shard(shard);
+            let mut invocation = self.restore.prepare_invoke();
+            invocation.key(keys.queue()).key(keys.scheduled());
+            for (task, due_in) in tasks {
+                invocation.arg(task).arg(millis(*due_in));
+            }
+            invocation.invoke_async::<()>(&mut conn).await?;
+        }
+        Ok(restored)
     }
 
-    /// Whether the epoch key is missing: this Redis lost everything since a
-    /// worker last re-pushed the waiting jobs (or never had them).
-    pub async fn epoch_missing(&self) -> Result<bool, QueueError> {
+    /// The shards without their epoch key: they lost everything since a
+    /// worker last re-pushed their waiting jobs (or never had them).
+    pub async fn epoch_missing(&self) -> Result<Vec<usize>, QueueError> {
         let mut conn = self.conn().await?;
-        let exists: bool = redis::cmd("EXISTS")
-            .arg(self.keys.epoch())
-            .query_async(&mut conn)
-            .await?;
-        Ok(!exists)
+        let mut missing = Vec::new();
+        for (i, keys) in self.shards() {
+            let exists: bool = redis::cmd("EXISTS")
+                .arg(keys.epoch())
+                .query_async(&mut conn)
+                .await?;
+            if !exists {
+                missing.push(i);
+            }
+        }
+        Ok(missing)
     }
 
-    /// Takes the epoch for a re-push pass, as `value`, for `ttl` (renewed
-    /// with [`Queue::keep_epoch`] while the pass runs, so that if its worker
-    /// dies another one takes over). `false` when another worker has it.
-    pub async fn claim_epoch(&self, value: &str, ttl: Duration) -> Result<bool, QueueError> {
+    /// Takes `shard`'s epoch for a re-push pass, as `value`, for `ttl`
+    /// (renewed with [`Queue::keep_epoch`] while the pass runs, so that if
+    /// its worker dies another one takes over). `false` when another worker
+    /// has it.
+    pub async fn claim_epoch(
+        &self,
+        shard: usize,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<bool, QueueError> {
         let mut conn = self.conn().await?;
         let set: Option<String> = redis::cmd("SET")
-            .arg(self.keys.epoch())
+            .arg(self.keys.shard(shard).epoch())
             .arg(value)
             .arg("NX")
             .arg("PX")
-            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+            .arg(millis(ttl).max(1))
             .query_async(&mut conn)
             .await?;
         Ok(set.is_some())
     }
 
-    /// Renews the epoch taken as `value` for `ttl`, or, with `None`, keeps
-    /// it for good (the pass is done). `false` when the key no longer holds
-    /// `value` (Redis lost it again; another pass is under way).
-    pub async fn keep_epoch(&self, value: &str, ttl: Option<Duration>) -> Result<bool, QueueError> {
+    /// Renews `shard`'s epoch taken as `value` for `ttl`, or, with `None`,
+    /// keeps it for good (the pass is done). `false` when the key no longer
+    /// holds `value` (the shard lost it again; another pass is under way).
+    pub async fn keep_epoch(
+        &self,
+        shard: usize,
+        value: &str,
+        ttl: Option<Duration>,
+    ) -> Result<bool, QueueError> {
         let mut conn = self.conn().await?;
-        let ms = ttl.map_or(0, |t| {
-            u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)
-        });
+        let ms = ttl.map_or(0, |t| millis(t).max(1));
         let kept: i64 = self
             .keep_epoch
-            .key(self.keys.epoch())
+            .key(self.keys.shard(shard).epoch())
             .arg(value)
             .arg(ms)
             .invoke_async(&mut conn)
@@ -489,13 +576,18 @@ impl Queue {
     /// A dedicated connection for blocking pops, whose response timeout
     /// outlasts the pop's own timeout. (On a Cluster, a connection of its
     /// own too: a blocked `BLMOVE` holds up the commands queued behind it
-    /// to the same node.)
-    pub async fn popper(&self, block: Duration) -> Result<Connection, QueueError> {
-        Ok(self
+    /// to the same node.) Its first pop starts at a shard chosen at random,
+    /// so that a fleet's idle workers wait on every shard.
+    pub async fn popper(&self, block: Duration) -> Result<Popper, QueueError> {
+        use std::hash::BuildHasher;
+        let conn = self
             .conn
             .connector()
             .open(block + Duration::from_secs(5))
-            .await?)
+            .await?;
+        let random = std::collections::hash_map::RandomState::new().hash_one(());
+        let next = usize::try_from(random % self.keys.shard_count() as u64).unwrap_or(0);
+        Ok(Popper { conn, next })
     }
 
     /// Whether `e` means the connection that answered it should be
@@ -509,119 +601,175 @@ impl Queue {
         }
     }
 
-    /// Moves the oldest ready task into `worker`'s processing list and returns
-    /// it, waiting up to `block`. The task stays in Redis until acknowledged,
-    /// so a crash after this call loses nothing.
+    /// Moves the oldest ready task of a shard into `worker`'s processing
+    /// list of that shard and returns it, waiting up to `block`. The task
+    /// stays in Redis until acknowledged, so a crash after this call loses
+    /// nothing.
+    ///
+    /// Shards are taken in turn: each pop starts at the shard after the
+    /// last one that gave a task, tries each other shard without waiting
+    /// (`LMOVE`), and waits only on the last one tried (`BLMOVE`). A busy
+    /// shard therefore never starves another, and an idle worker costs one
+    /// command per shard per `block`. With one shard this is one `BLMOVE`.
     pub async fn pop(
         &self,
-        conn: &mut Connection,
+        popper: &mut Popper,
         worker: &str,
         block: Duration,
-    ) -> Result<Option<String>, QueueError> {
-        Ok(redis::cmd("BLMOVE")
-            .arg(self.keys.queue())
-            .arg(self.keys.processing(worker))
-            .arg("RIGHT")
-            .arg("LEFT")
-            .arg(block.as_secs_f64())
-            .query_async(conn)
-            .await?)
+    ) -> Result<Option<Held>, QueueError> {
+        let k = self.keys.shard_count();
+        for i in 0..k {
+            let shard = (popper.next + i) % k;
+            let keys = self.keys.shard(shard);
+            let last = i + 1 == k;
+            let mut cmd = redis::cmd(if last { "BLMOVE" } else { "LMOVE" });
+            cmd.arg(keys.queue())
+                .arg(keys.processing(worker))
+                .arg("RIGHT")
+                .arg("LEFT");
+            if last {
+                cmd.arg(block.as_secs_f64());
+            }
+            // A failure ends the pop at once, even with other shards left:
+            // a move whose reply was lost may have happened, and the caller
+            // must then look for it (see the runner's `return_stranded`)
+            // before it pops again.
+            let popped: Option<String> = cmd.query_async(&mut popper.conn).await?;
+            if let Some(raw) = popped {
+                popper.next = (shard + 1) % k;
+                return Ok(Some(Held { shard, raw }));
+            }
+        }
+        popper.next = (popper.next + 1) % k;
+        Ok(None)
     }
 
-    /// Everything in `worker`'s processing list.
-    pub async fn held_by(&self, worker: &str) -> Result<Vec<String>, QueueError> {
+    /// Everything in `worker`'s processing lists.
+    pub async fn held_by(&self, worker: &str) -> Result<Vec<Held>, QueueError> {
         let mut conn = self.conn().await?;
-        Ok(redis::cmd("LRANGE")
-            .arg(self.keys.processing(worker))
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut conn)
-            .await?)
+        let mut held = Vec::new();
+        for (shard, keys) in self.shards() {
+            let list: Vec<String> = redis::cmd("LRANGE")
+                .arg(keys.processing(worker))
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut conn)
+                .await?;
+            held.extend(list.into_iter().map(|raw| Held { shard, raw }));
+        }
+        Ok(held)
     }
 
     /// Moves one copy of each of `tasks` from `worker`'s processing list to
-    /// the head of the queue, each move atomic; a task no longer in the list
-    /// is skipped. Returns how many moved.
-    pub async fn return_held(&self, worker: &str, tasks: &[String]) -> Result<usize, QueueError> {
-        if tasks.is_empty() {
-            return Ok(0);
-        }
+    /// the head of its shard's queue, each move atomic; a task no longer in
+    /// the list is skipped. Returns how many moved.
+    pub async fn return_held(&self, worker: &str, tasks: &[Held]) -> Result<usize, QueueError> {
         let mut conn = self.conn().await?;
-        let n: i64 = self
-            .return_held
-            .key(self.keys.processing(worker))
-            .key(self.keys.queue())
-            .arg(tasks)
-            .invoke_async(&mut conn)
-            .await?;
-        Ok(usize::try_from(n).unwrap_or(0))
+        let mut moved = 0;
+        for (shard, keys) in self.shards() {
+            let raw: Vec<&str> = tasks
+                .iter()
+                .filter(|t| t.shard == shard)
+                .map(|t| t.raw.as_str())
+                .collect();
+            if raw.is_empty() {
+                continue;
+            }
+            let n: i64 = self
+                .return_held
+                .key(keys.processing(worker))
+                .key(keys.queue())
+                .arg(raw)
+                .invoke_async(&mut conn)
+                .await?;
+            moved += usize::try_from(n).unwrap_or(0);
+        }
+        Ok(moved)
     }
 
     /// Removes a finished task from `worker`'s processing list.
-    pub async fn ack(&self, worker: &str, raw: &str) -> Result<(), QueueError> {
+    pub async fn ack(&self, worker: &str, held: &Held) -> Result<(), QueueError> {
         let mut conn = self.conn().await?;
         redis::cmd("LREM")
-            .arg(self.keys.processing(worker))
+            .arg(self.keys.shard(held.shard).processing(worker))
             .arg(1)
-            .arg(raw)
+            .arg(&held.raw)
             .query_async::<()>(&mut conn)
             .await?;
         Ok(())
     }
 
-    /// Moves a held task to the delayed set, due `delay` from now by
-    /// Redis's clock, in one script: it is never in neither place. `false`
-    /// when this worker's list no longer held it (a reaper handed it on), and
-    /// nothing was scheduled.
+    /// Moves a held task to its shard's delayed set, due `delay` from now
+    /// by Redis's clock, in one script: it is never in neither place.
+    /// `false` when this worker's list no longer held it (a reaper handed
+    /// it on), and nothing was scheduled.
     pub async fn retry_later(
         &self,
         worker: &str,
-        raw: &str,
+        held: &Held,
         delay: Duration,
     ) -> Result<bool, QueueError> {
         let mut conn = self.conn().await?;
+        let keys = self.keys.shard(held.shard);
         let moved: i64 = self
             .retry_later
-            .key(self.keys.processing(worker))
-            .key(self.keys.scheduled())
-            .arg(raw)
-            .arg(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX))
+            .key(keys.processing(worker))
+            .key(keys.scheduled())
+            .arg(&held.raw)
+            .arg(millis(delay))
             .invoke_async(&mut conn)
             .await?;
         Ok(moved == 1)
     }
 
-    /// Moves a held task that cannot be parsed to the poison list.
-    pub async fn poison(&self, worker: &str, raw: &str) -> Result<(), QueueError> {
+    /// Moves a held task that cannot be parsed to its shard's poison list.
+    pub async fn poison(&self, worker: &str, held: &Held) -> Result<(), QueueError> {
         let mut conn = self.conn().await?;
+        let keys = self.keys.shard(held.shard);
         redis::pipe()
             .atomic()
             .cmd("LPUSH")
-            .arg(self.keys.poison())
-            .arg(raw)
+            .arg(keys.poison())
+            .arg(&held.raw)
             .ignore()
             .cmd("LREM")
-            .arg(self.keys.processing(worker))
+            .arg(keys.processing(worker))
             .arg(1)
-            .arg(raw)
+            .arg(&held.raw)
             .ignore()
             .query_async::<()>(&mut conn)
             .await?;
         Ok(())
     }
 
-    /// Moves up to `batch` tasks due by Redis's clock from the delayed set to
-    /// the queue. Atomic, so any number of workers may run it at once (the
-    /// housekeeper, and one that lost the role without knowing it yet).
+    /// Moves up to `batch` tasks per shard due by Redis's clock from the
+    /// delayed sets to the queues. Atomic per shard, so any number of
+    /// workers may run it at once (the housekeeper, and one that lost the
+    /// role without knowing it yet). A shard that fails does not hold up
+    /// the others; the first failure is returned after all were tried.
     pub async fn promote_due(&self, batch: usize) -> Result<usize, QueueError> {
         let mut conn = self.conn().await?;
-        Ok(self
-            .promote
-            .key(self.keys.scheduled())
-            .key(self.keys.queue())
-            .arg(batch)
-            .invoke_async(&mut conn)
-            .await?)
+        let mut promoted = 0;
+        let mut failed = None;
+        for (_, keys) in self.shards() {
+            let n: Result<usize, _> = self
+                .promote
+                .key(keys.scheduled())
+                .key(keys.queue())
+                .arg(batch)
+                .invoke_async(&mut conn)
+                .await;
+            match n {
+                Ok(n) => promoted += n,
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Ok(promoted),
+        }
     }
 
     /// The L1 claim: `SET dedup NX GET EX ttl`. Passes when the key is free
@@ -647,24 +795,29 @@ impl Queue {
         })
     }
 
-    /// Registers `worker` and renews its lease for `lease` from now, by
-    /// Redis's clock, and contends for the housekeeper: `true` when
-    /// `worker` is it (took it, or renewed it), for two thirds of `lease`.
-    /// Beating every third of a lease, a housekeeper keeps the role through
-    /// one missed beat, and a lost one is replaced within one lease.
+    /// Registers `worker` and renews its lease in every shard for `lease`
+    /// from now, by each shard's Redis clock, and contends for the
+    /// housekeeper: `true` when `worker` is it (took it, or renewed it),
+    /// for two thirds of `lease`. Beating every third of a lease, a
+    /// housekeeper keeps the role through one missed beat, and a lost one
+    /// is replaced within one lease. One script per shard and one for the
+    /// housekeeper, concurrently.
     pub async fn heartbeat(&self, worker: &str, lease: Duration) -> Result<bool, QueueError> {
-        let mut conn = self.conn().await?;
-        let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
-        let leads: i64 = self
-            .heartbeat
-            .key(self.keys.leases())
-            .key(self.keys.housekeeper())
-            .arg(worker)
-            .arg(lease_ms)
-            .arg((lease_ms / 3 * 2).max(1))
-            .invoke_async(&mut conn)
-            .await?;
-        Ok(leads == 1)
+        let conn = self.conn().await?;
+        let lease_ms = millis(lease);
+        let renewals = self.shards().map(|(_, keys)| {
+            let mut conn = conn.clone();
+            let mut invocation = self.lease.key(keys.leases());
+            invocation.arg(worker).arg(lease_ms);
+            async move { invocation.invoke_async::<()>(&mut conn).await }
+        });
+        let mut contend = self.housekeep.key(self.keys.housekeeper());
+        contend.arg(worker).arg((lease_ms / 3 * 2).max(1));
+        let mut conn = conn.clone();
+        let contend = async move { contend.invoke_async::<i64>(&mut conn).await };
+        let (renewed, leads) = tokio::join!(futures::future::try_join_all(renewals), contend);
+        renewed?;
+        Ok(leads? == 1)
     }
 
     /// The id of the worker that is the housekeeper, if any is.
@@ -731,17 +884,19 @@ impl Queue {
     /// were handed back.
     pub async fn reap_dead(&self, me: &str, lease: Duration) -> Result<usize, QueueError> {
         let mut conn = self.conn().await?;
-        let lapsed: Vec<String> = self
-            .lapsed
-            .key(self.keys.leases())
-            .arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX))
-            .arg(REAP_BATCH)
-            .invoke_async(&mut conn)
-            .await?;
         let mut moved = 0;
-        for worker in lapsed.iter().filter(|w| w.as_str() != me) {
-            let n: i64 = self.invoke_reap(&mut conn, worker, false).await?;
-            moved += usize::try_from(n).unwrap_or(0);
+        for (_, keys) in self.shards() {
+            let lapsed: Vec<String> = self
+                .lapsed
+                .key(keys.leases())
+                .arg(millis(lease))
+                .arg(REAP_BATCH)
+                .invoke_async(&mut conn)
+                .await?;
+            for worker in lapsed.iter().filter(|w| w.as_str() != me) {
+                let n = self.invoke_reap(&mut conn, keys, worker, false).await?;
+                moved += usize::try_from(n).unwrap_or(0);
+            }
         }
         Ok(moved)
     }
@@ -750,51 +905,62 @@ impl Queue {
     /// it and, if it is the housekeeper, gives that up.
     pub async fn hand_back(&self, worker: &str) -> Result<usize, QueueError> {
         let mut conn = self.conn().await?;
-        let n = self.invoke_reap(&mut conn, worker, true).await?;
-        Ok(usize::try_from(n).unwrap_or(0))
+        let mut moved = 0;
+        for (_, keys) in self.shards() {
+            let n = self.invoke_reap(&mut conn, keys, worker, true).await?;
+            moved += usize::try_from(n).unwrap_or(0);
+        }
+        self.resign
+            .key(self.keys.housekeeper())
+            .arg(worker)
+            .invoke_async::<()>(&mut conn)
+            .await?;
+        Ok(moved)
     }
 
     async fn invoke_reap(
         &self,
         conn: &mut shared::Conn,
+        keys: &ShardKeys,
         worker: &str,
         force: bool,
     ) -> Result<i64, QueueError> {
         Ok(self
             .reap
-            .key(self.keys.leases())
-            .key(self.keys.processing(worker))
-            .key(self.keys.queue())
-            .key(self.keys.housekeeper())
+            .key(keys.leases())
+            .key(keys.processing(worker))
+            .key(keys.queue())
             .arg(worker)
             .arg(if force { "1" } else { "0" })
             .invoke_async(conn)
             .await?)
     }
 
-    /// Lengths of the ready queue, the delayed set and all processing lists:
-    /// one command per registered worker, so only the housekeeper counts
-    /// (see [`Queue::publish_depths`]).
+    /// Lengths of the ready queues, the delayed sets and all processing
+    /// lists: per shard, one command per registered worker, so only the
+    /// housekeeper counts (see [`Queue::publish_depths`]).
     pub async fn depths(&self) -> Result<Depths, QueueError> {
         let mut conn = self.conn().await?;
-        let workers: Vec<String> = redis::cmd("ZRANGE")
-            .arg(self.keys.leases())
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut conn)
-            .await?;
-        let mut pipe = redis::pipe();
-        pipe.cmd("LLEN").arg(self.keys.queue());
-        pipe.cmd("ZCARD").arg(self.keys.scheduled());
-        for w in &workers {
-            pipe.cmd("LLEN").arg(self.keys.processing(w));
+        let mut depths = Depths::default();
+        for (_, keys) in self.shards() {
+            let workers: Vec<String> = redis::cmd("ZRANGE")
+                .arg(keys.leases())
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut conn)
+                .await?;
+            let mut pipe = redis::pipe();
+            pipe.cmd("LLEN").arg(keys.queue());
+            pipe.cmd("ZCARD").arg(keys.scheduled());
+            for w in &workers {
+                pipe.cmd("LLEN").arg(keys.processing(w));
+            }
+            let lens: Vec<u64> = pipe.query_async(&mut conn).await?;
+            depths.ready += lens.first().copied().unwrap_or(0);
+            depths.scheduled += lens.get(1).copied().unwrap_or(0);
+            depths.processing += lens.iter().skip(2).sum::<u64>();
         }
-        let lens: Vec<u64> = pipe.query_async(&mut conn).await?;
-        Ok(Depths {
-            ready: lens.first().copied().unwrap_or(0),
-            scheduled: lens.get(1).copied().unwrap_or(0),
-            processing: lens.iter().skip(2).sum(),
-        })
+        Ok(depths)
     }
 }
 

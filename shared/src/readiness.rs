@@ -80,3 +80,22 @@ pub async fn warn_at_start(queue: &Queue) {
         tracing::warn!(%warning, "Redis may lose tasks");
     }
 }
+
+/// At start-up: fails when Redis holds a queue laid out in another number
+/// of shards than `QUEUE_SHARDS` (see [`Queue::check_layout`]). A Redis
+/// that does not answer is only logged: readiness reports it, and the
+/// check runs again at the next start.
+pub async fn check_layout_at_start(queue: &Queue) -> Result<(), crate::queue::QueueError> {
+    match tokio::time::timeout(TIMEOUT, queue.check_layout()).await {
+        Ok(Err(e @ crate::queue::QueueError::Layout { .. })) => Err(e),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "could not check the queue's shard count in Redis");
+            Ok(())
+        }
+        Err(_) => {
+            tracing::warn!("could not check the queue's shard count in Redis: no answer");
+            Ok(())
+        }
+        Ok(Ok(())) => Ok(()),
+    }
+}

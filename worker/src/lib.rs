@@ -73,11 +73,13 @@ impl Application {
             .migrate()
             .await
             .context("failed to apply migrations to DATABASE_URL")?;
-        let queue = Queue::new(
+        let queue = Queue::sharded(
             queue::connect(&config.common.redis_url, &config.common.redis_tls())?,
             &config.common.redis_key_prefix,
+            config.common.queue_shards,
         );
         queue.ping().await.context("failed to reach REDIS_URL")?;
+        sendonce_shared::readiness::check_layout_at_start(&queue).await?;
         sendonce_shared::readiness::warn_at_start(&queue).await;
         let mailer = Mailer::from_config(&config)?;
         let listener = TcpListener::bind(config.metrics_addr)

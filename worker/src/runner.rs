@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sendonce_shared::domain::{JobId, Task};
-use sendonce_shared::queue::{L1Claim, Queue, QueueError};
+use sendonce_shared::queue::{Held, L1Claim, Queue, QueueError};
 use sendonce_shared::store::{
     Claim, DeadReason, DedupLayer, Failure, Fence, Retrying, Store, Swept,
 };
@@ -131,7 +131,7 @@ pub struct Worker {
     config: WorkerConfig,
     /// The popped tasks being handled, with multiplicity; anything else in
     /// this worker's processing list is stranded (see `return_stranded`).
-    handling: Mutex<HashMap<String, usize>>,
+    handling: Mutex<HashMap<Held, usize>>,
     /// The jobs this worker is handling a copy of. A second copy of one of
     /// them (the reconciler pushed a job Redis still had) steps aside
     /// without claiming: a claim by the same worker would take the attempt
@@ -245,13 +245,13 @@ impl Worker {
                 },
             };
             match self.queue.pop(popper, &self.id, POP_BLOCK).await {
-                Ok(Some(raw)) => {
+                Ok(Some(held)) => {
                     backoff = INFRA_BACKOFF_MIN;
-                    self.count_handling(&raw, true);
+                    self.count_handling(&held, true);
                     let worker = Arc::clone(&self);
                     inflight.spawn(async move {
-                        worker.handle(raw.clone()).await;
-                        worker.count_handling(&raw, false);
+                        worker.handle(&held).await;
+                        worker.count_handling(&held, false);
                         drop(permit);
                     });
                 }
@@ -268,14 +268,14 @@ impl Worker {
 
     /// Counts a popped task into `handling` when its handling starts, and
     /// out again once it is recorded and acknowledged.
-    fn count_handling(&self, raw: &str, start: bool) {
+    fn count_handling(&self, held: &Held, start: bool) {
         let mut handling = self.handling.lock().unwrap_or_else(PoisonError::into_inner);
         if start {
-            *handling.entry(raw.to_owned()).or_default() += 1;
-        } else if let Some(n) = handling.get_mut(raw) {
+            *handling.entry(held.clone()).or_default() += 1;
+        } else if let Some(n) = handling.get_mut(held) {
             *n -= 1;
             if *n == 0 {
-                handling.remove(raw);
+                handling.remove(held);
             }
         }
     }
@@ -293,10 +293,10 @@ impl Worker {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         let mut stranded = Vec::new();
-        for raw in self.queue.held_by(&self.id).await? {
-            match handling.get_mut(&raw) {
+        for held in self.queue.held_by(&self.id).await? {
+            match handling.get_mut(&held) {
                 Some(n) if *n > 0 => *n -= 1,
-                _ => stranded.push(raw),
+                _ => stranded.push(held),
             }
         }
         let returned = self.queue.return_held(&self.id, &stranded).await?;
@@ -389,9 +389,9 @@ impl Worker {
                 _ = epoch.tick(), if self.is_housekeeper() => {
                     if !self.restoring.load(Ordering::Acquire) {
                         match self.queue.epoch_missing().await {
-                            Ok(false) => {}
-                            Ok(true) => {
-                                pass = Some(tokio::spawn(Arc::clone(&self).restore_waiting()));
+                            Ok(missing) if missing.is_empty() => {}
+                            Ok(missing) => {
+                                pass = Some(tokio::spawn(Arc::clone(&self).restore_waiting(missing)));
                             }
                             Err(e) => tracing::debug!(error = %error_chain(&e), "reading the epoch failed"),
                         }
@@ -475,20 +475,21 @@ impl Worker {
         }
     }
 
-    /// Redis has no epoch: it lost everything (flushed, restarted without
-    /// persistence, failed over to an empty replica) or is new. If this
-    /// worker wins the epoch, it waits [`EPOCH_GRACE`], then puts back the
-    /// task of every job that was waiting for an attempt (`queued`,
-    /// `retrying`) when it took the epoch and still is: due ones on the
-    /// queue, later retries in the delayed set. Page by page, renewing the
-    /// epoch as it goes and keeping it for good at the end. A job that is
-    /// in Redis after all gets a second copy, which the claims absorb.
-    async fn restore_waiting(self: Arc<Self>) {
+    /// Shards `missing` have no epoch: they lost everything (flushed,
+    /// restarted without persistence, failed over to an empty replica) or
+    /// are new. For the epochs this worker wins, it waits [`EPOCH_GRACE`],
+    /// then puts back the task of every job of those shards that was
+    /// waiting for an attempt (`queued`, `retrying`) when it took the epochs
+    /// and still is: due ones on the queue, later retries in the delayed
+    /// set. Page by page, renewing the epochs as it goes and keeping them
+    /// for good at the end. A job that is in Redis after all gets a second
+    /// copy, which the claims absorb.
+    async fn restore_waiting(self: Arc<Self>, missing: Vec<usize>) {
         if self.restoring.swap(true, Ordering::AcqRel) {
             return;
         }
         let epoch = format!("{} {}", self.id, uuid::Uuid::now_v7());
-        match self.restore_pass(&epoch).await {
+        match self.restore_pass(&epoch, &missing).await {
             Ok(None) => {}
             Ok(Some(pushed)) => {
                 telemetry::tasks_reconciled(pushed);
@@ -505,9 +506,19 @@ impl Worker {
         self.restoring.store(false, Ordering::Release);
     }
 
-    /// One pass; `None` when another worker took the epoch first.
-    async fn restore_pass(&self, epoch: &str) -> anyhow::Result<Option<usize>> {
-        if !self.queue.claim_epoch(epoch, EPOCH_CLAIM_TTL).await? {
+    /// One pass; `None` when other workers took every epoch first.
+    async fn restore_pass(&self, epoch: &str, missing: &[usize]) -> anyhow::Result<Option<usize>> {
+        let mut shards = Vec::new();
+        for &shard in missing {
+            if self
+                .queue
+                .claim_epoch(shard, epoch, EPOCH_CLAIM_TTL)
+                .await?
+            {
+                shards.push(shard);
+            }
+        }
+        if shards.is_empty() {
             return Ok(None);
         }
         let until = self.store.now().await?;
@@ -519,29 +530,38 @@ impl Worker {
                 .store
                 .waiting_page(until, cursor.as_ref(), RECONCILE_BATCH)
                 .await?;
-            self.queue.restore(&page.tasks).await?;
-            pushed += page.tasks.len();
-            if !self.queue.keep_epoch(epoch, Some(EPOCH_CLAIM_TTL)).await? {
-                anyhow::bail!("the epoch was lost during the pass (Redis lost its data again)");
+            pushed += self.queue.restore(&page.tasks, &shards).await?;
+            for &shard in &shards {
+                if !self
+                    .queue
+                    .keep_epoch(shard, epoch, Some(EPOCH_CLAIM_TTL))
+                    .await?
+                {
+                    anyhow::bail!(
+                        "the epoch of shard {shard} was lost during the pass (Redis lost its data again)"
+                    );
+                }
             }
             match page.next {
                 Some(next) => cursor = Some(next),
                 None => break,
             }
         }
-        self.queue.keep_epoch(epoch, None).await?;
+        for &shard in &shards {
+            self.queue.keep_epoch(shard, epoch, None).await?;
+        }
         Ok(Some(pushed))
     }
 
     /// Processes one popped task to the end, whatever fails underneath.
-    async fn handle(&self, raw: String) {
+    async fn handle(&self, held: &Held) {
         let _inflight = telemetry::inflight();
-        let task = match Task::from_json(&raw) {
+        let task = match Task::from_json(&held.raw) {
             Ok(task) => task,
             Err(e) => {
                 tracing::error!(error = %e, "task does not parse: moved to the poison list");
                 telemetry::poison_task();
-                self.until_ok("poison", || self.queue.poison(&self.id, &raw))
+                self.until_ok("poison", || self.queue.poison(&self.id, held))
                     .await;
                 return;
             }
@@ -563,7 +583,7 @@ impl Worker {
             } else {
                 Verdict::Fenced { held: None }
             };
-            self.until_ok("record", || self.record(&task, &raw, &verdict))
+            self.until_ok("record", || self.record(&task, held, &verdict))
                 .await;
         }
         .instrument(span)
@@ -725,17 +745,17 @@ impl Worker {
     }
 
     /// Persists a verdict and acknowledges the task. Safe to repeat.
-    async fn record(&self, task: &Task, raw: &str, verdict: &Verdict) -> anyhow::Result<()> {
+    async fn record(&self, task: &Task, held: &Held, verdict: &Verdict) -> anyhow::Result<()> {
         match verdict {
             Verdict::Sent { reply } => {
                 self.store.mark_sent(task, reply).await?;
-                self.queue.ack(&self.id, raw).await?;
+                self.queue.ack(&self.id, held).await?;
                 telemetry::email_sent();
                 tracing::info!(smtp_reply = %reply, "sent");
             }
             Verdict::Duplicate { holder, layer } => {
                 self.store.record_duplicate(task, *holder, *layer).await?;
-                self.queue.ack(&self.id, raw).await?;
+                self.queue.ack(&self.id, held).await?;
                 telemetry::duplicate_skipped(*layer);
                 tracing::info!(
                     duplicate_of = holder.map(|h| h.to_string()),
@@ -744,14 +764,14 @@ impl Worker {
                 );
             }
             Verdict::AlreadyDone => {
-                self.queue.ack(&self.id, raw).await?;
+                self.queue.ack(&self.id, held).await?;
                 tracing::info!("redelivered after its outcome was recorded; acknowledged");
             }
-            Verdict::Fenced { held } => {
-                if let Some(fence) = held {
+            Verdict::Fenced { held: claimed } => {
+                if let Some(fence) = claimed {
                     self.store.release_claim(task, *fence).await?;
                 }
-                self.step_aside(task, raw).await?;
+                self.step_aside(task, held).await?;
             }
             Verdict::Retry {
                 fence,
@@ -767,9 +787,9 @@ impl Worker {
                     counted: *counted,
                 };
                 if !self.store.mark_retrying(task, *fence, retrying).await? {
-                    return self.step_aside(task, raw).await;
+                    return self.step_aside(task, held).await;
                 }
-                self.queue.retry_later(&self.id, raw, *delay).await?;
+                self.queue.retry_later(&self.id, held, *delay).await?;
                 telemetry::retry_scheduled();
                 tracing::warn!(%error, ?delay, counted, "transient failure; retry scheduled");
             }
@@ -785,9 +805,9 @@ impl Worker {
                     smtp_reply: reply.as_deref(),
                 };
                 if !self.store.dead_letter(task, *fence, failure).await? {
-                    return self.step_aside(task, raw).await;
+                    return self.step_aside(task, held).await;
                 }
-                self.queue.ack(&self.id, raw).await?;
+                self.queue.ack(&self.id, held).await?;
                 telemetry::dead_lettered(*reason);
                 tracing::error!(reason = reason.as_str(), %error, "dead-lettered");
             }
@@ -799,13 +819,13 @@ impl Worker {
     /// key already finished). It is acknowledged only when the key is
     /// terminal; otherwise it waits a lease in the delayed set, so that if
     /// the other holder dies too, a copy still comes back for the job.
-    async fn step_aside(&self, task: &Task, raw: &str) -> anyhow::Result<()> {
+    async fn step_aside(&self, task: &Task, held: &Held) -> anyhow::Result<()> {
         if self.store.is_terminal(task).await? {
-            self.queue.ack(&self.id, raw).await?;
+            self.queue.ack(&self.id, held).await?;
             tracing::info!("another holder finished this job; copy acknowledged");
         } else {
             self.queue
-                .retry_later(&self.id, raw, self.config.worker_lease)
+                .retry_later(&self.id, held, self.config.worker_lease)
                 .await?;
             telemetry::copy_fenced();
             tracing::warn!(

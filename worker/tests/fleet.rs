@@ -102,7 +102,10 @@ async fn an_idle_fleet_costs_redis_a_few_commands_per_worker_per_second() {
             let redis = &redis;
             let keys = keys.clone();
             async move {
-                let registered = redis.command(&["ZCARD", &keys.leases()]).await.ok()?;
+                let registered = redis
+                    .command(&["ZCARD", &keys.shard(0).leases()])
+                    .await
+                    .ok()?;
                 let housekeeper = redis.command(&["GET", &keys.housekeeper()]).await.ok()?;
                 (registered.trim() == workers.to_string() && !housekeeper.trim().is_empty())
                     .then_some(())
@@ -125,7 +128,7 @@ async fn an_idle_fleet_costs_redis_a_few_commands_per_worker_per_second() {
     redis
         .command(&[
             "LPUSH",
-            &keys.processing(dead),
+            &keys.shard(0).processing(dead),
             "a task its worker died with",
         ])
         .await
@@ -138,7 +141,7 @@ async fn an_idle_fleet_costs_redis_a_few_commands_per_worker_per_second() {
     let reaped_after = eventually("the dead worker's task handed back", lease * 2, || {
         probes += 1;
         let redis = &redis;
-        let list = keys.processing(dead);
+        let list = keys.shard(0).processing(dead);
         async move {
             let len = redis.command(&["LLEN", &list]).await.ok()?;
             (len.trim() == "0").then(|| died_at.elapsed())

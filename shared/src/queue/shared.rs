@@ -134,6 +134,7 @@ impl SharedConnection {
 }
 
 /// A clone of the shared connection that reports a broken connection back.
+#[derive(Clone)]
 pub(crate) struct Conn {
     inner: Connection,
     generation: u64,

@@ -33,7 +33,11 @@ async fn a_freshly_restarted_redis_is_not_reaped_before_a_lease_has_passed() {
     let early = queue.reap_dead("me", lease).await.expect("reap");
 
     assert_eq!(early, 0, "reaped with Redis up for less than a lease");
-    assert_eq!(queue.held_by("w").await.expect("list"), ["task"]);
+    let held = queue.held_by("w").await.expect("list");
+    assert_eq!(
+        held.iter().map(|h| h.raw.as_str()).collect::<Vec<_>>(),
+        ["task"]
+    );
     let later = eventually(
         "a reap once Redis is up a lease",
         Duration::from_secs(10),

@@ -12,6 +12,7 @@ mod postgres_tls;
 mod readiness;
 mod redis_tls;
 mod requeue;
+mod shards;
 mod state_machine;
 mod upgrade;
 

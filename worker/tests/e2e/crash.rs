@@ -146,7 +146,7 @@ async fn a_task_moved_into_a_live_workers_list_by_a_pop_whose_reply_was_lost_is_
         .await
         .expect("connect");
     redis::cmd("LPUSH")
-        .arg(system.queue().keys().processing(&worker.id))
+        .arg(system.queue().keys().shard(0).processing(&worker.id))
         .arg(task.to_json())
         .query_async::<()>(&mut conn)
         .await
@@ -217,7 +217,7 @@ async fn a_sigkilled_housekeeper_is_replaced_and_retries_still_come_back() {
 
 async fn eventually_registered(url: &str, queue: &sendonce_shared::queue::Queue, n: usize) {
     let url = url.to_owned();
-    let leases = queue.keys().leases();
+    let leases = queue.keys().shard(0).leases();
     sendonce_testkit::eventually("both workers registered", DEADLINE, || {
         let url = url.clone();
         let leases = leases.clone();

@@ -156,7 +156,7 @@ async fn a_stopped_worker_exits_cleanly_and_deregisters() {
         .await
         .expect("connect");
     let lease: Option<f64> = redis::cmd("ZSCORE")
-        .arg(system.queue().keys().leases())
+        .arg(system.queue().keys().shard(0).leases())
         .arg(&id)
         .query_async(&mut conn)
         .await

@@ -179,13 +179,13 @@ async fn jobs_whose_copies_redis_dropped_under_its_epoch_are_pushed_again_after_
         .await
         .expect("connect");
     let _: () = redis::cmd("DEL")
-        .arg(queue.keys().queue())
-        .arg(queue.keys().scheduled())
+        .arg(queue.keys().shard(0).queue())
+        .arg(queue.keys().shard(0).scheduled())
         .query_async(&mut conn)
         .await
         .expect("DEL");
     let epoch: bool = redis::cmd("EXISTS")
-        .arg(queue.keys().epoch())
+        .arg(queue.keys().shard(0).epoch())
         .query_async(&mut conn)
         .await
         .expect("EXISTS");

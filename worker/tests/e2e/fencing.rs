@@ -235,8 +235,8 @@ async fn rows_a_dead_holder_left_in_flight_with_no_copy_in_redis_are_resolved_by
         .expect("holders");
     for holder in holders.iter().map(|r| r.get::<_, String>(0)) {
         redis::pipe()
-            .del(keys.processing(&holder))
-            .zrem(keys.leases(), &holder)
+            .del(keys.shard(0).processing(&holder))
+            .zrem(keys.shard(0).leases(), &holder)
             .query_async::<()>(&mut conn)
             .await
             .expect("lose the copies");

@@ -34,6 +34,8 @@ pub struct Options {
     pub worker_args: Vec<String>,
     /// Flags for both the API and the workers (`--redis-ca-file ...`).
     pub redis_args: Vec<String>,
+    /// `QUEUE_SHARDS` of the API and the workers (default 1).
+    pub queue_shards: Option<u16>,
 }
 
 /// An API, an SMTP server and a database, with workers started on demand.
@@ -87,6 +89,7 @@ pub async fn spawn_system(options: Options) -> TestSystem {
     let db_url = process_db_url(&db, bouncer.as_ref());
     let prefix = unique_prefix();
     let redis_url = options.redis_url.clone().unwrap_or_else(shared_redis_url);
+    let shards = options.queue_shards.unwrap_or(1).to_string();
     let config = ApiConfig::parse_from(
         [
             "sendonce-api",
@@ -102,6 +105,8 @@ pub async fn spawn_system(options: Options) -> TestSystem {
             &redis_url,
             "--redis-key-prefix",
             &prefix,
+            "--queue-shards",
+            &shards,
             "--jwt-secret",
             SECRET,
         ]
@@ -183,6 +188,8 @@ impl TestSystem {
             &self.redis_url,
             "--redis-key-prefix",
             &self.prefix,
+            "--queue-shards",
+            &self.options.queue_shards.unwrap_or(1).to_string(),
             "--smtp-url",
             &self.smtp.url(),
             "--mail-from",
@@ -212,9 +219,10 @@ impl TestSystem {
     /// A queue handle on this system's keys.
     pub fn queue(&self) -> Queue {
         let url = secrecy::SecretString::from(self.redis_url.clone());
-        Queue::new(
+        Queue::sharded(
             queue::connect(&url, &sendonce_shared::queue::RedisTls::default()).expect("redis pool"),
             &self.prefix,
+            self.options.queue_shards.unwrap_or(1),
         )
     }
 

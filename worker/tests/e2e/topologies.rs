@@ -440,3 +440,129 @@ async fn jobs_posted_before_during_and_after_a_cluster_failover_are_all_delivere
 
     all_sent_once(&system, &jobs).await;
 }
+
+/// `QUEUE_SHARDS=12` on three masters: the shards' slots fall on every
+/// master, and so do the keys of the jobs (each job's L1 key in its
+/// shard); retries go through each shard's delayed set, a replay is the
+/// same job, a second job for a key is a duplicate, and every job is sent
+/// once.
+#[tokio::test]
+async fn twelve_shards_on_a_three_master_cluster_spread_the_keys_and_send_each_job_once() {
+    const SHARDS: u16 = 12;
+    let cluster = RedisCluster::start(3).await;
+    let system = spawn_system(Options {
+        redis_url: Some(cluster.url()),
+        queue_shards: Some(SHARDS),
+        ..Options::default()
+    })
+    .await;
+    let _workers = tokio::join!(system.spawn_worker(), system.spawn_worker());
+    let queue = system.queue();
+    let nodes = cluster_nodes(&cluster.nodes[0]).await;
+    let masters: Vec<&Node> = nodes.iter().filter(|n| !n.slots.is_empty()).collect();
+    assert_eq!(masters.len(), 3);
+
+    let mut jobs = Vec::new();
+    for i in 0..48 {
+        // Every fourth recipient is refused once: its retry waits in its
+        // shard's delayed set.
+        let flaky = if i % 4 == 0 { "+flaky-1" } else { "" };
+        let answer = system
+            .post_ok(&email(
+                &format!("sharded-{i}{flaky}@example.com"),
+                Some(&format!("sharded:{i}")),
+            ))
+            .await;
+        jobs.push(answer["job_id"].as_str().expect("a job id").to_owned());
+    }
+    let replay = system
+        .post_ok(&email("sharded-7@example.com", Some("sharded:7")))
+        .await;
+    let second = crate::helpers::keyed_task("sharded-7@example.com", "sharded:7", "Welcome aboard");
+    system.push_task(&second).await;
+
+    all_sent_once(&system, &jobs).await;
+    assert_eq!(replay["job_id"], jobs[7].as_str());
+    system
+        .wait_for_status(&second.job_id.to_string(), "duplicate")
+        .await;
+    assert_eq!(system.smtp.messages().len(), jobs.len());
+
+    // Where the shards are: each master owns the slot of some shard.
+    let mut shards_per_master = vec![0; masters.len()];
+    for shard in queue.keys().shards() {
+        let slot: u16 = cluster.nodes[0]
+            .command(&["CLUSTER", "KEYSLOT", &shard.queue()])
+            .await
+            .expect("KEYSLOT")
+            .parse()
+            .expect("a slot");
+        let owner = masters.iter().position(|m| m.owns(slot)).expect("an owner");
+        shards_per_master[owner] += 1;
+    }
+    // Where the keys are: every master holds L1 keys of these jobs.
+    let pattern = format!("{{{}:*}}:dedup:*", system.prefix);
+    let mut keys_per_master = Vec::new();
+    for master in &masters {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(&pattern)
+            .query_async(&mut admin(master.port).await)
+            .await
+            .expect("KEYS");
+        keys_per_master.push(keys.len());
+    }
+    assert!(
+        shards_per_master.iter().all(|&n| n > 0),
+        "shards per master: {shards_per_master:?}"
+    );
+    assert!(
+        keys_per_master.iter().all(|&n| n > 0),
+        "L1 keys per master: {keys_per_master:?}"
+    );
+    assert_eq!(keys_per_master.iter().sum::<usize>(), jobs.len());
+    let layout = cluster.nodes[0]
+        .command(&["CLUSTER", "KEYSLOT", &queue.keys().layout()])
+        .await
+        .expect("KEYSLOT");
+    let layout_owner = masters
+        .iter()
+        .find(|m| m.owns(layout.parse().expect("a slot")))
+        .expect("an owner");
+    let recorded: String = redis::cmd("GET")
+        .arg(queue.keys().layout())
+        .query_async(&mut admin(layout_owner.port).await)
+        .await
+        .expect("GET");
+    assert_eq!(recorded, SHARDS.to_string());
+    println!("shards per master {shards_per_master:?}, L1 keys per master {keys_per_master:?}");
+}
+
+#[tokio::test]
+async fn a_worker_with_another_shard_count_than_the_queue_exits_at_start_with_a_one_line_reason() {
+    let system = spawn_system(Options {
+        queue_shards: Some(4),
+        ..Options::default()
+    })
+    .await;
+    let mut args = system.worker_args();
+    args.extend(["--queue-shards".to_owned(), "2".to_owned()]);
+
+    let output = tokio::time::timeout(
+        DEADLINE,
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_sendonce-worker"))
+            .args(&args[1..])
+            .env("RUST_LOG", "off")
+            .output(),
+    )
+    .await
+    .expect("the worker exits")
+    .expect("run the worker");
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("QUEUE_SHARDS is 2") && stderr.contains("in 4 shard(s)"),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,220 @@
+//! The names of the Redis keys, and which shard an idempotency key's keys
+//! live in.
+//!
+//! With `QUEUE_SHARDS = 1` (the default) every key carries the hash tag
+//! `{prefix}`, as before sharding existed. With `k > 1` the keys of a task
+//! (its queue, delayed set, processing lists, L1 dedup key, epoch, poison
+//! list and worker leases) live under one of `{prefix:0}` .. `{prefix:k-1}`,
+//! chosen by a CRC-32 of the idempotency key, so that on a Cluster the
+//! shards spread over the masters while each script still touches one slot.
+//! What is the fleet's, not a task's (the housekeeper, the published
+//! depths, rate limits, the layout), stays under `{prefix}`.
+
+use std::sync::Arc;
+
+use crate::domain::IdempotencyKey;
+
+/// Most shards `QUEUE_SHARDS` may name.
+pub const MAX_SHARDS: u16 = 1024;
+
+/// Names of the Redis keys under one prefix, in its shards.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    global: String,
+    shards: Arc<[ShardKeys]>,
+}
+
+impl Keys {
+    /// Keys under `prefix`, in one shard: `{prefix}:queue` and so on.
+    pub fn new(prefix: &str) -> Self {
+        Self::sharded(prefix, 1)
+    }
+
+    /// Keys under `prefix` spread over `shards` shards (at least 1; one
+    /// shard keeps the unsharded names).
+    pub fn sharded(prefix: &str, shards: u16) -> Self {
+        let global = format!("{{{prefix}}}");
+        let shards: Arc<[ShardKeys]> = if shards <= 1 {
+            Arc::new([ShardKeys {
+                tag: global.clone(),
+            }])
+        } else {
+            (0..shards)
+                .map(|i| ShardKeys {
+                    tag: format!("{{{prefix}:{i}}}"),
+                })
+                .collect()
+        };
+        Self { global, shards }
+    }
+
+    /// How many shards there are.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// The keys of shard `i` (taken modulo the shard count).
+    pub fn shard(&self, i: usize) -> &ShardKeys {
+        &self.shards[i % self.shards.len()]
+    }
+
+    /// Every shard's keys, in order.
+    pub fn shards(&self) -> &[ShardKeys] {
+        &self.shards
+    }
+
+    /// The shard that holds `key`'s task, L1 dedup key and replay.
+    pub fn shard_of(&self, key: &IdempotencyKey) -> usize {
+        shard_of(key.as_str(), self.shards.len())
+    }
+
+    /// The shard of a task as stored (its JSON), read from its
+    /// `idempotency_key` without parsing the rest; shard 0 when it has none
+    /// (a task that does not parse goes to the poison list from anywhere).
+    pub fn shard_of_raw(&self, raw: &str) -> usize {
+        if self.shards.len() == 1 {
+            return 0;
+        }
+        #[derive(serde::Deserialize)]
+        struct KeyOnly<'a> {
+            #[serde(borrow)]
+            idempotency_key: std::borrow::Cow<'a, str>,
+        }
+        serde_json::from_str::<KeyOnly<'_>>(raw)
+            .map_or(0, |task| shard_of(&task.idempotency_key, self.shards.len()))
+    }
+
+    /// The L1 dedup key of an idempotency key, in its shard.
+    pub fn dedup(&self, key: &IdempotencyKey) -> String {
+        self.shard(self.shard_of(key)).dedup(key)
+    }
+
+    /// The rate-limit state of a token subject.
+    pub fn rate(&self, subject: &str) -> String {
+        format!("{}:rate:{subject}", self.global)
+    }
+    /// Written by readiness probes, in the fleet's slot.
+    pub fn ready(&self) -> String {
+        format!("{}:ready", self.global)
+    }
+    /// The id of the worker doing the fleet's housekeeping.
+    pub fn housekeeper(&self) -> String {
+        format!("{}:housekeeper", self.global)
+    }
+    /// The queue depths the housekeeper last counted.
+    pub fn depths(&self) -> String {
+        format!("{}:depths", self.global)
+    }
+    /// The shard count the queue in this Redis was laid out with.
+    pub fn layout(&self) -> String {
+        format!("{}:shards", self.global)
+    }
+
+    /// Every hash tag in use: the shards', and the fleet's when it is not
+    /// also shard 0's.
+    pub fn tags(&self) -> impl Iterator<Item = &str> {
+        let global = (self.shards.len() > 1).then_some(self.global.as_str());
+        self.shards.iter().map(|s| s.tag.as_str()).chain(global)
+    }
+}
+
+/// The keys of one shard.
+#[derive(Debug, Clone)]
+pub struct ShardKeys {
+    tag: String,
+}
+
+impl ShardKeys {
+    /// The ready queue.
+    pub fn queue(&self) -> String {
+        format!("{}:queue", self.tag)
+    }
+    /// The delayed-retry sorted set.
+    pub fn scheduled(&self) -> String {
+        format!("{}:scheduled", self.tag)
+    }
+    /// Worker leases: each registered worker, scored by its deadline.
+    pub fn leases(&self) -> String {
+        format!("{}:leases", self.tag)
+    }
+    /// A worker's processing list.
+    pub fn processing(&self, worker: &str) -> String {
+        format!("{}:processing:{worker}", self.tag)
+    }
+    /// The L1 dedup key of an idempotency key of this shard.
+    pub fn dedup(&self, key: &IdempotencyKey) -> String {
+        format!("{}:dedup:{key}", self.tag)
+    }
+    /// The epoch: missing means this shard lost (or never had) the tasks
+    /// of its waiting jobs.
+    pub fn epoch(&self) -> String {
+        format!("{}:epoch", self.tag)
+    }
+    /// Where unparseable tasks are kept.
+    pub fn poison(&self) -> String {
+        format!("{}:poison", self.tag)
+    }
+    /// Written by readiness probes, in this shard's slot.
+    pub fn ready(&self) -> String {
+        format!("{}:ready", self.tag)
+    }
+}
+
+/// CRC-32 (IEEE) of the key, modulo the shard count: the same in every
+/// process and release, which the layout depends on.
+fn shard_of(key: &str, shards: usize) -> usize {
+    if shards <= 1 {
+        return 0;
+    }
+    crc32fast::hash(key.as_bytes()) as usize % shards
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_shard_keeps_the_unsharded_names() {
+        let keys = Keys::new("p");
+        assert_eq!(keys.shard(0).queue(), "{p}:queue");
+        assert_eq!(keys.housekeeper(), "{p}:housekeeper");
+        assert_eq!(keys.tags().collect::<Vec<_>>(), ["{p}"]);
+        assert_eq!(keys.shard_of_raw("not json"), 0);
+    }
+
+    #[test]
+    fn shards_are_tagged_by_index_and_the_fleet_keeps_the_prefix() {
+        let keys = Keys::sharded("p", 3);
+        assert_eq!(keys.shard(2).queue(), "{p:2}:queue");
+        assert_eq!(keys.shard(2).processing("w"), "{p:2}:processing:w");
+        assert_eq!(keys.depths(), "{p}:depths");
+        assert_eq!(
+            keys.tags().collect::<Vec<_>>(),
+            ["{p:0}", "{p:1}", "{p:2}", "{p}"]
+        );
+    }
+
+    #[test]
+    fn the_shard_is_a_stable_crc32_of_the_key() {
+        // Pinned (Python's `zlib.crc32(b"welcome:user-42")` is 2362698533):
+        // changing the hash would move live keys between shards.
+        let keys = Keys::sharded("p", 12);
+        let key = IdempotencyKey::parse("welcome:user-42").expect("a key");
+        assert_eq!(crc32fast::hash(b"welcome:user-42"), 2_362_698_533_u32);
+        assert_eq!(keys.shard_of(&key), 5);
+        assert_eq!(keys.dedup(&key), "{p:5}:dedup:welcome:user-42");
+    }
+
+    #[test]
+    fn a_stored_task_is_sharded_by_its_key() {
+        let keys = Keys::sharded("p", 12);
+        let raw = r#"{"job_id":"x","idempotency_key":"welcome:user-42","to":"a@b.c"}"#;
+        assert_eq!(keys.shard_of_raw(raw), 5);
+        let escaped = r#"{"idempotency_key":"welcome:user\u002d42"}"#;
+        assert_eq!(
+            keys.shard_of_raw(escaped),
+            5,
+            "JSON escapes are decoded first"
+        );
+    }
+}
