@@ -108,7 +108,22 @@ pub struct Claims {
     /// Space-separated scopes.
     #[serde(default)]
     pub scope: String,
+    /// The caller's tenant: the claim named by `JWT_TENANT_CLAIM`, or
+    /// [`DEFAULT_TENANT`] when the token has none. Set by
+    /// [`JwtKeys::verify`].
+    #[serde(skip)]
+    pub tenant: String,
+    /// The other claims, where the tenant claim is looked up.
+    #[serde(flatten, skip_serializing)]
+    other: serde_json::Map<String, serde_json::Value>,
 }
+
+/// The tenant of tokens without the tenant claim, and of every job accepted
+/// before tenants existed.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// Longest tenant name taken from a token.
+pub const MAX_TENANT_LEN: usize = 128;
 
 impl Claims {
     /// Whether the token carries `wanted`.
@@ -124,6 +139,8 @@ pub struct JwtKeys {
     /// Only with HS256: the API holds no private key for the others.
     encoding: Option<EncodingKey>,
     validation: Validation,
+    /// `JWT_TENANT_CLAIM`.
+    tenant_claim: String,
 }
 
 impl std::fmt::Debug for JwtKeys {
@@ -204,6 +221,7 @@ impl JwtKeys {
             decoding,
             encoding,
             validation,
+            tenant_claim: config.jwt_tenant_claim.clone(),
         })
     }
 
@@ -230,9 +248,42 @@ impl JwtKeys {
         {
             return Err(refuse(&"an unencoded payload (b64)"));
         }
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+        let mut claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map(|data| data.claims)
-            .map_err(|e| refuse(&e))
+            .map_err(|e| refuse(&e))?;
+        claims.tenant = self.tenant_of(&claims).map_err(|e| refuse(&e))?;
+        Ok(claims)
+    }
+
+    /// The tenant named by the `JWT_TENANT_CLAIM` claim: a string (or an
+    /// integer) of 1 to [`MAX_TENANT_LEN`] printable ASCII characters;
+    /// [`DEFAULT_TENANT`] when the claim is absent.
+    fn tenant_of(&self, claims: &Claims) -> Result<String, String> {
+        let value = match self.tenant_claim.as_str() {
+            "sub" => claims.sub.clone().map(serde_json::Value::String),
+            name => claims.other.get(name).cloned(),
+        };
+        let tenant = match value {
+            None | Some(serde_json::Value::Null) => return Ok(DEFAULT_TENANT.to_owned()),
+            Some(serde_json::Value::String(s)) => s,
+            Some(serde_json::Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string(),
+            Some(other) => {
+                return Err(format!(
+                    "the tenant claim `{}` is not a string: {other}",
+                    self.tenant_claim
+                ));
+            }
+        };
+        if tenant.is_empty()
+            || tenant.len() > MAX_TENANT_LEN
+            || !tenant.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(format!(
+                "the tenant claim `{}` must be 1 to {MAX_TENANT_LEN} printable ASCII characters without spaces",
+                self.tenant_claim
+            ));
+        }
+        Ok(tenant)
     }
 
     /// What the operator should know about these settings, logged at
@@ -251,6 +302,18 @@ impl JwtKeys {
     /// Mints an HS256 token for `sub` with `scope`, valid for `ttl`, with the
     /// configured `iss` and `aud`.
     pub fn mint(&self, sub: &str, scope: &str, ttl: Duration) -> anyhow::Result<String> {
+        self.mint_with(sub, scope, ttl, serde_json::Map::new())
+    }
+
+    /// As [`JwtKeys::mint`], with `extra` claims besides (a tenant claim
+    /// other than `sub`, in tests).
+    pub fn mint_with(
+        &self,
+        sub: &str,
+        scope: &str,
+        ttl: Duration,
+        extra: serde_json::Map<String, serde_json::Value>,
+    ) -> anyhow::Result<String> {
         let encoding = self.encoding.as_ref().context(
             "only HS256 tokens can be minted here; tokens for a public key come from its issuer",
         )?;
@@ -261,6 +324,9 @@ impl JwtKeys {
             "iat": now,
             "scope": scope,
         });
+        for (name, value) in extra {
+            claims[name] = value;
+        }
         if let Some(issuer) = self.validation.iss.iter().flatten().next() {
             claims["iss"] = issuer.as_str().into();
         }

@@ -89,6 +89,17 @@ pub struct ApiConfig {
     #[arg(long, env = "JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
 
+    /// The claim that names the caller's tenant (`sub`, or a private claim
+    /// such as `tenant`); tokens without it belong to the tenant `default`.
+    #[arg(long, env = "JWT_TENANT_CLAIM", default_value = "sub", value_parser = parse_claim_name)]
+    pub jwt_tenant_claim: String,
+
+    /// A TOML file of the senders each tenant may put in `from`, and its
+    /// default `from` (see README, "Sender policy"); re-read on SIGHUP.
+    /// Unset: any `from` is accepted.
+    #[arg(long, env = "SENDER_POLICY_FILE")]
+    pub sender_policy_file: Option<std::path::PathBuf>,
+
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..=64 * 1024 * 1024))]
     pub max_body_bytes: u64,
@@ -135,4 +146,11 @@ fn parse_secret(s: &str) -> Result<SecretString, String> {
         return Err("must not be empty".into());
     }
     Ok(SecretString::from(s.to_owned()))
+}
+
+fn parse_claim_name(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 64 || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("must be a claim name: 1 to 64 printable ASCII characters".into());
+    }
+    Ok(s.to_owned())
 }

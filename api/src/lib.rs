@@ -26,6 +26,7 @@ pub mod openapi;
 pub mod problem;
 pub mod rate_limit;
 pub mod routes;
+pub mod sender_policy;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

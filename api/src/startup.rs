@@ -23,6 +23,7 @@ use crate::openapi;
 use crate::problem::ApiError;
 use crate::rate_limit::RateLimit;
 use crate::routes;
+use crate::sender_policy::SenderPolicy;
 use crate::state::AppState;
 use crate::telemetry;
 
@@ -56,6 +57,10 @@ impl Application {
         for warning in JwtKeys::warnings(&config) {
             tracing::warn!("{warning}");
         }
+        let senders = SenderPolicy::load(config.sender_policy_file.as_deref())?;
+        senders
+            .reload_on_sighup()
+            .context("failed to listen for SIGHUP (sender policy reloads)")?;
         let store = Store::connect(
             &config.common.database_url,
             &config.common.postgres.options(),
@@ -85,6 +90,7 @@ impl Application {
             handoff,
             max_job_bytes: usize::try_from(config.max_job_bytes)
                 .context("MAX_JOB_BYTES does not fit in memory")?,
+            senders,
             draining: Arc::default(),
         };
         let draining = Arc::clone(&state.draining);

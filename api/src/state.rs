@@ -24,6 +24,8 @@ pub struct AppState {
     pub handoff: Handoff,
     /// `MAX_JOB_BYTES`: the largest `text` plus `html` of one job.
     pub max_job_bytes: usize,
+    /// The senders each tenant may use (`SENDER_POLICY_FILE`).
+    pub senders: crate::sender_policy::SenderPolicy,
     /// Set at SIGTERM when `SHUTDOWN_DELAY_MS` is not zero: `/readyz`
     /// answers 503 while requests are still served, so load balancers stop
     /// sending before the listener closes.

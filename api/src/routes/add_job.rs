@@ -37,7 +37,9 @@ pub struct AddJobBody {
     /// HTML body.
     #[serde(default)]
     pub html: Option<String>,
-    /// Sender; the worker's `MAIL_FROM` when absent.
+    /// Sender. With a sender policy, one of the senders the caller's
+    /// tenant may use; when absent, the tenant's default sender, else the
+    /// worker's `MAIL_FROM`.
     #[serde(default)]
     pub from: Option<String>,
     /// Reply-To mailbox.
@@ -149,12 +151,16 @@ pub fn header_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError>
 )]
 #[tracing::instrument(name = "add_job", skip_all, fields(job_id, idempotency_key))]
 pub async fn add_job(
-    _: Authorized<scope::JobsWrite>,
+    caller: Authorized<scope::JobsWrite>,
     req: HttpRequest,
     state: web::Data<AppState>,
     body: web::Json<AddJobBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let job = NewJob::try_from(body.into_inner())?.within(state.max_job_bytes)?;
+    let mut job = NewJob::try_from(body.into_inner())?.within(state.max_job_bytes)?;
+    // Of the request as sent: a replay matches whatever default `from` the
+    // sender policy gives it now.
+    let fingerprint = job.email.fingerprint();
+    state.senders.apply(&caller.claims.tenant, &mut job.email)?;
     let key = match (job.key, header_key(&req)?) {
         (Some(body_key), Some(header)) if body_key != header => {
             return Err(ApiError::InvalidField {
@@ -171,7 +177,6 @@ pub async fn add_job(
         "idempotency_key",
         tracing::field::display(telemetry::key(&task.idempotency_key)),
     );
-    let fingerprint = task.email.fingerprint();
     let (job_id, key) = (task.job_id, task.idempotency_key.clone());
     let accepted = state
         .acceptor

@@ -48,11 +48,16 @@ pub struct AddJobsAnswer {
     pub items: Vec<ItemAnswer>,
 }
 
-fn parse(raw: &RawValue, max_job_bytes: usize) -> Result<Task, ApiError> {
+/// One job of the batch, as a submission for `tenant` (its fingerprint
+/// taken before the sender policy fills in a default `from`, as in
+/// `POST /addJob`).
+fn parse(raw: &RawValue, state: &AppState, tenant: &str) -> Result<Submission, ApiError> {
     let body: AddJobBody = serde_json::from_str(raw.get())
         .map_err(|e| ApiError::BadRequest(format!("the job is invalid: {e}")))?;
-    let job = NewJob::try_from(body)?.within(max_job_bytes)?;
-    Ok(Task::new(job.email, job.key))
+    let mut job = NewJob::try_from(body)?.within(state.max_job_bytes)?;
+    let fingerprint = job.email.fingerprint();
+    state.senders.apply(tenant, &mut job.email)?;
+    Ok(Submission::new(Task::new(job.email, job.key), fingerprint))
 }
 
 /// `POST /addJobs`. Answers 200 with one item per job when the request is
@@ -97,18 +102,17 @@ pub async fn add_jobs(
             .await?;
     }
 
-    let parsed: Vec<Result<Task, ApiError>> = jobs
+    let parsed: Vec<Result<Submission, ApiError>> = jobs
         .iter()
-        .map(|raw| parse(raw, state.max_job_bytes))
+        .map(|raw| parse(raw, &state, &caller.claims.tenant))
         .collect();
     drop(jobs);
     let mut valid = Vec::with_capacity(parsed.len());
     let mut refused = Vec::with_capacity(parsed.len());
     for item in parsed {
         refused.push(match item {
-            Ok(task) => {
-                let fingerprint = task.email.fingerprint();
-                valid.push(Submission::new(task, fingerprint));
+            Ok(submission) => {
+                valid.push(submission);
                 None
             }
             Err(e) => Some(e),

@@ -9,6 +9,7 @@ mod helpers;
 mod hostile_input;
 mod logs;
 mod operations;
+mod sender_policy;
 mod shutdown;
 mod slow_clients;
 mod startup;

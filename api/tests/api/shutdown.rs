@@ -1,5 +1,6 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sendonce_testkit::{TestDatabase, eventually, unique_prefix};
@@ -8,7 +9,17 @@ use crate::helpers::SECRET;
 
 /// Starts the API binary with `extra` environment, and returns it with the
 /// port it logged.
-async fn spawn_api(db: &TestDatabase, extra: &[(&str, &str)]) -> (std::process::Child, u64) {
+pub async fn spawn_api(db: &TestDatabase, extra: &[(&str, &str)]) -> (std::process::Child, u64) {
+    let (api, port, _) = spawn_api_logged(db, extra).await;
+    (api, port)
+}
+
+/// Like [`spawn_api`], also returning every line the API logs, as it logs
+/// them.
+pub async fn spawn_api_logged(
+    db: &TestDatabase,
+    extra: &[(&str, &str)],
+) -> (std::process::Child, u64, Arc<Mutex<Vec<String>>>) {
     let redis_url =
         std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let mut command = Command::new(env!("CARGO_BIN_EXE_sendonce-api"));
@@ -30,6 +41,8 @@ async fn spawn_api(db: &TestDatabase, extra: &[(&str, &str)]) -> (std::process::
     // Read every line to the end (the shutdown logs too, which would fail
     // on a closed pipe), handing over the first port logged.
     let (found, port) = std::sync::mpsc::channel();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let logged_lines = Arc::clone(&lines);
     std::thread::spawn(move || {
         let mut found = Some(found);
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -41,18 +54,27 @@ async fn spawn_api(db: &TestDatabase, extra: &[(&str, &str)]) -> (std::process::
             {
                 let _ = found.send(port);
             }
+            logged_lines
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(line);
         }
     });
     let port = tokio::task::spawn_blocking(move || port.recv())
         .await
         .expect("join")
         .expect("the API logs its port");
-    (api, port)
+    (api, port, lines)
 }
 
 fn sigterm(api: &std::process::Child) {
+    signal(api, "TERM");
+}
+
+/// Sends `api` the signal `name` (`TERM`, `HUP`).
+pub fn signal(api: &std::process::Child, name: &str) {
     let kill = Command::new("kill")
-        .args(["-TERM", &api.id().to_string()])
+        .args([&format!("-{name}"), &api.id().to_string()])
         .status()
         .expect("run kill");
     assert!(kill.success());
