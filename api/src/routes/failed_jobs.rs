@@ -1,19 +1,15 @@
 //! The dead-letter table: list, requeue, discard.
 
 use actix_web::{HttpResponse, web};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
-use sendonce_shared::store::{DeadReason, FailedFilter, FailedJob, RequeueError, RequeueSelection};
+use sendonce_shared::store::{FailedFilter, FailedJob, RequeueError, RequeueSelection};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{Authorized, scope};
-use crate::problem::ApiError;
+use crate::paging::Keyset;
+use crate::problem::{ApiError, parse_field};
 use crate::state::AppState;
 
-/// Page size bounds.
-const DEFAULT_LIMIT: i64 = 50;
-const MAX_LIMIT: i64 = 500;
 /// Most ids one bulk requeue may name.
 const MAX_IDS: usize = 1000;
 
@@ -44,32 +40,6 @@ pub struct Page {
     pub next_cursor: Option<String>,
 }
 
-fn encode_cursor(id: i64) -> String {
-    URL_SAFE_NO_PAD.encode(format!("v1:{id}"))
-}
-
-fn decode_cursor(cursor: &str) -> Result<i64, ApiError> {
-    URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .and_then(|s| s.strip_prefix("v1:")?.parse().ok())
-        .filter(|id| encode_cursor(*id) == cursor)
-        .ok_or_else(|| ApiError::InvalidField {
-            field: "cursor",
-            reason: "is not a cursor this API issued".into(),
-        })
-}
-
-fn parse_reason(field: &'static str, reason: Option<&str>) -> Result<Option<DeadReason>, ApiError> {
-    reason
-        .map(|r| {
-            r.parse()
-                .map_err(|reason| ApiError::InvalidField { field, reason })
-        })
-        .transpose()
-}
-
 /// How many entries were requeued.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Requeued {
@@ -92,14 +62,7 @@ pub async fn list(
     state: web::Data<AppState>,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::InvalidField {
-            field: "limit",
-            reason: format!("must be between 1 and {MAX_LIMIT}"),
-        });
-    }
-    let before = query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let keyset = Keyset::parse(query.limit, query.cursor.as_deref())?;
     let since = query
         .since
         .as_deref()
@@ -113,21 +76,15 @@ pub async fn list(
         })
         .transpose()?;
     let filter = FailedFilter {
-        reason: parse_reason("reason", query.reason.as_deref())?,
+        reason: parse_field("reason", query.reason.as_deref())?,
         since,
     };
-    // One extra row tells whether another page exists.
-    let mut items = state
+    let rows = state
         .store
-        .failed_page(&filter, before, limit + 1)
+        .failed_page(&filter, keyset.before, keyset.fetch())
         .await
         .map_err(ApiError::unavailable)?;
-    let next_cursor = if items.len() as i64 > limit {
-        items.truncate(limit as usize);
-        items.last().map(|last| encode_cursor(last.id))
-    } else {
-        None
-    };
+    let (items, next_cursor) = keyset.page(rows, |entry| entry.id);
     Ok(HttpResponse::Ok().json(Page { items, next_cursor }))
 }
 
@@ -221,9 +178,7 @@ pub async fn retry_bulk(
             }
             RequeueSelection::Ids(ids)
         }
-        (None, Some(true)) => {
-            RequeueSelection::All(parse_reason("reason", body.reason.as_deref())?)
-        }
+        (None, Some(true)) => RequeueSelection::All(parse_field("reason", body.reason.as_deref())?),
         _ => {
             return Err(ApiError::BadRequest(
                 "give either `ids`, or `all: true` with an optional `reason`".into(),
@@ -271,24 +226,6 @@ mod tests {
     use super::*;
 
     proptest! {
-        #[test]
-        fn issued_cursors_decode_to_their_id(id in any::<i64>()) {
-            prop_assert_eq!(decode_cursor(&encode_cursor(id)).ok(), Some(id));
-        }
-
-        #[test]
-        fn a_cursor_is_accepted_only_in_the_form_this_api_issues(padding in "[+]|0{1,3}", id in 0..i64::MAX) {
-            let forged = URL_SAFE_NO_PAD.encode(format!("v1:{padding}{id}"));
-            prop_assert!(decode_cursor(&forged).is_err());
-        }
-
-        #[test]
-        fn any_text_is_refused_as_a_cursor_or_is_one_this_api_issues(s in "\\PC{0,40}|[A-Za-z0-9_-]{0,40}") {
-            if let Ok(id) = decode_cursor(&s) {
-                prop_assert_eq!(encode_cursor(id), s);
-            }
-        }
-
         #[test]
         fn only_positive_integers_are_ids(s in "[-+]?[0-9]{1,25}|\\PC{0,12}") {
             match parse_id(&s) {
