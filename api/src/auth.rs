@@ -15,7 +15,7 @@
 //!
 //! ```text
 //! pub async fn add_job(caller: Authorized<scope::JobsWrite>, ...) -> ... {
-//!     let subject = caller.claims.sub.as_deref();
+//!     let subject = caller.subject();
 //! ```
 //!
 //! Extraction answers 401 with a bare `WWW-Authenticate: Bearer` challenge
@@ -307,6 +307,14 @@ pub struct Authorized<S: Scope> {
     _scope: PhantomData<S>,
 }
 
+impl<S: Scope> Authorized<S> {
+    /// Who the token was issued to, as the rate limit and the audit trail
+    /// know the caller: its `sub`, or "" for a token without one.
+    pub fn subject(&self) -> &str {
+        self.claims.sub.as_deref().unwrap_or_default()
+    }
+}
+
 impl<S: Scope + 'static> FromRequest for Authorized<S> {
     type Error = ApiError;
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
@@ -321,9 +329,7 @@ impl<S: Scope + 'static> FromRequest for Authorized<S> {
         Box::pin(async move {
             let authorized = authorized?;
             if let Some(limit) = limit {
-                limit
-                    .check(authorized.claims.sub.as_deref().unwrap_or_default())
-                    .await?;
+                limit.check(authorized.subject()).await?;
             }
             Ok(authorized)
         })

@@ -1,14 +1,16 @@
 //! The dead-letter table: list, requeue, discard.
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
-use sendonce_shared::store::{FailedFilter, FailedJob, RequeueError, RequeueSelection};
+use sendonce_shared::domain::Note;
+use sendonce_shared::store::{Actor, FailedFilter, FailedJob, RequeueError, RequeueSelection};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{Authorized, scope};
 use crate::paging::Keyset;
 use crate::problem::{ApiError, parse_field};
 use crate::state::AppState;
+use crate::telemetry;
 
 /// Most ids one bulk requeue may name.
 const MAX_IDS: usize = 1000;
@@ -98,11 +100,51 @@ fn parse_id(raw: &str) -> Result<i64, ApiError> {
         })
 }
 
-async fn requeue(state: &AppState, selection: RequeueSelection) -> Result<u64, ApiError> {
+/// `?note=` of the routes that act on one entry.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct NoteQuery {
+    /// Why, for the audit trail (`GET /audit`): 1 to 500 characters, no
+    /// control characters.
+    #[param(
+        min_length = 1,
+        max_length = 500,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
+    pub note: Option<String>,
+}
+
+/// Who acts, for the audit trail: the token's `sub`, the operator's `note`
+/// and the request's id.
+fn actor(
+    caller: &Authorized<scope::FailedWrite>,
+    req: &HttpRequest,
+    note: Option<String>,
+) -> Result<Actor, ApiError> {
+    let note = note
+        .map(Note::parse)
+        .transpose()
+        .map_err(|e| ApiError::InvalidField {
+            field: "note",
+            reason: e.to_string(),
+        })?;
+    Ok(Actor {
+        sub: caller.subject().to_owned(),
+        note,
+        request_id: telemetry::request_id_in(req.headers()).map(str::to_owned),
+    })
+}
+
+async fn requeue(
+    state: &AppState,
+    selection: RequeueSelection,
+    actor: &Actor,
+) -> Result<u64, ApiError> {
     let queue = &state.queue;
     state
         .store
-        .requeue_failed(&selection, async |tasks: Vec<String>| {
+        .requeue_failed(&selection, actor, async |tasks: Vec<String>| {
             queue.push(&tasks).await
         })
         .await
@@ -117,18 +159,21 @@ async fn requeue(state: &AppState, selection: RequeueSelection) -> Result<u64, A
     post,
     path = "/failedJobs/{id}/retry",
     tag = "dead letters",
-    params(("id" = i64, Path, minimum = 1, description = "The entry's `id`")),
+    params(("id" = i64, Path, minimum = 1, description = "The entry's `id`"), NoteQuery),
     responses((status = 200, description = "The entry was requeued", body = Requeued)),
     security(("bearer" = ["failed:write"])),
 )]
 #[tracing::instrument(name = "retry_failed_job", skip_all, fields(id = %path))]
 pub async fn retry_one(
-    _: Authorized<scope::FailedWrite>,
+    caller: Authorized<scope::FailedWrite>,
     state: web::Data<AppState>,
     path: web::Path<String>,
+    query: web::Query<NoteQuery>,
+    req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
-    match requeue(&state, RequeueSelection::Ids(vec![id])).await? {
+    let actor = actor(&caller, &req, query.into_inner().note)?;
+    match requeue(&state, RequeueSelection::Ids(vec![id]), &actor).await? {
         0 => Err(ApiError::NotFound(format!("no dead-letter entry {id}"))),
         _ => {
             tracing::info!(id, "dead-letter entry requeued");
@@ -150,6 +195,15 @@ pub struct BulkRetry {
     /// With `all`: only this reason.
     #[serde(default)]
     pub reason: Option<String>,
+    /// Why, for the audit trail (`GET /audit`): 1 to 500 characters, no
+    /// control characters.
+    #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
+    pub note: Option<String>,
 }
 
 /// `POST /failedJobs/retry`.
@@ -163,11 +217,13 @@ pub struct BulkRetry {
 )]
 #[tracing::instrument(name = "retry_failed_jobs", skip_all)]
 pub async fn retry_bulk(
-    _: Authorized<scope::FailedWrite>,
+    caller: Authorized<scope::FailedWrite>,
     state: web::Data<AppState>,
     body: web::Json<BulkRetry>,
+    req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
+    let actor = actor(&caller, &req, body.note)?;
     let selection = match (body.ids, body.all) {
         (Some(ids), None | Some(false)) if body.reason.is_none() => {
             if ids.is_empty() || ids.len() > MAX_IDS {
@@ -185,7 +241,7 @@ pub async fn retry_bulk(
             ));
         }
     };
-    let requeued = requeue(&state, selection).await?;
+    let requeued = requeue(&state, selection, &actor).await?;
     tracing::info!(requeued, "dead-letter entries requeued");
     Ok(HttpResponse::Ok().json(Requeued { requeued }))
 }
@@ -195,20 +251,23 @@ pub async fn retry_bulk(
     delete,
     path = "/failedJobs/{id}",
     tag = "dead letters",
-    params(("id" = i64, Path, minimum = 1, description = "The entry's `id`")),
+    params(("id" = i64, Path, minimum = 1, description = "The entry's `id`"), NoteQuery),
     responses((status = 204, description = "The entry was discarded")),
     security(("bearer" = ["failed:write"])),
 )]
 #[tracing::instrument(name = "discard_failed_job", skip_all, fields(id = %path))]
 pub async fn discard(
-    _: Authorized<scope::FailedWrite>,
+    caller: Authorized<scope::FailedWrite>,
     state: web::Data<AppState>,
     path: web::Path<String>,
+    query: web::Query<NoteQuery>,
+    req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
+    let actor = actor(&caller, &req, query.into_inner().note)?;
     if state
         .store
-        .discard_failed(id)
+        .discard_failed(id, &actor)
         .await
         .map_err(ApiError::unavailable)?
     {
