@@ -72,6 +72,9 @@ pub mod scope {
     /// Requeue or discard dead-letter entries (`failed:write`).
     #[derive(Debug)]
     pub struct FailedWrite;
+    /// Read the audit trail of requeues and discards (`audit:read`).
+    #[derive(Debug)]
+    pub struct AuditRead;
 
     impl Scope for JobsWrite {
         const NAME: &'static str = "jobs:write";
@@ -88,6 +91,10 @@ pub mod scope {
     impl Scope for FailedWrite {
         const NAME: &'static str = "failed:write";
         const RATE_LIMITED: bool = true;
+    }
+    impl Scope for AuditRead {
+        const NAME: &'static str = "audit:read";
+        const RATE_LIMITED: bool = false;
     }
 }
 

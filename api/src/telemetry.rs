@@ -56,6 +56,7 @@ pub const ROUTES: &[(&str, u16)] = &[
     ("/failedJobs/retry", 200),
     ("/failedJobs/{id}/retry", 200),
     ("/failedJobs/{id}", 204),
+    ("/audit", 200),
     ("/healthz", 200),
     ("/readyz", 200),
     ("/openapi.json", 200),
