@@ -15,7 +15,7 @@
 //!
 //! ```text
 //! pub async fn add_job(caller: Authorized<scope::JobsWrite>, ...) -> ... {
-//!     let subject = caller.claims.sub.as_deref();
+//!     let subject = caller.subject();
 //! ```
 //!
 //! Extraction answers 401 with a bare `WWW-Authenticate: Bearer` challenge
@@ -72,6 +72,9 @@ pub mod scope {
     /// Requeue or discard dead-letter entries (`failed:write`).
     #[derive(Debug)]
     pub struct FailedWrite;
+    /// Read the audit trail of requeues and discards (`audit:read`).
+    #[derive(Debug)]
+    pub struct AuditRead;
 
     impl Scope for JobsWrite {
         const NAME: &'static str = "jobs:write";
@@ -88,6 +91,10 @@ pub mod scope {
     impl Scope for FailedWrite {
         const NAME: &'static str = "failed:write";
         const RATE_LIMITED: bool = true;
+    }
+    impl Scope for AuditRead {
+        const NAME: &'static str = "audit:read";
+        const RATE_LIMITED: bool = false;
     }
 }
 
@@ -373,6 +380,14 @@ pub struct Authorized<S: Scope> {
     _scope: PhantomData<S>,
 }
 
+impl<S: Scope> Authorized<S> {
+    /// Who the token was issued to, as the rate limit and the audit trail
+    /// know the caller: its `sub`, or "" for a token without one.
+    pub fn subject(&self) -> &str {
+        self.claims.sub.as_deref().unwrap_or_default()
+    }
+}
+
 impl<S: Scope + 'static> FromRequest for Authorized<S> {
     type Error = ApiError;
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
@@ -387,9 +402,7 @@ impl<S: Scope + 'static> FromRequest for Authorized<S> {
         Box::pin(async move {
             let authorized = authorized?;
             if let Some(limit) = limit {
-                limit
-                    .check(authorized.claims.sub.as_deref().unwrap_or_default())
-                    .await?;
+                limit.check(authorized.subject()).await?;
             }
             Ok(authorized)
         })

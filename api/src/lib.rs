@@ -12,6 +12,8 @@
 //! - [`rate_limit`]: per-subject limits on the write endpoints.
 //! - [`limits`]: the request-body deadline and the connection cap.
 //! - [`routes`]: one module per resource.
+//! - [`paging`]: keyset pagination (limit and opaque cursor) for the
+//!   listings.
 //! - [`openapi`]: the OpenAPI 3.1 document served at `/openapi.json`.
 //! - [`problem`]: `ApiError` and its RFC 9457 problem+json form.
 //! - [`state`]: what handlers share.
@@ -23,6 +25,7 @@ pub mod config;
 pub mod handoff;
 pub mod limits;
 pub mod openapi;
+pub mod paging;
 pub mod problem;
 pub mod rate_limit;
 pub mod routes;

@@ -40,7 +40,10 @@ enum Command {
         #[arg(long)]
         sub: String,
         /// Space-separated scopes, e.g. "jobs:write jobs:read".
-        #[arg(long, default_value = "jobs:write jobs:read failed:read failed:write")]
+        #[arg(
+            long,
+            default_value = "jobs:write jobs:read failed:read failed:write audit:read"
+        )]
         scope: String,
         /// Lifetime, e.g. 1h, 30m, 7d.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]

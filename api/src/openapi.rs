@@ -14,7 +14,7 @@ use utoipa::openapi::{Content, Header, Object, Type};
 use utoipa::{Modify, OpenApi};
 
 use crate::problem::Problem;
-use crate::routes::{add_job, add_jobs, failed_jobs, health, jobs};
+use crate::routes::{add_job, add_jobs, audit, failed_jobs, health, jobs};
 
 /// The document.
 #[derive(Debug, OpenApi)]
@@ -28,6 +28,7 @@ use crate::routes::{add_job, add_jobs, failed_jobs, health, jobs};
         failed_jobs::retry_one,
         failed_jobs::retry_bulk,
         failed_jobs::discard,
+        audit::list,
         health::healthz,
         health::readyz,
         openapi_json,
@@ -190,6 +191,7 @@ mod tests {
             "/failedJobs/retry",
             "/failedJobs/{id}/retry",
             "/failedJobs/{id}",
+            "/audit",
             "/healthz",
             "/readyz",
             "/openapi.json",

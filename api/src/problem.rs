@@ -2,6 +2,8 @@
 //! 4xx answers say what to fix; 5xx answers say nothing about internals (the
 //! cause chain goes to the log).
 
+use std::str::FromStr;
+
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
@@ -81,6 +83,20 @@ impl ApiError {
     pub fn unavailable(e: impl Into<anyhow::Error>) -> Self {
         Self::Unavailable(e.into())
     }
+}
+
+/// Parses the optional `field` (`?reason=failed`) into a `T` whose parse
+/// error says what is wrong with the value; refused naming the field.
+pub fn parse_field<T: FromStr<Err = String>>(
+    field: &'static str,
+    value: Option<&str>,
+) -> Result<Option<T>, ApiError> {
+    value
+        .map(|v| {
+            v.parse()
+                .map_err(|reason| ApiError::InvalidField { field, reason })
+        })
+        .transpose()
 }
 
 /// RFC 9457 problem details, the body of every error answer.

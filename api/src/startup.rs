@@ -283,6 +283,7 @@ fn serve(
                 "/failedJobs/{id}",
                 web::delete().to(routes::failed_jobs::discard),
             )
+            .route("/audit", web::get().to(routes::audit::list))
             .route("/healthz", web::get().to(routes::health::healthz))
             .default_service(web::to(not_found))
             .route("/readyz", web::get().to(routes::health::readyz))

@@ -12,7 +12,7 @@ use actix_web::HttpMessage;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
-use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use metrics::{Unit, counter, describe_counter, describe_histogram, histogram};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -56,6 +56,7 @@ pub const ROUTES: &[(&str, u16)] = &[
     ("/failedJobs/retry", 200),
     ("/failedJobs/{id}/retry", 200),
     ("/failedJobs/{id}", 204),
+    ("/audit", 200),
     ("/healthz", 200),
     ("/readyz", 200),
     ("/openapi.json", 200),
@@ -122,6 +123,11 @@ pub async fn request_id(
     Ok(res)
 }
 
+/// The request's id, as [`request_id`] fixed it in `headers`.
+pub fn request_id_in(headers: &HeaderMap) -> Option<&str> {
+    headers.get(&REQUEST_ID).and_then(|v| v.to_str().ok())
+}
+
 fn is_sensible_id(id: &[u8]) -> bool {
     (1..=MAX_REQUEST_ID_LEN).contains(&id.len())
         && id
@@ -164,11 +170,7 @@ pub struct RequestSpan;
 
 impl RootSpanBuilder for RequestSpan {
     fn on_request_start(request: &ServiceRequest) -> Span {
-        let request_id = request
-            .headers()
-            .get(&REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
+        let request_id = request_id_in(request.headers()).unwrap_or_default();
         tracing::info_span!(
             "request",
             method = %request.method(),

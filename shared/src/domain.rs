@@ -26,6 +26,12 @@ pub enum InvalidValue {
         /// The limit, in bytes.
         max: usize,
     },
+    /// Text for people to read is longer than allowed.
+    #[error("must be at most {max} characters")]
+    TooManyChars {
+        /// The limit, in characters.
+        max: usize,
+    },
     /// The value holds CR, LF, NUL or another control character, which would
     /// let it break out of the header it ends up in.
     #[error("must not contain control characters (CR, LF, NUL, ...)")]
@@ -292,6 +298,40 @@ impl From<Subject> for String {
     }
 }
 
+/// An operator's note on an action on the dead-letter queue (why an entry
+/// was requeued or discarded), kept in the audit trail: 1 to 500
+/// characters of one line, no control characters, so that it reads the same
+/// in a log, a terminal or a spreadsheet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note(String);
+
+impl Note {
+    /// Longest note accepted, in characters.
+    pub const MAX_CHARS: usize = 500;
+
+    /// Parses an operator's note.
+    pub fn parse(s: impl Into<String>) -> Result<Self, InvalidValue> {
+        let s = s.into();
+        if s.is_empty() {
+            return Err(InvalidValue::Empty);
+        }
+        if s.chars().count() > Self::MAX_CHARS {
+            return Err(InvalidValue::TooManyChars {
+                max: Self::MAX_CHARS,
+            });
+        }
+        if s.chars().any(char::is_control) {
+            return Err(InvalidValue::ControlCharacter);
+        }
+        Ok(Self(s))
+    }
+
+    /// The note as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// The message body: text, HTML, or both (sent as multipart/alternative).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "RawBody", into = "RawBody")]
@@ -494,6 +534,23 @@ mod tests {
     fn subjects_refuse_line_breaks() {
         assert!(Subject::parse("a\r\nBcc: x@y.z").is_err());
         assert!(Subject::parse("x".repeat(999)).is_err());
+    }
+
+    #[test]
+    fn a_note_is_up_to_500_characters_of_one_line() {
+        assert!(Note::parse("requeued after the relay outage, INC-42").is_ok());
+        assert!(
+            Note::parse("é".repeat(500)).is_ok(),
+            "characters, not bytes"
+        );
+        assert_eq!(
+            Note::parse("x".repeat(501)),
+            Err(InvalidValue::TooManyChars { max: 500 })
+        );
+        assert_eq!(Note::parse(""), Err(InvalidValue::Empty));
+        for bad in ["a\nb", "a\rb", "a\0b", "a\tb", "a\u{7f}b"] {
+            assert_eq!(Note::parse(bad), Err(InvalidValue::ControlCharacter));
+        }
     }
 
     mod properties {

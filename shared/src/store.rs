@@ -10,6 +10,8 @@
 //! - [`claims`]: the attempt's life on its key's row: claim (which takes a
 //!   fencing token), `sending`, `sent`, `retrying`, dead-letter, duplicate;
 //! - `dead_letters`: listing, discarding and requeueing DLQ entries;
+//! - [`audit`]: the audit trail of those discards and requeues, written in
+//!   the transaction of each;
 //! - `jobs`: a job's state as clients read it;
 //! - [`leases`]: worker leases on the database clock, and the sweeper that
 //!   resolves rows whose holder lost its lease;
@@ -31,6 +33,7 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::domain::JobId;
 
 pub mod acceptance;
+pub mod audit;
 pub mod claims;
 pub mod connection;
 mod dead_letters;
@@ -41,6 +44,7 @@ pub mod retention;
 mod sql;
 
 pub use acceptance::{AcceptError, Accepted, Acceptor, Submission};
+pub use audit::{Actor, AuditAction, AuditEntry, AuditFilter};
 pub use claims::{Claim, Fence, Retrying};
 pub use connection::{PgOptions, Pooler};
 pub use leases::Swept;
@@ -366,6 +370,7 @@ mod tests {
         let client = db.connect().await;
         let all = [
             acceptance::ALL,
+            audit::ALL,
             claims::ALL,
             dead_letters::ALL,
             jobs::ALL,

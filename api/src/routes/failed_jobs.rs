@@ -1,19 +1,17 @@
 //! The dead-letter table: list, requeue, discard.
 
-use actix_web::{HttpResponse, web};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
-use sendonce_shared::store::{DeadReason, FailedFilter, FailedJob, RequeueError, RequeueSelection};
+use sendonce_shared::domain::Note;
+use sendonce_shared::store::{Actor, FailedFilter, FailedJob, RequeueError, RequeueSelection};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{Authorized, scope};
-use crate::problem::ApiError;
+use crate::paging::Keyset;
+use crate::problem::{ApiError, parse_field};
 use crate::state::AppState;
+use crate::telemetry;
 
-/// Page size bounds.
-const DEFAULT_LIMIT: i64 = 50;
-const MAX_LIMIT: i64 = 500;
 /// Most ids one bulk requeue may name.
 const MAX_IDS: usize = 1000;
 
@@ -44,32 +42,6 @@ pub struct Page {
     pub next_cursor: Option<String>,
 }
 
-fn encode_cursor(id: i64) -> String {
-    URL_SAFE_NO_PAD.encode(format!("v1:{id}"))
-}
-
-fn decode_cursor(cursor: &str) -> Result<i64, ApiError> {
-    URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .and_then(|s| s.strip_prefix("v1:")?.parse().ok())
-        .filter(|id| encode_cursor(*id) == cursor)
-        .ok_or_else(|| ApiError::InvalidField {
-            field: "cursor",
-            reason: "is not a cursor this API issued".into(),
-        })
-}
-
-fn parse_reason(field: &'static str, reason: Option<&str>) -> Result<Option<DeadReason>, ApiError> {
-    reason
-        .map(|r| {
-            r.parse()
-                .map_err(|reason| ApiError::InvalidField { field, reason })
-        })
-        .transpose()
-}
-
 /// How many entries were requeued.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Requeued {
@@ -92,14 +64,7 @@ pub async fn list(
     state: web::Data<AppState>,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::InvalidField {
-            field: "limit",
-            reason: format!("must be between 1 and {MAX_LIMIT}"),
-        });
-    }
-    let before = query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let keyset = Keyset::parse(query.limit, query.cursor.as_deref())?;
     let since = query
         .since
         .as_deref()
@@ -113,21 +78,15 @@ pub async fn list(
         })
         .transpose()?;
     let filter = FailedFilter {
-        reason: parse_reason("reason", query.reason.as_deref())?,
+        reason: parse_field("reason", query.reason.as_deref())?,
         since,
     };
-    // One extra row tells whether another page exists.
-    let mut items = state
+    let rows = state
         .store
-        .failed_page(&filter, before, limit + 1)
+        .failed_page(&filter, keyset.before, keyset.fetch())
         .await
         .map_err(ApiError::unavailable)?;
-    let next_cursor = if items.len() as i64 > limit {
-        items.truncate(limit as usize);
-        items.last().map(|last| encode_cursor(last.id))
-    } else {
-        None
-    };
+    let (items, next_cursor) = keyset.page(rows, |entry| entry.id);
     Ok(HttpResponse::Ok().json(Page { items, next_cursor }))
 }
 
@@ -141,11 +100,51 @@ fn parse_id(raw: &str) -> Result<i64, ApiError> {
         })
 }
 
-async fn requeue(state: &AppState, selection: RequeueSelection) -> Result<u64, ApiError> {
+/// `?note=` of the routes that act on one entry.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct NoteQuery {
+    /// Why, for the audit trail (`GET /audit`): 1 to 500 characters, no
+    /// control characters.
+    #[param(
+        min_length = 1,
+        max_length = 500,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
+    pub note: Option<String>,
+}
+
+/// Who acts, for the audit trail: the token's `sub`, the operator's `note`
+/// and the request's id.
+fn actor(
+    caller: &Authorized<scope::FailedWrite>,
+    req: &HttpRequest,
+    note: Option<String>,
+) -> Result<Actor, ApiError> {
+    let note = note
+        .map(Note::parse)
+        .transpose()
+        .map_err(|e| ApiError::InvalidField {
+            field: "note",
+            reason: e.to_string(),
+        })?;
+    Ok(Actor {
+        sub: caller.subject().to_owned(),
+        note,
+        request_id: telemetry::request_id_in(req.headers()).map(str::to_owned),
+    })
+}
+
+async fn requeue(
+    state: &AppState,
+    selection: RequeueSelection,
+    actor: &Actor,
+) -> Result<u64, ApiError> {
     let queue = &state.queue;
     state
         .store
-        .requeue_failed(&selection, async |tasks: Vec<String>| {
+        .requeue_failed(&selection, actor, async |tasks: Vec<String>| {
             queue.push(&tasks).await
         })
         .await
@@ -160,18 +159,21 @@ async fn requeue(state: &AppState, selection: RequeueSelection) -> Result<u64, A
     post,
     path = "/failedJobs/{id}/retry",
     tag = "dead letters",
-    params(("id" = i64, Path, minimum = 1, description = "The entry's `id`")),
+    params(("id" = i64, Path, minimum = 1, description = "The entry's `id`"), NoteQuery),
     responses((status = 200, description = "The entry was requeued", body = Requeued)),
     security(("bearer" = ["failed:write"])),
 )]
 #[tracing::instrument(name = "retry_failed_job", skip_all, fields(id = %path))]
 pub async fn retry_one(
-    _: Authorized<scope::FailedWrite>,
+    caller: Authorized<scope::FailedWrite>,
     state: web::Data<AppState>,
     path: web::Path<String>,
+    query: web::Query<NoteQuery>,
+    req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
-    match requeue(&state, RequeueSelection::Ids(vec![id])).await? {
+    let actor = actor(&caller, &req, query.into_inner().note)?;
+    match requeue(&state, RequeueSelection::Ids(vec![id]), &actor).await? {
         0 => Err(ApiError::NotFound(format!("no dead-letter entry {id}"))),
         _ => {
             tracing::info!(id, "dead-letter entry requeued");
@@ -193,6 +195,15 @@ pub struct BulkRetry {
     /// With `all`: only this reason.
     #[serde(default)]
     pub reason: Option<String>,
+    /// Why, for the audit trail (`GET /audit`): 1 to 500 characters, no
+    /// control characters.
+    #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
+    pub note: Option<String>,
 }
 
 /// `POST /failedJobs/retry`.
@@ -206,11 +217,13 @@ pub struct BulkRetry {
 )]
 #[tracing::instrument(name = "retry_failed_jobs", skip_all)]
 pub async fn retry_bulk(
-    _: Authorized<scope::FailedWrite>,
+    caller: Authorized<scope::FailedWrite>,
     state: web::Data<AppState>,
     body: web::Json<BulkRetry>,
+    req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
+    let actor = actor(&caller, &req, body.note)?;
     let selection = match (body.ids, body.all) {
         (Some(ids), None | Some(false)) if body.reason.is_none() => {
             if ids.is_empty() || ids.len() > MAX_IDS {
@@ -221,16 +234,14 @@ pub async fn retry_bulk(
             }
             RequeueSelection::Ids(ids)
         }
-        (None, Some(true)) => {
-            RequeueSelection::All(parse_reason("reason", body.reason.as_deref())?)
-        }
+        (None, Some(true)) => RequeueSelection::All(parse_field("reason", body.reason.as_deref())?),
         _ => {
             return Err(ApiError::BadRequest(
                 "give either `ids`, or `all: true` with an optional `reason`".into(),
             ));
         }
     };
-    let requeued = requeue(&state, selection).await?;
+    let requeued = requeue(&state, selection, &actor).await?;
     tracing::info!(requeued, "dead-letter entries requeued");
     Ok(HttpResponse::Ok().json(Requeued { requeued }))
 }
@@ -240,20 +251,23 @@ pub async fn retry_bulk(
     delete,
     path = "/failedJobs/{id}",
     tag = "dead letters",
-    params(("id" = i64, Path, minimum = 1, description = "The entry's `id`")),
+    params(("id" = i64, Path, minimum = 1, description = "The entry's `id`"), NoteQuery),
     responses((status = 204, description = "The entry was discarded")),
     security(("bearer" = ["failed:write"])),
 )]
 #[tracing::instrument(name = "discard_failed_job", skip_all, fields(id = %path))]
 pub async fn discard(
-    _: Authorized<scope::FailedWrite>,
+    caller: Authorized<scope::FailedWrite>,
     state: web::Data<AppState>,
     path: web::Path<String>,
+    query: web::Query<NoteQuery>,
+    req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
+    let actor = actor(&caller, &req, query.into_inner().note)?;
     if state
         .store
-        .discard_failed(id)
+        .discard_failed(id, &actor)
         .await
         .map_err(ApiError::unavailable)?
     {
@@ -271,24 +285,6 @@ mod tests {
     use super::*;
 
     proptest! {
-        #[test]
-        fn issued_cursors_decode_to_their_id(id in any::<i64>()) {
-            prop_assert_eq!(decode_cursor(&encode_cursor(id)).ok(), Some(id));
-        }
-
-        #[test]
-        fn a_cursor_is_accepted_only_in_the_form_this_api_issues(padding in "[+]|0{1,3}", id in 0..i64::MAX) {
-            let forged = URL_SAFE_NO_PAD.encode(format!("v1:{padding}{id}"));
-            prop_assert!(decode_cursor(&forged).is_err());
-        }
-
-        #[test]
-        fn any_text_is_refused_as_a_cursor_or_is_one_this_api_issues(s in "\\PC{0,40}|[A-Za-z0-9_-]{0,40}") {
-            if let Ok(id) = decode_cursor(&s) {
-                prop_assert_eq!(encode_cursor(id), s);
-            }
-        }
-
         #[test]
         fn only_positive_integers_are_ids(s in "[-+]?[0-9]{1,25}|\\PC{0,12}") {
             match parse_id(&s) {

@@ -2,6 +2,7 @@
 
 pub mod add_job;
 pub mod add_jobs;
+pub mod audit;
 pub mod failed_jobs;
 pub mod health;
 pub mod jobs;

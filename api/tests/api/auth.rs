@@ -256,7 +256,7 @@ async fn an_rs256_token_is_refused_when_the_api_is_configured_for_hs256() {
 }
 
 /// Every authenticated route, with the scope it needs.
-const ROUTES: [(&str, &str, &str); 6] = [
+const ROUTES: [(&str, &str, &str); 7] = [
     ("POST", "/addJob", "jobs:write"),
     (
         "GET",
@@ -267,6 +267,7 @@ const ROUTES: [(&str, &str, &str); 6] = [
     ("POST", "/failedJobs/retry", "failed:write"),
     ("POST", "/failedJobs/1/retry", "failed:write"),
     ("DELETE", "/failedJobs/1", "failed:write"),
+    ("GET", "/audit", "audit:read"),
 ];
 
 #[tokio::test]

@@ -69,7 +69,7 @@ async fn cr_lf_or_nul_in_any_field_that_becomes_a_header_is_refused() {
 #[tokio::test]
 async fn malformed_query_strings_cursors_and_ids_on_the_read_endpoints_are_refused() {
     let api = spawn_api().await;
-    let token = api.token("jobs:read failed:read failed:write");
+    let token = api.token("jobs:read failed:read failed:write audit:read");
     for (method, path, status, needle) in [
         ("GET", "/failedJobs?limit=0", 422, "`limit`"),
         ("GET", "/failedJobs?limit=501", 422, "`limit`"),
@@ -79,6 +79,14 @@ async fn malformed_query_strings_cursors_and_ids_on_the_read_endpoints_are_refus
         ("GET", "/failedJobs?reason=bored", 422, "`reason`"),
         ("GET", "/failedJobs?since=yesterday", 422, "`since`"),
         ("GET", "/failedJobs?sort=asc", 400, "sort"),
+        ("GET", "/audit?limit=0", 422, "`limit`"),
+        ("GET", "/audit?limit=501", 422, "`limit`"),
+        ("GET", "/audit?limit=many", 400, "query"),
+        ("GET", "/audit?cursor=garbage!", 422, "`cursor`"),
+        ("GET", "/audit?cursor=djE6eA", 422, "`cursor`"),
+        ("GET", "/audit?action=delete", 422, "`action`"),
+        ("GET", "/audit?sort=asc", 400, "sort"),
+        ("POST", "/failedJobs/1/retry?reason=why", 400, "reason"),
         ("GET", "/jobs/not-a-uuid", 422, "`job_id`"),
         ("POST", "/failedJobs/abc/retry", 422, "`id`"),
         ("POST", "/failedJobs/-1/retry", 422, "`id`"),

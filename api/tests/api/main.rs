@@ -3,6 +3,7 @@
 
 mod add_job;
 mod add_jobs;
+mod audit;
 mod auth;
 mod durable;
 mod helpers;

@@ -1,14 +1,16 @@
-//! The dead-letter table: listing, discarding and requeueing entries.
+//! The dead-letter table: listing, discarding and requeueing entries, each
+//! discard and requeue with its audit rows (`audit`).
 
 use std::collections::HashSet;
 
 use tokio_postgres::types::Type;
+use tokio_postgres::{Row, Transaction};
 use uuid::Uuid;
 
 use super::sql::Sql;
 
 use super::{
-    DeadReason, FailedFilter, FailedJob, RequeueError, RequeueSelection, Store, StoreError,
+    Actor, DeadReason, FailedFilter, FailedJob, RequeueError, RequeueSelection, Store, StoreError,
 };
 use crate::domain::JobId;
 
@@ -27,13 +29,25 @@ const PAGE: Sql = Sql::new(
     &[Type::INT8, Type::TEXT, Type::TIMESTAMPTZ, Type::INT8],
 );
 
-const DISCARD: Sql = Sql::new("DELETE FROM failed_jobs WHERE id = $1", &[Type::INT8]);
+/// The entry goes, and its audit row comes, in one statement.
+const DISCARD: Sql = Sql::new(
+    "WITH gone AS (
+         DELETE FROM failed_jobs WHERE id = $1
+         RETURNING id, job_id, idempotency_key, reason)
+     INSERT INTO audit_log
+         (actor, action, failed_job_id, job_id, idempotency_key, dead_reason,
+          note, request_id)
+     SELECT $2::text, 'discard', id, job_id, idempotency_key, reason,
+            $3::text, $4::text
+     FROM gone",
+    &[Type::INT8, Type::TEXT, Type::TEXT, Type::TEXT],
+);
 
 const NEWEST: Sql = Sql::new("SELECT COALESCE(max(id), 0) FROM failed_jobs", &[]);
 
 const TAKE_IDS: Sql = Sql::new(
     "DELETE FROM failed_jobs WHERE id = ANY($1)
-     RETURNING job_id, idempotency_key, task::text",
+     RETURNING job_id, idempotency_key, task::text, id, reason",
     &[Type::INT8_ARRAY],
 );
 
@@ -42,7 +56,7 @@ const TAKE_ALL: Sql = Sql::new(
          SELECT id FROM failed_jobs
          WHERE id <= $3 AND ($1::text IS NULL OR reason = $1)
          ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)
-     RETURNING job_id, idempotency_key, task::text",
+     RETURNING job_id, idempotency_key, task::text, id, reason",
     &[Type::TEXT, Type::INT8, Type::INT8],
 );
 
@@ -58,9 +72,36 @@ const REQUEUE: Sql = Sql::new(
     &[Type::UUID_ARRAY, Type::TEXT_ARRAY, Type::TEXT_ARRAY],
 );
 
+/// The audit rows of the entries a requeue batch moved.
+const AUDIT_REQUEUES: Sql = Sql::new(
+    "INSERT INTO audit_log
+         (actor, action, failed_job_id, job_id, idempotency_key, dead_reason,
+          note, request_id)
+     SELECT $1::text, 'requeue', e.id, e.job_id, e.key, e.reason, $2::text, $3::text
+     FROM unnest($4::bigint[], $5::uuid[], $6::text[], $7::text[])
+          AS e(id, job_id, key, reason)",
+    &[
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::INT8_ARRAY,
+        Type::UUID_ARRAY,
+        Type::TEXT_ARRAY,
+        Type::TEXT_ARRAY,
+    ],
+);
+
 /// Every statement of this module, for the test that checks their types.
 #[cfg(test)]
-pub(super) const ALL: &[&Sql] = &[&PAGE, &DISCARD, &NEWEST, &TAKE_IDS, &TAKE_ALL, &REQUEUE];
+pub(super) const ALL: &[&Sql] = &[
+    &PAGE,
+    &DISCARD,
+    &NEWEST,
+    &TAKE_IDS,
+    &TAKE_ALL,
+    &REQUEUE,
+    &AUDIT_REQUEUES,
+];
 
 impl Store {
     /// A page of the dead-letter table, newest first, after the entry
@@ -103,12 +144,20 @@ impl Store {
             .collect())
     }
 
-    /// Discards one dead-letter entry. Its key stays terminal: the job is
-    /// given up, not made sendable by a new job with the same key.
+    /// Discards one dead-letter entry and writes its audit row, in one
+    /// statement. Its key stays terminal: the job is given up, not made
+    /// sendable by a new job with the same key. `false`, and no audit row,
+    /// when there is no such entry.
     #[tracing::instrument(skip_all)]
-    pub async fn discard_failed(&self, id: i64) -> Result<bool, StoreError> {
+    pub async fn discard_failed(&self, id: i64, actor: &Actor) -> Result<bool, StoreError> {
         let conn = self.pool.get().await?;
-        let n = self.exec(&conn, &DISCARD, &[&id]).await?;
+        let n = self
+            .exec(
+                &conn,
+                &DISCARD,
+                &[&id, &actor.sub, &actor.note(), &actor.request_id],
+            )
+            .await?;
         Ok(n == 1)
     }
 
@@ -118,18 +167,20 @@ impl Store {
     /// the keys that moved on the queue, and only then does the transaction
     /// commit. A worker that pops a task before the commit waits on the row
     /// lock in its claim and then sees `queued`; if `push` fails, nothing
-    /// changes.
+    /// changes. Each entry moved gets its audit row, by `actor`, in the
+    /// same transaction.
     ///
     /// "All" means the entries that existed when the call began: an entry
     /// that fails again while the call runs gets a new id above that bound,
     /// so one call requeues each entry at most once (each extra requeue of an
     /// `uncertain` entry would be a possible extra email). An entry whose key
     /// is no longer `failed` or `uncertain` (a late `250` was recorded) is
-    /// removed without being pushed.
+    /// removed without being pushed, counted or audited.
     #[tracing::instrument(skip_all)]
     pub async fn requeue_failed<E>(
         &self,
         selection: &RequeueSelection,
+        actor: &Actor,
         push: impl AsyncFn(Vec<String>) -> Result<(), E>,
     ) -> Result<u64, RequeueError<E>> {
         let bound: i64 = {
@@ -165,20 +216,50 @@ impl Store {
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
-            let tasks: Vec<String> = rows
+            let requeued: Vec<&Row> = rows
                 .iter()
                 .filter(|r| moved.contains(&r.get::<_, Uuid>(0)))
-                .map(|r| r.get(2))
                 .collect();
-            let moved = tasks.len() as u64;
-            if !tasks.is_empty() {
+            if !requeued.is_empty() {
+                self.audit_requeues(&tx, actor, &requeued).await?;
+                let tasks = requeued.iter().map(|r| r.get(2)).collect();
                 push(tasks).await.map_err(RequeueError::Push)?;
             }
+            let moved = requeued.len() as u64;
             self.commit(tx).await?;
             total += moved;
             if matches!(selection, RequeueSelection::Ids(_)) {
                 return Ok(total);
             }
         }
+    }
+
+    /// Writes the audit rows of `moved` (rows of `TAKE_IDS` or `TAKE_ALL`)
+    /// inside the requeue's transaction.
+    async fn audit_requeues(
+        &self,
+        tx: &Transaction<'_>,
+        actor: &Actor,
+        moved: &[&Row],
+    ) -> Result<(), StoreError> {
+        let jobs: Vec<Uuid> = moved.iter().map(|r| r.get(0)).collect();
+        let keys: Vec<&str> = moved.iter().map(|r| r.get(1)).collect();
+        let ids: Vec<i64> = moved.iter().map(|r| r.get(3)).collect();
+        let reasons: Vec<&str> = moved.iter().map(|r| r.get(4)).collect();
+        self.tx_rows(
+            tx,
+            &AUDIT_REQUEUES,
+            &[
+                &actor.sub,
+                &actor.note(),
+                &actor.request_id,
+                &ids,
+                &jobs,
+                &keys,
+                &reasons,
+            ],
+        )
+        .await?;
+        Ok(())
     }
 }

@@ -4,6 +4,7 @@
 //! [`connection`] the queue's one shared Redis connection.
 
 mod acceptance;
+mod audit;
 mod autoscaling;
 mod connection;
 mod leases;
@@ -43,6 +44,26 @@ async fn insert_row(client: &tokio_postgres::Client, t: &Task, state: &str) {
         )
         .await
         .expect("a row");
+}
+
+/// Writes the dead-letter entry of `t` with `reason` (`failed` or
+/// `uncertain`) and answers its id.
+async fn insert_dead_letter(client: &tokio_postgres::Client, t: &Task, reason: &str) -> i64 {
+    client
+        .query_one(
+            "INSERT INTO failed_jobs (job_id, idempotency_key, task, reason, error, attempts)
+             VALUES ($1, $2, $3::text::jsonb, $4, 'boom', 1)
+             RETURNING id",
+            &[
+                &t.job_id.as_uuid(),
+                &t.idempotency_key.as_str(),
+                &t.to_json(),
+                &reason,
+            ],
+        )
+        .await
+        .expect("a dead letter")
+        .get(0)
 }
 
 fn store_for(db: &TestDatabase) -> Store {

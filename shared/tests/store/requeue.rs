@@ -4,10 +4,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use sendonce_shared::domain::Task;
-use sendonce_shared::store::RequeueSelection;
+use sendonce_shared::store::{Actor, RequeueSelection};
 use sendonce_testkit::TestDatabase;
 
-use crate::{store_for, task};
+use crate::{insert_dead_letter, store_for, task};
 
 /// More entries than one requeue batch holds, each dead-lettered as a worker
 /// would leave it.
@@ -23,18 +23,7 @@ async fn dead_letters(db: &TestDatabase, n: usize) -> Vec<Task> {
             )
             .await
             .expect("insert a delivery");
-        client
-            .execute(
-                "INSERT INTO failed_jobs (job_id, idempotency_key, task, reason, error, attempts)
-                 VALUES ($1, $2, $3::text::jsonb, 'failed', 'boom', 5)",
-                &[
-                    &t.job_id.as_uuid(),
-                    &t.idempotency_key.as_str(),
-                    &t.to_json(),
-                ],
-            )
-            .await
-            .expect("insert a dead letter");
+        insert_dead_letter(&client, t, "failed").await;
     }
     tasks
 }
@@ -50,9 +39,10 @@ async fn one_bulk_requeue_requeues_each_entry_at_most_once_even_if_it_fails_agai
     let tasks = dead_letters(&db, 600).await;
     let worker = db.connect().await;
     let pushed: Mutex<HashMap<String, usize>> = Mutex::default();
+    let (everything, operator) = (RequeueSelection::All(None), Actor::default());
 
     let requeued = store
-        .requeue_failed(&RequeueSelection::All(None), async |batch: Vec<String>| {
+        .requeue_failed(&everything, &operator, async |batch: Vec<String>| {
             // Whatever an earlier batch committed fails again right away, as
             // a worker meeting the same outage would record it.
             worker

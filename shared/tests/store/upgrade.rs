@@ -1,11 +1,14 @@
 //! Upgrading a live database holding jobs in every state: migration 2
-//! (fencing) over schema 1, migration 4 (durable acceptance) over schema 3 (retention indexes).
+//! (fencing) over schema 1, migration 4 (durable acceptance) over schema 3 (retention indexes),
+//! migration 5 (the audit trail) over schema 4.
 
 use refinery::Target;
-use sendonce_shared::store::{Accepted, Claim, Submission};
+use sendonce_shared::store::{
+    Accepted, Actor, AuditFilter, Claim, FailedFilter, RequeueSelection, Submission,
+};
 use sendonce_testkit::TestDatabase;
 
-use crate::{LEASE, insert_row, store_for, task};
+use crate::{LEASE, insert_dead_letter, insert_row, store_for, task};
 
 const STATES: [&str; 7] = [
     "queued",
@@ -40,23 +43,12 @@ async fn migration_2_keeps_jobs_in_every_state_and_their_promise() {
             .await
             .expect("a schema-1 row");
     }
-    client
-        .execute(
-            "INSERT INTO failed_jobs (job_id, idempotency_key, task, reason, error, attempts)
-             VALUES ($1, $2, $3::text::jsonb, 'failed', 'boom', 1)",
-            &[
-                &tasks[5].job_id.as_uuid(),
-                &tasks[5].idempotency_key.as_str(),
-                &tasks[5].to_json(),
-            ],
-        )
-        .await
-        .expect("a schema-1 dead letter");
+    insert_dead_letter(&client, &tasks[5], "failed").await;
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        3,
-        "migrations 2, 3 and 4"
+        4,
+        "migrations 2 to 5"
     );
 
     let rows = client
@@ -112,7 +104,11 @@ async fn migration_4_keeps_jobs_in_every_state_replays_their_keys_and_finds_the_
         insert_row(&client, t, state).await;
     }
 
-    assert_eq!(store.migrate().await.expect("upgrade"), 1);
+    assert_eq!(
+        store.migrate().await.expect("upgrade"),
+        2,
+        "migrations 4 and 5"
+    );
 
     // A replay of an old key: its request's fingerprint was never kept, so
     // it is answered as the original job, never recorded twice.
@@ -149,4 +145,84 @@ async fn migration_4_keeps_jobs_in_every_state_replays_their_keys_and_finds_the_
         };
         assert!(expected, "{state}: {claim:?}");
     }
+}
+
+#[tokio::test]
+async fn migration_5_keeps_jobs_in_every_state_and_the_dead_letters_and_starts_an_empty_audit_trail()
+ {
+    let db = TestDatabase::create().await;
+    let store = store_for(&db);
+    store
+        .migrate_to(Target::Version(4))
+        .await
+        .expect("schema 4");
+    let client = db.connect().await;
+    let tasks: Vec<_> = STATES
+        .iter()
+        .map(|state| task(&format!("upgrade4:{state}")))
+        .collect();
+    for (t, state) in tasks.iter().zip(STATES) {
+        insert_row(&client, t, state).await;
+    }
+    let failed = insert_dead_letter(&client, &tasks[5], "failed").await;
+    let uncertain = insert_dead_letter(&client, &tasks[6], "uncertain").await;
+
+    assert_eq!(store.migrate().await.expect("upgrade"), 1);
+
+    let rows = client
+        .query(
+            "SELECT idempotency_key, state FROM deliveries ORDER BY idempotency_key",
+            &[],
+        )
+        .await
+        .expect("rows");
+    let mut before: Vec<(String, String)> = tasks
+        .iter()
+        .zip(STATES)
+        .map(|(t, state)| (t.idempotency_key.to_string(), state.to_owned()))
+        .collect();
+    before.sort();
+    let after: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(after, before);
+    let entries = store
+        .failed_page(&FailedFilter::default(), None, 10)
+        .await
+        .expect("the dead letters");
+    let kept: Vec<(i64, &str)> = entries.iter().map(|e| (e.id, e.reason.as_str())).collect();
+    assert_eq!(kept, [(uncertain, "uncertain"), (failed, "failed")]);
+    let trail = store
+        .audit_page(&AuditFilter::default(), None, 10)
+        .await
+        .expect("the audit trail");
+    assert!(trail.is_empty(), "{trail:?}");
+    // Both actions work on the old entries and are recorded.
+    let operator = Actor {
+        sub: "ops".into(),
+        ..Actor::default()
+    };
+    let requeued = store
+        .requeue_failed(
+            &RequeueSelection::Ids(vec![failed]),
+            &operator,
+            async |_: Vec<String>| Ok::<_, String>(()),
+        )
+        .await
+        .expect("requeue");
+    let discarded = store
+        .discard_failed(uncertain, &operator)
+        .await
+        .expect("discard");
+    assert_eq!((requeued, discarded), (1, true));
+    let trail = store
+        .audit_page(&AuditFilter::default(), None, 10)
+        .await
+        .expect("the audit trail");
+    let recorded: Vec<(&str, &str, i64)> = trail
+        .iter()
+        .map(|r| (r.actor.as_str(), r.action.as_str(), r.failed_job_id))
+        .collect();
+    assert_eq!(
+        recorded,
+        [("ops", "discard", uncertain), ("ops", "requeue", failed)]
+    );
 }
