@@ -37,6 +37,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+use sendonce_shared::domain::Tenant;
+
 use crate::config::{ApiConfig, AppEnv, JwtAlgorithm};
 use crate::problem::ApiError;
 use crate::rate_limit::RateLimit;
@@ -116,26 +118,34 @@ pub struct Claims {
     #[serde(default)]
     pub scope: String,
     /// The caller's tenant: the claim named by `JWT_TENANT_CLAIM`, or
-    /// [`DEFAULT_TENANT`] when the token has none. Set by
+    /// the tenant `default` when the token has none. Set by
     /// [`JwtKeys::verify`].
     #[serde(skip)]
-    pub tenant: String,
+    pub tenant: Tenant,
     /// The other claims, where the tenant claim is looked up.
     #[serde(flatten, skip_serializing)]
     other: serde_json::Map<String, serde_json::Value>,
 }
 
-/// The tenant of tokens without the tenant claim, and of every job accepted
-/// before tenants existed.
-pub const DEFAULT_TENANT: &str = "default";
-
-/// Longest tenant name taken from a token.
-pub const MAX_TENANT_LEN: usize = 128;
+/// The scope of operators, whose reads and actions span every tenant.
+pub const ALL_TENANTS: &str = "tenants:all";
 
 impl Claims {
     /// Whether the token carries `wanted`.
     pub fn has_scope(&self, wanted: &str) -> bool {
         self.scope.split(' ').any(|s| s == wanted)
+    }
+
+    /// The tenant the caller's reads and actions are confined to: its own,
+    /// or none with the scope `tenants:all` (then `filter`, a `tenant`
+    /// parameter, narrows them to one; ignored without that scope, so a
+    /// tenant never learns that another exists).
+    pub fn tenant_scope(&self, filter: Option<Tenant>) -> Option<Tenant> {
+        if self.has_scope(ALL_TENANTS) {
+            filter
+        } else {
+            Some(self.tenant.clone())
+        }
     }
 }
 
@@ -263,15 +273,15 @@ impl JwtKeys {
     }
 
     /// The tenant named by the `JWT_TENANT_CLAIM` claim: a string (or an
-    /// integer) of 1 to [`MAX_TENANT_LEN`] printable ASCII characters;
-    /// [`DEFAULT_TENANT`] when the claim is absent.
-    fn tenant_of(&self, claims: &Claims) -> Result<String, String> {
+    /// integer) that is a [`Tenant`] name; the tenant `default` when the
+    /// claim is absent.
+    fn tenant_of(&self, claims: &Claims) -> Result<Tenant, String> {
         let value = match self.tenant_claim.as_str() {
             "sub" => claims.sub.clone().map(serde_json::Value::String),
             name => claims.other.get(name).cloned(),
         };
         let tenant = match value {
-            None | Some(serde_json::Value::Null) => return Ok(DEFAULT_TENANT.to_owned()),
+            None | Some(serde_json::Value::Null) => return Ok(Tenant::default_tenant()),
             Some(serde_json::Value::String(s)) => s,
             Some(serde_json::Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string(),
             Some(other) => {
@@ -281,16 +291,7 @@ impl JwtKeys {
                 ));
             }
         };
-        if tenant.is_empty()
-            || tenant.len() > MAX_TENANT_LEN
-            || !tenant.bytes().all(|b| b.is_ascii_graphic())
-        {
-            return Err(format!(
-                "the tenant claim `{}` must be 1 to {MAX_TENANT_LEN} printable ASCII characters without spaces",
-                self.tenant_claim
-            ));
-        }
-        Ok(tenant)
+        Tenant::parse(tenant).map_err(|e| format!("the tenant claim `{}` {e}", self.tenant_claim))
     }
 
     /// What the operator should know about these settings, logged at

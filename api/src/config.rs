@@ -89,9 +89,11 @@ pub struct ApiConfig {
     #[arg(long, env = "JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
 
-    /// The claim that names the caller's tenant (`sub`, or a private claim
-    /// such as `tenant`); tokens without it belong to the tenant `default`.
-    #[arg(long, env = "JWT_TENANT_CLAIM", default_value = "sub", value_parser = parse_claim_name)]
+    /// The claim that names the caller's tenant (a private claim, or `sub`
+    /// when each application has its own subject); tokens without it belong
+    /// to the tenant `default`, as every job from before tenants does, so
+    /// an upgrade changes nothing until tokens carry the claim.
+    #[arg(long, env = "JWT_TENANT_CLAIM", default_value = "tenant", value_parser = parse_claim_name)]
     pub jwt_tenant_claim: String,
 
     /// A TOML file of the senders each tenant may put in `from`, and its

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use sendonce_api::Application;
 use sendonce_api::auth::JwtKeys;
 use sendonce_api::config::ApiConfig;
+use sendonce_shared::domain::Tenant;
 use sendonce_shared::store::Store;
 use sendonce_shared::store::retention::Pruned;
 use sendonce_shared::telemetry;
@@ -48,6 +49,10 @@ enum Command {
         /// Lifetime, e.g. 1h, 30m, 7d.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
+        /// The tenant, put in the claim named by JWT_TENANT_CLAIM (unless
+        /// that is `sub`); without it, the token is the tenant `default`'s.
+        #[arg(long, value_parser = |s: &str| Tenant::parse(s).map_err(|e| e.to_string()))]
+        tenant: Option<Tenant>,
     },
 }
 
@@ -64,10 +69,23 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.config;
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Token { sub, scope, ttl } => {
+        Command::Token {
+            sub,
+            scope,
+            ttl,
+            tenant,
+        } => {
+            let mut extra = serde_json::Map::new();
+            if let Some(tenant) = tenant {
+                anyhow::ensure!(
+                    config.jwt_tenant_claim != "sub",
+                    "--tenant with JWT_TENANT_CLAIM=sub: give the tenant as --sub"
+                );
+                extra.insert(config.jwt_tenant_claim.clone(), tenant.as_str().into());
+            }
             println!(
                 "{}",
-                JwtKeys::from_config(&config)?.mint(&sub, &scope, ttl)?
+                JwtKeys::from_config(&config)?.mint_with(&sub, &scope, ttl, extra)?
             );
             Ok(())
         }

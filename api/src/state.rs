@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use sendonce_shared::domain::JobId;
+use sendonce_shared::domain::{JobId, Tenant};
 use sendonce_shared::queue::Queue;
 use sendonce_shared::store::{Acceptor, JobRecord, Store};
 
@@ -33,9 +33,17 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// A job's current state, from Postgres: every accepted job has its row
-    /// from the moment it was answered `202`.
-    pub async fn job(&self, job: JobId) -> Result<Option<JobRecord>, ApiError> {
-        self.store.job(job).await.map_err(ApiError::unavailable)
+    /// A job's current state, from Postgres (every accepted job has its row
+    /// from the moment it was answered `202`), if it is `tenant`'s (any
+    /// tenant's for `None`).
+    pub async fn job(
+        &self,
+        job: JobId,
+        tenant: Option<&Tenant>,
+    ) -> Result<Option<JobRecord>, ApiError> {
+        self.store
+            .job(job, tenant)
+            .await
+            .map_err(ApiError::unavailable)
     }
 }

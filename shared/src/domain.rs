@@ -420,6 +420,87 @@ impl Email {
     }
 }
 
+/// The application a job belongs to: its token's tenant claim (see the
+/// API's `JWT_TENANT_CLAIM`). Idempotency keys are unique per tenant, and
+/// every read and action on a job is scoped to its tenant. 1 to 128
+/// printable ASCII characters without spaces.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[serde(try_from = "String", into = "String")]
+#[schema(value_type = String, pattern = "^[!-~]{1,128}$")]
+pub struct Tenant(String);
+
+impl Tenant {
+    /// Longest tenant name.
+    pub const MAX_LEN: usize = 128;
+    /// The tenant of tokens without a tenant claim, and of every job
+    /// accepted before tenants existed.
+    pub const DEFAULT: &str = "default";
+
+    /// Parses a tenant name.
+    pub fn parse(s: impl Into<String>) -> Result<Self, InvalidValue> {
+        let s = s.into();
+        if s.is_empty() {
+            return Err(InvalidValue::Empty);
+        }
+        if s.len() > Self::MAX_LEN {
+            return Err(InvalidValue::TooLong { max: Self::MAX_LEN });
+        }
+        if !s.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(InvalidValue::NotPrintableAscii);
+        }
+        Ok(Self(s))
+    }
+
+    /// The tenant `default`.
+    pub fn default_tenant() -> Self {
+        Self(Self::DEFAULT.to_owned())
+    }
+
+    /// Whether this is the tenant `default`.
+    pub fn is_default(&self) -> bool {
+        self.0 == Self::DEFAULT
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for Tenant {
+    fn default() -> Self {
+        Self::default_tenant()
+    }
+}
+
+impl std::str::FromStr for Tenant {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s).map_err(|e| e.to_string())
+    }
+}
+
+impl TryFrom<String> for Tenant {
+    type Error = InvalidValue;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(s)
+    }
+}
+
+impl From<Tenant> for String {
+    fn from(t: Tenant) -> Self {
+        t.0
+    }
+}
+
+impl fmt::Display for Tenant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// One email job as it travels through Redis: the unit the worker pops,
 /// claims, sends and acknowledges.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -433,6 +514,10 @@ pub struct Task {
     pub email: Email,
     /// When the API accepted it.
     pub enqueued_at: DateTime<Utc>,
+    /// Whose job it is; absent (the tenant `default`) in tasks from before
+    /// tenants, and left out of the JSON for that tenant.
+    #[serde(default, skip_serializing_if = "Tenant::is_default")]
+    pub tenant: Tenant,
 }
 
 impl Task {
@@ -445,7 +530,15 @@ impl Task {
             idempotency_key: key.unwrap_or_else(|| IdempotencyKey::from_job_id(job_id)),
             email,
             enqueued_at: Utc::now(),
+            tenant: Tenant::default_tenant(),
         }
+    }
+
+    /// This task, of `tenant`.
+    #[must_use]
+    pub fn in_tenant(mut self, tenant: Tenant) -> Self {
+        self.tenant = tenant;
+        self
     }
 
     /// The JSON stored in Redis.

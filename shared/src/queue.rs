@@ -778,7 +778,7 @@ impl Queue {
         let mut conn = self.conn().await?;
         let job = task.job_id.to_string();
         let prev: Option<String> = redis::cmd("SET")
-            .arg(self.keys.dedup(&task.idempotency_key))
+            .arg(self.keys.dedup(&task.tenant, &task.idempotency_key))
             .arg(&job)
             .arg("NX")
             .arg("GET")

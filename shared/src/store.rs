@@ -195,7 +195,9 @@ pub struct Failure<'a> {
 pub struct JobRecord {
     /// The job.
     pub job_id: JobId,
-    /// Its key.
+    /// Whose job it is.
+    pub tenant: String,
+    /// Its key (unique within the tenant).
     pub idempotency_key: String,
     /// `queued`, `processing`, `retrying`, `sent`, `duplicate`, `failed` or
     /// `uncertain`.
@@ -219,6 +221,8 @@ pub struct JobRecord {
 pub struct FailedJob {
     /// The entry's id (used to retry or discard it).
     pub id: i64,
+    /// Whose job it is.
+    pub tenant: String,
     /// The job.
     pub job_id: JobId,
     /// Its key.
@@ -242,6 +246,8 @@ pub struct FailedJob {
 /// Which dead-letter entries a listing wants.
 #[derive(Debug, Clone, Default)]
 pub struct FailedFilter {
+    /// Only entries of this tenant (`None`: every tenant's, for operators).
+    pub tenant: Option<crate::domain::Tenant>,
     /// Only entries with this reason.
     pub reason: Option<DeadReason>,
     /// Only entries dead-lettered at or after this instant.

@@ -606,7 +606,11 @@ impl Worker {
             // L1 is a hint: if its key was evicted or expired and then taken
             // by another job, the L2 owner (this job, say, requeued from the
             // DLQ or recovered after a crash) must still reach its end.
-            match self.store.owner(&task.idempotency_key).await? {
+            match self
+                .store
+                .owner(&task.tenant, &task.idempotency_key)
+                .await?
+            {
                 Some(owner) if owner == task.job_id => {}
                 owner => {
                     return Ok(Verdict::Duplicate {

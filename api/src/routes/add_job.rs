@@ -160,7 +160,9 @@ pub async fn add_job(
     // Of the request as sent: a replay matches whatever default `from` the
     // sender policy gives it now.
     let fingerprint = job.email.fingerprint();
-    state.senders.apply(&caller.claims.tenant, &mut job.email)?;
+    state
+        .senders
+        .apply(caller.claims.tenant.as_str(), &mut job.email)?;
     let key = match (job.key, header_key(&req)?) {
         (Some(body_key), Some(header)) if body_key != header => {
             return Err(ApiError::InvalidField {
@@ -170,7 +172,7 @@ pub async fn add_job(
         }
         (body_key, header) => body_key.or(header),
     };
-    let task = Task::new(job.email, key);
+    let task = Task::new(job.email, key).in_tenant(caller.claims.tenant.clone());
     let span = tracing::Span::current();
     span.record("job_id", tracing::field::display(task.job_id));
     span.record(

@@ -3,7 +3,7 @@
 //! trip, answered item by item in order.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use sendonce_shared::domain::Task;
+use sendonce_shared::domain::{Task, Tenant};
 use sendonce_shared::store::{Accepted, Submission};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -51,13 +51,14 @@ pub struct AddJobsAnswer {
 /// One job of the batch, as a submission for `tenant` (its fingerprint
 /// taken before the sender policy fills in a default `from`, as in
 /// `POST /addJob`).
-fn parse(raw: &RawValue, state: &AppState, tenant: &str) -> Result<Submission, ApiError> {
+fn parse(raw: &RawValue, state: &AppState, tenant: &Tenant) -> Result<Submission, ApiError> {
     let body: AddJobBody = serde_json::from_str(raw.get())
         .map_err(|e| ApiError::BadRequest(format!("the job is invalid: {e}")))?;
     let mut job = NewJob::try_from(body)?.within(state.max_job_bytes)?;
     let fingerprint = job.email.fingerprint();
-    state.senders.apply(tenant, &mut job.email)?;
-    Ok(Submission::new(Task::new(job.email, job.key), fingerprint))
+    state.senders.apply(tenant.as_str(), &mut job.email)?;
+    let task = Task::new(job.email, job.key).in_tenant(tenant.clone());
+    Ok(Submission::new(task, fingerprint))
 }
 
 /// `POST /addJobs`. Answers 200 with one item per job when the request is

@@ -24,6 +24,10 @@ pub struct AuditQuery {
     pub action: Option<String>,
     /// Only the actions of this token `sub`.
     pub actor: Option<String>,
+    /// With the scope `tenants:all`: only actions on this tenant's entries.
+    /// Without it, ignored: a caller sees the actions on its own.
+    #[param(min_length = 1, max_length = 128, pattern = "^[!-~]{1,128}$")]
+    pub tenant: Option<String>,
 }
 
 /// One page of the audit trail.
@@ -46,7 +50,7 @@ pub struct AuditPage {
 )]
 #[tracing::instrument(name = "list_audit", skip_all)]
 pub async fn list(
-    _: Authorized<scope::AuditRead>,
+    caller: Authorized<scope::AuditRead>,
     state: web::Data<AppState>,
     query: web::Query<AuditQuery>,
 ) -> Result<HttpResponse, ApiError> {
@@ -55,6 +59,9 @@ pub async fn list(
     let filter = AuditFilter {
         action: parse_field("action", query.action.as_deref())?,
         actor: query.actor,
+        tenant: caller
+            .claims
+            .tenant_scope(parse_field("tenant", query.tenant.as_deref())?),
     };
     let rows = state
         .store

@@ -31,6 +31,10 @@ pub struct ListQuery {
     /// Only entries dead-lettered at or after this RFC 3339 instant.
     #[param(format = DateTime)]
     pub since: Option<String>,
+    /// With the scope `tenants:all`: only this tenant's entries (every
+    /// tenant's when absent). Without it, ignored: a caller sees its own.
+    #[param(min_length = 1, max_length = 128, pattern = "^[!-~]{1,128}$")]
+    pub tenant: Option<String>,
 }
 
 /// One page.
@@ -60,7 +64,7 @@ pub struct Requeued {
 )]
 #[tracing::instrument(name = "list_failed_jobs", skip_all)]
 pub async fn list(
-    _: Authorized<scope::FailedRead>,
+    caller: Authorized<scope::FailedRead>,
     state: web::Data<AppState>,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
@@ -78,6 +82,9 @@ pub async fn list(
         })
         .transpose()?;
     let filter = FailedFilter {
+        tenant: caller
+            .claims
+            .tenant_scope(parse_field("tenant", query.tenant.as_deref())?),
         reason: parse_field("reason", query.reason.as_deref())?,
         since,
     };
@@ -131,6 +138,9 @@ fn actor(
         })?;
     Ok(Actor {
         sub: caller.subject().to_owned(),
+        tenant: caller.claims.tenant.clone(),
+        // Another tenant's entry is acted on as an unknown one: not at all.
+        scope: caller.claims.tenant_scope(None),
         note,
         request_id: telemetry::request_id_in(req.headers()).map(str::to_owned),
     })

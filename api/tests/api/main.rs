@@ -14,3 +14,4 @@ mod sender_policy;
 mod shutdown;
 mod slow_clients;
 mod startup;
+mod tenants;

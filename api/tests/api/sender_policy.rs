@@ -33,7 +33,8 @@ fn job(from: Option<&str>) -> Value {
     body
 }
 
-/// A `jobs:write` token of `sub`, with `extra` claims.
+/// A `jobs:write` token of `sub`, with `extra` claims (`tenant` names the
+/// tenant).
 fn token(api: &TestApi, sub: &str, extra: Value) -> String {
     let Value::Object(extra) = extra else {
         panic!("claims are an object")
@@ -72,9 +73,9 @@ async fn each_tenant_sends_only_from_its_own_senders_and_gets_its_default_from()
         path.to_str().expect("a UTF-8 path"),
     ])
     .await;
-    let billing = token(&api, "billing", json!({}));
-    let shop = token(&api, "shop", json!({}));
-    let other = token(&api, "newsletter", json!({}));
+    let billing = token(&api, "app-1", json!({"tenant": "billing"}));
+    let shop = token(&api, "app-2", json!({"tenant": "shop"}));
+    let other = token(&api, "app-3", json!({"tenant": "newsletter"}));
 
     let own = api
         .post_job(
@@ -180,7 +181,12 @@ async fn sighup_puts_an_edited_policy_in_force_and_keeps_the_old_one_when_the_ne
     .await;
     let keys = crate::helpers::hs256_keys(SECRET);
     let shop = keys
-        .mint("shop", "jobs:write", Duration::from_secs(600))
+        .mint_with(
+            "app",
+            "jobs:write",
+            Duration::from_secs(600),
+            serde_json::Map::from_iter([("tenant".to_owned(), json!("shop"))]),
+        )
         .expect("mint");
     assert_eq!(post_from(port, &shop, "orders@store.example").await, 422);
 

@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use crate::domain::IdempotencyKey;
+use crate::domain::{IdempotencyKey, Tenant};
 
 /// Most shards `QUEUE_SHARDS` may name.
 pub const MAX_SHARDS: u16 = 1024;
@@ -63,9 +63,10 @@ impl Keys {
         &self.shards
     }
 
-    /// The shard that holds `key`'s task, L1 dedup key and replay.
-    pub fn shard_of(&self, key: &IdempotencyKey) -> usize {
-        shard_of(key.as_str(), self.shards.len())
+    /// The shard that holds the task and L1 dedup key of `key` in
+    /// `tenant`.
+    pub fn shard_of(&self, tenant: &Tenant, key: &IdempotencyKey) -> usize {
+        shard_of(tenant.as_str(), key.as_str(), self.shards.len())
     }
 
     /// The shard of a task as stored (its JSON), read from its
@@ -79,14 +80,18 @@ impl Keys {
         struct KeyOnly<'a> {
             #[serde(borrow)]
             idempotency_key: std::borrow::Cow<'a, str>,
+            #[serde(borrow, default)]
+            tenant: Option<std::borrow::Cow<'a, str>>,
         }
-        serde_json::from_str::<KeyOnly<'_>>(raw)
-            .map_or(0, |task| shard_of(&task.idempotency_key, self.shards.len()))
+        serde_json::from_str::<KeyOnly<'_>>(raw).map_or(0, |task| {
+            let tenant = task.tenant.as_deref().unwrap_or(Tenant::DEFAULT);
+            shard_of(tenant, &task.idempotency_key, self.shards.len())
+        })
     }
 
-    /// The L1 dedup key of an idempotency key, in its shard.
-    pub fn dedup(&self, key: &IdempotencyKey) -> String {
-        self.shard(self.shard_of(key)).dedup(key)
+    /// The L1 dedup key of an idempotency key of `tenant`, in its shard.
+    pub fn dedup(&self, tenant: &Tenant, key: &IdempotencyKey) -> String {
+        self.shard(self.shard_of(tenant, key)).dedup(tenant, key)
     }
 
     /// The rate-limit state of a token subject.
@@ -141,9 +146,20 @@ impl ShardKeys {
     pub fn processing(&self, worker: &str) -> String {
         format!("{}:processing:{worker}", self.tag)
     }
-    /// The L1 dedup key of an idempotency key of this shard.
-    pub fn dedup(&self, key: &IdempotencyKey) -> String {
-        format!("{}:dedup:{key}", self.tag)
+    /// The L1 dedup key of an idempotency key of `tenant` in this shard:
+    /// `dedup:<key>` for the tenant `default` (as before tenants), else
+    /// `tdedup:<length of the tenant>:<tenant>:<key>`, which no other
+    /// tenant and key spell.
+    pub fn dedup(&self, tenant: &Tenant, key: &IdempotencyKey) -> String {
+        if tenant.is_default() {
+            format!("{}:dedup:{key}", self.tag)
+        } else {
+            format!(
+                "{}:tdedup:{}:{tenant}:{key}",
+                self.tag,
+                tenant.as_str().len()
+            )
+        }
     }
     /// The epoch: missing means this shard lost (or never had) the tasks
     /// of its waiting jobs.
@@ -160,13 +176,23 @@ impl ShardKeys {
     }
 }
 
-/// CRC-32 (IEEE) of the key, modulo the shard count: the same in every
-/// process and release, which the layout depends on.
-fn shard_of(key: &str, shards: usize) -> usize {
+/// CRC-32 (IEEE) of the key (for the tenant `default`) or of the tenant,
+/// a NUL and the key, modulo the shard count: the same in every process and
+/// release, which the layout depends on.
+fn shard_of(tenant: &str, key: &str, shards: usize) -> usize {
     if shards <= 1 {
         return 0;
     }
-    crc32fast::hash(key.as_bytes()) as usize % shards
+    let hash = if tenant == Tenant::DEFAULT {
+        crc32fast::hash(key.as_bytes())
+    } else {
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(tenant.as_bytes());
+        hasher.update(&[0]);
+        hasher.update(key.as_bytes());
+        hasher.finalize()
+    };
+    hash as usize % shards
 }
 
 #[cfg(test)]
@@ -201,8 +227,9 @@ mod tests {
         let keys = Keys::sharded("p", 12);
         let key = IdempotencyKey::parse("welcome:user-42").expect("a key");
         assert_eq!(crc32fast::hash(b"welcome:user-42"), 2_362_698_533_u32);
-        assert_eq!(keys.shard_of(&key), 5);
-        assert_eq!(keys.dedup(&key), "{p:5}:dedup:welcome:user-42");
+        let default = Tenant::default_tenant();
+        assert_eq!(keys.shard_of(&default, &key), 5);
+        assert_eq!(keys.dedup(&default, &key), "{p:5}:dedup:welcome:user-42");
     }
 
     #[test]
@@ -216,5 +243,19 @@ mod tests {
             5,
             "JSON escapes are decoded first"
         );
+    }
+
+    #[test]
+    fn another_tenant_has_its_own_l1_key_and_shard() {
+        let keys = Keys::sharded("p", 12);
+        let key = IdempotencyKey::parse("x").expect("a key");
+        let billing = Tenant::parse("billing").expect("a tenant");
+        let default = Tenant::default_tenant();
+        let odd = IdempotencyKey::parse("7:billing:x").expect("a key");
+        assert_ne!(keys.dedup(&billing, &key), keys.dedup(&default, &key));
+        assert_ne!(keys.dedup(&billing, &key), keys.dedup(&default, &odd));
+        assert!(keys.dedup(&billing, &key).ends_with(":tdedup:7:billing:x"));
+        let raw = r#"{"idempotency_key":"x","tenant":"billing"}"#;
+        assert_eq!(keys.shard_of_raw(raw), keys.shard_of(&billing, &key));
     }
 }

@@ -83,14 +83,15 @@ pub enum Accepted {
 
 const INSERT: Sql = Sql::new(
     "INSERT INTO deliveries
-        (idempotency_key, job_id, state, attempts, fence, task, fingerprint)
-    SELECT key, job, 'queued', 0, 0, task::jsonb, fingerprint
-    FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[])
-        WITH ORDINALITY AS r(key, job, task, fingerprint, n)
+        (tenant, idempotency_key, job_id, state, attempts, fence, task, fingerprint)
+    SELECT tenant, key, job, 'queued', 0, 0, task::jsonb, fingerprint
+    FROM unnest($1::text[], $2::text[], $3::uuid[], $4::text[], $5::text[])
+        WITH ORDINALITY AS r(tenant, key, job, task, fingerprint, n)
     ORDER BY n
-    ON CONFLICT (idempotency_key) DO NOTHING
+    ON CONFLICT (tenant, idempotency_key) DO NOTHING
     RETURNING job_id",
     &[
+        Type::TEXT_ARRAY,
         Type::TEXT_ARRAY,
         Type::UUID_ARRAY,
         Type::TEXT_ARRAY,
@@ -99,10 +100,11 @@ const INSERT: Sql = Sql::new(
 );
 
 const REPLAYED: Sql = Sql::new(
-    "SELECT idempotency_key, job_id, fingerprint,
+    "SELECT tenant, idempotency_key, job_id, fingerprint,
         CASE state WHEN 'sending' THEN 'processing' ELSE state END
-    FROM deliveries WHERE idempotency_key = ANY($1)",
-    &[Type::TEXT_ARRAY],
+    FROM deliveries
+    WHERE (tenant, idempotency_key) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+    &[Type::TEXT_ARRAY, Type::TEXT_ARRAY],
 );
 
 /// Every statement of this module, for the test that checks their types.
@@ -112,17 +114,25 @@ pub(super) const ALL: &[&Sql] = &[&INSERT, &REPLAYED];
 impl Store {
     /// Records `jobs` as accepted, in one statement, and answers each in
     /// order: [`Accepted::New`] for a job whose key was free, else the
-    /// replay of the job that holds the key. A key repeated in `jobs` is
-    /// taken by its first occurrence. Rows are inserted in key order, so
-    /// concurrent batches never wait on each other in a cycle.
+    /// replay of the job that holds the key in its tenant. A key repeated
+    /// in `jobs` (in one tenant) is taken by its first occurrence. Rows are
+    /// inserted in key order, so concurrent batches never wait on each
+    /// other in a cycle.
     #[tracing::instrument(skip_all, fields(jobs = jobs.len()))]
     pub async fn accept(&self, jobs: &[Submission]) -> Result<Vec<Accepted>, StoreError> {
-        let mut first: HashMap<&str, usize> = HashMap::with_capacity(jobs.len());
+        fn scoped(job: &Submission) -> (&str, &str) {
+            (job.task.tenant.as_str(), job.task.idempotency_key.as_str())
+        }
+        let mut first: HashMap<(&str, &str), usize> = HashMap::with_capacity(jobs.len());
         for (i, job) in jobs.iter().enumerate() {
-            first.entry(job.task.idempotency_key.as_str()).or_insert(i);
+            first.entry(scoped(job)).or_insert(i);
         }
         let mut order: Vec<usize> = first.values().copied().collect();
-        order.sort_unstable_by_key(|&i| jobs[i].task.idempotency_key.as_str());
+        order.sort_unstable_by_key(|&i| scoped(&jobs[i]));
+        let tenants: Vec<&str> = order
+            .iter()
+            .map(|&i| jobs[i].task.tenant.as_str())
+            .collect();
         let keys: Vec<&str> = order
             .iter()
             .map(|&i| jobs[i].task.idempotency_key.as_str())
@@ -139,25 +149,32 @@ impl Store {
 
         let conn = self.pool.get().await?;
         let inserted: std::collections::HashSet<Uuid> = self
-            .rows(&conn, &INSERT, &[&keys, &ids, &tasks, &fingerprints])
+            .rows(
+                &conn,
+                &INSERT,
+                &[&tenants, &keys, &ids, &tasks, &fingerprints],
+            )
             .await?
             .iter()
             .map(|r| r.get(0))
             .collect();
-        let replayed: Vec<&str> = jobs
+        let (replayed_tenants, replayed): (Vec<&str>, Vec<&str>) = jobs
             .iter()
             .filter(|j| !inserted.contains(&j.task.job_id.as_uuid()))
-            .map(|j| j.task.idempotency_key.as_str())
-            .collect();
-        let mut holders: HashMap<String, Accepted> = HashMap::new();
+            .map(scoped)
+            .unzip();
+        let mut holders: HashMap<(String, String), Accepted> = HashMap::new();
         if !replayed.is_empty() {
-            for row in self.rows(&conn, &REPLAYED, &[&replayed]).await? {
+            for row in self
+                .rows(&conn, &REPLAYED, &[&replayed_tenants, &replayed])
+                .await?
+            {
                 holders.insert(
-                    row.get(0),
+                    (row.get(0), row.get(1)),
                     Accepted::Replay {
-                        job_id: JobId::from(row.get::<_, Uuid>(1)),
-                        fingerprint: row.get(2),
-                        status: row.get(3),
+                        job_id: JobId::from(row.get::<_, Uuid>(2)),
+                        fingerprint: row.get(3),
+                        status: row.get(4),
                     },
                 );
             }
@@ -168,7 +185,10 @@ impl Store {
                     return Ok(Accepted::New);
                 }
                 holders
-                    .get(job.task.idempotency_key.as_str())
+                    .get(&(
+                        job.task.tenant.as_str().to_owned(),
+                        job.task.idempotency_key.as_str().to_owned(),
+                    ))
                     .cloned()
                     .ok_or_else(|| {
                         StoreError::Corrupt(format!(

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::sql::Sql;
 use super::{Store, StoreError};
-use crate::domain::{JobId, Note};
+use crate::domain::{JobId, Note, Tenant};
 
 /// Who acts on the dead-letter table, and why: what the audit rows of the
 /// action record besides the entries it changed.
@@ -18,6 +18,11 @@ use crate::domain::{JobId, Note};
 pub struct Actor {
     /// The bearer token's `sub` (empty for a token without one).
     pub sub: String,
+    /// The token's tenant.
+    pub tenant: Tenant,
+    /// The tenant whose entries the action may touch: the actor's own, or
+    /// `None` for an operator (scope `tenants:all`).
+    pub scope: Option<Tenant>,
     /// The reason the operator gave, if any.
     pub note: Option<Note>,
     /// The request's `X-Request-Id`, to find its log lines.
@@ -28,6 +33,11 @@ impl Actor {
     /// The note as stored.
     pub(super) fn note(&self) -> Option<&str> {
         self.note.as_ref().map(Note::as_str)
+    }
+
+    /// The tenant the action is confined to, as a statement parameter.
+    pub(super) fn scope(&self) -> Option<&str> {
+        self.scope.as_ref().map(Tenant::as_str)
     }
 }
 
@@ -71,6 +81,10 @@ pub struct AuditEntry {
     pub at: DateTime<Utc>,
     /// The token's `sub` (empty for a token without one).
     pub actor: String,
+    /// The token's tenant.
+    pub actor_tenant: String,
+    /// The tenant of the entry acted on.
+    pub tenant: String,
     /// `requeue` or `discard`.
     pub action: String,
     /// The dead-letter entry's `id`, as `GET /failedJobs` showed it.
@@ -94,18 +108,21 @@ pub struct AuditFilter {
     pub action: Option<AuditAction>,
     /// Only this actor.
     pub actor: Option<String>,
+    /// Only actions on entries of this tenant.
+    pub tenant: Option<Tenant>,
 }
 
 const PAGE: Sql = Sql::new(
     "SELECT id, at, actor, action, failed_job_id, job_id, idempotency_key,
-            dead_reason, note, request_id
+            dead_reason, note, request_id, actor_tenant, tenant
      FROM audit_log
      WHERE ($1::bigint IS NULL OR id < $1)
        AND ($2::text IS NULL OR action = $2)
        AND ($3::text IS NULL OR actor = $3)
+       AND ($5::text IS NULL OR tenant = $5)
      ORDER BY id DESC
      LIMIT $4",
-    &[Type::INT8, Type::TEXT, Type::TEXT, Type::INT8],
+    &[Type::INT8, Type::TEXT, Type::TEXT, Type::INT8, Type::TEXT],
 );
 
 /// Every statement of this module, for the test that checks their types.
@@ -132,6 +149,7 @@ impl Store {
                     &filter.action.map(AuditAction::as_str),
                     &filter.actor,
                     &limit,
+                    &filter.tenant.as_ref().map(Tenant::as_str),
                 ],
             )
             .await?;
@@ -141,6 +159,8 @@ impl Store {
                 id: r.get(0),
                 at: r.get(1),
                 actor: r.get(2),
+                actor_tenant: r.get(10),
+                tenant: r.get(11),
                 action: r.get(3),
                 failed_job_id: r.get(4),
                 job_id: JobId::from(r.get::<_, Uuid>(5)),

@@ -16,7 +16,7 @@ use tokio_postgres::types::Type;
 
 use super::sql::Sql;
 use super::{DedupLayer, Failure, Store, StoreError};
-use crate::domain::{IdempotencyKey, JobId, Task};
+use crate::domain::{IdempotencyKey, JobId, Task, Tenant};
 
 /// An attempt's fencing token: strictly greater than the token of every
 /// earlier claim on the same key.
@@ -94,11 +94,18 @@ pub(crate) use live;
 /// durable acceptance): the row is made at the first claim.
 const CLAIM_NEW: Sql = Sql::new(
     "INSERT INTO deliveries
-        (idempotency_key, job_id, state, attempts, fence, holder, task, fingerprint)
-    VALUES ($1, $2, 'processing', 1, 1, $3, $4::text::jsonb, $5)
-    ON CONFLICT (idempotency_key) DO NOTHING
+        (idempotency_key, job_id, state, attempts, fence, holder, task, fingerprint, tenant)
+    VALUES ($1, $2, 'processing', 1, 1, $3, $4::text::jsonb, $5, $6)
+    ON CONFLICT (tenant, idempotency_key) DO NOTHING
     RETURNING attempts, fence",
-    &[Type::TEXT, Type::UUID, Type::TEXT, Type::TEXT, Type::TEXT],
+    &[
+        Type::TEXT,
+        Type::UUID,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+    ],
 );
 
 /// A re-claim takes a row waiting for an attempt, or one in `processing`
@@ -109,7 +116,7 @@ const CLAIM_AGAIN: Sql = Sql::new(
         "UPDATE deliveries d
     SET state = 'processing', attempts = attempts + 1, fence = fence + 1,
         holder = $3, next_attempt_at = NULL, updated_at = now()
-    WHERE idempotency_key = $1 AND job_id = $2
+    WHERE idempotency_key = $1 AND tenant = $4 AND job_id = $2
       AND (state IN ('queued', 'retrying')
            OR (state = 'processing'
                AND (holder IS NOT DISTINCT FROM $3 OR NOT ",
@@ -117,26 +124,26 @@ const CLAIM_AGAIN: Sql = Sql::new(
         ")))
     RETURNING attempts, fence"
     ),
-    &[Type::TEXT, Type::UUID, Type::TEXT],
+    &[Type::TEXT, Type::UUID, Type::TEXT, Type::TEXT],
 );
 
 const CLAIM_LOOK: Sql = Sql::new(
     concat!(
         "SELECT job_id, state, attempts, fence, ",
         live!("d.holder"),
-        " FROM deliveries d WHERE idempotency_key = $1"
+        " FROM deliveries d WHERE idempotency_key = $1 AND tenant = $2"
     ),
-    &[Type::TEXT],
+    &[Type::TEXT, Type::TEXT],
 );
 
 /// Only a live holder with the newest token starts the data.
 const MARK_SENDING: Sql = Sql::new(
     concat!(
         "UPDATE deliveries SET state = 'sending', updated_at = now()
-    WHERE idempotency_key = $1 AND fence = $2 AND state = 'processing' AND ",
+    WHERE idempotency_key = $1 AND tenant = $4 AND fence = $2 AND state = 'processing' AND ",
         live!("$3")
     ),
-    &[Type::TEXT, Type::INT8, Type::TEXT],
+    &[Type::TEXT, Type::INT8, Type::TEXT, Type::TEXT],
 );
 
 /// Unfenced: a `250` read is the truth. Withdraws any DLQ entry another
@@ -146,10 +153,10 @@ const MARK_SENT: Sql = Sql::new(
         UPDATE deliveries
         SET state = 'sent', smtp_reply = $3, last_error = NULL,
             next_attempt_at = NULL, sent_at = now(), updated_at = now()
-        WHERE idempotency_key = $1 AND job_id = $2 AND state <> 'sent'
+        WHERE idempotency_key = $1 AND tenant = $4 AND job_id = $2 AND state <> 'sent'
         RETURNING job_id)
     DELETE FROM failed_jobs f USING sent WHERE f.job_id = sent.job_id",
-    &[Type::TEXT, Type::UUID, Type::TEXT],
+    &[Type::TEXT, Type::UUID, Type::TEXT, Type::TEXT],
 );
 
 /// Repeatable by the same holder (its record step is retried until it
@@ -162,7 +169,7 @@ const MARK_RETRYING: Sql = Sql::new(
         attempts = attempts - CASE WHEN NOT $6 AND state = 'processing' THEN 1 ELSE 0 END,
         next_attempt_at = now() + $5::bigint * interval '1 millisecond',
         updated_at = now()
-    WHERE idempotency_key = $1 AND fence = $2
+    WHERE idempotency_key = $1 AND tenant = $7 AND fence = $2
       AND state IN ('processing', 'sending', 'retrying')",
     &[
         Type::TEXT,
@@ -171,6 +178,7 @@ const MARK_RETRYING: Sql = Sql::new(
         Type::TEXT,
         Type::INT8,
         Type::BOOL,
+        Type::TEXT,
     ],
 );
 
@@ -182,13 +190,13 @@ const DEAD_LETTER: Sql = Sql::new(
         UPDATE deliveries
         SET state = $3, last_error = $4, smtp_reply = $5,
             next_attempt_at = NULL, updated_at = now()
-        WHERE idempotency_key = $1 AND fence = $2
+        WHERE idempotency_key = $1 AND tenant = $7 AND fence = $2
           AND state IN ('processing', 'sending')
-        RETURNING job_id, idempotency_key, attempts, task),
+        RETURNING job_id, tenant, idempotency_key, attempts, task),
     entry AS (
         INSERT INTO failed_jobs
-            (job_id, idempotency_key, task, reason, error, smtp_reply, attempts)
-        SELECT job_id, idempotency_key,
+            (job_id, tenant, idempotency_key, task, reason, error, smtp_reply, attempts)
+        SELECT job_id, tenant, idempotency_key,
                COALESCE($6::text::jsonb, task,
                         jsonb_build_object('job_id', job_id,
                                            'idempotency_key', idempotency_key)),
@@ -203,6 +211,7 @@ const DEAD_LETTER: Sql = Sql::new(
         Type::TEXT,
         Type::TEXT,
         Type::TEXT,
+        Type::TEXT,
     ],
 );
 
@@ -211,35 +220,35 @@ const REOPEN: Sql = Sql::new(
         "UPDATE deliveries d
     SET state = 'processing', attempts = attempts + 1, fence = fence + 1,
         holder = $3, updated_at = now()
-    WHERE idempotency_key = $1 AND fence = $2 AND state = 'sending' AND NOT ",
+    WHERE idempotency_key = $1 AND tenant = $4 AND fence = $2 AND state = 'sending' AND NOT ",
         live!("d.holder"),
         " RETURNING attempts, fence"
     ),
-    &[Type::TEXT, Type::INT8, Type::TEXT],
+    &[Type::TEXT, Type::INT8, Type::TEXT, Type::TEXT],
 );
 
 const OWNER: Sql = Sql::new(
-    "SELECT job_id FROM deliveries WHERE idempotency_key = $1",
-    &[Type::TEXT],
+    "SELECT job_id FROM deliveries WHERE idempotency_key = $1 AND tenant = $2",
+    &[Type::TEXT, Type::TEXT],
 );
 
 const IS_TERMINAL: Sql = Sql::new(
     "SELECT state IN ('sent', 'failed', 'uncertain')
-     FROM deliveries WHERE idempotency_key = $1",
-    &[Type::TEXT],
+     FROM deliveries WHERE idempotency_key = $1 AND tenant = $2",
+    &[Type::TEXT, Type::TEXT],
 );
 
 const RELEASE: Sql = Sql::new(
     "UPDATE deliveries SET holder = NULL, updated_at = now()
-     WHERE idempotency_key = $1 AND fence = $2 AND state = 'processing'",
-    &[Type::TEXT, Type::INT8],
+     WHERE idempotency_key = $1 AND tenant = $3 AND fence = $2 AND state = 'processing'",
+    &[Type::TEXT, Type::INT8, Type::TEXT],
 );
 
 const DUPLICATE: Sql = Sql::new(
-    "INSERT INTO duplicate_jobs (job_id, idempotency_key, duplicate_of, layer)
-     VALUES ($1, $2, $3, $4)
+    "INSERT INTO duplicate_jobs (job_id, idempotency_key, duplicate_of, layer, tenant)
+     VALUES ($1, $2, $3, $4, $5)
      ON CONFLICT (job_id) DO NOTHING",
-    &[Type::UUID, Type::TEXT, Type::UUID, Type::TEXT],
+    &[Type::UUID, Type::TEXT, Type::UUID, Type::TEXT, Type::TEXT],
 );
 
 /// Every statement of this module, for the test that checks their types.
@@ -270,9 +279,10 @@ impl Store {
     pub async fn claim(&self, task: &Task, worker: &str) -> Result<Claim, StoreError> {
         let conn = self.pool.get().await?;
         let key = task.idempotency_key.as_str();
+        let tenant = task.tenant.as_str();
         let job = task.job_id.as_uuid();
         if let Some(row) = self
-            .opt(&conn, &CLAIM_AGAIN, &[&key, &job, &worker])
+            .opt(&conn, &CLAIM_AGAIN, &[&key, &job, &worker, &tenant])
             .await?
         {
             return Ok(Claim::Proceed {
@@ -290,6 +300,7 @@ impl Store {
                     &worker,
                     &task.to_json(),
                     &task.email.fingerprint(),
+                    &tenant,
                 ],
             )
             .await?;
@@ -301,7 +312,7 @@ impl Store {
         }
         // Another copy inserted the row between the two statements.
         if let Some(row) = self
-            .opt(&conn, &CLAIM_AGAIN, &[&key, &job, &worker])
+            .opt(&conn, &CLAIM_AGAIN, &[&key, &job, &worker, &tenant])
             .await?
         {
             return Ok(Claim::Proceed {
@@ -309,7 +320,7 @@ impl Store {
                 fence: Fence(row.get(1)),
             });
         }
-        let row = self.one(&conn, &CLAIM_LOOK, &[&key]).await?;
+        let row = self.one(&conn, &CLAIM_LOOK, &[&key, &tenant]).await?;
         let owner: Uuid = row.get(0);
         let state: &str = row.get(1);
         let holder_live: bool = row.get(4);
@@ -346,17 +357,28 @@ impl Store {
             .opt(
                 &conn,
                 &REOPEN,
-                &[&task.idempotency_key.as_str(), &cut.0, &worker],
+                &[
+                    &task.idempotency_key.as_str(),
+                    &cut.0,
+                    &worker,
+                    &task.tenant.as_str(),
+                ],
             )
             .await?;
         Ok(row.map(|r| (r.get(0), Fence(r.get(1)))))
     }
 
-    /// The job that owns `key` in L2, if any job claimed it yet.
+    /// The job that owns `key` in `tenant` in L2, if any job claimed it yet.
     #[tracing::instrument(skip_all)]
-    pub async fn owner(&self, key: &IdempotencyKey) -> Result<Option<JobId>, StoreError> {
+    pub async fn owner(
+        &self,
+        tenant: &Tenant,
+        key: &IdempotencyKey,
+    ) -> Result<Option<JobId>, StoreError> {
         let conn = self.pool.get().await?;
-        let row = self.opt(&conn, &OWNER, &[&key.as_str()]).await?;
+        let row = self
+            .opt(&conn, &OWNER, &[&key.as_str(), &tenant.as_str()])
+            .await?;
         Ok(row.map(|r| JobId::from(r.get::<_, Uuid>(0))))
     }
 
@@ -365,7 +387,11 @@ impl Store {
     pub async fn is_terminal(&self, task: &Task) -> Result<bool, StoreError> {
         let conn = self.pool.get().await?;
         let row = self
-            .opt(&conn, &IS_TERMINAL, &[&task.idempotency_key.as_str()])
+            .opt(
+                &conn,
+                &IS_TERMINAL,
+                &[&task.idempotency_key.as_str(), &task.tenant.as_str()],
+            )
             .await?;
         Ok(row.is_some_and(|r| r.get(0)))
     }
@@ -386,7 +412,12 @@ impl Store {
             .exec(
                 &conn,
                 &MARK_SENDING,
-                &[&task.idempotency_key.as_str(), &fence.0, &worker],
+                &[
+                    &task.idempotency_key.as_str(),
+                    &fence.0,
+                    &worker,
+                    &task.tenant.as_str(),
+                ],
             )
             .await?;
         Ok(n == 1)
@@ -399,8 +430,16 @@ impl Store {
     #[tracing::instrument(skip_all)]
     pub async fn release_claim(&self, task: &Task, fence: Fence) -> Result<(), StoreError> {
         let conn = self.pool.get().await?;
-        self.exec(&conn, &RELEASE, &[&task.idempotency_key.as_str(), &fence.0])
-            .await?;
+        self.exec(
+            &conn,
+            &RELEASE,
+            &[
+                &task.idempotency_key.as_str(),
+                &fence.0,
+                &task.tenant.as_str(),
+            ],
+        )
+        .await?;
         Ok(())
     }
 
@@ -416,6 +455,7 @@ impl Store {
                 &task.idempotency_key.as_str(),
                 &task.job_id.as_uuid(),
                 &smtp_reply,
+                &task.tenant.as_str(),
             ],
         )
         .await?;
@@ -447,6 +487,7 @@ impl Store {
                     &failure.smtp_reply,
                     &delay_ms,
                     &failure.counted,
+                    &task.tenant.as_str(),
                 ],
             )
             .await?;
@@ -466,6 +507,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         dead_letter(
             self,
+            task.tenant.as_str(),
             task.idempotency_key.as_str(),
             fence,
             Some(&task.to_json()),
@@ -491,6 +533,7 @@ impl Store {
                 &task.idempotency_key.as_str(),
                 &owner.map(|o| o.as_uuid()),
                 &layer.as_str(),
+                &task.tenant.as_str(),
             ],
         )
         .await?;
@@ -498,9 +541,11 @@ impl Store {
     }
 }
 
-/// [`Store::dead_letter`] by key, for callers that hold no parsed task.
+/// [`Store::dead_letter`] by tenant and key, for callers that hold no
+/// parsed task.
 pub(super) async fn dead_letter(
     store: &Store,
+    tenant: &str,
     key: &str,
     fence: Fence,
     task_json: Option<&str>,
@@ -518,6 +563,7 @@ pub(super) async fn dead_letter(
                 &failure.error,
                 &failure.smtp_reply,
                 &task_json,
+                &tenant,
             ],
         )
         .await?;

@@ -12,52 +12,67 @@ use super::sql::Sql;
 use super::{
     Actor, DeadReason, FailedFilter, FailedJob, RequeueError, RequeueSelection, Store, StoreError,
 };
-use crate::domain::JobId;
+use crate::domain::{JobId, Tenant};
 
 /// Entries requeued per transaction.
 const REQUEUE_BATCH: i64 = 500;
 
 const PAGE: Sql = Sql::new(
     "SELECT id, job_id, idempotency_key, task->>'to', task->>'subject',
-            reason, error, smtp_reply, attempts, failed_at
+            reason, error, smtp_reply, attempts, failed_at, tenant
      FROM failed_jobs
      WHERE ($1::bigint IS NULL OR id < $1)
        AND ($2::text IS NULL OR reason = $2)
        AND ($3::timestamptz IS NULL OR failed_at >= $3)
+       AND ($5::text IS NULL OR tenant = $5)
      ORDER BY id DESC
      LIMIT $4",
-    &[Type::INT8, Type::TEXT, Type::TIMESTAMPTZ, Type::INT8],
+    &[
+        Type::INT8,
+        Type::TEXT,
+        Type::TIMESTAMPTZ,
+        Type::INT8,
+        Type::TEXT,
+    ],
 );
 
 /// The entry goes, and its audit row comes, in one statement.
 const DISCARD: Sql = Sql::new(
     "WITH gone AS (
-         DELETE FROM failed_jobs WHERE id = $1
-         RETURNING id, job_id, idempotency_key, reason)
+         DELETE FROM failed_jobs WHERE id = $1 AND ($5::text IS NULL OR tenant = $5)
+         RETURNING id, job_id, idempotency_key, reason, tenant)
      INSERT INTO audit_log
          (actor, action, failed_job_id, job_id, idempotency_key, dead_reason,
-          note, request_id)
+          note, request_id, actor_tenant, tenant)
      SELECT $2::text, 'discard', id, job_id, idempotency_key, reason,
-            $3::text, $4::text
+            $3::text, $4::text, $6::text, tenant
      FROM gone",
-    &[Type::INT8, Type::TEXT, Type::TEXT, Type::TEXT],
+    &[
+        Type::INT8,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+    ],
 );
 
 const NEWEST: Sql = Sql::new("SELECT COALESCE(max(id), 0) FROM failed_jobs", &[]);
 
 const TAKE_IDS: Sql = Sql::new(
-    "DELETE FROM failed_jobs WHERE id = ANY($1)
-     RETURNING job_id, idempotency_key, task::text, id, reason",
-    &[Type::INT8_ARRAY],
+    "DELETE FROM failed_jobs WHERE id = ANY($1) AND ($2::text IS NULL OR tenant = $2)
+     RETURNING job_id, idempotency_key, task::text, id, reason, tenant",
+    &[Type::INT8_ARRAY, Type::TEXT],
 );
 
 const TAKE_ALL: Sql = Sql::new(
     "DELETE FROM failed_jobs WHERE id IN (
          SELECT id FROM failed_jobs
          WHERE id <= $3 AND ($1::text IS NULL OR reason = $1)
+           AND ($4::text IS NULL OR tenant = $4)
          ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)
-     RETURNING job_id, idempotency_key, task::text, id, reason",
-    &[Type::TEXT, Type::INT8, Type::INT8],
+     RETURNING job_id, idempotency_key, task::text, id, reason, tenant",
+    &[Type::TEXT, Type::INT8, Type::INT8, Type::TEXT],
 );
 
 const REQUEUE: Sql = Sql::new(
@@ -76,10 +91,11 @@ const REQUEUE: Sql = Sql::new(
 const AUDIT_REQUEUES: Sql = Sql::new(
     "INSERT INTO audit_log
          (actor, action, failed_job_id, job_id, idempotency_key, dead_reason,
-          note, request_id)
-     SELECT $1::text, 'requeue', e.id, e.job_id, e.key, e.reason, $2::text, $3::text
-     FROM unnest($4::bigint[], $5::uuid[], $6::text[], $7::text[])
-          AS e(id, job_id, key, reason)",
+          note, request_id, actor_tenant, tenant)
+     SELECT $1::text, 'requeue', e.id, e.job_id, e.key, e.reason, $2::text, $3::text,
+            $8::text, e.tenant
+     FROM unnest($4::bigint[], $5::uuid[], $6::text[], $7::text[], $9::text[])
+          AS e(id, job_id, key, reason, tenant)",
     &[
         Type::TEXT,
         Type::TEXT,
@@ -87,6 +103,8 @@ const AUDIT_REQUEUES: Sql = Sql::new(
         Type::INT8_ARRAY,
         Type::UUID_ARRAY,
         Type::TEXT_ARRAY,
+        Type::TEXT_ARRAY,
+        Type::TEXT,
         Type::TEXT_ARRAY,
     ],
 );
@@ -124,6 +142,7 @@ impl Store {
                     &filter.reason.map(DeadReason::as_str),
                     &filter.since,
                     &limit,
+                    &filter.tenant.as_ref().map(Tenant::as_str),
                 ],
             )
             .await?;
@@ -131,6 +150,7 @@ impl Store {
             .iter()
             .map(|r| FailedJob {
                 id: r.get(0),
+                tenant: r.get(10),
                 job_id: JobId::from(r.get::<_, Uuid>(1)),
                 idempotency_key: r.get(2),
                 to: r.get(3),
@@ -155,7 +175,14 @@ impl Store {
             .exec(
                 &conn,
                 &DISCARD,
-                &[&id, &actor.sub, &actor.note(), &actor.request_id],
+                &[
+                    &id,
+                    &actor.sub,
+                    &actor.note(),
+                    &actor.request_id,
+                    &actor.scope(),
+                    &actor.tenant.as_str(),
+                ],
             )
             .await?;
         Ok(n == 1)
@@ -192,12 +219,19 @@ impl Store {
             let mut conn = self.pool.get().await.map_err(StoreError::from)?;
             let tx = self.begin(&mut conn).await?;
             let rows = match selection {
-                RequeueSelection::Ids(ids) => self.tx_rows(&tx, &TAKE_IDS, &[ids]).await,
+                RequeueSelection::Ids(ids) => {
+                    self.tx_rows(&tx, &TAKE_IDS, &[ids, &actor.scope()]).await
+                }
                 RequeueSelection::All(reason) => {
                     self.tx_rows(
                         &tx,
                         &TAKE_ALL,
-                        &[&reason.map(DeadReason::as_str), &REQUEUE_BATCH, &bound],
+                        &[
+                            &reason.map(DeadReason::as_str),
+                            &REQUEUE_BATCH,
+                            &bound,
+                            &actor.scope(),
+                        ],
                     )
                     .await
                 }
@@ -246,6 +280,7 @@ impl Store {
         let keys: Vec<&str> = moved.iter().map(|r| r.get(1)).collect();
         let ids: Vec<i64> = moved.iter().map(|r| r.get(3)).collect();
         let reasons: Vec<&str> = moved.iter().map(|r| r.get(4)).collect();
+        let tenants: Vec<&str> = moved.iter().map(|r| r.get(5)).collect();
         self.tx_rows(
             tx,
             &AUDIT_REQUEUES,
@@ -257,6 +292,8 @@ impl Store {
                 &jobs,
                 &keys,
                 &reasons,
+                &actor.tenant.as_str(),
+                &tenants,
             ],
         )
         .await?;

@@ -52,7 +52,7 @@ const RELEASE: Sql = Sql::new(
 );
 
 const ABANDONED: Sql = Sql::new(
-    "SELECT idempotency_key, state, fence FROM deliveries d
+    "SELECT idempotency_key, state, fence, tenant FROM deliveries d
      WHERE state IN ('processing', 'sending')
        AND updated_at < now() - $1::bigint * interval '1 millisecond'
        AND NOT EXISTS (
@@ -73,12 +73,12 @@ const REQUEUE: Sql = Sql::new(
     concat!(
         "UPDATE deliveries d
          SET state = 'queued', fence = fence + 1, holder = NULL, updated_at = now()
-         WHERE idempotency_key = $1 AND fence = $2 AND state = 'processing'
+         WHERE idempotency_key = $1 AND tenant = $3 AND fence = $2 AND state = 'processing'
            AND task IS NOT NULL AND NOT ",
         live!("d.holder"),
         " RETURNING task::text"
     ),
-    &[Type::TEXT, Type::INT8],
+    &[Type::TEXT, Type::INT8, Type::TEXT],
 );
 
 /// Every statement of this module, for the test that checks their types.
@@ -131,6 +131,7 @@ impl Store {
             let key: String = row.get(0);
             let state: &str = row.get(1);
             let fence = Fence(row.get(2));
+            let tenant: &str = row.get(3);
             if state == "sending" {
                 let failure = Failure {
                     reason: DeadReason::Uncertain,
@@ -139,11 +140,11 @@ impl Store {
                             have accepted it",
                     smtp_reply: None,
                 };
-                if dead_letter(self, &key, fence, None, failure).await? {
+                if dead_letter(self, tenant, &key, fence, None, failure).await? {
                     swept.uncertain += 1;
                     tracing::warn!(idempotency_key = %key, "sweeper: abandoned `sending` filed uncertain");
                 }
-            } else if self.requeue_abandoned(&key, fence, &push).await? {
+            } else if self.requeue_abandoned(tenant, &key, fence, &push).await? {
                 swept.requeued += 1;
                 tracing::warn!(idempotency_key = %key, "sweeper: abandoned `processing` requeued");
             }
@@ -156,6 +157,7 @@ impl Store {
 
     async fn requeue_abandoned<E, F, Fut>(
         &self,
+        tenant: &str,
         key: &str,
         fence: Fence,
         push: &F,
@@ -167,7 +169,9 @@ impl Store {
     {
         let mut conn = self.pool.get().await?;
         let tx = self.begin(&mut conn).await?;
-        let row = self.tx_opt(&tx, &REQUEUE, &[&key, &fence.0]).await?;
+        let row = self
+            .tx_opt(&tx, &REQUEUE, &[&key, &fence.0, &tenant])
+            .await?;
         let Some(row) = row else {
             return Ok(false);
         };

@@ -28,6 +28,8 @@ use super::{Store, StoreError};
 pub struct WaitingCursor {
     /// Waiting since (the index's first column).
     since: DateTime<Utc>,
+    /// The tenant of the last key of the page.
+    tenant: String,
     /// The last key of the page.
     key: String,
 }
@@ -51,27 +53,34 @@ const NOW: Sql = Sql::new("SELECT now()", &[]);
 const WAITING: Sql = Sql::new(
     "SELECT GREATEST(updated_at, next_attempt_at), idempotency_key, task::text,
             GREATEST(0, (EXTRACT(EPOCH FROM next_attempt_at - now())
-                         * 1000)::bigint)
+                         * 1000)::bigint),
+            tenant
      FROM deliveries
      WHERE state IN ('queued', 'retrying') AND task IS NOT NULL
-       AND (GREATEST(updated_at, next_attempt_at), idempotency_key)
-           > (COALESCE($1, '-infinity'::timestamptz), $2)
+       AND (GREATEST(updated_at, next_attempt_at), tenant, idempotency_key)
+           > (COALESCE($1, '-infinity'::timestamptz), $5, $2)
        AND updated_at <= $3
-     ORDER BY 1, 2
+     ORDER BY 1, 5, 2
      LIMIT $4",
-    &[Type::TIMESTAMPTZ, Type::TEXT, Type::TIMESTAMPTZ, Type::INT8],
+    &[
+        Type::TIMESTAMPTZ,
+        Type::TEXT,
+        Type::TIMESTAMPTZ,
+        Type::INT8,
+        Type::TEXT,
+    ],
 );
 
 const STALE: Sql = Sql::new(
     "UPDATE deliveries d SET updated_at = now()
-     FROM (SELECT idempotency_key FROM deliveries
+     FROM (SELECT tenant, idempotency_key FROM deliveries
            WHERE state IN ('queued', 'retrying') AND task IS NOT NULL
              AND GREATEST(updated_at, next_attempt_at)
                  < now() - $1::bigint * interval '1 millisecond'
-           ORDER BY GREATEST(updated_at, next_attempt_at), idempotency_key
+           ORDER BY GREATEST(updated_at, next_attempt_at), tenant, idempotency_key
            LIMIT $2
            FOR UPDATE SKIP LOCKED) stale
-     WHERE d.idempotency_key = stale.idempotency_key
+     WHERE d.tenant = stale.tenant AND d.idempotency_key = stale.idempotency_key
      RETURNING d.task::text",
     &[Type::INT8, Type::INT8],
 );
@@ -99,16 +108,17 @@ impl Store {
         limit: i64,
     ) -> Result<WaitingPage, StoreError> {
         let conn = self.pool.get().await?;
-        let (since, key) = match after {
-            Some(c) => (Some(c.since), c.key.as_str()),
-            None => (None, ""),
+        let (since, tenant, key) = match after {
+            Some(c) => (Some(c.since), c.tenant.as_str(), c.key.as_str()),
+            None => (None, "", ""),
         };
         let rows = self
-            .rows(&conn, &WAITING, &[&since, &key, &until, &limit])
+            .rows(&conn, &WAITING, &[&since, &key, &until, &limit, &tenant])
             .await?;
         let next = match rows.last() {
             Some(last) if rows.len() as i64 == limit => Some(WaitingCursor {
                 since: last.get(0),
+                tenant: last.get(4),
                 key: last.get(1),
             }),
             _ => None,

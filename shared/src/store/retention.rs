@@ -34,7 +34,7 @@ impl Pruned {
 
 const PRUNE_DELIVERIES: Sql = Sql::new(
     "WITH old AS (
-         SELECT idempotency_key FROM deliveries
+         SELECT tenant, idempotency_key FROM deliveries
          WHERE state IN ('sent', 'failed', 'uncertain')
            AND (task IS NOT NULL OR smtp_reply IS NOT NULL)
            AND updated_at < now() - make_interval(days => $1)
@@ -42,7 +42,7 @@ const PRUNE_DELIVERIES: Sql = Sql::new(
          LIMIT $2
          FOR UPDATE SKIP LOCKED)
      UPDATE deliveries d SET task = NULL, smtp_reply = NULL
-     FROM old WHERE d.idempotency_key = old.idempotency_key",
+     FROM old WHERE d.tenant = old.tenant AND d.idempotency_key = old.idempotency_key",
     &[Type::INT4, Type::INT8],
 );
 

@@ -3,7 +3,7 @@
 
 use std::cell::Cell;
 
-use sendonce_shared::domain::{Note, Task};
+use sendonce_shared::domain::{Note, Task, Tenant};
 use sendonce_shared::store::{
     Actor, AuditAction, AuditEntry, AuditFilter, DeadReason, RequeueError, RequeueSelection, Store,
 };
@@ -42,6 +42,8 @@ fn alice() -> Actor {
         sub: "alice".into(),
         note: Some(Note::parse("the relay is fixed (INC-42)").expect("a note")),
         request_id: Some("req-7".into()),
+        tenant: Tenant::default_tenant(),
+        scope: None,
     }
 }
 
@@ -245,6 +247,7 @@ async fn the_trail_reads_newest_first_by_page_and_by_action_and_actor() {
     let by = |action, actor: Option<&str>| AuditFilter {
         action,
         actor: actor.map(str::to_owned),
+        tenant: None,
     };
 
     let first = store

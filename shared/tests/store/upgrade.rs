@@ -1,8 +1,10 @@
 //! Upgrading a live database holding jobs in every state: migration 2
 //! (fencing) over schema 1, migration 4 (durable acceptance) over schema 3 (retention indexes),
-//! migration 5 (the audit trail) over schema 4.
+//! migration 5 (the audit trail) over schema 4, migration 6 (tenants) over
+//! schema 5.
 
 use refinery::Target;
+use sendonce_shared::domain::Tenant;
 use sendonce_shared::store::{
     Accepted, Actor, AuditFilter, Claim, FailedFilter, RequeueSelection, Submission,
 };
@@ -47,8 +49,8 @@ async fn migration_2_keeps_jobs_in_every_state_and_their_promise() {
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        4,
-        "migrations 2 to 5"
+        5,
+        "migrations 2 to 6"
     );
 
     let rows = client
@@ -106,8 +108,8 @@ async fn migration_4_keeps_jobs_in_every_state_replays_their_keys_and_finds_the_
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        2,
-        "migrations 4 and 5"
+        3,
+        "migrations 4 to 6"
     );
 
     // A replay of an old key: its request's fingerprint was never kept, so
@@ -167,7 +169,11 @@ async fn migration_5_keeps_jobs_in_every_state_and_the_dead_letters_and_starts_a
     let failed = insert_dead_letter(&client, &tasks[5], "failed").await;
     let uncertain = insert_dead_letter(&client, &tasks[6], "uncertain").await;
 
-    assert_eq!(store.migrate().await.expect("upgrade"), 1);
+    assert_eq!(
+        store.migrate().await.expect("upgrade"),
+        2,
+        "migrations 5 and 6 (the store reads the schema of the latest)"
+    );
 
     let rows = client
         .query(
@@ -225,4 +231,86 @@ async fn migration_5_keeps_jobs_in_every_state_and_the_dead_letters_and_starts_a
         recorded,
         [("ops", "discard", uncertain), ("ops", "requeue", failed)]
     );
+}
+
+#[tokio::test]
+async fn migration_6_puts_every_job_entry_and_audit_row_in_the_default_tenant_and_keeps_their_promise()
+ {
+    let db = TestDatabase::create().await;
+    let store = store_for(&db);
+    store
+        .migrate_to(Target::Version(5))
+        .await
+        .expect("schema 5");
+    let client = db.connect().await;
+    let tasks: Vec<_> = STATES
+        .iter()
+        .map(|state| task(&format!("upgrade5:{state}")))
+        .collect();
+    for (t, state) in tasks.iter().zip(STATES) {
+        insert_row(&client, t, state).await;
+    }
+    let failed = insert_dead_letter(&client, &tasks[5], "failed").await;
+    client
+        .execute(
+            "INSERT INTO audit_log (actor, action, failed_job_id, job_id, idempotency_key, dead_reason)
+             VALUES ('ops', 'discard', 1, $1, 'gone', 'failed')",
+            &[&tasks[0].job_id.as_uuid()],
+        )
+        .await
+        .expect("an audit row");
+
+    assert_eq!(store.migrate().await.expect("upgrade"), 1);
+
+    for table in ["deliveries", "failed_jobs", "audit_log"] {
+        let tenants: Vec<String> = client
+            .query(&format!("SELECT DISTINCT tenant FROM {table}"), &[])
+            .await
+            .expect("tenants")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(tenants, ["default"], "{table}");
+    }
+    let entries = store
+        .failed_page(&FailedFilter::default(), None, 10)
+        .await
+        .expect("the dead letters");
+    assert_eq!(
+        entries
+            .iter()
+            .map(|e| (e.id, e.tenant.as_str()))
+            .collect::<Vec<_>>(),
+        [(failed, "default")]
+    );
+    // The old keys are the default tenant's: replays there, new jobs in
+    // another tenant.
+    let replays: Vec<Submission> = tasks
+        .iter()
+        .map(|t| Submission::new(task(t.idempotency_key.as_str()), "unknown".into()))
+        .collect();
+    let answers = store.accept(&replays).await.expect("accept");
+    assert!(
+        answers.iter().all(|a| matches!(a, Accepted::Replay { .. })),
+        "{answers:?}"
+    );
+    let elsewhere = Submission::new(
+        task(tasks[4].idempotency_key.as_str()).in_tenant(Tenant::parse("shop").expect("a tenant")),
+        "f".into(),
+    );
+    assert_eq!(
+        store.accept(&[elsewhere]).await.expect("accept"),
+        [Accepted::New]
+    );
+    // Each old row carries on under its token.
+    store.renew_lease("new", LEASE).await.expect("lease");
+    for (t, state) in tasks.iter().zip(STATES) {
+        let claim = store.claim(t, "new").await.expect("claim");
+        let expected = match state {
+            "queued" | "processing" | "retrying" => matches!(claim, Claim::Proceed { .. }),
+            "sending" => matches!(claim, Claim::Ambiguous { .. }),
+            _ => claim == Claim::AlreadyDone,
+        };
+        assert!(expected, "{state}: {claim:?}");
+    }
 }

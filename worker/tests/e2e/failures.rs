@@ -238,7 +238,12 @@ async fn the_l2_owner_reaches_its_end_even_when_another_job_took_its_l1_key() {
         .expect("connect");
     let key = sendonce_shared::domain::IdempotencyKey::parse("l1:stolen").expect("key");
     redis::cmd("SET")
-        .arg(system.queue().keys().dedup(&key))
+        .arg(
+            system
+                .queue()
+                .keys()
+                .dedup(&sendonce_shared::domain::Tenant::default_tenant(), &key),
+        )
         .arg(uuid::Uuid::now_v7().to_string())
         .query_async::<()>(&mut conn)
         .await

@@ -117,7 +117,8 @@ pub async fn spawn_system(options: Options) -> TestSystem {
         .expect("JWT settings")
         .mint(
             "tests",
-            "jobs:write jobs:read failed:read failed:write",
+            // `tenants:all`: the tests read every tenant's jobs.
+            "jobs:write jobs:read failed:read failed:write tenants:all",
             Duration::from_secs(3600),
         )
         .expect("mint a token");
@@ -214,6 +215,30 @@ impl TestSystem {
     /// Starts a worker in this process.
     pub async fn spawn_worker(&self) -> TestWorker {
         self.spawn_worker_with(&[]).await
+    }
+
+    /// Posts `body` as a token of `tenant`; the answer's JSON.
+    pub async fn post_as_tenant(&self, tenant: &str, body: &Value) -> Value {
+        let config = ApiConfig::parse_from(["sendonce-api", "--jwt-secret", SECRET]);
+        let token = JwtKeys::from_config(&config)
+            .expect("JWT settings")
+            .mint_with(
+                "tests",
+                "jobs:write",
+                Duration::from_secs(3600),
+                serde_json::Map::from_iter([("tenant".to_owned(), json!(tenant))]),
+            )
+            .expect("mint a token");
+        let response = self
+            .client
+            .post(format!("{}/addJob", self.api))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("POST /addJob");
+        assert!(response.status().is_success(), "{}", response.status());
+        response.json().await.expect("JSON")
     }
 
     /// A queue handle on this system's keys.

@@ -12,6 +12,7 @@ mod operations;
 mod relays;
 mod retention;
 mod silent_postgres;
+mod tenants;
 mod topologies;
 mod window;
 mod wire;
