@@ -382,10 +382,22 @@ pub struct Authorized<S: Scope> {
 }
 
 impl<S: Scope> Authorized<S> {
-    /// Who the token was issued to, as the rate limit and the audit trail
-    /// know the caller: its `sub`, or "" for a token without one.
+    /// Who the token was issued to, as the audit trail knows the caller:
+    /// its `sub`, or "" for a token without one.
     pub fn subject(&self) -> &str {
         self.claims.sub.as_deref().unwrap_or_default()
+    }
+
+    /// Whose budget a request spends under `RATE_LIMIT_PER_SEC`: a tenant's
+    /// (`tenant:<name>`), shared by all its tokens so that one
+    /// application's burst cannot starve another; in the tenant `default`,
+    /// each token subject's own (`sub:<sub>`), as before tenants.
+    pub fn rate_key(&self) -> String {
+        if self.claims.tenant.is_default() {
+            format!("sub:{}", self.subject())
+        } else {
+            format!("tenant:{}", self.claims.tenant)
+        }
     }
 }
 
@@ -403,7 +415,7 @@ impl<S: Scope + 'static> FromRequest for Authorized<S> {
         Box::pin(async move {
             let authorized = authorized?;
             if let Some(limit) = limit {
-                limit.check(authorized.subject()).await?;
+                limit.check(&authorized.rate_key()).await?;
             }
             Ok(authorized)
         })

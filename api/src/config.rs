@@ -137,10 +137,16 @@ pub struct ApiConfig {
     #[arg(long, env = "RETENTION_DAYS", value_parser = clap::value_parser!(u32).range(1..))]
     pub retention_days: Option<u32>,
 
-    /// Requests per second each token subject may make to the write
-    /// endpoints; unset means no limit.
+    /// Requests per second each tenant (in the tenant `default`, each
+    /// token subject) may make to the write endpoints; unset means no limit.
     #[arg(long, env = "RATE_LIMIT_PER_SEC")]
     pub rate_limit_per_sec: Option<NonZeroU32>,
+
+    /// Most unfinished jobs (queued, in flight or waiting for a retry) a
+    /// tenant may have; over it, `POST /addJob` and `/addJobs` answer 429.
+    /// Unset means no cap.
+    #[arg(long, env = "MAX_QUEUED_PER_TENANT", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_queued_per_tenant: Option<u64>,
 }
 
 fn parse_secret(s: &str) -> Result<SecretString, String> {

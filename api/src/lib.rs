@@ -21,6 +21,7 @@
 //!   middlewares, and each request's root span.
 
 pub mod auth;
+pub mod backlog;
 pub mod config;
 pub mod handoff;
 pub mod limits;

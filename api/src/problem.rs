@@ -55,6 +55,17 @@ pub enum ApiError {
     /// The body is not JSON.
     #[error("the body must be JSON (Content-Type: application/json)")]
     UnsupportedMediaType,
+    /// The caller's tenant has `MAX_QUEUED_PER_TENANT` jobs unfinished.
+    #[error(
+        "this tenant has {unfinished} unfinished jobs, and MAX_QUEUED_PER_TENANT is {max}; \
+         retry once some are done"
+    )]
+    BacklogFull {
+        /// The tenant's unfinished jobs, as last counted.
+        unfinished: u64,
+        /// The cap.
+        max: u64,
+    },
     /// The caller's write rate limit is spent.
     #[error("too many requests; retry in {retry_after_secs} s")]
     TooManyRequests {
@@ -142,7 +153,9 @@ impl ResponseError for ApiError {
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyRequests { .. } | Self::BacklogFull { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::Unavailable(_)
             | Self::NotReady(_)
             | Self::ShuttingDown
@@ -182,7 +195,7 @@ impl ResponseError for ApiError {
                     response.insert_header((header::WWW_AUTHENTICATE, v));
                 }
             }
-            Self::Unavailable(_) | Self::TooManyLargeRequests => {
+            Self::Unavailable(_) | Self::TooManyLargeRequests | Self::BacklogFull { .. } => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
             }
             // The rest of the body may never come: free the connection.

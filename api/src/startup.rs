@@ -16,6 +16,7 @@ use sendonce_shared::store::{Acceptor, Store};
 use tracing_actix_web::TracingLogger;
 
 use crate::auth::JwtKeys;
+use crate::backlog::Backlog;
 use crate::config::ApiConfig;
 use crate::handoff::Handoff;
 use crate::limits::{self, BodyTimeout, LargeBody, LargeRequests};
@@ -83,6 +84,9 @@ impl Application {
             let handoff = pusher.clone();
             async move { handoff.push(tasks).await }
         });
+        let backlog = config
+            .max_queued_per_tenant
+            .map(|max| Arc::new(Backlog::new(store.clone(), max)));
         let state = AppState {
             queue,
             store,
@@ -91,6 +95,7 @@ impl Application {
             max_job_bytes: usize::try_from(config.max_job_bytes)
                 .context("MAX_JOB_BYTES does not fit in memory")?,
             senders,
+            backlog,
             draining: Arc::default(),
         };
         let draining = Arc::clone(&state.draining);

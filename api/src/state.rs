@@ -26,6 +26,8 @@ pub struct AppState {
     pub max_job_bytes: usize,
     /// The senders each tenant may use (`SENDER_POLICY_FILE`).
     pub senders: crate::sender_policy::SenderPolicy,
+    /// `MAX_QUEUED_PER_TENANT`, when set.
+    pub backlog: Option<Arc<crate::backlog::Backlog>>,
     /// Set at SIGTERM when `SHUTDOWN_DELAY_MS` is not zero: `/readyz`
     /// answers 503 while requests are still served, so load balancers stop
     /// sending before the listener closes.

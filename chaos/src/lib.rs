@@ -347,7 +347,10 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Summary> {
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
 
-    let token = cluster::mint_token(&env)?;
+    // One token per tenant; the plan's keys are spread over them.
+    let tokens = (0..plan::TENANTS)
+        .map(|t| cluster::mint_token(&env, &format!("chaos{t}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let (mut api, base) = cluster::start_api(&env).await?;
     let mut workers = Vec::with_capacity(scenario.workers);
     for slot in 0..scenario.workers {
@@ -360,7 +363,7 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Summary> {
     let posting = tokio::spawn(post_all(
         Arc::clone(&plan),
         base,
-        token,
+        tokens,
         scenario.chaos * 3 / 4,
     ));
     let targets = Targets {
@@ -433,7 +436,7 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Summary> {
 async fn post_all(
     plan: Arc<Plan>,
     base: String,
-    token: String,
+    tokens: Vec<String>,
     window: Duration,
 ) -> Vec<PostOutcome> {
     let client = reqwest::Client::builder()
@@ -451,7 +454,8 @@ async fn post_all(
         let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
             break;
         };
-        let (client, url, token) = (client.clone(), format!("{base}/addJob"), token.clone());
+        let token = tokens[plan.keys[key].tenant_index() % tokens.len()].clone();
+        let (client, url) = (client.clone(), format!("{base}/addJob"));
         let body = plan.keys[key].body();
         posts.spawn(async move {
             let outcome = post_one(&client, &url, &token, &body).await;

@@ -40,9 +40,9 @@ pub fn sent_jobs(log_dir: &Path) -> anyhow::Result<HashMap<String, String>> {
     Ok(jobs)
 }
 
-/// The job id and idempotency key of a `"sent"` line; `None` for any
-/// other line, including lines that are not JSON (a line cut short by a
-/// SIGKILL, a panic).
+/// The job id and `tenant/idempotency key` of a `"sent"` line (the tenant
+/// `default` when the span has none); `None` for any other line, including
+/// lines that are not JSON (a line cut short by a SIGKILL, a panic).
 pub fn sent_job(line: &str) -> Option<(String, String)> {
     let line: Value = serde_json::from_str(line).ok()?;
     if line["message"] != SENT_MESSAGE || line["target"] != SENT_TARGET {
@@ -54,7 +54,11 @@ pub fn sent_job(line: &str) -> Option<(String, String)> {
         .rev()
         .find(|span| span["name"] == "job")?;
     let field = |name: &str| span[name].as_str().map(str::to_owned);
-    Some((field("job_id")?, field("idempotency_key")?))
+    let tenant = field("tenant").unwrap_or_else(|| "default".to_owned());
+    Some((
+        field("job_id")?,
+        format!("{tenant}/{}", field("idempotency_key")?),
+    ))
 }
 
 #[cfg(test)]
@@ -70,8 +74,13 @@ mod tests {
             sent_job(SENT),
             Some((
                 "0193a1b2-0000-7000-8000-000000000001".to_owned(),
-                "chaos:7".to_owned()
+                "default/chaos:7".to_owned()
             ))
+        );
+        let of_a_tenant = SENT.replace(r#""name":"job""#, r#""tenant":"chaos2","name":"job""#);
+        assert_eq!(
+            sent_job(&of_a_tenant).map(|(_, key)| key).as_deref(),
+            Some("chaos2/chaos:7")
         );
     }
 
@@ -111,7 +120,7 @@ mod tests {
             jobs,
             HashMap::from([(
                 "0193a1b2-0000-7000-8000-000000000001".to_owned(),
-                "chaos:7".to_owned()
+                "default/chaos:7".to_owned()
             )])
         );
     }

@@ -10,11 +10,18 @@ use serde_json::{Value, json};
 /// keys through the local part.
 const DOMAIN: &str = "chaos.test";
 
+/// The tenants posting: consecutive keys of the plan are one idempotency
+/// key in each tenant, so the same key string is posted by all of them and
+/// must be a job (and an email) in each.
+pub const TENANTS: usize = 3;
+
 /// One idempotency key and the message posted under it (the same body on
 /// every post, so a repost is a replay, not a conflict).
 #[derive(Debug, Clone)]
 pub struct Key {
-    /// The idempotency key.
+    /// The tenant posting it (`chaos0` .. `chaos2`).
+    pub tenant: String,
+    /// The idempotency key, shared with the same key of the other tenants.
     pub key: String,
     /// Its recipient, unique to the key: `user<n>[+fault]@chaos.test`.
     pub rcpt: String,
@@ -23,6 +30,20 @@ pub struct Key {
 }
 
 impl Key {
+    /// The key with its tenant, `tenant/key`, as the run's evidence names
+    /// it (see [`Plan::key_of`]).
+    pub fn scoped(&self) -> String {
+        format!("{}/{}", self.tenant, self.key)
+    }
+
+    /// The index of its tenant.
+    pub fn tenant_index(&self) -> usize {
+        self.tenant
+            .strip_prefix("chaos")
+            .and_then(|i| i.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// The `POST /addJob` body.
     pub fn body(&self) -> Value {
         json!({
@@ -63,7 +84,8 @@ impl Plan {
                     None => format!("user{n}@{DOMAIN}"),
                 };
                 plan.keys.push(Key {
-                    key: format!("chaos:{n}"),
+                    tenant: format!("chaos{}", n % TENANTS),
+                    key: format!("chaos:{}", n / TENANTS),
                     rcpt,
                     fault,
                 });
@@ -86,10 +108,13 @@ impl Plan {
         self.keys.get(n).filter(|key| key.rcpt == rcpt).map(|_| n)
     }
 
-    /// The key an idempotency key names.
-    pub fn key_of(&self, key: &str) -> Option<usize> {
-        let n: usize = key.strip_prefix("chaos:")?.parse().ok()?;
-        self.keys.get(n).filter(|k| k.key == key).map(|_| n)
+    /// The key a `tenant/key` names (see [`Key::scoped`]).
+    pub fn key_of(&self, scoped: &str) -> Option<usize> {
+        let (tenant, key) = scoped.split_once('/')?;
+        let t: usize = tenant.strip_prefix("chaos")?.parse().ok()?;
+        let m: usize = key.strip_prefix("chaos:")?.parse().ok()?;
+        let n = m.checked_mul(TENANTS)?.checked_add(t)?;
+        self.keys.get(n).filter(|k| k.scoped() == scoped).map(|_| n)
     }
 
     /// How many posts reuse a key posted before.
@@ -138,8 +163,11 @@ mod tests {
         assert_eq!(plan.key_of_rcpt("user0+nonsense@chaos.test"), None);
         assert_eq!(plan.key_of_rcpt("user999999@chaos.test"), None);
         assert_eq!(plan.key_of_rcpt("someone@example.com"), None);
-        assert_eq!(plan.key_of("chaos:3"), Some(3));
-        assert_eq!(plan.key_of("chaos:999999"), None);
-        assert_eq!(plan.key_of("welcome:3"), None);
+        assert_eq!(plan.key_of("chaos1/chaos:1"), Some(4));
+        assert_eq!(plan.keys[4].scoped(), "chaos1/chaos:1");
+        assert_eq!(plan.keys[3].key, plan.keys[4].key, "one key, two tenants");
+        assert_eq!(plan.key_of("chaos0/chaos:999999"), None);
+        assert_eq!(plan.key_of("chaos:3"), None);
+        assert_eq!(plan.key_of("default/welcome:3"), None);
     }
 }

@@ -54,7 +54,7 @@ pub async fn read_states(client: &Client) -> anyhow::Result<States> {
     let mut states = States::default();
     for row in client
         .query(
-            "SELECT idempotency_key, job_id::text, state FROM deliveries",
+            "SELECT tenant || '/' || idempotency_key, job_id::text, state FROM deliveries",
             &[],
         )
         .await?
@@ -139,14 +139,18 @@ pub fn summarise(
                         "one job id answered for two keys",
                         format!(
                             "{job_id}: {} and {}",
-                            plan.keys[other].key, plan.keys[key].key
+                            plan.keys[other].scoped(),
+                            plan.keys[key].scoped()
                         ),
                     );
                 }
             }
             PostOutcome::Refused(why) => {
                 refused += 1;
-                findings.add("post refused", format!("{}: {why}", plan.keys[key].key));
+                findings.add(
+                    "post refused",
+                    format!("{}: {why}", plan.keys[key].scoped()),
+                );
             }
         }
     }
@@ -167,7 +171,7 @@ pub fn summarise(
                     "job stranded (never terminal)",
                     format!(
                         "{job} ({}) last {}",
-                        plan.keys[key].key,
+                        plan.keys[key].scoped(),
                         other.unwrap_or("unseen")
                     ),
                 );
@@ -178,7 +182,7 @@ pub fn summarise(
     let accepted_keys: HashSet<usize> = jobs.values().copied().collect();
     let mut key_state: HashMap<usize, &str> = HashMap::new();
     for &n in &accepted_keys {
-        let key = &plan.keys[n].key;
+        let key = &plan.keys[n].scoped();
         match states.owners.get(key) {
             None => findings.add("key without an owner job", key.clone()),
             Some((job, state)) => {
@@ -206,7 +210,7 @@ pub fn summarise(
     let mut duplicate_effects = 0;
     let mut cut_keys = 0;
     for (&n, &(accepted, cut)) in &transfers {
-        let key = &plan.keys[n].key;
+        let key = &plan.keys[n].scoped();
         let state = key_state.get(&n).copied().unwrap_or("unknown");
         if accepted + cut > 1 {
             duplicate_effects += 1;
@@ -232,7 +236,7 @@ pub fn summarise(
         if state == "sent" && transfers.get(&n).is_none_or(|&(accepted, _)| accepted == 0) {
             findings.add(
                 "key sent without a message at the server",
-                plan.keys[n].key.clone(),
+                plan.keys[n].scoped(),
             );
         }
     }
@@ -294,7 +298,7 @@ fn false_uncertain(
             count += 1;
             findings.add(
                 "key whose 250 a worker recorded ended other than sent",
-                format!("{} (job {job}): {state}", plan.keys[n].key),
+                format!("{} (job {job}): {state}", plan.keys[n].scoped()),
             );
         }
     }
@@ -315,6 +319,7 @@ mod tests {
         let plan = Plan {
             keys: (0..2)
                 .map(|n| Key {
+                    tenant: "chaos0".into(),
                     key: format!("chaos:{n}"),
                     rcpt: format!("user{n}@chaos.test"),
                     fault: None,
@@ -329,9 +334,10 @@ mod tests {
         let mut states = States::default();
         for (n, (job, state)) in [(JOB_A, a_state), (JOB_B, "sent")].into_iter().enumerate() {
             states.by_job.insert(job.to_owned(), state.to_owned());
-            states
-                .owners
-                .insert(format!("chaos:{n}"), (job.to_owned(), state.to_owned()));
+            states.owners.insert(
+                format!("chaos0/chaos:{n}"),
+                (job.to_owned(), state.to_owned()),
+            );
         }
         let evidence = Evidence {
             transfers: (0..2)
@@ -341,8 +347,8 @@ mod tests {
                 })
                 .collect(),
             sent_jobs: HashMap::from([
-                (JOB_A.to_owned(), "chaos:0".to_owned()),
-                (JOB_B.to_owned(), "chaos:1".to_owned()),
+                (JOB_A.to_owned(), "chaos0/chaos:0".to_owned()),
+                (JOB_B.to_owned(), "chaos0/chaos:1".to_owned()),
             ]),
             states,
         };

@@ -569,6 +569,7 @@ impl Worker {
         let span = tracing::info_span!(
             "job",
             job_id = %task.job_id,
+            tenant = %task.tenant,
             idempotency_key = %sendonce_shared::telemetry::key(&task.idempotency_key),
         );
         let job = task.job_id.as_uuid();

@@ -172,6 +172,9 @@ pub async fn add_job(
         }
         (body_key, header) => body_key.or(header),
     };
+    if let Some(backlog) = &state.backlog {
+        backlog.admit(&caller.claims.tenant, 1).await?;
+    }
     let task = Task::new(job.email, key).in_tenant(caller.claims.tenant.clone());
     let span = tracing::Span::current();
     span.record("job_id", tracing::field::display(task.job_id));

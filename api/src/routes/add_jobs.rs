@@ -98,11 +98,12 @@ pub async fn add_jobs(
     // The extractor took one job's worth from the caller's bucket; a batch
     // pays for the rest of its jobs too.
     if let Some(limit) = req.app_data::<web::Data<RateLimit>>() {
-        limit
-            .check_batch(caller.claims.sub.as_deref().unwrap_or_default(), jobs.len())
-            .await?;
+        limit.check_batch(&caller.rate_key(), jobs.len()).await?;
     }
 
+    if let Some(backlog) = &state.backlog {
+        backlog.admit(&caller.claims.tenant, jobs.len()).await?;
+    }
     let parsed: Vec<Result<Submission, ApiError>> = jobs
         .iter()
         .map(|raw| parse(raw, &state, &caller.claims.tenant))

@@ -264,3 +264,97 @@ fn the_token_command_puts_the_tenant_in_the_tenant_claim() {
     assert_eq!(claims.tenant.as_str(), "billing");
     assert_eq!(claims.sub.as_deref(), Some("billing-app"));
 }
+
+/// Posts with `token` until the answer is 429; how many were accepted.
+async fn post_until_limited(api: &TestApi, token: &str) -> usize {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut accepted = 0;
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "never limited");
+        let status = api
+            .post_job(Some(token), &crate::helpers::valid_body())
+            .await
+            .status();
+        if status == 429 {
+            return accepted;
+        }
+        assert_eq!(status, 202);
+        accepted += 1;
+    }
+}
+
+#[tokio::test]
+async fn a_tenants_tokens_share_one_rate_budget_and_other_tenants_keep_theirs() {
+    let api = crate::helpers::spawn_api_with(&[
+        "--jwt-secret",
+        crate::helpers::SECRET,
+        "--rate-limit-per-sec",
+        "1",
+    ])
+    .await;
+    let mint = |sub: &str, tenant: &str| {
+        api.keys
+            .mint_with(
+                sub,
+                "jobs:write",
+                Duration::from_secs(600),
+                serde_json::Map::from_iter([("tenant".to_owned(), json!(tenant))]),
+            )
+            .expect("mint")
+    };
+
+    post_until_limited(&api, &mint("app-a", "billing")).await;
+    let same_tenant = api
+        .post_job(
+            Some(&mint("app-b", "billing")),
+            &crate::helpers::valid_body(),
+        )
+        .await
+        .status();
+    let other_tenant = api
+        .post_job(Some(&mint("app-a", "shop")), &crate::helpers::valid_body())
+        .await
+        .status();
+
+    assert_eq!(same_tenant, 429, "another token of the same tenant");
+    assert_eq!(other_tenant, 202, "another tenant's budget is its own");
+}
+
+#[tokio::test]
+async fn a_tenant_at_max_queued_is_refused_429_and_the_others_are_not() {
+    let api = crate::helpers::spawn_api_with(&[
+        "--jwt-secret",
+        crate::helpers::SECRET,
+        "--max-queued-per-tenant",
+        "3",
+    ])
+    .await;
+    let billing = token(&api, Some("billing"), "jobs:write");
+    let shop = token(&api, Some("shop"), "jobs:write");
+
+    let accepted = post_until_limited(&api, &billing).await;
+    let refused = api
+        .post_job(Some(&billing), &crate::helpers::valid_body())
+        .await;
+    let batch = api
+        .post_jobs(&billing, &[crate::helpers::valid_body()])
+        .await
+        .status();
+    let other = api
+        .post_job(Some(&shop), &crate::helpers::valid_body())
+        .await
+        .status();
+
+    assert_eq!(accepted, 3);
+    assert_eq!(
+        refused
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    crate::helpers::assert_problem(refused, 429, "MAX_QUEUED_PER_TENANT is 3").await;
+    assert_eq!(batch, 429);
+    assert_eq!(other, 202);
+    assert_eq!(api.queue_len().await, 4, "nothing refused was queued");
+}

@@ -20,11 +20,29 @@ const JOB: Sql = Sql::new(
     &[Type::UUID, Type::TEXT],
 );
 
+const UNFINISHED: Sql = Sql::new(
+    "SELECT count(*) FROM deliveries
+     WHERE tenant = $1 AND state IN ('queued', 'processing', 'retrying', 'sending')",
+    &[Type::TEXT],
+);
+
 /// Every statement of this module, for the test that checks their types.
 #[cfg(test)]
-pub(super) const ALL: &[&Sql] = &[&JOB];
+pub(super) const ALL: &[&Sql] = &[&JOB, &UNFINISHED];
 
 impl Store {
+    /// How many of `tenant`'s jobs are unfinished: waiting, in flight or
+    /// waiting for a retry (`MAX_QUEUED_PER_TENANT`).
+    #[tracing::instrument(skip_all)]
+    pub async fn unfinished(&self, tenant: &Tenant) -> Result<u64, StoreError> {
+        let conn = self.pool.get().await?;
+        let count: i64 = self
+            .one(&conn, &UNFINISHED, &[&tenant.as_str()])
+            .await?
+            .get(0);
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
     /// The state of an accepted job, in any state (`queued` from its
     /// acceptance on), or of a job skipped as a duplicate; only when it is
     /// `tenant`'s, unless `tenant` is `None` (an operator's read).
