@@ -4,9 +4,9 @@
 //! schema 5.
 
 use refinery::Target;
-use sendonce_shared::domain::Tenant;
+use sendonce_shared::domain::{Task, Tenant};
 use sendonce_shared::store::{
-    Accepted, Actor, AuditFilter, Claim, FailedFilter, RequeueSelection, Submission,
+    Accepted, Actor, AuditFilter, Claim, FailedFilter, RequeueSelection, Store, Submission,
 };
 use sendonce_testkit::TestDatabase;
 
@@ -21,6 +21,44 @@ const STATES: [&str; 7] = [
     "failed",
     "uncertain",
 ];
+
+/// A database at schema `version` holding a row in every state (keys
+/// `upgrade<version>:<state>`, fence 1, held by a worker long gone).
+async fn at_schema(version: i32) -> (TestDatabase, Store, tokio_postgres::Client, Vec<Task>) {
+    let db = TestDatabase::create().await;
+    let store = store_for(&db);
+    store
+        .migrate_to(Target::Version(version))
+        .await
+        .unwrap_or_else(|e| panic!("schema {version}: {e}"));
+    let client = db.connect().await;
+    let tasks: Vec<_> = STATES
+        .iter()
+        .map(|state| task(&format!("upgrade{version}:{state}")))
+        .collect();
+    for (t, state) in tasks.iter().zip(STATES) {
+        insert_row(&client, t, state).await;
+    }
+    (db, store, client, tasks)
+}
+
+/// Each row of [`at_schema`] carries on under its token after the upgrade:
+/// waiting and abandoned ones are claimed with the next token, a cut
+/// `sending` is ambiguous, finished ones are done.
+async fn assert_claims_carry_on(store: &Store, tasks: &[Task]) {
+    store.renew_lease("new", LEASE).await.expect("lease");
+    for (t, state) in tasks.iter().zip(STATES) {
+        let claim = store.claim(t, "new").await.expect("claim");
+        let expected = match state {
+            "queued" | "processing" | "retrying" => {
+                matches!(claim, Claim::Proceed { fence, .. } if fence.get() == 2)
+            }
+            "sending" => matches!(claim, Claim::Ambiguous { .. }),
+            _ => claim == Claim::AlreadyDone,
+        };
+        assert!(expected, "{state}: {claim:?}");
+    }
+}
 
 #[tokio::test]
 async fn migration_2_keeps_jobs_in_every_state_and_their_promise() {
@@ -91,20 +129,7 @@ async fn migration_2_keeps_jobs_in_every_state_and_their_promise() {
 
 #[tokio::test]
 async fn migration_4_keeps_jobs_in_every_state_replays_their_keys_and_finds_the_waiting_ones() {
-    let db = TestDatabase::create().await;
-    let store = store_for(&db);
-    store
-        .migrate_to(Target::Version(3))
-        .await
-        .expect("schema 3");
-    let client = db.connect().await;
-    let tasks: Vec<_> = STATES
-        .iter()
-        .map(|state| task(&format!("upgrade3:{state}")))
-        .collect();
-    for (t, state) in tasks.iter().zip(STATES) {
-        insert_row(&client, t, state).await;
-    }
+    let (_db, store, _client, tasks) = at_schema(3).await;
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
@@ -134,38 +159,13 @@ async fn migration_4_keeps_jobs_in_every_state_replays_their_keys_and_finds_the_
     let until = store.now().await.expect("now");
     let page = store.waiting_page(until, None, 100).await.expect("a page");
     assert_eq!(page.tasks.len(), 2, "queued and retrying");
-    // Each old row carries on under its token.
-    store.renew_lease("new", LEASE).await.expect("lease");
-    for (t, state) in tasks.iter().zip(STATES) {
-        let claim = store.claim(t, "new").await.expect("claim");
-        let expected = match state {
-            "queued" | "processing" | "retrying" => {
-                matches!(claim, Claim::Proceed { fence, .. } if fence.get() == 2)
-            }
-            "sending" => matches!(claim, Claim::Ambiguous { .. }),
-            _ => claim == Claim::AlreadyDone,
-        };
-        assert!(expected, "{state}: {claim:?}");
-    }
+    assert_claims_carry_on(&store, &tasks).await;
 }
 
 #[tokio::test]
 async fn migration_5_keeps_jobs_in_every_state_and_the_dead_letters_and_starts_an_empty_audit_trail()
  {
-    let db = TestDatabase::create().await;
-    let store = store_for(&db);
-    store
-        .migrate_to(Target::Version(4))
-        .await
-        .expect("schema 4");
-    let client = db.connect().await;
-    let tasks: Vec<_> = STATES
-        .iter()
-        .map(|state| task(&format!("upgrade4:{state}")))
-        .collect();
-    for (t, state) in tasks.iter().zip(STATES) {
-        insert_row(&client, t, state).await;
-    }
+    let (_db, store, client, tasks) = at_schema(4).await;
     let failed = insert_dead_letter(&client, &tasks[5], "failed").await;
     let uncertain = insert_dead_letter(&client, &tasks[6], "uncertain").await;
 
@@ -236,20 +236,7 @@ async fn migration_5_keeps_jobs_in_every_state_and_the_dead_letters_and_starts_a
 #[tokio::test]
 async fn migration_6_puts_every_job_entry_and_audit_row_in_the_default_tenant_and_keeps_their_promise()
  {
-    let db = TestDatabase::create().await;
-    let store = store_for(&db);
-    store
-        .migrate_to(Target::Version(5))
-        .await
-        .expect("schema 5");
-    let client = db.connect().await;
-    let tasks: Vec<_> = STATES
-        .iter()
-        .map(|state| task(&format!("upgrade5:{state}")))
-        .collect();
-    for (t, state) in tasks.iter().zip(STATES) {
-        insert_row(&client, t, state).await;
-    }
+    let (_db, store, client, tasks) = at_schema(5).await;
     let failed = insert_dead_letter(&client, &tasks[5], "failed").await;
     client
         .execute(
@@ -302,15 +289,5 @@ async fn migration_6_puts_every_job_entry_and_audit_row_in_the_default_tenant_an
         store.accept(&[elsewhere]).await.expect("accept"),
         [Accepted::New]
     );
-    // Each old row carries on under its token.
-    store.renew_lease("new", LEASE).await.expect("lease");
-    for (t, state) in tasks.iter().zip(STATES) {
-        let claim = store.claim(t, "new").await.expect("claim");
-        let expected = match state {
-            "queued" | "processing" | "retrying" => matches!(claim, Claim::Proceed { .. }),
-            "sending" => matches!(claim, Claim::Ambiguous { .. }),
-            _ => claim == Claim::AlreadyDone,
-        };
-        assert!(expected, "{state}: {claim:?}");
-    }
+    assert_claims_carry_on(&store, &tasks).await;
 }

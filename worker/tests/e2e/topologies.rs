@@ -82,6 +82,25 @@ async fn jobs_are_posted_and_delivered_once_over_tls() {
     assert_eq!(system.smtp.messages().len(), 2);
 }
 
+/// Runs the worker binary with `args` (a command line, its name first),
+/// expects it to fail at start, and returns the one line it printed.
+async fn worker_exit_reason(args: &[String]) -> String {
+    let output = tokio::time::timeout(
+        DEADLINE,
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_sendonce-worker"))
+            .args(&args[1..])
+            .env("RUST_LOG", "off")
+            .output(),
+    )
+    .await
+    .expect("the worker exits")
+    .expect("run the worker");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success());
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    stderr
+}
+
 #[tokio::test]
 async fn a_worker_given_the_wrong_ca_exits_at_start_with_a_one_line_reason() {
     let certs = TestCerts::generate(&tempdir("tls-wrong-ca"));
@@ -100,20 +119,8 @@ async fn a_worker_given_the_wrong_ca_exits_at_start_with_a_one_line_reason() {
     let mut args = system.worker_args();
     args.extend(["--redis-ca-file".to_owned(), path(&certs.other_ca)]);
 
-    let output = tokio::time::timeout(
-        DEADLINE,
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_sendonce-worker"))
-            .args(&args[1..])
-            .env("RUST_LOG", "off")
-            .output(),
-    )
-    .await
-    .expect("the worker exits")
-    .expect("run the worker");
+    let stderr = worker_exit_reason(&args).await;
 
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
-    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("REDIS_URL"), "{stderr}");
     assert!(stderr.contains("UnknownIssuer"), "{stderr}");
 }
@@ -547,20 +554,8 @@ async fn a_worker_with_another_shard_count_than_the_queue_exits_at_start_with_a_
     let mut args = system.worker_args();
     args.extend(["--queue-shards".to_owned(), "2".to_owned()]);
 
-    let output = tokio::time::timeout(
-        DEADLINE,
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_sendonce-worker"))
-            .args(&args[1..])
-            .env("RUST_LOG", "off")
-            .output(),
-    )
-    .await
-    .expect("the worker exits")
-    .expect("run the worker");
+    let stderr = worker_exit_reason(&args).await;
 
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
-    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert!(
         stderr.contains("QUEUE_SHARDS is 2") && stderr.contains("in 4 shard(s)"),
         "{stderr}"
