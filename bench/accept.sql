@@ -11,4 +11,4 @@ SELECT 'pgbench-accept:' || :k || ':' || n, gen_random_uuid(), 'queued', 0, 0,
            'enqueued_at', now()),
        md5(n::text)
 FROM generate_series(1, 64) AS n
-ON CONFLICT (idempotency_key) DO NOTHING;
+ON CONFLICT DO NOTHING;

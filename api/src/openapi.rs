@@ -72,7 +72,12 @@ impl Modify for Security {
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("JWT")
                     .description(Some(
-                        "A JWT signed with the configured algorithm; `scope` lists the granted scopes",
+                        "A JWT signed with the configured algorithm; `scope` lists the granted \
+                         scopes. The caller's tenant is the claim named by `JWT_TENANT_CLAIM` \
+                         (default `tenant`; `default` without it): idempotency keys, jobs, \
+                         dead letters and the audit trail are the tenant's. The scope \
+                         `tenants:all` lifts that confinement, and lets `tenant` narrow the \
+                         listings.",
                     ))
                     .build(),
             ),
