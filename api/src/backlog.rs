@@ -41,11 +41,9 @@ impl Backlog {
     /// when they would take it past the cap.
     pub async fn admit(&self, tenant: &Tenant, n: usize) -> Result<(), ApiError> {
         let cached = self
-            .counts
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
             .get(tenant)
-            .filter(|(at, _)| at.elapsed() < FRESH)
+            .filter(|(counted, _)| counted.elapsed() < FRESH)
             .map(|&(_, count)| count);
         let unfinished = match cached {
             Some(count) => count,
@@ -55,25 +53,29 @@ impl Backlog {
                 .await
                 .map_err(ApiError::unavailable)?,
         };
-        let n = n as u64;
-        if unfinished.saturating_add(n) > self.max {
+        let admitted = unfinished.saturating_add(n as u64);
+        if admitted > self.max {
             return Err(ApiError::BacklogFull {
                 unfinished,
                 max: self.max,
             });
         }
-        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        let entry = counts
-            .entry(tenant.clone())
-            .or_insert((Instant::now(), unfinished));
-        if cached.is_none() {
-            *entry = (Instant::now(), unfinished);
+        let mut counts = self.lock();
+        match (cached, counts.get_mut(tenant)) {
+            // Still fresh: count these in (another request may have too).
+            (Some(_), Some(entry)) => entry.1 = entry.1.saturating_add(n as u64),
+            _ => {
+                counts.insert(tenant.clone(), (Instant::now(), admitted));
+            }
         }
-        entry.1 = entry.1.saturating_add(n);
         // Tenants that stopped posting are forgotten.
         if counts.len() > 10_000 {
-            counts.retain(|_, (at, _)| at.elapsed() < FRESH);
+            counts.retain(|_, (counted, _)| counted.elapsed() < FRESH);
         }
         Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Tenant, (Instant, u64)>> {
+        self.counts.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

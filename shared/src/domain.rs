@@ -109,6 +109,40 @@ impl fmt::Display for JobId {
     }
 }
 
+/// The conversions of a validated text newtype (`struct T(String)` with a
+/// `parse`): from a `String` through `parse` (serde's `try_from`), back into
+/// one (serde's `into`), and, with `display`, printing the text as it is.
+macro_rules! text_newtype {
+    ($t:ident) => {
+        impl TryFrom<String> for $t {
+            type Error = InvalidValue;
+
+            fn try_from(s: String) -> Result<Self, Self::Error> {
+                Self::parse(s)
+            }
+        }
+
+        impl From<$t> for String {
+            fn from(value: $t) -> Self {
+                value.0
+            }
+        }
+    };
+    ($t:ident, display) => {
+        text_newtype!($t);
+
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+text_newtype!(IdempotencyKey, display);
+text_newtype!(Subject);
+text_newtype!(Tenant, display);
+
 /// The client's business key ("welcome:user-42"): 1 to 255 printable ASCII
 /// characters. At most one email is ever accepted by SMTP per key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
@@ -155,26 +189,6 @@ impl IdempotencyKey {
     pub fn message_id(&self, domain: &str) -> String {
         let digest = Sha256::digest(self.0.as_bytes());
         format!("<{}@{domain}>", hex::encode(&digest[..16]))
-    }
-}
-
-impl TryFrom<String> for IdempotencyKey {
-    type Error = InvalidValue;
-
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        Self::parse(s)
-    }
-}
-
-impl From<IdempotencyKey> for String {
-    fn from(key: IdempotencyKey) -> Self {
-        key.0
-    }
-}
-
-impl fmt::Display for IdempotencyKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }
 
@@ -281,20 +295,6 @@ impl Subject {
     /// The subject as text.
     pub fn as_str(&self) -> &str {
         &self.0
-    }
-}
-
-impl TryFrom<String> for Subject {
-    type Error = InvalidValue;
-
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        Self::parse(s)
-    }
-}
-
-impl From<Subject> for String {
-    fn from(s: Subject) -> Self {
-        s.0
     }
 }
 
@@ -478,26 +478,6 @@ impl std::str::FromStr for Tenant {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::parse(s).map_err(|e| e.to_string())
-    }
-}
-
-impl TryFrom<String> for Tenant {
-    type Error = InvalidValue;
-
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        Self::parse(s)
-    }
-}
-
-impl From<Tenant> for String {
-    fn from(t: Tenant) -> Self {
-        t.0
-    }
-}
-
-impl fmt::Display for Tenant {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }
 

@@ -375,11 +375,11 @@ impl Queue {
     pub async fn probe_write(&self) -> Result<(), QueueError> {
         let conn = self.conn().await?;
         let pid = std::process::id();
-        let writes = self.keys.tags().map(|tag| {
+        let writes = self.keys.ready_keys().map(|key| {
             let mut conn = conn.clone();
             async move {
                 redis::cmd("SET")
-                    .arg(format!("{tag}:ready"))
+                    .arg(key)
                     .arg(pid)
                     .arg("PX")
                     .arg(10_000)

@@ -115,11 +115,11 @@ impl Keys {
         format!("{}:shards", self.global)
     }
 
-    /// Every hash tag in use: the shards', and the fleet's when it is not
-    /// also shard 0's.
-    pub fn tags(&self) -> impl Iterator<Item = &str> {
-        let global = (self.shards.len() > 1).then_some(self.global.as_str());
-        self.shards.iter().map(|s| s.tag.as_str()).chain(global)
+    /// The readiness key of every hash tag in use: the shards', and the
+    /// fleet's when it is not also shard 0's.
+    pub fn ready_keys(&self) -> impl Iterator<Item = String> {
+        let global = (self.shards.len() > 1).then(|| self.ready());
+        self.shards.iter().map(ShardKeys::ready).chain(global)
     }
 }
 
@@ -204,7 +204,7 @@ mod tests {
         let keys = Keys::new("p");
         assert_eq!(keys.shard(0).queue(), "{p}:queue");
         assert_eq!(keys.housekeeper(), "{p}:housekeeper");
-        assert_eq!(keys.tags().collect::<Vec<_>>(), ["{p}"]);
+        assert_eq!(keys.ready_keys().collect::<Vec<_>>(), ["{p}:ready"]);
         assert_eq!(keys.shard_of_raw("not json"), 0);
     }
 
@@ -215,8 +215,8 @@ mod tests {
         assert_eq!(keys.shard(2).processing("w"), "{p:2}:processing:w");
         assert_eq!(keys.depths(), "{p}:depths");
         assert_eq!(
-            keys.tags().collect::<Vec<_>>(),
-            ["{p:0}", "{p:1}", "{p:2}", "{p}"]
+            keys.ready_keys().collect::<Vec<_>>(),
+            ["{p:0}:ready", "{p:1}:ready", "{p:2}:ready", "{p}:ready"]
         );
     }
 
