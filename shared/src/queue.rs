@@ -14,7 +14,9 @@
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `{shard}:queue` | list | ready tasks; the API `LPUSH`es, workers take from the right |
+//! | `{shard}:queue` | list | ready tasks as pushed; the API `LPUSH`es, pops sort them from the right into their tenants' lists |
+//! | `{shard}:tenant:<tenant>` | list | a tenant's ready tasks, sorted out of the queue; workers take from the right |
+//! | `{shard}:tenants` | list | the tenants whose lists hold tasks, in the order they are served (see [`Queue::pop`]) |
 //! | `{shard}:processing:<worker>` | list | tasks a worker holds; removed on acknowledge |
 //! | `{shard}:scheduled` | sorted set | tasks waiting for a retry, scored by due time (ms, Redis clock) |
 //! | `{shard}:leases` | sorted set | worker ids that may hold tasks in this shard, scored by lease deadline (ms, that node's clock) |
@@ -30,7 +32,7 @@
 //! # Cost per worker
 //!
 //! An idle worker's Redis commands do not grow with the fleet: a pop per
-//! shard per second (one of them blocking), a heartbeat (a lease per shard
+//! shard per second and one blocking wait, a heartbeat (a lease per shard
 //! and the housekeeper contention) every third of a lease, a reap that
 //! reads only lapsed leases (per shard) every half lease, and a read of the
 //! published depths every 5 s. Only the housekeeper promotes, counts the
@@ -41,7 +43,7 @@ use std::time::Duration;
 use redis::Script;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::domain::{JobId, Task};
+use crate::domain::{JobId, Task, Tenant};
 
 /// `maxmemory-policy` values under which Redis never drops a key.
 const NOEVICTION: &str = "noeviction";
@@ -112,6 +114,18 @@ pub enum L1Claim {
     },
 }
 
+/// Most ready tasks a pop sorts into their tenants' lists before it takes
+/// one (see [`Queue::pop`]).
+pub const SORT_BATCH: u64 = 1000;
+
+/// The most pops of its shard a task waits for, from when it is pushed
+/// behind `ahead` other ready tasks of that shard while `tenants` tenants
+/// (its own included) have ready work there: the pops that sort the tasks
+/// ahead of it and it, and then a turn for each tenant ahead of it.
+pub fn fair_bound(ahead: u64, tenants: u64) -> u64 {
+    (ahead + 1).div_ceil(SORT_BATCH) + tenants.saturating_sub(1)
+}
+
 /// Most lapsed workers reaped per round.
 const REAP_BATCH: usize = 100;
 
@@ -146,6 +160,39 @@ for _, task in ipairs(due) do
   redis.call('RPUSH', KEYS[2], task)
 end
 return #due
+";
+
+/// One fair pop of a shard: sorts up to a batch of the oldest ready tasks
+/// into their tenants' lists, then takes the oldest task of the tenant
+/// whose turn it is into the worker's processing list. A tenant is in the
+/// turn list exactly while its list holds tasks. The tenant is read from
+/// the task's JSON (absent: the default tenant; a task that does not
+/// parse goes with the default tenant's, and the worker poisons it).
+const FAIR_POP: &str = r"
+-- KEYS: queue, tenants, processing. ARGV: tenant list prefix, default tenant, batch.
+for _ = 1, tonumber(ARGV[3]) do
+  local task = redis.call('RPOP', KEYS[1])
+  if not task then break end
+  local ok, decoded = pcall(cjson.decode, task)
+  local tenant = ARGV[2]
+  if ok and type(decoded) == 'table' and type(decoded.tenant) == 'string' then
+    tenant = decoded.tenant
+  end
+  if redis.call('LPUSH', ARGV[1] .. tenant, task) == 1 then
+    redis.call('RPUSH', KEYS[2], tenant)
+  end
+end
+while true do
+  local tenant = redis.call('LPOP', KEYS[2])
+  if not tenant then return false end
+  local list = ARGV[1] .. tenant
+  local task = redis.call('RPOP', list)
+  if task then
+    redis.call('LPUSH', KEYS[3], task)
+    if redis.call('LLEN', list) > 0 then redis.call('RPUSH', KEYS[2], tenant) end
+    return task
+  end
+end
 ";
 
 /// Renews a worker's lease in one shard (every shard has its own leases,
@@ -273,6 +320,7 @@ pub struct Queue {
     conn: SharedConnection,
     keys: Keys,
     keep_epoch: Script,
+    fair_pop: Script,
     restore: Script,
     promote: Script,
     lease: Script,
@@ -309,6 +357,7 @@ impl Queue {
             conn: SharedConnection::new(connector),
             keys: Keys::sharded(prefix, shards),
             keep_epoch: Script::new(KEEP_EPOCH),
+            fair_pop: Script::new(FAIR_POP),
             restore: Script::new(&format!("{NOW_MS}{RESTORE}")),
             promote: Script::new(&format!("{NOW_MS}{PROMOTE}")),
             lease: Script::new(&format!("{NOW_MS}{LEASE}")),
@@ -601,16 +650,25 @@ impl Queue {
         }
     }
 
-    /// Moves the oldest ready task of a shard into `worker`'s processing
-    /// list of that shard and returns it, waiting up to `block`. The task
-    /// stays in Redis until acknowledged, so a crash after this call loses
-    /// nothing.
+    /// Moves a ready task of a shard into `worker`'s processing list of
+    /// that shard and returns it, waiting up to `block`. The task stays in
+    /// Redis until acknowledged, so a crash after this call loses nothing.
     ///
-    /// Shards are taken in turn: each pop starts at the shard after the
-    /// last one that gave a task, tries each other shard without waiting
-    /// (`LMOVE`), and waits only on the last one tried (`BLMOVE`). A busy
-    /// shard therefore never starves another, and an idle worker costs one
-    /// command per shard per `block`. With one shard this is one `BLMOVE`.
+    /// Within a shard, tenants take turns: each pop first sorts up to
+    /// [`SORT_BATCH`] of the oldest tasks of the shard's ready queue into
+    /// their tenants' lists, then takes the oldest task of the tenant at
+    /// the head of the shard's turn list and moves that tenant to the end
+    /// (one script, [`FAIR_POP`]). One tenant's backlog therefore delays
+    /// another's job by at most [`fair_bound`] pops of its shard, and each
+    /// tenant's tasks keep their order.
+    ///
+    /// Shards are taken in turn too: each pop starts at the shard after
+    /// the last one that gave a task and tries each shard without waiting;
+    /// only when none has a task does it wait (`BLMOVE`) on the ready queue
+    /// of the last one tried, whose next task is then the oldest of a shard
+    /// where nothing was waiting. A busy shard therefore never starves
+    /// another, and an idle worker costs one command per shard, plus one,
+    /// per `block`.
     pub async fn pop(
         &self,
         popper: &mut Popper,
@@ -618,27 +676,41 @@ impl Queue {
         block: Duration,
     ) -> Result<Option<Held>, QueueError> {
         let k = self.keys.shard_count();
+        // A failure ends the pop at once, even with other shards left: a
+        // move whose reply was lost may have happened, and the caller must
+        // then look for it (see the runner's `return_stranded`) before it
+        // pops again.
         for i in 0..k {
             let shard = (popper.next + i) % k;
             let keys = self.keys.shard(shard);
-            let last = i + 1 == k;
-            let mut cmd = redis::cmd(if last { "BLMOVE" } else { "LMOVE" });
-            cmd.arg(keys.queue())
-                .arg(keys.processing(worker))
-                .arg("RIGHT")
-                .arg("LEFT");
-            if last {
-                cmd.arg(block.as_secs_f64());
-            }
-            // A failure ends the pop at once, even with other shards left:
-            // a move whose reply was lost may have happened, and the caller
-            // must then look for it (see the runner's `return_stranded`)
-            // before it pops again.
-            let popped: Option<String> = cmd.query_async(&mut popper.conn).await?;
+            let popped: Option<String> = self
+                .fair_pop
+                .key(keys.queue())
+                .key(keys.tenants())
+                .key(keys.processing(worker))
+                .arg(keys.tenant_queue_prefix())
+                .arg(Tenant::DEFAULT)
+                .arg(SORT_BATCH)
+                .invoke_async(&mut popper.conn)
+                .await?;
             if let Some(raw) = popped {
                 popper.next = (shard + 1) % k;
                 return Ok(Some(Held { shard, raw }));
             }
+        }
+        let shard = (popper.next + k - 1) % k;
+        let keys = self.keys.shard(shard);
+        let popped: Option<String> = redis::cmd("BLMOVE")
+            .arg(keys.queue())
+            .arg(keys.processing(worker))
+            .arg("RIGHT")
+            .arg("LEFT")
+            .arg(block.as_secs_f64())
+            .query_async(&mut popper.conn)
+            .await?;
+        if let Some(raw) = popped {
+            popper.next = (shard + 1) % k;
+            return Ok(Some(Held { shard, raw }));
         }
         popper.next = (popper.next + 1) % k;
         Ok(None)
@@ -949,16 +1021,26 @@ impl Queue {
                 .arg(-1)
                 .query_async(&mut conn)
                 .await?;
+            let tenants: Vec<String> = redis::cmd("LRANGE")
+                .arg(keys.tenants())
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut conn)
+                .await?;
             let mut pipe = redis::pipe();
-            pipe.cmd("LLEN").arg(keys.queue());
             pipe.cmd("ZCARD").arg(keys.scheduled());
+            pipe.cmd("LLEN").arg(keys.queue());
+            for t in &tenants {
+                pipe.cmd("LLEN").arg(keys.tenant_queue(t));
+            }
             for w in &workers {
                 pipe.cmd("LLEN").arg(keys.processing(w));
             }
             let lens: Vec<u64> = pipe.query_async(&mut conn).await?;
-            depths.ready += lens.first().copied().unwrap_or(0);
-            depths.scheduled += lens.get(1).copied().unwrap_or(0);
-            depths.processing += lens.iter().skip(2).sum::<u64>();
+            let (ready, processing) = lens.split_at(lens.len().min(2 + tenants.len()));
+            depths.scheduled += ready.first().copied().unwrap_or(0);
+            depths.ready += ready.iter().skip(1).sum::<u64>();
+            depths.processing += processing.iter().sum::<u64>();
         }
         Ok(depths)
     }

@@ -134,6 +134,20 @@ impl ShardKeys {
     pub fn queue(&self) -> String {
         format!("{}:queue", self.tag)
     }
+    /// The ready tasks of one tenant, sorted out of the ready queue by the
+    /// pops (see [`ShardKeys::tenant_queue_prefix`]).
+    pub fn tenant_queue(&self, tenant: &str) -> String {
+        format!("{}{tenant}", self.tenant_queue_prefix())
+    }
+    /// What a tenant's ready list's name starts with; the tenant follows.
+    pub fn tenant_queue_prefix(&self) -> String {
+        format!("{}:tenant:", self.tag)
+    }
+    /// The tenants with ready tasks sorted out, in the order they are
+    /// served: a pop takes a task of the first and moves it to the end.
+    pub fn tenants(&self) -> String {
+        format!("{}:tenants", self.tag)
+    }
     /// The delayed-retry sorted set.
     pub fn scheduled(&self) -> String {
         format!("{}:scheduled", self.tag)

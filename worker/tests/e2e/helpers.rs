@@ -217,8 +217,13 @@ impl TestSystem {
         self.spawn_worker_with(&[]).await
     }
 
-    /// Posts `body` as a token of `tenant`; the answer's JSON.
+    /// Posts `body` to `/addJob` as a token of `tenant`; the answer's JSON.
     pub async fn post_as_tenant(&self, tenant: &str, body: &Value) -> Value {
+        self.post_path_as_tenant("/addJob", tenant, body).await
+    }
+
+    /// Posts `body` to `path` as a token of `tenant`; the 2xx answer's JSON.
+    pub async fn post_path_as_tenant(&self, path: &str, tenant: &str, body: &Value) -> Value {
         let config = ApiConfig::parse_from(["sendonce-api", "--jwt-secret", SECRET]);
         let token = JwtKeys::from_config(&config)
             .expect("JWT settings")
@@ -231,12 +236,12 @@ impl TestSystem {
             .expect("mint a token");
         let response = self
             .client
-            .post(format!("{}/addJob", self.api))
+            .post(format!("{}{path}", self.api))
             .bearer_auth(token)
             .json(body)
             .send()
             .await
-            .expect("POST /addJob");
+            .expect("POST");
         assert!(response.status().is_success(), "{}", response.status());
         response.json().await.expect("JSON")
     }
