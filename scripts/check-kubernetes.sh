@@ -3,7 +3,7 @@
 # overlay with `kubectl kustomize`, validates every built-in resource of
 # each against the Kubernetes schemas (kubernetes-validate, strict: unknown
 # fields fail), then checks what no schema sees: the KEDA ScaledObject's
-# target and queue key, the env its triggers read, a postgresql trigger to
+# target, that it does not scale on a Redis list, the env its triggers read, a postgresql trigger to
 # wake from zero, the workers' grace period against SHUTDOWN_GRACE_MS and
 # SMTP_TIMEOUT_MS, the API's preStop delay, and that every ConfigMap key is
 # a setting the README documents. Installs kubectl (Debian) and
@@ -46,7 +46,6 @@ scaled = resources["ScaledObject/sendonce-worker"]["spec"]
 target = "Deployment/" + scaled["scaleTargetRef"]["name"]
 if target not in resources:
     fail.append(f"the ScaledObject scales {target}, which is not in the kustomization")
-want = "{" + config["REDIS_KEY_PREFIX"] + "}:queue"
 # The Secret is made by hand: its keys are the README's --from-literal ones.
 secret = set(re.findall(r"--from-literal=([A-Z_]+)=", open("README.md").read()))
 # Every setting in the ConfigMap is one the project README documents.
@@ -59,8 +58,10 @@ kinds = set()
 for trigger in scaled["triggers"]:
     kinds.add(trigger["type"])
     meta = trigger["metadata"]
-    if trigger["type"] == "redis" and meta["listName"] != want:
-        fail.append(f"the ScaledObject watches {meta['listName']}, the queue is {want}")
+    # No one list holds the backlog: pops sort the ready tasks into
+    # tenants' lists, so a list length would stop counting at the sort.
+    if trigger["type"] == "redis":
+        fail.append(f"the ScaledObject watches the Redis list {meta.get('listName')}, which is not the backlog; scale on Postgres")
     for key in ("addressFromEnv", "connectionFromEnv"):
         if key in meta and meta[key] not in worker_env:
             fail.append(f"the ScaledObject reads {meta[key]} from the worker's env, which does not set it")
