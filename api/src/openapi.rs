@@ -24,6 +24,7 @@ use crate::routes::{add_job, add_jobs, audit, failed_jobs, health, jobs};
         add_job::add_job,
         add_jobs::add_jobs,
         jobs::get_job,
+        jobs::cancel,
         failed_jobs::list,
         failed_jobs::retry_one,
         failed_jobs::retry_bulk,

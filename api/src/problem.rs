@@ -46,6 +46,15 @@ pub enum ApiError {
     /// No such resource.
     #[error("{0}")]
     NotFound(String),
+    /// The job has gone too far for the action (a cancel of a job whose
+    /// message is being sent, or that is finished).
+    #[error("the job is `{state}`: {reason}")]
+    Conflict {
+        /// The job's state, as `GET /jobs/{id}` names it.
+        state: String,
+        /// Why the action cannot be done in that state.
+        reason: &'static str,
+    },
     /// The body did not arrive within `BODY_TIMEOUT_MS`.
     #[error("the request body did not arrive in time")]
     RequestTimeout,
@@ -121,6 +130,9 @@ pub struct Problem<'a> {
     status: u16,
     /// What went wrong, naming the field at fault; opaque for 5xx.
     detail: String,
+    /// On a `409`, the job's current state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<String>,
 }
 
 impl ApiError {
@@ -138,6 +150,10 @@ impl ApiError {
             title: status.canonical_reason().unwrap_or("Error"),
             status: status.as_u16(),
             detail,
+            state: match self {
+                Self::Conflict { state, .. } => Some(state.clone()),
+                _ => None,
+            },
         }
     }
 }
@@ -150,6 +166,7 @@ impl ResponseError for ApiError {
             Self::Unauthorized | Self::NoCredentials => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,

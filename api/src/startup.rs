@@ -275,6 +275,10 @@ fn serve(
                 ApiError::BadRequest(format!("the path is invalid: {err}")).into()
             }))
             .route("/jobs/{job_id}", web::get().to(routes::jobs::get_job))
+            .route(
+                "/jobs/{job_id}/cancel",
+                web::post().to(routes::jobs::cancel),
+            )
             .route("/failedJobs", web::get().to(routes::failed_jobs::list))
             .route(
                 "/failedJobs/retry",

@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicBool;
 
 use sendonce_shared::domain::{JobId, Tenant};
 use sendonce_shared::queue::Queue;
-use sendonce_shared::store::{Acceptor, JobRecord, Store};
+use sendonce_shared::store::{Acceptor, Cancel, JobRecord, Store};
 
 use crate::handoff::Handoff;
 use crate::problem::ApiError;
@@ -35,6 +35,15 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Cancels a job whose data has not started, if it is `tenant`'s (any
+    /// tenant's for `None`).
+    pub async fn cancel(&self, job: JobId, tenant: Option<&Tenant>) -> Result<Cancel, ApiError> {
+        self.store
+            .cancel(job, tenant)
+            .await
+            .map_err(ApiError::unavailable)
+    }
+
     /// A job's current state, from Postgres (every accepted job has its row
     /// from the moment it was answered `202`), if it is `tenant`'s (any
     /// tenant's for `None`).

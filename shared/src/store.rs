@@ -47,6 +47,7 @@ pub use acceptance::{AcceptError, Accepted, Acceptor, Submission};
 pub use audit::{Actor, AuditAction, AuditEntry, AuditFilter};
 pub use claims::{Claim, Fence, Retrying};
 pub use connection::{PgOptions, Pooler};
+pub use jobs::Cancel;
 pub use leases::Swept;
 pub use reconcile::{WaitingCursor, WaitingPage};
 
@@ -199,8 +200,8 @@ pub struct JobRecord {
     pub tenant: String,
     /// Its key (unique within the tenant).
     pub idempotency_key: String,
-    /// `queued`, `processing`, `retrying`, `sent`, `duplicate`, `failed` or
-    /// `uncertain`.
+    /// `queued`, `processing`, `retrying`, `sent`, `duplicate`, `failed`,
+    /// `uncertain` or `canceled`.
     pub status: String,
     /// SMTP attempts made.
     pub attempts: i32,

@@ -81,7 +81,7 @@ pub enum Verdict {
         /// Which layer caught it.
         layer: DedupLayer,
     },
-    /// A redelivered task whose job already ended.
+    /// A task whose job already ended (a redelivery, or a canceled job).
     AlreadyDone,
     /// Another holder of this same task owns the attempt (this worker was
     /// presumed dead and its task handed on, or its lease lapsed); this copy
@@ -770,7 +770,7 @@ impl Worker {
             }
             Verdict::AlreadyDone => {
                 self.queue.ack(&self.id, held).await?;
-                tracing::info!("redelivered after its outcome was recorded; acknowledged");
+                tracing::info!("the job is already finished or canceled; acknowledged");
             }
             Verdict::Fenced { held: claimed } => {
                 if let Some(fence) = claimed {

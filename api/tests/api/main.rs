@@ -5,6 +5,7 @@ mod add_job;
 mod add_jobs;
 mod audit;
 mod auth;
+mod cancel;
 mod durable;
 mod helpers;
 mod hostile_input;

@@ -59,8 +59,8 @@ pub enum Claim {
         /// The owner.
         owner: JobId,
     },
-    /// This job already reached a terminal state; a redelivery after a
-    /// crash between recording and acknowledging.
+    /// This job already reached a terminal state: a redelivery after a
+    /// crash between recording and acknowledging, or a canceled job.
     AlreadyDone,
     /// Another copy of this job holds the attempt, and its holder's lease is
     /// live: this copy must wait (it is a spare one, made by a reaper that
@@ -219,7 +219,7 @@ const REOPEN: Sql = Sql::new(
     concat!(
         "UPDATE deliveries d
     SET state = 'processing', attempts = attempts + 1, fence = fence + 1,
-        holder = $3, updated_at = now()
+        holder = $3, maybe_sent = true, updated_at = now()
     WHERE idempotency_key = $1 AND tenant = $4 AND fence = $2 AND state = 'sending' AND NOT ",
         live!("d.holder"),
         " RETURNING attempts, fence"
@@ -233,7 +233,7 @@ const OWNER: Sql = Sql::new(
 );
 
 const IS_TERMINAL: Sql = Sql::new(
-    "SELECT state IN ('sent', 'failed', 'uncertain')
+    "SELECT state IN ('sent', 'failed', 'uncertain', 'canceled')
      FROM deliveries WHERE idempotency_key = $1 AND tenant = $2",
     &[Type::TEXT, Type::TEXT],
 );
@@ -328,7 +328,7 @@ impl Store {
             Claim::Duplicate {
                 owner: owner.into(),
             }
-        } else if matches!(state, "sent" | "failed" | "uncertain") {
+        } else if matches!(state, "sent" | "failed" | "uncertain" | "canceled") {
             Claim::AlreadyDone
         } else if state == "sending" && !holder_live {
             Claim::Ambiguous {

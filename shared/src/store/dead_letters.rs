@@ -79,6 +79,7 @@ const REQUEUE: Sql = Sql::new(
     "UPDATE deliveries d
      SET state = 'queued', attempts = 0, last_error = NULL,
          next_attempt_at = NULL, updated_at = now(),
+         maybe_sent = d.maybe_sent OR d.state = 'uncertain',
          task = COALESCE(d.task, r.task::jsonb)
      FROM unnest($1::uuid[], $2::text[], $3::text[]) AS r(job_id, key, task)
      WHERE d.job_id = r.job_id AND d.idempotency_key = r.key

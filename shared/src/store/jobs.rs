@@ -26,9 +26,50 @@ const UNFINISHED: Sql = Sql::new(
     &[Type::TEXT],
 );
 
+/// Withdraws a job whose data has not started: waiting (`queued`,
+/// `retrying`) or claimed but not yet `sending`, and never sent-maybe
+/// before (see migration 7). Row locks order it against the worker's
+/// fenced `processing` -> `sending` step: whichever commits first wins, and
+/// the other finds the row moved on.
+const CANCEL: Sql = Sql::new(
+    "UPDATE deliveries
+     SET state = 'canceled', canceled_at = now(), holder = NULL,
+         next_attempt_at = NULL, updated_at = now()
+     WHERE job_id = $1 AND ($2::text IS NULL OR tenant = $2)
+       AND state IN ('queued', 'retrying', 'processing') AND NOT maybe_sent",
+    &[Type::UUID, Type::TEXT],
+);
+
+/// Where a job that was not canceled stands.
+const CANCEL_LOOK: Sql = Sql::new(
+    "SELECT state, maybe_sent FROM deliveries
+     WHERE job_id = $1 AND ($2::text IS NULL OR tenant = $2)
+     UNION ALL
+     SELECT 'duplicate', false FROM duplicate_jobs
+     WHERE job_id = $1 AND ($2::text IS NULL OR tenant = $2)
+     LIMIT 1",
+    &[Type::UUID, Type::TEXT],
+);
+
 /// Every statement of this module, for the test that checks their types.
 #[cfg(test)]
-pub(super) const ALL: &[&Sql] = &[&JOB, &UNFINISHED];
+pub(super) const ALL: &[&Sql] = &[&JOB, &UNFINISHED, &CANCEL, &CANCEL_LOOK];
+
+/// What a cancel found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cancel {
+    /// The job is `canceled`, by this request or an earlier one.
+    Canceled,
+    /// The job has gone too far to be canceled.
+    TooLate {
+        /// Its state as `GET /jobs/{id}` names it.
+        status: String,
+        /// Why, in words.
+        reason: &'static str,
+    },
+    /// No such job (in this tenant).
+    Unknown,
+}
 
 impl Store {
     /// How many of `tenant`'s jobs are unfinished: waiting, in flight or
@@ -41,6 +82,42 @@ impl Store {
             .await?
             .get(0);
         Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    /// Cancels `job` when its data has not started; only when it is
+    /// `tenant`'s, unless `tenant` is `None` (an operator's action).
+    #[tracing::instrument(skip_all)]
+    pub async fn cancel(&self, job: JobId, tenant: Option<&Tenant>) -> Result<Cancel, StoreError> {
+        let conn = self.pool.get().await?;
+        let tenant = tenant.map(Tenant::as_str);
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&job.as_uuid(), &tenant];
+        if self.exec(&conn, &CANCEL, &params).await? == 1 {
+            return Ok(Cancel::Canceled);
+        }
+        let Some(row) = self.opt(&conn, &CANCEL_LOOK, &params).await? else {
+            return Ok(Cancel::Unknown);
+        };
+        let state: String = row.get(0);
+        let maybe_sent: bool = row.get(1);
+        Ok(match state.as_str() {
+            "canceled" => Cancel::Canceled,
+            "sending" => Cancel::TooLate {
+                status: "processing".to_owned(),
+                reason: "its message is being sent",
+            },
+            "queued" | "retrying" | "processing" if maybe_sent => Cancel::TooLate {
+                status: state,
+                reason: "an earlier attempt may have delivered it",
+            },
+            "queued" | "retrying" | "processing" => Cancel::TooLate {
+                status: state,
+                reason: "its state changed while it was being canceled; try again",
+            },
+            _ => Cancel::TooLate {
+                status: state,
+                reason: "it is finished",
+            },
+        })
     }
 
     /// The state of an accepted job, in any state (`queued` from its

@@ -35,7 +35,7 @@ impl Pruned {
 const PRUNE_DELIVERIES: Sql = Sql::new(
     "WITH old AS (
          SELECT tenant, idempotency_key FROM deliveries
-         WHERE state IN ('sent', 'failed', 'uncertain')
+         WHERE state IN ('sent', 'failed', 'uncertain', 'canceled')
            AND (task IS NOT NULL OR smtp_reply IS NOT NULL)
            AND updated_at < now() - make_interval(days => $1)
          ORDER BY updated_at

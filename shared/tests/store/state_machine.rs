@@ -1,13 +1,14 @@
 //! The key's state machine under random interleavings of two or three
-//! holders of one job, against real Postgres: never two data phases that
-//! may both take effect, and never a `sent` overwritten.
+//! holders of one job and the client's cancels, against real Postgres:
+//! never two data phases that may both take effect, never a `sent`
+//! overwritten, and never a job both `canceled` and (maybe) delivered.
 
 use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use sendonce_shared::domain::Task;
-use sendonce_shared::store::{Claim, DeadReason, Failure, Fence, Retrying, Store};
+use sendonce_shared::store::{Cancel, Claim, DeadReason, Failure, Fence, Retrying, Store};
 use sendonce_testkit::TestDatabase;
 
 use crate::{LEASE, store_for, task};
@@ -30,6 +31,8 @@ enum Step {
     Lapse,
     /// It renews its lease (resumed).
     Renew,
+    /// The client cancels the job (`POST /jobs/{id}/cancel`).
+    Cancel,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -52,6 +55,7 @@ fn step() -> impl Strategy<Value = (usize, Step)> {
         1 => Just(Step::FailBeforeData),
         2 => Just(Step::Lapse),
         2 => Just(Step::Renew),
+        1 => Just(Step::Cancel),
     ];
     (0..HOLDERS, step)
 }
@@ -79,6 +83,7 @@ async fn run(store: &Store, t: &Task, steps: &[(usize, Step)]) -> Result<(), Tes
     let mut phases = [Phase::Idle; HOLDERS];
     let mut effects = Effects::default();
     let mut was_sent = false;
+    let mut canceled = false;
     let db = store.pool().get().await.expect("connection");
     for (i, &(h, step)) in steps.iter().enumerate() {
         let me = names[h].as_str();
@@ -101,6 +106,12 @@ async fn run(store: &Store, t: &Task, steps: &[(usize, Step)]) -> Result<(), Tes
             },
             (Step::Next(_), Phase::Claimed(fence)) => {
                 if store.mark_sending(t, fence, me).await.expect("sending") {
+                    prop_assert!(
+                        !canceled,
+                        "step {}: holder {} starts the data of a canceled job",
+                        i,
+                        h
+                    );
                     prop_assert_eq!(
                         effects.open,
                         0,
@@ -148,6 +159,15 @@ async fn run(store: &Store, t: &Task, steps: &[(usize, Step)]) -> Result<(), Tes
                     .expect("retrying");
                 phases[h] = Phase::Idle;
             }
+            (Step::Cancel, _) => {
+                let done = store.cancel(t.job_id, None).await.expect("cancel") == Cancel::Canceled;
+                prop_assert!(
+                    !done || effects.open == 0,
+                    "step {}: canceled while a data phase may have taken effect",
+                    i
+                );
+                canceled |= done;
+            }
             (Step::Lapse, _) => store.release_lease(me).await.expect("lapse"),
             (Step::Renew, _) => store.renew_lease(me, LEASE).await.expect("renew"),
             _ => {}
@@ -162,6 +182,9 @@ async fn run(store: &Store, t: &Task, steps: &[(usize, Step)]) -> Result<(), Tes
             .unwrap_or_default();
         if was_sent {
             prop_assert_eq!(&state, "sent", "step {}: a `sent` was overwritten", i);
+        }
+        if canceled {
+            prop_assert_eq!(&state, "canceled", "step {}: a cancel was undone", i);
         }
         was_sent = state == "sent";
     }

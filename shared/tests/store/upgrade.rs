@@ -1,12 +1,12 @@
 //! Upgrading a live database holding jobs in every state: migration 2
 //! (fencing) over schema 1, migration 4 (durable acceptance) over schema 3 (retention indexes),
 //! migration 5 (the audit trail) over schema 4, migration 6 (tenants) over
-//! schema 5.
+//! schema 5, migration 7 (cancel) over schema 6.
 
 use refinery::Target;
 use sendonce_shared::domain::{Task, Tenant};
 use sendonce_shared::store::{
-    Accepted, Actor, AuditFilter, Claim, FailedFilter, RequeueSelection, Store, Submission,
+    Accepted, Actor, AuditFilter, Cancel, Claim, FailedFilter, RequeueSelection, Store, Submission,
 };
 use sendonce_testkit::TestDatabase;
 
@@ -87,8 +87,8 @@ async fn migration_2_keeps_jobs_in_every_state_and_their_promise() {
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        5,
-        "migrations 2 to 6"
+        6,
+        "migrations 2 to 7"
     );
 
     let rows = client
@@ -133,8 +133,8 @@ async fn migration_4_keeps_jobs_in_every_state_replays_their_keys_and_finds_the_
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        3,
-        "migrations 4 to 6"
+        4,
+        "migrations 4 to 7"
     );
 
     // A replay of an old key: its request's fingerprint was never kept, so
@@ -171,8 +171,8 @@ async fn migration_5_keeps_jobs_in_every_state_and_the_dead_letters_and_starts_a
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        2,
-        "migrations 5 and 6 (the store reads the schema of the latest)"
+        3,
+        "migrations 5 to 7 (the store reads the schema of the latest)"
     );
 
     let rows = client
@@ -247,7 +247,11 @@ async fn migration_6_puts_every_job_entry_and_audit_row_in_the_default_tenant_an
         .await
         .expect("an audit row");
 
-    assert_eq!(store.migrate().await.expect("upgrade"), 1);
+    assert_eq!(
+        store.migrate().await.expect("upgrade"),
+        2,
+        "migrations 6 and 7"
+    );
 
     for table in ["deliveries", "failed_jobs", "audit_log"] {
         let tenants: Vec<String> = client
@@ -290,4 +294,50 @@ async fn migration_6_puts_every_job_entry_and_audit_row_in_the_default_tenant_an
         [Accepted::New]
     );
     assert_claims_carry_on(&store, &tasks).await;
+}
+
+#[tokio::test]
+async fn migration_7_keeps_jobs_in_every_state_cancelable_where_their_data_has_not_started() {
+    let (_db, store, client, tasks) = at_schema(6).await;
+
+    assert_eq!(store.migrate().await.expect("upgrade"), 1);
+
+    let rows: Vec<(String, bool)> = client
+        .query(
+            "SELECT state, maybe_sent FROM deliveries ORDER BY idempotency_key",
+            &[],
+        )
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let mut expected: Vec<(String, bool)> =
+        STATES.iter().map(|s| ((*s).to_owned(), false)).collect();
+    expected.sort();
+    let mut found = rows.clone();
+    found.sort();
+    assert_eq!(found, expected, "every row keeps its state");
+    assert_claims_carry_on(&store, &tasks).await;
+
+    // After the claims: the waiting rows are `processing` under "new",
+    // the cut one still `sending`.
+    for (t, state) in tasks.iter().zip(STATES) {
+        let cancel = store.cancel(t.job_id, None).await.expect("cancel");
+        let cancelable = matches!(state, "queued" | "processing" | "retrying");
+        assert_eq!(
+            cancel == Cancel::Canceled,
+            cancelable,
+            "{state}: {cancel:?}"
+        );
+    }
+    let canceled: i64 = client
+        .query_one(
+            "SELECT count(*) FROM deliveries WHERE state = 'canceled'",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(canceled, 3);
 }

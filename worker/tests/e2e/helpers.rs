@@ -301,7 +301,10 @@ impl TestSystem {
     /// Polls `GET /jobs/{id}` until the job reaches a terminal status.
     pub async fn wait_for_terminal(&self, job_id: &str) -> Value {
         self.wait_until(job_id, |s| {
-            matches!(s, "sent" | "duplicate" | "failed" | "uncertain")
+            matches!(
+                s,
+                "sent" | "duplicate" | "failed" | "uncertain" | "canceled"
+            )
         })
         .await
     }
