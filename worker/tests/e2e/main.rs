@@ -4,6 +4,7 @@
 
 mod crash;
 mod delivery;
+mod dkim;
 mod durable;
 mod failures;
 mod fencing;
