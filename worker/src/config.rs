@@ -1,13 +1,14 @@
 //! The worker's settings.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use sendonce_shared::config::{CommonConfig, parse_millis, secret};
 use sendonce_shared::domain::EmailAddress;
 
-use crate::mailer::{RelayPolicy, SmtpRelays};
+use crate::mailer::{RelayPolicy, SmtpRelays, parse_selector};
 
 /// What to do with a send whose outcome is unknown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -65,6 +66,18 @@ pub struct WorkerConfig {
     /// Sender used when a job gives no `from`; its domain names the Message-ID.
     #[arg(long, env = "MAIL_FROM", default_value = "sendonce <noreply@sendonce.localhost>", value_parser = parse_address)]
     pub mail_from: EmailAddress,
+
+    /// Directory of DKIM private keys (PEM), one per sender domain:
+    /// `<domain>.pem` signs with `DKIM_SELECTOR`,
+    /// `<selector>._domainkey.<domain>.pem` with its own selector. RSA or
+    /// Ed25519, told apart by the key itself. A message whose `From`
+    /// domain has no key goes unsigned; unset, none is signed.
+    #[arg(long, env = "DKIM_KEYS_DIR")]
+    pub dkim_keys_dir: Option<PathBuf>,
+
+    /// The DKIM selector of keys named `<domain>.pem`.
+    #[arg(long, env = "DKIM_SELECTOR", default_value = "sendonce", value_parser = parse_selector)]
+    pub dkim_selector: String,
 
     /// Tasks in flight per process.
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=4096))]

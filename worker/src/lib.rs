@@ -10,9 +10,10 @@
 //!   failure is known to be before or after the data went out; its
 //!   `connection` module opens and checks one relay's connections, its
 //!   `relays` module chooses among several relays and skips unavailable
-//!   ones for a while, and its `wire` module keeps bodies, headers and
+//!   ones for a while, its `wire` module keeps bodies, headers and
 //!   addresses within what strict servers accept, and addresses out of
-//!   stored replies.
+//!   stored replies, and its `dkim` module signs with the key of the
+//!   sender's domain.
 //! - [`retry`]: exponential backoff with full jitter.
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics` on `METRICS_ADDR`.
 //! - [`telemetry`]: every metric's name and help, registered at start-up,
@@ -63,6 +64,8 @@ impl Application {
         metrics: Option<PrometheusHandle>,
     ) -> anyhow::Result<Self> {
         config.validate()?;
+        // Before any connection: a bad DKIM key stops the worker at once.
+        let mailer = Mailer::from_config(&config)?;
         let concurrency = usize::from(config.worker_concurrency);
         let store = Store::connect(
             &config.common.database_url,
@@ -81,7 +84,6 @@ impl Application {
         queue.ping().await.context("failed to reach REDIS_URL")?;
         sendonce_shared::readiness::check_layout_at_start(&queue).await?;
         sendonce_shared::readiness::warn_at_start(&queue).await;
-        let mailer = Mailer::from_config(&config)?;
         let listener = TcpListener::bind(config.metrics_addr)
             .with_context(|| format!("failed to bind METRICS_ADDR {}", config.metrics_addr))?;
         let metrics_port = listener.local_addr()?.port();

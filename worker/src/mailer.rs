@@ -14,10 +14,14 @@
 //! one in the same attempt: nothing was sent, and `before_data` has not run,
 //! so the claim and its fence carry over untouched. From the `354` on, the
 //! send stays with its relay.
+//!
+//! Messages are DKIM-signed with the key of their `From` domain when
+//! `DKIM_KEYS_DIR` has one (the `dkim` module).
 
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use deadpool::managed::{Object, Pool, PoolError};
 use email_encoding::headers::rfc2047;
 use lettre::Message;
@@ -30,6 +34,7 @@ use lettre::transport::smtp::response::Response;
 use sendonce_shared::domain::{EmailAddress, Task};
 
 pub use connection::{ConnectError, SmtpManager, SmtpSettings, TlsMode};
+pub use dkim::{DkimKeyError, DkimKeys, parse_selector};
 use relays::says_relay_is_busy;
 pub use relays::{RelayChooser, RelayPolicy, SmtpRelays};
 use wire::{a_labels, crlf, fit, fit_mailbox, redact};
@@ -37,6 +42,7 @@ use wire::{a_labels, crlf, fit, fit_mailbox, redact};
 use crate::telemetry::{self, Unavailable};
 
 mod connection;
+mod dkim;
 mod relays;
 mod wire;
 
@@ -132,6 +138,7 @@ pub struct Mailer {
     chooser: RelayChooser,
     timeout: Duration,
     default_from: EmailAddress,
+    dkim: DkimKeys,
 }
 
 impl fmt::Debug for Mailer {
@@ -145,14 +152,35 @@ impl fmt::Debug for Mailer {
             .field("relays", &relays)
             .field("chooser", &self.chooser)
             .field("timeout", &self.timeout)
+            .field("dkim", &self.dkim)
             .finish()
     }
 }
 
 impl Mailer {
     /// The mailer `config` describes: its relays, policy, per-relay pools,
-    /// cooldown, default sender and step timeout.
+    /// cooldown, default sender, step timeout and DKIM keys. Logs which
+    /// sender domains sign.
     pub fn from_config(config: &crate::config::WorkerConfig) -> anyhow::Result<Self> {
+        let dkim = match &config.dkim_keys_dir {
+            Some(dir) => DkimKeys::load(dir, &config.dkim_selector)
+                .context("failed to load the keys of DKIM_KEYS_DIR")?,
+            None => DkimKeys::none(),
+        };
+        if let (Some(dir), true) = (&config.dkim_keys_dir, dkim.is_empty()) {
+            tracing::warn!(
+                dkim_keys_dir = %dir.display(),
+                "DKIM: DKIM_KEYS_DIR holds no key; no sender domain signs"
+            );
+        } else if dkim.is_empty() {
+            tracing::info!("DKIM: DKIM_KEYS_DIR is unset; no sender domain signs");
+        } else {
+            let domains = dkim.signers().collect::<Vec<_>>().join(", ");
+            tracing::info!(
+                %domains,
+                "DKIM: these sender domains sign; any other goes unsigned"
+            );
+        }
         Self::new(
             &config.smtp,
             RelayOptions {
@@ -162,16 +190,19 @@ impl Mailer {
             },
             config.mail_from.clone(),
             config.smtp_timeout,
+            dkim,
         )
     }
 
     /// A mailer with a pool of up to `options.max_connections` connections
-    /// per relay; `timeout` bounds the connect and every step of a send.
+    /// per relay; `timeout` bounds the connect and every step of a send;
+    /// messages from a domain `dkim` has a key for are signed.
     pub fn new(
         relays: &SmtpRelays,
         options: RelayOptions,
         default_from: EmailAddress,
         timeout: Duration,
+        dkim: DkimKeys,
     ) -> anyhow::Result<Self> {
         let relays = relays
             .iter()
@@ -194,11 +225,14 @@ impl Mailer {
             relays,
             timeout,
             default_from,
+            dkim,
         })
     }
 
-    /// Builds the RFC 5322 message for `task`. Its `Message-ID` depends only
-    /// on the idempotency key and the default sender's domain.
+    /// Builds the RFC 5322 message for `task`, DKIM-signed if its `From`
+    /// domain has a key. Its `Message-ID` depends only on the idempotency
+    /// key and the default sender's domain; its `Date`, and the signature's
+    /// `t=` and `b=`, are those of the attempt.
     pub fn build_message(&self, task: &Task) -> Result<Message, lettre::error::Error> {
         let email = &task.email;
         let from = a_labels(email.from.as_ref().unwrap_or(&self.default_from).mailbox());
@@ -240,6 +274,8 @@ impl Mailer {
         if let Some(reply_to) = &reply_to {
             fit_mailbox::<header::ReplyTo>(headers, reply_to);
         }
+        // Last: the signature covers the headers as they go out.
+        self.dkim.sign(&mut message, from.email.domain());
         Ok(message)
     }
 

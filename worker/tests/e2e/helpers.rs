@@ -393,6 +393,25 @@ impl TestSystem {
     }
 }
 
+/// Runs the worker binary with `args` (a command line, its name first),
+/// expects it to fail at start, and returns the one line it printed.
+pub async fn worker_exit_reason(args: &[String]) -> String {
+    let output = tokio::time::timeout(
+        DEADLINE,
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_sendonce-worker"))
+            .args(&args[1..])
+            .env("RUST_LOG", "off")
+            .output(),
+    )
+    .await
+    .expect("the worker exits")
+    .expect("run the worker");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success());
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    stderr
+}
+
 /// Sends SIGTERM to a child process.
 pub fn terminate(child: &std::process::Child) {
     let status = std::process::Command::new("kill")

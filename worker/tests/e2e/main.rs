@@ -5,6 +5,7 @@
 mod cancel;
 mod crash;
 mod delivery;
+mod dkim;
 mod durable;
 mod failures;
 mod fencing;

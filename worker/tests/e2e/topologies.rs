@@ -13,7 +13,7 @@ use sendonce_testkit::tls::TestCerts;
 use sendonce_testkit::{RedisCluster, RedisOptions, RedisSentinel, RedisServer, unique_prefix};
 use serde_json::Value;
 
-use crate::helpers::{DEADLINE, Options, TestSystem, email, spawn_system};
+use crate::helpers::{DEADLINE, Options, TestSystem, email, spawn_system, worker_exit_reason};
 
 /// Posts a job for `key` and returns its id.
 async fn post(system: &TestSystem, key: &str) -> String {
@@ -80,25 +80,6 @@ async fn jobs_are_posted_and_delivered_once_over_tls() {
     }
     system.smtp.wait_for_messages(2, DEADLINE).await;
     assert_eq!(system.smtp.messages().len(), 2);
-}
-
-/// Runs the worker binary with `args` (a command line, its name first),
-/// expects it to fail at start, and returns the one line it printed.
-async fn worker_exit_reason(args: &[String]) -> String {
-    let output = tokio::time::timeout(
-        DEADLINE,
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_sendonce-worker"))
-            .args(&args[1..])
-            .env("RUST_LOG", "off")
-            .output(),
-    )
-    .await
-    .expect("the worker exits")
-    .expect("run the worker");
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(!output.status.success());
-    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-    stderr
 }
 
 #[tokio::test]
