@@ -38,10 +38,12 @@ impl Handoff {
         }
     }
 
-    /// Pushes `tasks` in one round trip. On failure the error is returned
-    /// (for the caller's log) and the tasks are retried in the background.
-    pub async fn push(&self, tasks: Vec<String>) -> Result<(), QueueError> {
-        let Err(e) = self.queue.push(&tasks).await else {
+    /// Pushes `tasks`, each with how long until it is due (scheduled
+    /// sends go to the delayed set), in one round trip per shard. On
+    /// failure the error is returned (for the caller's log) and the tasks
+    /// are retried in the background.
+    pub async fn push(&self, tasks: Vec<(String, Duration)>) -> Result<(), QueueError> {
+        let Err(e) = self.queue.push_due(&tasks).await else {
             return Ok(());
         };
         let n = tasks.len();
@@ -57,12 +59,19 @@ impl Handoff {
         Err(e)
     }
 
-    async fn retry(&self, tasks: &[String]) {
-        let deadline = tokio::time::Instant::now() + RETRY_FOR;
+    async fn retry(&self, tasks: &[(String, Duration)]) {
+        let start = tokio::time::Instant::now();
+        let deadline = start + RETRY_FOR;
         let mut backoff = BACKOFF_MIN;
         while tokio::time::Instant::now() < deadline {
             tokio::time::sleep(backoff).await;
-            if self.queue.push(tasks).await.is_ok() {
+            // Scheduled tasks keep their due time.
+            let waited = start.elapsed();
+            let due: Vec<(String, Duration)> = tasks
+                .iter()
+                .map(|(raw, due_in)| (raw.clone(), due_in.saturating_sub(waited)))
+                .collect();
+            if self.queue.push_due(&due).await.is_ok() {
                 tracing::info!(
                     jobs = tasks.len(),
                     "accepted jobs pushed to Redis after a retry"

@@ -254,6 +254,7 @@ mod tests {
             reply_to: None,
             subject: Subject::parse("Hi").expect("valid"),
             body: Body::new(Some("Hello".into()), None).expect("valid"),
+            send_at: None,
         }
     }
 

@@ -80,7 +80,7 @@ impl Application {
         sendonce_shared::readiness::warn_at_start(&queue).await;
         let handoff = Handoff::new(queue.clone());
         let pusher = handoff.clone();
-        let acceptor = Acceptor::spawn(store.clone(), move |tasks: Vec<String>| {
+        let acceptor = Acceptor::spawn(store.clone(), move |tasks: Vec<(String, Duration)>| {
             let handoff = pusher.clone();
             async move { handoff.push(tasks).await }
         });
@@ -94,6 +94,7 @@ impl Application {
             handoff,
             max_job_bytes: usize::try_from(config.max_job_bytes)
                 .context("MAX_JOB_BYTES does not fit in memory")?,
+            max_schedule_days: config.max_schedule_days,
             senders,
             backlog,
             draining: Arc::default(),

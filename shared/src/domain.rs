@@ -409,9 +409,21 @@ pub struct Email {
     /// Text and/or HTML.
     #[serde(flatten)]
     pub body: Body,
+    /// When to send it (scheduled send); absent: at once. Part of the
+    /// request, so a replay must name the same time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_at: Option<DateTime<Utc>>,
 }
 
 impl Email {
+    /// How long until it is due, by this process's clock (zero when it is
+    /// due now, or was never scheduled).
+    pub fn due_in(&self, now: DateTime<Utc>) -> std::time::Duration {
+        self.send_at
+            .and_then(|at| (at - now).to_std().ok())
+            .unwrap_or_default()
+    }
+
     /// A digest of the request's content, so a replay of the same key can be
     /// told apart from a different request reusing the key.
     pub fn fingerprint(&self) -> String {
@@ -596,6 +608,7 @@ mod tests {
             reply_to: None,
             subject: Subject::parse("Hi").expect("valid"),
             body: Body::new(Some("hello".into()), None).expect("valid"),
+            send_at: None,
         };
         let task = Task::new(email, None);
         let back = Task::from_json(&task.to_json()).expect("round trip");
@@ -698,7 +711,7 @@ mod tests {
                 else {
                     return Ok(());
                 };
-                let task = Task::new(Email { from: None, to, reply_to: None, subject, body }, None);
+                let task = Task::new(Email { from: None, to, reply_to: None, subject, body, send_at: None }, None);
                 prop_assert_eq!(Task::from_json(&task.to_json()).ok(), Some(task));
             }
         }

@@ -152,6 +152,19 @@ end
 return #ARGV / 2
 ";
 
+/// The API's hand-off of new jobs: those due now to the queue, as
+/// `LPUSH` would, scheduled ones to the delayed set.
+const SCHEDULE: &str = r"
+-- KEYS: queue, scheduled. ARGV: pairs of task and delay ms.
+local now = now_ms()
+for i = 1, #ARGV, 2 do
+  local delay = tonumber(ARGV[i + 1])
+  if delay <= 0 then redis.call('LPUSH', KEYS[1], ARGV[i])
+  else redis.call('ZADD', KEYS[2], now + delay, ARGV[i]) end
+end
+return #ARGV / 2
+";
+
 const PROMOTE: &str = r"
 -- KEYS: scheduled, queue. ARGV: batch size.
 local due = redis.call('ZRANGE', KEYS[1], '-inf', now_ms(), 'BYSCORE', 'LIMIT', 0, ARGV[1])
@@ -321,6 +334,7 @@ pub struct Queue {
     keys: Keys,
     keep_epoch: Script,
     fair_pop: Script,
+    schedule: Script,
     restore: Script,
     promote: Script,
     lease: Script,
@@ -358,6 +372,7 @@ impl Queue {
             keys: Keys::sharded(prefix, shards),
             keep_epoch: Script::new(KEEP_EPOCH),
             fair_pop: Script::new(FAIR_POP),
+            schedule: Script::new(&format!("{NOW_MS}{SCHEDULE}")),
             restore: Script::new(&format!("{NOW_MS}{RESTORE}")),
             promote: Script::new(&format!("{NOW_MS}{PROMOTE}")),
             lease: Script::new(&format!("{NOW_MS}{LEASE}")),
@@ -507,6 +522,45 @@ impl Queue {
     /// concurrently (the API's hand-off, requeue from the DLQ, tests).
     pub async fn push(&self, raw: &[String]) -> Result<(), QueueError> {
         self.push_with("LPUSH", raw).await
+    }
+
+    /// Pushes tasks that are due now onto their shards' queues (`LPUSH`, as
+    /// [`Queue::push`]) and scheduled ones into their shards' delayed sets,
+    /// due in the time given by this Redis's clock: one round trip per
+    /// shard, concurrently (the API's hand-off).
+    pub async fn push_due(&self, tasks: &[(String, Duration)]) -> Result<(), QueueError> {
+        if tasks.is_empty() {
+            return Ok(());
+        }
+        let conn = self.conn().await?;
+        let pushes = self
+            .by_shard(tasks, |(raw, _)| raw)
+            .into_iter()
+            .map(|(shard, tasks)| {
+                let mut conn = conn.clone();
+                let keys = self.keys.shard(shard);
+                let mut invocation = self.schedule.prepare_invoke();
+                let mut cmd = redis::cmd("LPUSH");
+                let now = tasks.iter().all(|(_, due_in)| due_in.is_zero());
+                if now {
+                    cmd.arg(keys.queue());
+                    cmd.arg(tasks.iter().map(|(raw, _)| raw).collect::<Vec<_>>());
+                } else {
+                    invocation.key(keys.queue()).key(keys.scheduled());
+                    for (raw, due_in) in tasks {
+                        invocation.arg(raw).arg(millis(*due_in));
+                    }
+                }
+                async move {
+                    if now {
+                        cmd.query_async::<()>(&mut conn).await
+                    } else {
+                        invocation.invoke_async::<()>(&mut conn).await
+                    }
+                }
+            });
+        futures::future::try_join_all(pushes).await?;
+        Ok(())
     }
 
     /// Puts tasks at the far end of their shards' queues, next to be

@@ -200,8 +200,9 @@ pub struct JobRecord {
     pub tenant: String,
     /// Its key (unique within the tenant).
     pub idempotency_key: String,
-    /// `queued`, `processing`, `retrying`, `sent`, `duplicate`, `failed`,
-    /// `uncertain` or `canceled`.
+    /// `scheduled` (queued, with `send_at` ahead), `queued`, `processing`,
+    /// `retrying`, `sent`, `duplicate`, `failed`, `uncertain` or
+    /// `canceled`.
     pub status: String,
     /// SMTP attempts made.
     pub attempts: i32,

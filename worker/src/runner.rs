@@ -35,6 +35,9 @@ use crate::mailer::{Delivered, Mailer, SendError};
 use crate::retry::RetryPolicy;
 use crate::telemetry;
 
+/// How early a scheduled job may be popped and still be sent: the API's,
+/// Redis's and this worker's clocks differ by that much at most, we trust.
+const EARLY_TOLERANCE: Duration = Duration::from_secs(1);
 /// How long one blocking pop waits before checking for shutdown.
 const POP_BLOCK: Duration = Duration::from_secs(1);
 /// How often due retries are moved back to the queue.
@@ -572,6 +575,20 @@ impl Worker {
             tenant = %task.tenant,
             idempotency_key = %sendonce_shared::telemetry::key(&task.idempotency_key),
         );
+        // A scheduled job is promoted when due, by Redis's clock; a copy
+        // that arrives well before (pushed by hand, or a clock far off)
+        // goes back to wait, unclaimed.
+        let due_in = task.email.due_in(chrono::Utc::now());
+        if due_in > EARLY_TOLERANCE {
+            let _entered = span.enter();
+            tracing::info!(?due_in, "scheduled for later; back to the delayed set");
+            drop(_entered);
+            self.until_ok("reschedule", || {
+                self.queue.retry_later(&self.id, held, due_in)
+            })
+            .await;
+            return;
+        }
         let job = task.job_id.as_uuid();
         let first_copy = self
             .jobs

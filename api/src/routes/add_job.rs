@@ -49,6 +49,12 @@ pub struct AddJobBody {
     #[serde(default)]
     #[schema(min_length = 1, max_length = 255)]
     pub idempotency_key: Option<String>,
+    /// When to send it (RFC 3339, e.g. `2026-12-24T08:00:00Z`), at most
+    /// `MAX_SCHEDULE_DAYS` ahead; the job is `scheduled` until then. A time
+    /// already past sends at once.
+    #[serde(default)]
+    #[schema(format = DateTime, value_type = Option<String>)]
+    pub send_at: Option<String>,
 }
 
 /// A parsed request: what to send and under which key.
@@ -80,6 +86,17 @@ impl TryFrom<AddJobBody> for NewJob {
                 reply_to: optional("reply_to", body.reply_to)?,
                 subject: field("subject", Subject::parse(body.subject))?,
                 body: field("text", Body::new(body.text, body.html))?,
+                send_at: body
+                    .send_at
+                    .map(|at| {
+                        chrono::DateTime::parse_from_rfc3339(&at)
+                            .map(|at| at.with_timezone(&chrono::Utc))
+                            .map_err(|e| ApiError::InvalidField {
+                                field: "send_at",
+                                reason: format!("must be an RFC 3339 date and time ({e})"),
+                            })
+                    })
+                    .transpose()?,
             },
             key: body
                 .idempotency_key
@@ -90,6 +107,20 @@ impl TryFrom<AddJobBody> for NewJob {
 }
 
 impl NewJob {
+    /// This job, when its `send_at` is at most `max_days` ahead
+    /// (`MAX_SCHEDULE_DAYS`).
+    pub fn scheduled_within(self, max_days: u32) -> Result<Self, ApiError> {
+        if let Some(at) = self.email.send_at
+            && at > chrono::Utc::now() + chrono::Duration::days(i64::from(max_days))
+        {
+            return Err(ApiError::InvalidField {
+                field: "send_at",
+                reason: format!("must be at most {max_days} days ahead (MAX_SCHEDULE_DAYS)"),
+            });
+        }
+        Ok(self)
+    }
+
     /// This job, when its `text` and `html` together hold at most
     /// `max_bytes` (`MAX_JOB_BYTES`).
     pub fn within(self, max_bytes: usize) -> Result<Self, ApiError> {
@@ -156,7 +187,9 @@ pub async fn add_job(
     state: web::Data<AppState>,
     body: web::Json<AddJobBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let mut job = NewJob::try_from(body.into_inner())?.within(state.max_job_bytes)?;
+    let mut job = NewJob::try_from(body.into_inner())?
+        .within(state.max_job_bytes)?
+        .scheduled_within(state.max_schedule_days)?;
     // Of the request as sent: a replay matches whatever default `from` the
     // sender policy gives it now.
     let fingerprint = job.email.fingerprint();
@@ -183,12 +216,13 @@ pub async fn add_job(
         tracing::field::display(telemetry::key(&task.idempotency_key)),
     );
     let (job_id, key) = (task.job_id, task.idempotency_key.clone());
+    let scheduled = !task.email.due_in(chrono::Utc::now()).is_zero();
     let accepted = state
         .acceptor
         .accept(Submission::new(task, fingerprint.clone()))
         .await
         .map_err(ApiError::unavailable)?;
-    let (status, accepted) = answer(job_id, key, &fingerprint, accepted)?;
+    let (status, accepted) = answer(job_id, key, &fingerprint, accepted, scheduled)?;
     if status == StatusCode::ACCEPTED {
         crate::telemetry::job_enqueued();
         tracing::info!("job accepted");
@@ -200,11 +234,13 @@ pub async fn add_job(
 /// job for a replay of the same request (or of a request accepted before
 /// fingerprints were kept, which cannot be told apart), 422 when the key
 /// was used for a different one. `POST /addJobs` answers each item with it.
+/// A new job is `scheduled` when its `send_at` is ahead, else `queued`.
 pub fn answer(
     job_id: JobId,
     key: IdempotencyKey,
     fingerprint: &str,
     accepted: Accepted,
+    scheduled: bool,
 ) -> Result<(StatusCode, JobAccepted), ApiError> {
     match accepted {
         Accepted::New => Ok((
@@ -212,7 +248,7 @@ pub fn answer(
             JobAccepted {
                 job_id,
                 idempotency_key: key,
-                status: "queued".into(),
+                status: if scheduled { "scheduled" } else { "queued" }.into(),
             },
         )),
         Accepted::Replay {

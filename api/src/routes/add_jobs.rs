@@ -54,7 +54,9 @@ pub struct AddJobsAnswer {
 fn parse(raw: &RawValue, state: &AppState, tenant: &Tenant) -> Result<Submission, ApiError> {
     let body: AddJobBody = serde_json::from_str(raw.get())
         .map_err(|e| ApiError::BadRequest(format!("the job is invalid: {e}")))?;
-    let mut job = NewJob::try_from(body)?.within(state.max_job_bytes)?;
+    let mut job = NewJob::try_from(body)?
+        .within(state.max_job_bytes)?
+        .scheduled_within(state.max_schedule_days)?;
     let fingerprint = job.email.fingerprint();
     state.senders.apply(tenant.as_str(), &mut job.email)?;
     let task = Task::new(job.email, job.key).in_tenant(tenant.clone());
@@ -129,11 +131,12 @@ pub async fn add_jobs(
             .await
             .map_err(ApiError::unavailable)?
     };
-    let fresh: Vec<String> = valid
+    let now = chrono::Utc::now();
+    let fresh: Vec<(String, std::time::Duration)> = valid
         .iter()
         .zip(&outcomes)
         .filter(|(_, o)| **o == Accepted::New)
-        .map(|(s, _)| s.json().to_owned())
+        .map(|(s, _)| (s.json().to_owned(), s.task.email.due_in(now)))
         .collect();
     let queued = fresh.len();
     // Recorded, hence accepted, whatever Redis says now: a push that fails
@@ -154,7 +157,14 @@ pub async fn add_jobs(
             let Submission {
                 task, fingerprint, ..
             } = submission;
-            answer(task.job_id, task.idempotency_key, &fingerprint, outcome)
+            let scheduled = !task.email.due_in(now).is_zero();
+            answer(
+                task.job_id,
+                task.idempotency_key,
+                &fingerprint,
+                outcome,
+                scheduled,
+            )
         })
         .collect();
     let mut answers = answers.into_iter();

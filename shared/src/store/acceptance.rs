@@ -83,8 +83,10 @@ pub enum Accepted {
 
 const INSERT: Sql = Sql::new(
     "INSERT INTO deliveries
-        (tenant, idempotency_key, job_id, state, attempts, fence, task, fingerprint)
-    SELECT tenant, key, job, 'queued', 0, 0, task::jsonb, fingerprint
+        (tenant, idempotency_key, job_id, state, attempts, fence, task, fingerprint,
+         next_attempt_at)
+    SELECT tenant, key, job, 'queued', 0, 0, task::jsonb, fingerprint,
+           (task::jsonb ->> 'send_at')::timestamptz
     FROM unnest($1::text[], $2::text[], $3::uuid[], $4::text[], $5::text[])
         WITH ORDINALITY AS r(tenant, key, job, task, fingerprint, n)
     ORDER BY n
@@ -101,7 +103,9 @@ const INSERT: Sql = Sql::new(
 
 const REPLAYED: Sql = Sql::new(
     "SELECT tenant, idempotency_key, job_id, fingerprint,
-        CASE state WHEN 'sending' THEN 'processing' ELSE state END
+        CASE WHEN state = 'sending' THEN 'processing'
+             WHEN state = 'queued' AND next_attempt_at > now() THEN 'scheduled'
+             ELSE state END
     FROM deliveries
     WHERE (tenant, idempotency_key) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
     &[Type::TEXT_ARRAY, Type::TEXT_ARRAY],
@@ -230,7 +234,7 @@ impl Acceptor {
     /// logged.
     pub fn spawn<F, Fut, E>(store: Store, push: F) -> Self
     where
-        F: Fn(Vec<String>) -> Fut + Send + Sync + 'static,
+        F: Fn(Vec<(String, std::time::Duration)>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), E>> + Send + 'static,
         E: std::fmt::Display + 'static,
     {
@@ -253,7 +257,7 @@ impl Acceptor {
 
 async fn write<F, Fut, E>(store: Store, push: Arc<F>, mut rx: mpsc::Receiver<(Submission, Reply)>)
 where
-    F: Fn(Vec<String>) -> Fut + Send + Sync + 'static,
+    F: Fn(Vec<(String, std::time::Duration)>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: std::fmt::Display + 'static,
 {
@@ -278,18 +282,19 @@ where
 
 async fn commit<F, Fut, E>(store: &Store, push: &F, batch: Vec<(Submission, Reply)>)
 where
-    F: Fn(Vec<String>) -> Fut,
+    F: Fn(Vec<(String, std::time::Duration)>) -> Fut,
     Fut: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
     let (jobs, replies): (Vec<Submission>, Vec<Reply>) = batch.into_iter().unzip();
     match store.accept(&jobs).await {
         Ok(answers) => {
-            let fresh: Vec<String> = jobs
+            let now = chrono::Utc::now();
+            let fresh: Vec<(String, std::time::Duration)> = jobs
                 .iter()
                 .zip(&answers)
                 .filter(|(_, a)| **a == Accepted::New)
-                .map(|(j, _)| j.json().to_owned())
+                .map(|(j, _)| (j.json().to_owned(), j.task.email.due_in(now)))
                 .collect();
             if !fresh.is_empty()
                 && let Err(e) = push(fresh).await

@@ -8,7 +8,9 @@ use crate::domain::{JobId, Tenant};
 
 const JOB: Sql = Sql::new(
     "SELECT idempotency_key,
-                        CASE state WHEN 'sending' THEN 'processing' ELSE state END,
+                        CASE WHEN state = 'sending' THEN 'processing'
+                             WHEN state = 'queued' AND next_attempt_at > now() THEN 'scheduled'
+                             ELSE state END,
                         attempts, last_error, next_attempt_at, updated_at, sent_at,
                         created_at, tenant
                  FROM deliveries WHERE job_id = $1 AND ($2::text IS NULL OR tenant = $2)

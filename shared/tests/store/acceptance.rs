@@ -88,10 +88,12 @@ async fn the_group_commit_answers_every_request_and_pushes_each_new_task_once() 
     let (_db, store) = migrated().await;
     let pushed = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&pushed);
-    let acceptor = Acceptor::spawn(store.clone(), move |tasks: Vec<String>| {
+    let acceptor = Acceptor::spawn(store.clone(), move |tasks: Vec<(String, Duration)>| {
         let sink = Arc::clone(&sink);
         async move {
-            sink.lock().expect("lock").extend(tasks);
+            sink.lock()
+                .expect("lock")
+                .extend(tasks.into_iter().map(|(raw, _)| raw));
             Ok::<(), std::convert::Infallible>(())
         }
     });

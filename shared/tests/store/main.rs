@@ -79,6 +79,7 @@ fn task(key: &str) -> Task {
             reply_to: None,
             subject: Subject::parse("Hi").expect("valid"),
             body: Body::new(Some("hello".into()), None).expect("valid"),
+            send_at: None,
         },
         Some(IdempotencyKey::parse(key).expect("valid")),
     )

@@ -134,6 +134,7 @@ async fn a_task_moved_into_a_live_workers_list_by_a_pop_whose_reply_was_lost_is_
             reply_to: None,
             subject: Subject::parse("Stranded").expect("valid"),
             body: Body::new(Some("moved, then forgotten".into()), None).expect("valid"),
+            send_at: None,
         },
         Some(IdempotencyKey::parse("stranded:1").expect("valid")),
     );

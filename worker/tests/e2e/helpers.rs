@@ -432,6 +432,7 @@ pub fn keyed_task(to: &str, key: &str, subject: &str) -> Task {
             reply_to: None,
             subject: Subject::parse(subject).expect("valid"),
             body: Body::new(Some("a test body".into()), None).expect("valid"),
+            send_at: None,
         },
         Some(IdempotencyKey::parse(key).expect("valid")),
     )

@@ -13,6 +13,7 @@ mod helpers;
 mod operations;
 mod relays;
 mod retention;
+mod scheduled;
 mod silent_postgres;
 mod tenants;
 mod topologies;
