@@ -115,6 +115,10 @@ pub struct ApiConfig {
     #[arg(long, env = "MAX_JOB_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..=64 * 1024 * 1024))]
     pub max_job_bytes: u64,
 
+    /// Most recipients of one job, `to`, `cc` and `bcc` together.
+    #[arg(long, env = "MAX_RECIPIENTS", default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub max_recipients: u16,
+
     /// How far ahead a job's `send_at` may be, in days.
     #[arg(long, env = "MAX_SCHEDULE_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3650))]
     pub max_schedule_days: u32,

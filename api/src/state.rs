@@ -24,6 +24,8 @@ pub struct AppState {
     pub handoff: Handoff,
     /// `MAX_JOB_BYTES`: the largest `text` plus `html` of one job.
     pub max_job_bytes: usize,
+    /// `MAX_RECIPIENTS`: most recipients of one job.
+    pub max_recipients: usize,
     /// `MAX_SCHEDULE_DAYS`: how far ahead `send_at` may be.
     pub max_schedule_days: u32,
     /// The senders each tenant may use (`SENDER_POLICY_FILE`).

@@ -270,6 +270,71 @@ impl fmt::Display for EmailAddress {
     }
 }
 
+/// `to`: one mailbox or more. Stored and fingerprinted as a single string
+/// when it holds one (as `to` always was, so tasks and replay fingerprints
+/// from before several recipients are unchanged), else as an array.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "OneOrMany")]
+pub struct Recipients(Vec<EmailAddress>);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(EmailAddress),
+    Many(Vec<EmailAddress>),
+}
+
+impl TryFrom<OneOrMany> for Recipients {
+    type Error = InvalidValue;
+
+    fn try_from(v: OneOrMany) -> Result<Self, Self::Error> {
+        match v {
+            OneOrMany::One(one) => Ok(Self(vec![one])),
+            OneOrMany::Many(many) => Self::new(many),
+        }
+    }
+}
+
+impl Serialize for Recipients {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [one] => one.serialize(s),
+            many => many.serialize(s),
+        }
+    }
+}
+
+impl Recipients {
+    /// At least one mailbox.
+    pub fn new(all: Vec<EmailAddress>) -> Result<Self, InvalidValue> {
+        if all.is_empty() {
+            return Err(InvalidValue::Empty);
+        }
+        Ok(Self(all))
+    }
+
+    /// The mailboxes, in order.
+    pub fn iter(&self) -> std::slice::Iter<'_, EmailAddress> {
+        self.0.iter()
+    }
+
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Never: there is at least one.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<EmailAddress> for Recipients {
+    fn from(one: EmailAddress) -> Self {
+        Self(vec![one])
+    }
+}
+
 /// A subject line: at most 998 bytes (RFC 5322's line limit), no control
 /// characters, so it can never start a new header.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -399,8 +464,14 @@ pub struct Email {
     /// Sender; the worker's `MAIL_FROM` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<EmailAddress>,
-    /// The one recipient.
-    pub to: EmailAddress,
+    /// The recipients in `To`.
+    pub to: Recipients,
+    /// The recipients in `Cc`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cc: Vec<EmailAddress>,
+    /// Recipients in the envelope only, never in a header.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bcc: Vec<EmailAddress>,
     /// Where replies go, when not to `from`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<EmailAddress>,
@@ -416,6 +487,11 @@ pub struct Email {
 }
 
 impl Email {
+    /// Every recipient, `to`, `cc` then `bcc`.
+    pub fn recipients(&self) -> impl Iterator<Item = &EmailAddress> {
+        self.to.iter().chain(&self.cc).chain(&self.bcc)
+    }
+
     /// How long until it is due, by this process's clock (zero when it is
     /// due now, or was never scheduled).
     pub fn due_in(&self, now: DateTime<Utc>) -> std::time::Duration {
@@ -604,11 +680,15 @@ mod tests {
     fn a_task_round_trips_through_json() {
         let email = Email {
             from: None,
-            to: EmailAddress::parse("Ada <ada@example.com>").expect("valid"),
+            to: EmailAddress::parse("Ada <ada@example.com>")
+                .expect("valid")
+                .into(),
             reply_to: None,
             subject: Subject::parse("Hi").expect("valid"),
             body: Body::new(Some("hello".into()), None).expect("valid"),
             send_at: None,
+            cc: Vec::new(),
+            bcc: Vec::new(),
         };
         let task = Task::new(email, None);
         let back = Task::from_json(&task.to_json()).expect("round trip");
@@ -711,7 +791,7 @@ mod tests {
                 else {
                     return Ok(());
                 };
-                let task = Task::new(Email { from: None, to, reply_to: None, subject, body, send_at: None }, None);
+                let task = Task::new(Email { from: None, to: to.into(), cc: Vec::new(), bcc: Vec::new(), reply_to: None, subject, body, send_at: None }, None);
                 prop_assert_eq!(Task::from_json(&task.to_json()).ok(), Some(task));
             }
         }

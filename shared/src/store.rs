@@ -191,6 +191,16 @@ pub struct Failure<'a> {
     pub smtp_reply: Option<&'a str>,
 }
 
+/// A recipient the SMTP server refused for good while it accepted others
+/// (the message went to those).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct RefusedRecipient {
+    /// The address, as sent in `RCPT TO`.
+    pub recipient: String,
+    /// The server's reply, e.g. `550 5.1.1 no such user`.
+    pub reply: String,
+}
+
 /// A job's state as clients see it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct JobRecord {
@@ -216,6 +226,10 @@ pub struct JobRecord {
     pub updated_at: Option<DateTime<Utc>>,
     /// When the server accepted the message.
     pub sent_at: Option<DateTime<Utc>>,
+    /// Recipients the server refused for good while it took the message
+    /// for the others; absent when none was.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub refused_recipients: Vec<RefusedRecipient>,
 }
 
 /// One dead-letter entry as the API lists it.

@@ -26,18 +26,19 @@ use deadpool::managed::{Object, Pool, PoolError};
 use email_encoding::headers::rfc2047;
 use lettre::Message;
 use lettre::message::header::{self, Header};
-use lettre::message::{MultiPart, SinglePart};
+use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::client::AsyncSmtpConnection;
 use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
 use lettre::transport::smtp::extension::{Extension, MailBodyParameter, MailParameter};
 use lettre::transport::smtp::response::Response;
 use sendonce_shared::domain::{EmailAddress, Task};
+use sendonce_shared::store::RefusedRecipient;
 
 pub use connection::{ConnectError, SmtpManager, SmtpSettings, TlsMode};
 pub use dkim::{DkimKeyError, DkimKeys, parse_selector};
 use relays::says_relay_is_busy;
 pub use relays::{RelayChooser, RelayPolicy, SmtpRelays};
-use wire::{a_labels, crlf, fit, fit_mailbox, redact};
+use wire::{a_labels, crlf, fit, fit_mailboxes, redact};
 
 use crate::telemetry::{self, Unavailable};
 
@@ -53,6 +54,9 @@ pub enum Delivered {
     Accepted {
         /// The reply, e.g. `250 2.0.0 Ok: queued as ABC`.
         reply: String,
+        /// Recipients it refused for good at `RCPT` (the message went to
+        /// the others).
+        refused: Vec<RefusedRecipient>,
     },
     /// `before_data` said another holder owns this attempt; nothing was sent.
     Fenced,
@@ -236,17 +240,25 @@ impl Mailer {
     pub fn build_message(&self, task: &Task) -> Result<Message, lettre::error::Error> {
         let email = &task.email;
         let from = a_labels(email.from.as_ref().unwrap_or(&self.default_from).mailbox());
-        let to = a_labels(email.to.mailbox());
+        let to: Vec<Mailbox> = email.to.iter().map(|a| a_labels(a.mailbox())).collect();
+        let cc: Vec<Mailbox> = email.cc.iter().map(|a| a_labels(a.mailbox())).collect();
         let reply_to = email.reply_to.as_ref().map(|r| a_labels(r.mailbox()));
         let default_domain = a_labels(self.default_from.mailbox());
-        let mut builder = Message::builder()
-            .from(from.clone())
-            .to(to.clone())
-            .subject(email.subject.as_str())
-            .message_id(Some(
-                task.idempotency_key
-                    .message_id(default_domain.email.domain()),
-            ));
+        let mut builder = Message::builder().from(from.clone());
+        for mailbox in &to {
+            builder = builder.to(mailbox.clone());
+        }
+        for mailbox in &cc {
+            builder = builder.cc(mailbox.clone());
+        }
+        // In the envelope only: lettre drops the `Bcc` header it builds.
+        for bcc in &email.bcc {
+            builder = builder.bcc(a_labels(bcc.mailbox()));
+        }
+        let mut builder = builder.subject(email.subject.as_str()).message_id(Some(
+            task.idempotency_key
+                .message_id(default_domain.email.domain()),
+        ));
         if let Some(reply_to) = &reply_to {
             builder = builder.reply_to(reply_to.clone());
         }
@@ -269,10 +281,13 @@ impl Mailer {
             (header::Subject::name(), subject.to_owned()),
             |w| rfc2047::encode(subject, w),
         );
-        fit_mailbox::<header::From>(headers, &from);
-        fit_mailbox::<header::To>(headers, &to);
+        fit_mailboxes::<header::From>(headers, std::slice::from_ref(&from));
+        fit_mailboxes::<header::To>(headers, &to);
+        if !cc.is_empty() {
+            fit_mailboxes::<header::Cc>(headers, &cc);
+        }
         if let Some(reply_to) = &reply_to {
-            fit_mailbox::<header::ReplyTo>(headers, reply_to);
+            fit_mailboxes::<header::ReplyTo>(headers, std::slice::from_ref(reply_to));
         }
         // Last: the signature covers the headers as they go out.
         self.dkim.sign(&mut message, from.email.domain());
@@ -314,9 +329,11 @@ impl Mailer {
                 }
             };
             match self.open(&mut conn, message, &body).await {
-                Ok(()) => {
+                Ok(refused) => {
                     self.chooser.recovered(i);
-                    let result = self.transmit(i, &mut conn, &body, before_data).await;
+                    let result = self
+                        .transmit(i, &mut conn, &body, refused, before_data)
+                        .await;
                     if !matches!(result, Ok(Delivered::Accepted { .. })) {
                         // Mid-transaction or broken: never hand it to the next task.
                         drop(Object::take(conn));
@@ -361,13 +378,19 @@ impl Mailer {
         );
     }
 
-    /// `MAIL`, `RCPT` and `DATA`, up to the server's `354`.
+    /// `MAIL`, `RCPT` and `DATA`, up to the server's `354`. A recipient
+    /// refused for good (5xx) is left out and returned, as long as another
+    /// one is accepted; with none accepted, the first refusal fails the
+    /// send as a single recipient's always did. Any other failure, a
+    /// temporary refusal of one recipient included, ends the attempt with
+    /// nothing sent (the message must reach all its recipients in one
+    /// transaction, or none).
     async fn open<E>(
         &self,
         conn: &mut AsyncSmtpConnection,
         message: &Message,
         body: &[u8],
-    ) -> Result<(), NotOpened<E>> {
+    ) -> Result<Vec<RefusedRecipient>, NotOpened<E>> {
         let envelope = message.envelope();
         // `build_message` leaves nothing but addresses with a non-ASCII local
         // part outside ASCII: lettre encodes non-ASCII display names and
@@ -393,13 +416,31 @@ impl Mailer {
         self.step(conn.command(Mail::new(envelope.from().cloned(), params)))
             .await
             .map_err(not_opened)?;
+        let mut refused = Vec::new();
+        let mut first_refusal = None;
         for rcpt in envelope.to() {
-            self.step(conn.command(Rcpt::new(rcpt.clone(), vec![])))
+            match self
+                .step(conn.command(Rcpt::new(rcpt.clone(), vec![])))
                 .await
-                .map_err(not_opened)?;
+            {
+                Ok(_) => {}
+                Err(Failure::Smtp(e)) if e.is_permanent() && !says_relay_is_busy(&e) => {
+                    refused.push(RefusedRecipient {
+                        recipient: rcpt.to_string(),
+                        reply: redact(&e.to_string()),
+                    });
+                    first_refusal.get_or_insert(e);
+                }
+                Err(other) => return Err(not_opened(other)),
+            }
+        }
+        if refused.len() == envelope.to().len()
+            && let Some(e) = first_refusal
+        {
+            return Err(not_opened(Failure::Smtp(e)));
         }
         self.step(conn.command(Data)).await.map_err(not_opened)?;
-        Ok(())
+        Ok(refused)
     }
 
     /// After the `354`: records that the data is going out, then sends it
@@ -409,6 +450,7 @@ impl Mailer {
         relay: usize,
         conn: &mut AsyncSmtpConnection,
         body: &[u8],
+        refused: Vec<RefusedRecipient>,
         before_data: impl AsyncFnOnce() -> Result<bool, E>,
     ) -> Result<Delivered, SendError<E>> {
         if !before_data().await.map_err(SendError::Hook)? {
@@ -419,6 +461,7 @@ impl Mailer {
                 telemetry::relay_sent(&self.relays[relay].name);
                 Ok(Delivered::Accepted {
                     reply: reply_text(&response),
+                    refused,
                 })
             }
             // A definite refusal of the data: not delivered, so retried as

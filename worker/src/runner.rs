@@ -23,7 +23,7 @@ use anyhow::Context;
 use sendonce_shared::domain::{JobId, Task};
 use sendonce_shared::queue::{Held, L1Claim, Queue, QueueError};
 use sendonce_shared::store::{
-    Claim, DeadReason, DedupLayer, Failure, Fence, Retrying, Store, Swept,
+    Claim, DeadReason, DedupLayer, Failure, Fence, RefusedRecipient, Retrying, Store, Swept,
 };
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -76,6 +76,8 @@ pub enum Verdict {
     Sent {
         /// The server's reply.
         reply: String,
+        /// Recipients it refused for good (the others got the message).
+        refused: Vec<RefusedRecipient>,
     },
     /// Another job holds the key.
     Duplicate {
@@ -690,7 +692,7 @@ impl Worker {
             .await;
         telemetry::smtp_send(started.elapsed());
         Ok(match sent {
-            Ok(Delivered::Accepted { reply }) => Verdict::Sent { reply },
+            Ok(Delivered::Accepted { reply, refused }) => Verdict::Sent { reply, refused },
             Ok(Delivered::Fenced) => Verdict::Fenced { held: Some(fence) },
             // The `sending` write may or may not have committed, but the
             // data certainly did not go out: a plain retry, by this same
@@ -769,11 +771,15 @@ impl Worker {
     /// Persists a verdict and acknowledges the task. Safe to repeat.
     async fn record(&self, task: &Task, held: &Held, verdict: &Verdict) -> anyhow::Result<()> {
         match verdict {
-            Verdict::Sent { reply } => {
-                self.store.mark_sent(task, reply).await?;
+            Verdict::Sent { reply, refused } => {
+                self.store.mark_sent(task, reply, refused).await?;
                 self.queue.ack(&self.id, held).await?;
                 telemetry::email_sent();
-                tracing::info!(smtp_reply = %reply, "sent");
+                if refused.is_empty() {
+                    tracing::info!(smtp_reply = %reply, "sent");
+                } else {
+                    tracing::warn!(smtp_reply = %reply, refused = refused.len(), "sent; some recipients refused for good");
+                }
             }
             Verdict::Duplicate { holder, layer } => {
                 self.store.record_duplicate(task, *holder, *layer).await?;

@@ -4,7 +4,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use sendonce_shared::domain::{
-    Body, Email, EmailAddress, IdempotencyKey, InvalidValue, JobId, Subject, Task,
+    Body, Email, EmailAddress, IdempotencyKey, InvalidValue, JobId, Recipients, Subject, Task,
 };
 use sendonce_shared::store::{Accepted, Submission};
 use sendonce_shared::telemetry;
@@ -25,9 +25,15 @@ use crate::state::AppState;
     "idempotency_key": "welcome:user-42"
 }))]
 pub struct AddJobBody {
-    /// One recipient mailbox, e.g. `Ada <ada@example.com>`; no lists or groups.
-    #[schema(max_length = 998)]
-    pub to: String,
+    /// The `To` recipients: one mailbox, e.g. `Ada <ada@example.com>`, or
+    /// an array of them; each exactly one mailbox (no lists or groups).
+    pub to: OneOrMore,
+    /// The `Cc` recipients.
+    #[serde(default)]
+    pub cc: Vec<String>,
+    /// Recipients who get the message without appearing in any header.
+    #[serde(default)]
+    pub bcc: Vec<String>,
     /// Subject line: no control characters.
     #[schema(max_length = 998)]
     pub subject: String,
@@ -57,6 +63,29 @@ pub struct AddJobBody {
     pub send_at: Option<String>,
 }
 
+/// One mailbox, or an array of at least one.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum OneOrMore {
+    /// One mailbox.
+    One(String),
+    /// Several mailboxes.
+    More(Vec<String>),
+}
+
+/// Parses each of `all`, naming `name` (and the entry, in an array).
+fn mailboxes(name: &'static str, all: Vec<String>) -> Result<Vec<EmailAddress>, ApiError> {
+    all.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            EmailAddress::parse(s).map_err(|e| ApiError::InvalidField {
+                field: name,
+                reason: format!("entry {i}: {e}"),
+            })
+        })
+        .collect()
+}
+
 /// A parsed request: what to send and under which key.
 #[derive(Debug)]
 pub struct NewJob {
@@ -81,7 +110,12 @@ impl TryFrom<AddJobBody> for NewJob {
             |name, v: Option<String>| v.map(|s| field(name, EmailAddress::parse(&s))).transpose();
         Ok(Self {
             email: Email {
-                to: field("to", EmailAddress::parse(&body.to))?,
+                to: match body.to {
+                    OneOrMore::One(one) => field("to", EmailAddress::parse(&one))?.into(),
+                    OneOrMore::More(more) => field("to", Recipients::new(mailboxes("to", more)?))?,
+                },
+                cc: mailboxes("cc", body.cc)?,
+                bcc: mailboxes("bcc", body.bcc)?,
                 from: optional("from", body.from)?,
                 reply_to: optional("reply_to", body.reply_to)?,
                 subject: field("subject", Subject::parse(body.subject))?,
@@ -107,6 +141,21 @@ impl TryFrom<AddJobBody> for NewJob {
 }
 
 impl NewJob {
+    /// This job, when it has at most `max` recipients in all
+    /// (`MAX_RECIPIENTS`).
+    pub fn addressed_within(self, max: usize) -> Result<Self, ApiError> {
+        let n = self.email.recipients().count();
+        if n > max {
+            return Err(ApiError::InvalidField {
+                field: "to",
+                reason: format!(
+                    "`cc` and `bcc` together must name at most {max} recipients (MAX_RECIPIENTS), not {n}"
+                ),
+            });
+        }
+        Ok(self)
+    }
+
     /// This job, when its `send_at` is at most `max_days` ahead
     /// (`MAX_SCHEDULE_DAYS`).
     pub fn scheduled_within(self, max_days: u32) -> Result<Self, ApiError> {
@@ -189,7 +238,8 @@ pub async fn add_job(
 ) -> Result<HttpResponse, ApiError> {
     let mut job = NewJob::try_from(body.into_inner())?
         .within(state.max_job_bytes)?
-        .scheduled_within(state.max_schedule_days)?;
+        .scheduled_within(state.max_schedule_days)?
+        .addressed_within(state.max_recipients)?;
     // Of the request as sent: a replay matches whatever default `from` the
     // sender policy gives it now.
     let fingerprint = job.email.fingerprint();

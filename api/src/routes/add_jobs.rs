@@ -56,7 +56,8 @@ fn parse(raw: &RawValue, state: &AppState, tenant: &Tenant) -> Result<Submission
         .map_err(|e| ApiError::BadRequest(format!("the job is invalid: {e}")))?;
     let mut job = NewJob::try_from(body)?
         .within(state.max_job_bytes)?
-        .scheduled_within(state.max_schedule_days)?;
+        .scheduled_within(state.max_schedule_days)?
+        .addressed_within(state.max_recipients)?;
     let fingerprint = job.email.fingerprint();
     state.senders.apply(tenant.as_str(), &mut job.email)?;
     let task = Task::new(job.email, job.key).in_tenant(tenant.clone());

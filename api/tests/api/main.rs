@@ -11,6 +11,7 @@ mod helpers;
 mod hostile_input;
 mod logs;
 mod operations;
+mod recipients;
 mod scheduled;
 mod sender_policy;
 mod shutdown;

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use tokio_postgres::types::Type;
 
 use super::sql::Sql;
-use super::{DedupLayer, Failure, Store, StoreError};
+use super::{DedupLayer, Failure, RefusedRecipient, Store, StoreError};
 use crate::domain::{IdempotencyKey, JobId, Task, Tenant};
 
 /// An attempt's fencing token: strictly greater than the token of every
@@ -152,11 +152,12 @@ const MARK_SENT: Sql = Sql::new(
     "WITH sent AS (
         UPDATE deliveries
         SET state = 'sent', smtp_reply = $3, last_error = NULL,
-            next_attempt_at = NULL, sent_at = now(), updated_at = now()
+            next_attempt_at = NULL, sent_at = now(), updated_at = now(),
+            refused_recipients = $5::text::jsonb
         WHERE idempotency_key = $1 AND tenant = $4 AND job_id = $2 AND state <> 'sent'
         RETURNING job_id)
     DELETE FROM failed_jobs f USING sent WHERE f.job_id = sent.job_id",
-    &[Type::TEXT, Type::UUID, Type::TEXT, Type::TEXT],
+    &[Type::TEXT, Type::UUID, Type::TEXT, Type::TEXT, Type::TEXT],
 );
 
 /// Repeatable by the same holder (its record step is retried until it
@@ -446,8 +447,17 @@ impl Store {
     /// Records the server's acceptance, whoever holds the row now, unless it
     /// already says `sent`; withdraws any dead-letter entry of the job.
     #[tracing::instrument(skip_all)]
-    pub async fn mark_sent(&self, task: &Task, smtp_reply: &str) -> Result<(), StoreError> {
+    pub async fn mark_sent(
+        &self,
+        task: &Task,
+        smtp_reply: &str,
+        refused: &[RefusedRecipient],
+    ) -> Result<(), StoreError> {
         let conn = self.pool.get().await?;
+        // Strings only: serialising cannot fail.
+        let refused = (!refused.is_empty())
+            .then(|| serde_json::to_string(refused).ok())
+            .flatten();
         self.exec(
             &conn,
             &MARK_SENT,
@@ -456,6 +466,7 @@ impl Store {
                 &task.job_id.as_uuid(),
                 &smtp_reply,
                 &task.tenant.as_str(),
+                &refused,
             ],
         )
         .await?;

@@ -41,7 +41,7 @@ const PRUNE_DELIVERIES: Sql = Sql::new(
          ORDER BY updated_at
          LIMIT $2
          FOR UPDATE SKIP LOCKED)
-     UPDATE deliveries d SET task = NULL, smtp_reply = NULL
+     UPDATE deliveries d SET task = NULL, smtp_reply = NULL, refused_recipients = NULL
      FROM old WHERE d.tenant = old.tenant AND d.idempotency_key = old.idempotency_key",
     &[Type::INT4, Type::INT8],
 );

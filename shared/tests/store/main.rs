@@ -75,11 +75,15 @@ fn task(key: &str) -> Task {
     Task::new(
         Email {
             from: None,
-            to: EmailAddress::parse("ada@example.com").expect("valid"),
+            to: EmailAddress::parse("ada@example.com")
+                .expect("valid")
+                .into(),
             reply_to: None,
             subject: Subject::parse("Hi").expect("valid"),
             body: Body::new(Some("hello".into()), None).expect("valid"),
             send_at: None,
+            cc: Vec::new(),
+            bcc: Vec::new(),
         },
         Some(IdempotencyKey::parse(key).expect("valid")),
     )

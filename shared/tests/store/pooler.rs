@@ -45,7 +45,7 @@ async fn work(store: Store, worker: String, tasks: Vec<Task>) -> Vec<String> {
                 Ok(Claim::Proceed { attempt: 1, fence }) => {
                     match store.mark_sending(t, fence, &worker).await {
                         Ok(true) => store
-                            .mark_sent(t, "250 ok")
+                            .mark_sent(t, "250 ok", &[])
                             .await
                             .map_err(|e| format!("mark_sent: {e:?}")),
                         other => Err(format!("mark_sending: {other:?}")),

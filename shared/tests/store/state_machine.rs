@@ -128,7 +128,7 @@ async fn run(store: &Store, t: &Task, steps: &[(usize, Step)]) -> Result<(), Tes
             (Step::Next(reply), Phase::DataOut(fence)) => {
                 match reply {
                     // The data took effect, or may have: it stays counted.
-                    Reply::Ok => store.mark_sent(t, "250 ok").await.expect("sent"),
+                    Reply::Ok => store.mark_sent(t, "250 ok", &[]).await.expect("sent"),
                     Reply::None => {
                         store
                             .dead_letter(t, fence, failure(DeadReason::Uncertain, "cut"))

@@ -1,7 +1,8 @@
 //! Upgrading a live database holding jobs in every state: migration 2
 //! (fencing) over schema 1, migration 4 (durable acceptance) over schema 3 (retention indexes),
 //! migration 5 (the audit trail) over schema 4, migration 6 (tenants) over
-//! schema 5, migration 7 (cancel) over schema 6.
+//! schema 5, migration 7 (cancel) over schema 6, migration 8 (refused
+//! recipients) over schema 7.
 
 use refinery::Target;
 use sendonce_shared::domain::{Task, Tenant};
@@ -87,8 +88,8 @@ async fn migration_2_keeps_jobs_in_every_state_and_their_promise() {
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        6,
-        "migrations 2 to 7"
+        7,
+        "migrations 2 to 8"
     );
 
     let rows = client
@@ -133,8 +134,8 @@ async fn migration_4_keeps_jobs_in_every_state_replays_their_keys_and_finds_the_
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        4,
-        "migrations 4 to 7"
+        5,
+        "migrations 4 to 8"
     );
 
     // A replay of an old key: its request's fingerprint was never kept, so
@@ -171,8 +172,8 @@ async fn migration_5_keeps_jobs_in_every_state_and_the_dead_letters_and_starts_a
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        3,
-        "migrations 5 to 7 (the store reads the schema of the latest)"
+        4,
+        "migrations 5 to 8 (the store reads the schema of the latest)"
     );
 
     let rows = client
@@ -249,8 +250,8 @@ async fn migration_6_puts_every_job_entry_and_audit_row_in_the_default_tenant_an
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        2,
-        "migrations 6 and 7"
+        3,
+        "migrations 6 to 8"
     );
 
     for table in ["deliveries", "failed_jobs", "audit_log"] {
@@ -300,7 +301,11 @@ async fn migration_6_puts_every_job_entry_and_audit_row_in_the_default_tenant_an
 async fn migration_7_keeps_jobs_in_every_state_cancelable_where_their_data_has_not_started() {
     let (_db, store, client, tasks) = at_schema(6).await;
 
-    assert_eq!(store.migrate().await.expect("upgrade"), 1);
+    assert_eq!(
+        store.migrate().await.expect("upgrade"),
+        2,
+        "migrations 7 and 8"
+    );
 
     let rows: Vec<(String, bool)> = client
         .query(
@@ -340,4 +345,42 @@ async fn migration_7_keeps_jobs_in_every_state_cancelable_where_their_data_has_n
         .expect("count")
         .get(0);
     assert_eq!(canceled, 3);
+}
+
+#[tokio::test]
+async fn migration_8_keeps_jobs_in_every_state_with_no_refused_recipients() {
+    let (_db, store, client, tasks) = at_schema(7).await;
+
+    assert_eq!(store.migrate().await.expect("upgrade"), 1);
+
+    let rows: Vec<(String, Option<String>)> = client
+        .query(
+            "SELECT state, refused_recipients::text FROM deliveries ORDER BY state",
+            &[],
+        )
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let mut expected: Vec<(String, Option<String>)> =
+        STATES.iter().map(|s| ((*s).to_owned(), None)).collect();
+    expected.sort();
+    assert_eq!(rows, expected);
+    assert_claims_carry_on(&store, &tasks).await;
+    // A job sent to some of its recipients records the others.
+    let refused = [sendonce_shared::store::RefusedRecipient {
+        recipient: "gone@example.com".into(),
+        reply: "550 5.1.1 no such user".into(),
+    }];
+    store
+        .mark_sent(&tasks[0], "250 ok", &refused)
+        .await
+        .expect("sent");
+    let job = store
+        .job(tasks[0].job_id, None)
+        .await
+        .expect("read")
+        .expect("the job");
+    assert_eq!(job.refused_recipients, refused);
 }

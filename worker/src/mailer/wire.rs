@@ -44,25 +44,31 @@ pub(super) fn fit(
     headers.insert_raw(HeaderValue::dangerous_new_pre_encoded(name, raw, encoded));
 }
 
-/// [`fit`] for a one-mailbox address header: the display name becomes
-/// encoded words when the line would be too long. The address itself is
-/// at most 64 + 1 + 255 octets (RFC 5321 §4.5.3.1), so it always fits.
-pub(super) fn fit_mailbox<H: Header + From<Mailboxes>>(headers: &mut Headers, mailbox: &Mailbox) {
-    let mailboxes = Mailboxes::from(mailbox.clone());
-    let raw = mailboxes.to_string();
-    fit(
-        headers,
-        H::from(mailboxes).display(),
-        (H::name(), raw),
-        |w| match &mailbox.name {
-            Some(name) => {
-                rfc2047::encode(name, w)?;
+/// [`fit`] for an address header: each display name becomes encoded words
+/// when the header would not fit in a line otherwise.
+pub(super) fn fit_mailboxes<H: Header + From<Mailboxes>>(
+    headers: &mut Headers,
+    mailboxes: &[Mailbox],
+) {
+    let all: Mailboxes = mailboxes.iter().cloned().collect();
+    let raw = all.to_string();
+    fit(headers, H::from(all).display(), (H::name(), raw), |w| {
+        for (i, mailbox) in mailboxes.iter().enumerate() {
+            if i > 0 {
+                w.write_char(',')?;
                 w.space();
-                write!(w.folding(), "<{}>", mailbox.email)
             }
-            None => w.write_str(mailbox.email.as_ref()),
-        },
-    );
+            match &mailbox.name {
+                Some(name) => {
+                    rfc2047::encode(name, w)?;
+                    w.space();
+                    write!(w.folding(), "<{}>", mailbox.email)?;
+                }
+                None => w.write_str(mailbox.email.as_ref())?,
+            }
+        }
+        Ok(())
+    });
 }
 
 /// `mailbox` with its domain as A-labels (`bücher.de` becomes

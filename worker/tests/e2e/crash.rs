@@ -130,11 +130,15 @@ async fn a_task_moved_into_a_live_workers_list_by_a_pop_whose_reply_was_lost_is_
     let task = Task::new(
         Email {
             from: None,
-            to: EmailAddress::parse("stranded@example.com").expect("valid"),
+            to: EmailAddress::parse("stranded@example.com")
+                .expect("valid")
+                .into(),
             reply_to: None,
             subject: Subject::parse("Stranded").expect("valid"),
             body: Body::new(Some("moved, then forgotten".into()), None).expect("valid"),
             send_at: None,
+            cc: Vec::new(),
+            bcc: Vec::new(),
         },
         Some(IdempotencyKey::parse("stranded:1").expect("valid")),
     );

@@ -87,11 +87,15 @@ async fn after_redis_loses_everything_the_same_key_is_still_not_sent_again() {
     let other = Task::new(
         Email {
             from: None,
-            to: EmailAddress::parse("carol@example.com").expect("valid"),
+            to: EmailAddress::parse("carol@example.com")
+                .expect("valid")
+                .into(),
             reply_to: None,
             subject: Subject::parse("Welcome aboard").expect("valid"),
             body: Body::new(Some("Hello again.".into()), None).expect("valid"),
             send_at: None,
+            cc: Vec::new(),
+            bcc: Vec::new(),
         },
         Some(IdempotencyKey::parse("welcome:carol").expect("valid")),
     );
@@ -115,11 +119,15 @@ async fn two_jobs_with_one_key_popped_at_once_by_two_workers_give_one_email() {
         Task::new(
             Email {
                 from: None,
-                to: EmailAddress::parse("dave@example.com").expect("valid"),
+                to: EmailAddress::parse("dave@example.com")
+                    .expect("valid")
+                    .into(),
                 reply_to: None,
                 subject: Subject::parse("Race").expect("valid"),
                 body: Body::new(Some("one of us wins".into()), None).expect("valid"),
                 send_at: None,
+                cc: Vec::new(),
+                bcc: Vec::new(),
             },
             Some(IdempotencyKey::parse("race:dave").expect("valid")),
         )

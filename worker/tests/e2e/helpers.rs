@@ -428,11 +428,13 @@ pub fn keyed_task(to: &str, key: &str, subject: &str) -> Task {
     Task::new(
         Email {
             from: None,
-            to: EmailAddress::parse(to).expect("valid"),
+            to: EmailAddress::parse(to).expect("valid").into(),
             reply_to: None,
             subject: Subject::parse(subject).expect("valid"),
             body: Body::new(Some("a test body".into()), None).expect("valid"),
             send_at: None,
+            cc: Vec::new(),
+            bcc: Vec::new(),
         },
         Some(IdempotencyKey::parse(key).expect("valid")),
     )

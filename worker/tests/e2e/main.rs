@@ -11,6 +11,7 @@ mod failures;
 mod fencing;
 mod helpers;
 mod operations;
+mod recipients;
 mod relays;
 mod retention;
 mod scheduled;
