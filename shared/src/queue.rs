@@ -126,6 +126,15 @@ pub fn fair_bound(ahead: u64, tenants: u64) -> u64 {
     (ahead + 1).div_ceil(SORT_BATCH) + tenants.saturating_sub(1)
 }
 
+/// While idle, a worker runs the pop script (which costs Redis three
+/// commands even when there is nothing to sort or take) only once in this
+/// many pops, and otherwise waits on the ready queues as before tenants
+/// took turns (one command per shard). Tasks already sorted into tenants'
+/// lists always have a busy worker taking them (the one that sorted them
+/// keeps popping with the script until it finds nothing); if that worker
+/// dies, an idle one finds them within this many pops.
+pub const IDLE_SWEEP_EVERY: u32 = 5;
+
 /// Most lapsed workers reaped per round.
 const REAP_BATCH: usize = 100;
 
@@ -319,6 +328,8 @@ pub struct Held {
 pub struct Popper {
     conn: Connection,
     next: usize,
+    /// Pops in a row that found nothing (0: the last one found a task).
+    idle: u32,
 }
 
 impl std::fmt::Debug for Popper {
@@ -690,7 +701,11 @@ impl Queue {
             .await?;
         let random = std::collections::hash_map::RandomState::new().hash_one(());
         let next = usize::try_from(random % self.keys.shard_count() as u64).unwrap_or(0);
-        Ok(Popper { conn, next })
+        Ok(Popper {
+            conn,
+            next,
+            idle: 0,
+        })
     }
 
     /// Whether `e` means the connection that answered it should be
@@ -708,7 +723,7 @@ impl Queue {
     /// that shard and returns it, waiting up to `block`. The task stays in
     /// Redis until acknowledged, so a crash after this call loses nothing.
     ///
-    /// Within a shard, tenants take turns: each pop first sorts up to
+    /// Within a shard, tenants take turns: a pop first sorts up to
     /// [`SORT_BATCH`] of the oldest tasks of the shard's ready queue into
     /// their tenants' lists, then takes the oldest task of the tenant at
     /// the head of the shard's turn list and moves that tenant to the end
@@ -719,10 +734,14 @@ impl Queue {
     /// Shards are taken in turn too: each pop starts at the shard after
     /// the last one that gave a task and tries each shard without waiting;
     /// only when none has a task does it wait (`BLMOVE`) on the ready queue
-    /// of the last one tried, whose next task is then the oldest of a shard
-    /// where nothing was waiting. A busy shard therefore never starves
-    /// another, and an idle worker costs one command per shard, plus one,
-    /// per `block`.
+    /// of the last one tried. A busy shard therefore never starves another.
+    ///
+    /// An idle worker (its last pop found nothing) runs the script only
+    /// once in [`IDLE_SWEEP_EVERY`] pops; in the others it takes the oldest
+    /// ready task of a shard directly (`LMOVE`, and `BLMOVE` on the last),
+    /// so it costs Redis one command per shard per `block`, as before. The
+    /// task that wakes it is the oldest of a shard where nothing waited;
+    /// from its next pop on it sorts and takes turns again.
     pub async fn pop(
         &self,
         popper: &mut Popper,
@@ -730,6 +749,7 @@ impl Queue {
         block: Duration,
     ) -> Result<Option<Held>, QueueError> {
         let k = self.keys.shard_count();
+        let sweep = popper.idle.is_multiple_of(IDLE_SWEEP_EVERY);
         // A failure ends the pop at once, even with other shards left: a
         // move whose reply was lost may have happened, and the caller must
         // then look for it (see the runner's `return_stranded`) before it
@@ -737,18 +757,30 @@ impl Queue {
         for i in 0..k {
             let shard = (popper.next + i) % k;
             let keys = self.keys.shard(shard);
-            let popped: Option<String> = self
-                .fair_pop
-                .key(keys.queue())
-                .key(keys.tenants())
-                .key(keys.processing(worker))
-                .arg(keys.tenant_queue_prefix())
-                .arg(Tenant::DEFAULT)
-                .arg(SORT_BATCH)
-                .invoke_async(&mut popper.conn)
-                .await?;
+            let popped: Option<String> = if sweep {
+                self.fair_pop
+                    .key(keys.queue())
+                    .key(keys.tenants())
+                    .key(keys.processing(worker))
+                    .arg(keys.tenant_queue_prefix())
+                    .arg(Tenant::DEFAULT)
+                    .arg(SORT_BATCH)
+                    .invoke_async(&mut popper.conn)
+                    .await?
+            } else if i + 1 < k {
+                redis::cmd("LMOVE")
+                    .arg(keys.queue())
+                    .arg(keys.processing(worker))
+                    .arg("RIGHT")
+                    .arg("LEFT")
+                    .query_async(&mut popper.conn)
+                    .await?
+            } else {
+                None
+            };
             if let Some(raw) = popped {
                 popper.next = (shard + 1) % k;
+                popper.idle = 0;
                 return Ok(Some(Held { shard, raw }));
             }
         }
@@ -764,9 +796,11 @@ impl Queue {
             .await?;
         if let Some(raw) = popped {
             popper.next = (shard + 1) % k;
+            popper.idle = 0;
             return Ok(Some(Held { shard, raw }));
         }
         popper.next = (popper.next + 1) % k;
+        popper.idle = popper.idle.wrapping_add(1);
         Ok(None)
     }
 

@@ -156,3 +156,46 @@ async fn a_task_that_does_not_parse_is_still_popped_for_the_poison_list() {
     }
     assert!(popped.contains(&"not json".to_owned()), "{popped:?}");
 }
+
+#[tokio::test]
+async fn tasks_sorted_by_a_worker_that_died_are_found_by_an_idle_one_within_its_sweep() {
+    let queue = queue(&unique_prefix(), 1);
+    let block = Duration::from_millis(20);
+    // An idle worker: its pops have found nothing.
+    let mut idle = queue.popper(block).await.expect("popper");
+    assert!(
+        queue
+            .pop(&mut idle, "idle", block)
+            .await
+            .expect("pop")
+            .is_none()
+    );
+
+    // Another worker sorts three tasks into their tenant's list, takes
+    // one, and dies.
+    let tasks: Vec<String> = (0..3).map(|i| task(Some("a"), &format!("a:{i}"))).collect();
+    queue.push(&tasks).await.expect("push");
+    let mut doomed = queue.popper(block).await.expect("popper");
+    assert!(
+        queue
+            .pop(&mut doomed, "doomed", block)
+            .await
+            .expect("pop")
+            .is_some()
+    );
+    drop(doomed);
+
+    let mut pops = 0;
+    let found = loop {
+        pops += 1;
+        if let Some(held) = queue.pop(&mut idle, "idle", block).await.expect("pop") {
+            break held;
+        }
+        assert!(
+            pops < queue::IDLE_SWEEP_EVERY,
+            "the sorted tasks were not found within {} idle pops",
+            queue::IDLE_SWEEP_EVERY
+        );
+    };
+    assert_eq!(found.raw, tasks[1], "the tenant's next task");
+}
