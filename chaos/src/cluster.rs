@@ -242,6 +242,8 @@ pub struct SmtpSink {
 pub struct Transfer {
     /// The first recipient.
     pub rcpt: String,
+    /// Every recipient the server accepted, in RCPT order.
+    pub rcpt_to: Vec<String>,
     /// Replied `250`; otherwise cut on purpose, without a reply.
     pub accepted: bool,
 }
@@ -327,8 +329,20 @@ fn transfer(line: &str) -> anyhow::Result<Transfer> {
         Some("cut") => false,
         _ => anyhow::bail!("a line of the SMTP record has no known event: {line}"),
     };
-    let rcpt = entry["rcpt_to"][0].as_str().unwrap_or_default().to_owned();
-    Ok(Transfer { rcpt, accepted })
+    let rcpt_to: Vec<String> = entry["rcpt_to"]
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .filter_map(|r| r.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let rcpt = rcpt_to.first().cloned().unwrap_or_default();
+    Ok(Transfer {
+        rcpt,
+        rcpt_to,
+        accepted,
+    })
 }
 
 #[cfg(test)]
@@ -344,6 +358,7 @@ mod tests {
             transfer(accepted).expect("an accepted line"),
             Transfer {
                 rcpt: "user1@chaos.test".into(),
+                rcpt_to: vec!["user1@chaos.test".into()],
                 accepted: true
             }
         );

@@ -159,6 +159,14 @@ pub struct Summary {
     /// but whose row ended other than `sent`: typically `uncertain`, after
     /// a paused worker's outcome lost to the one that recovered its task.
     pub false_uncertain: usize,
+    /// Accepted jobs that ended `canceled`.
+    pub canceled: usize,
+    /// Cancels answered `200`.
+    pub cancels_taken: usize,
+    /// Cancels answered `409` (the job had gone too far).
+    pub cancels_late: usize,
+    /// Keys posted with a `send_at` a few seconds ahead.
+    pub scheduled: usize,
     /// From the first post to the end of the drain.
     pub duration: Duration,
     /// Each violated property, with the keys or jobs concerned.
@@ -201,7 +209,12 @@ impl Summary {
         if self.refused > 0 {
             violations.push(format!("{} post(s) never got a 2xx answer", self.refused));
         }
-        let jobs = self.sent + self.duplicate + self.failed + self.uncertain + self.stranded;
+        let jobs = self.sent
+            + self.duplicate
+            + self.failed
+            + self.uncertain
+            + self.canceled
+            + self.stranded;
         if self.new_jobs > jobs || self.new_jobs + self.replays + self.refused != self.posts {
             violations.push(format!(
                 "counts do not add up: {} posts = {} new + {} replays + {} refused; \
@@ -209,10 +222,10 @@ impl Summary {
                 self.posts, self.new_jobs, self.replays, self.refused
             ));
         }
-        if self.sent + self.failed + self.uncertain != self.keys {
+        if self.sent + self.failed + self.uncertain + self.canceled != self.keys {
             violations.push(format!(
-                "counts do not add up: {} keys but {} sent + {} failed + {} uncertain",
-                self.keys, self.sent, self.failed, self.uncertain
+                "counts do not add up: {} keys but {} sent + {} failed + {} uncertain + {} canceled",
+                self.keys, self.sent, self.failed, self.uncertain, self.canceled
             ));
         }
         if let Some(dir) = &self.log_dir
@@ -231,7 +244,8 @@ impl fmt::Display for Summary {
             f,
             "chaos: posts={} (reused keys {}) keys={} kills={} worker_exits={} worker_pauses={} \
              smtp_pauses={} postgres_pauses={} redis_restarts={} redis_losses={} \
-             sent={} duplicate={} failed={} uncertain={} (cut {}) \
+             sent={} duplicate={} failed={} uncertain={} (cut {}) canceled={} \
+             (cancels {} taken, {} late) scheduled={} \
              duplicate_effects={} stranded={} false_uncertain={} (logged sent {}) \
              duration={:.1}s",
             self.posts,
@@ -249,6 +263,10 @@ impl fmt::Display for Summary {
             self.failed,
             self.uncertain,
             self.cut_keys,
+            self.canceled,
+            self.cancels_taken,
+            self.cancels_late,
+            self.scheduled,
             self.duplicate_effects,
             self.stranded,
             self.false_uncertain,
@@ -256,6 +274,18 @@ impl fmt::Display for Summary {
             self.duration.as_secs_f64()
         )
     }
+}
+
+/// A cancel the run asked for: the key, the job, and the answer's status
+/// (`0`: no answer before the deadline).
+#[derive(Debug, Clone)]
+pub struct CancelOutcome {
+    /// The key, as an index into the plan.
+    pub key: usize,
+    /// The job canceled.
+    pub job_id: String,
+    /// `200` canceled, `409` too late.
+    pub status: u16,
 }
 
 /// How one post ended.
@@ -374,7 +404,7 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Summary> {
         smtp: &smtp,
     };
     let faults = faults::inject(&schedule, started, scenario.chaos, targets).await?;
-    let outcomes = posting.await.context("the posting task panicked")?;
+    let (outcomes, cancels) = posting.await.context("the posting task panicked")?;
 
     let mut findings = Vec::new();
     let accepted: HashMap<String, usize> = outcomes
@@ -411,6 +441,7 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Summary> {
         transfers: smtp.transfers()?,
         sent_jobs: logs::sent_jobs(&log_dir)?,
         states: verdict::read_states(&client).await?,
+        sent_early: verdict::sent_early(&client).await?,
     };
     findings.extend(
         faults
@@ -418,7 +449,7 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Summary> {
             .iter()
             .map(|name| format!("{name} exited on its own after it was up; see its log")),
     );
-    let mut summary = verdict::summarise(&plan, &outcomes, &evidence, &mut findings);
+    let mut summary = verdict::summarise(&plan, &outcomes, &cancels, &evidence, &mut findings);
     summary.faults = faults;
     summary.duration = duration;
     summary.findings = findings;
@@ -438,7 +469,7 @@ async fn post_all(
     base: String,
     tokens: Vec<String>,
     window: Duration,
-) -> Vec<PostOutcome> {
+) -> (Vec<PostOutcome>, Vec<CancelOutcome>) {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -447,6 +478,10 @@ async fn post_all(
     let started = Instant::now();
     let total = plan.posts.len().max(1);
     let mut posts = tokio::task::JoinSet::new();
+    let first_posts = plan.first_posts();
+    // A scheduled key's send_at is fixed at its first post, so that its
+    // reposts are replays.
+    let mut send_at: HashMap<usize, String> = HashMap::new();
     for (index, &key) in plan.posts.iter().enumerate() {
         // Pacing, not synchronisation: posts arrive while workers die.
         let offset = window.mul_f64(index as f64 / total as f64);
@@ -455,23 +490,71 @@ async fn post_all(
             break;
         };
         let token = tokens[plan.keys[key].tenant_index() % tokens.len()].clone();
-        let (client, url) = (client.clone(), format!("{base}/addJob"));
-        let body = plan.keys[key].body();
+        let (client, base) = (client.clone(), base.clone());
+        let at = plan.keys[key].send_in.map(|delay| {
+            send_at
+                .entry(key)
+                .or_insert_with(|| {
+                    (chrono::Utc::now() + delay)
+                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                })
+                .clone()
+        });
+        let body = plan.keys[key].body(at.as_deref());
+        // The client cancels some jobs once their first post is answered,
+        // racing the workers.
+        let cancel = (plan.keys[key].cancel && first_posts[key] == index)
+            .then(|| Duration::from_millis(rand::random_range(0..800)));
         posts.spawn(async move {
-            let outcome = post_one(&client, &url, &token, &body).await;
+            let outcome = post_one(&client, &format!("{base}/addJob"), &token, &body).await;
+            let canceled = match (&outcome, cancel) {
+                (PostOutcome::Accepted { job_id, .. }, Some(after)) => {
+                    tokio::time::sleep(after).await;
+                    let status = cancel_one(&client, &base, &token, job_id).await;
+                    Some(CancelOutcome {
+                        key,
+                        job_id: job_id.clone(),
+                        status,
+                    })
+                }
+                _ => None,
+            };
             drop(permit);
-            (index, outcome)
+            (index, outcome, canceled)
         });
     }
     let mut outcomes = vec![PostOutcome::Refused("never posted".into()); plan.posts.len()];
+    let mut cancels = Vec::new();
     // A post task that panicked leaves its post "never posted", which the
     // check reports as refused.
     while let Some(joined) = posts.join_next().await {
-        if let Ok((index, outcome)) = joined {
+        if let Ok((index, outcome, canceled)) = joined {
             outcomes[index] = outcome;
+            cancels.extend(canceled);
         }
     }
-    outcomes
+    (outcomes, cancels)
+}
+
+/// `POST /jobs/{id}/cancel`, retried through 5xx answers and transport
+/// errors until it gets another answer; its status, `0` for none.
+async fn cancel_one(client: &reqwest::Client, base: &str, token: &str, job_id: &str) -> u16 {
+    let deadline = Instant::now() + POST_DEADLINE;
+    let mut backoff = Duration::from_millis(50);
+    while Instant::now() < deadline {
+        if let Ok(response) = client
+            .post(format!("{base}/jobs/{job_id}/cancel"))
+            .bearer_auth(token)
+            .send()
+            .await
+            && !response.status().is_server_error()
+        {
+            return response.status().as_u16();
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+    0
 }
 
 async fn post_one(

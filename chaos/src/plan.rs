@@ -27,6 +27,14 @@ pub struct Key {
     pub rcpt: String,
     /// The fault the recipient asks the SMTP server for.
     pub fault: Option<Fault>,
+    /// A `cc` recipient (`user<n>+cc@chaos.test`; only keys without a
+    /// fault, so the message goes to both or neither).
+    pub cc: Option<String>,
+    /// A scheduled send: `send_at` this long after the key's first post
+    /// (the same time on every post of the key, so reposts are replays).
+    pub send_in: Option<Duration>,
+    /// Whether the client cancels the job soon after its first post.
+    pub cancel: bool,
 }
 
 impl Key {
@@ -44,14 +52,21 @@ impl Key {
             .unwrap_or(0)
     }
 
-    /// The `POST /addJob` body.
-    pub fn body(&self) -> Value {
-        json!({
+    /// The `POST /addJob` body, with `send_at` when the key is scheduled.
+    pub fn body(&self, send_at: Option<&str>) -> Value {
+        let mut body = json!({
             "to": self.rcpt,
             "subject": format!("chaos {}", self.key),
             "text": "Sent by the sendonce chaos test.",
             "idempotency_key": self.key,
-        })
+        });
+        if let Some(cc) = &self.cc {
+            body["cc"] = json!([cc]);
+        }
+        if let Some(at) = send_at {
+            body["send_at"] = json!(at);
+        }
+        body
     }
 }
 
@@ -83,11 +98,18 @@ impl Plan {
                     Some(fault) => format!("user{n}+{fault}@{DOMAIN}"),
                     None => format!("user{n}@{DOMAIN}"),
                 };
+                let cc = (fault.is_none() && rand::random_range(0..100) < 15)
+                    .then(|| format!("user{n}+cc@{DOMAIN}"));
+                let send_in = (rand::random_range(0..100) < 10)
+                    .then(|| Duration::from_millis(rand::random_range(2000..=5000)));
                 plan.keys.push(Key {
                     tenant: format!("chaos{}", n % TENANTS),
                     key: format!("chaos:{}", n / TENANTS),
                     rcpt,
                     fault,
+                    cc,
+                    send_in,
+                    cancel: rand::random_range(0..100) < 6,
                 });
                 n
             };
@@ -115,6 +137,15 @@ impl Plan {
         let m: usize = key.strip_prefix("chaos:")?.parse().ok()?;
         let n = m.checked_mul(TENANTS)?.checked_add(t)?;
         self.keys.get(n).filter(|k| k.scoped() == scoped).map(|_| n)
+    }
+
+    /// The first post of each key, by key.
+    pub fn first_posts(&self) -> Vec<usize> {
+        let mut first = vec![usize::MAX; self.keys.len()];
+        for (index, &key) in self.posts.iter().enumerate() {
+            first[key] = first[key].min(index);
+        }
+        first
     }
 
     /// How many posts reuse a key posted before.

@@ -9,10 +9,10 @@ use tokio_postgres::Client;
 
 use crate::cluster::Transfer;
 use crate::plan::Plan;
-use crate::{DRAIN_POLL, PostOutcome, Summary};
+use crate::{CancelOutcome, DRAIN_POLL, PostOutcome, Summary};
 
 /// Terminal statuses of a job.
-const TERMINAL: [&str; 4] = ["sent", "duplicate", "failed", "uncertain"];
+const TERMINAL: [&str; 5] = ["sent", "duplicate", "failed", "uncertain", "canceled"];
 /// Examples listed per kind of finding.
 const EXAMPLES: usize = 5;
 
@@ -79,6 +79,20 @@ pub async fn read_states(client: &Client) -> anyhow::Result<States> {
     Ok(states)
 }
 
+/// The keys (`tenant/key`) sent before their `send_at`.
+pub async fn sent_early(client: &Client) -> anyhow::Result<Vec<String>> {
+    Ok(client
+        .query(
+            "SELECT tenant || '/' || idempotency_key FROM deliveries
+             WHERE state = 'sent' AND sent_at < (task ->> 'send_at')::timestamptz",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect())
+}
+
 /// Findings grouped by kind, each with a few examples.
 #[derive(Debug, Default)]
 struct Findings(BTreeMap<&'static str, Vec<String>>);
@@ -109,6 +123,8 @@ pub struct Evidence {
     pub sent_jobs: HashMap<String, String>,
     /// The database, once drained.
     pub states: States,
+    /// Scheduled keys sent before their `send_at` (see [`sent_early`]).
+    pub sent_early: Vec<String>,
 }
 
 /// Counts the outcomes and checks them against the evidence. `lines`
@@ -117,6 +133,7 @@ pub struct Evidence {
 pub fn summarise(
     plan: &Plan,
     outcomes: &[PostOutcome],
+    cancels: &[CancelOutcome],
     evidence: &Evidence,
     lines: &mut Vec<String>,
 ) -> Summary {
@@ -159,9 +176,11 @@ pub fn summarise(
     }
 
     let (mut sent, mut duplicate, mut failed, mut uncertain, mut stranded) = (0, 0, 0, 0, 0);
+    let mut canceled = 0;
     for (job, &key) in &jobs {
         match states.by_job.get(job).map(String::as_str) {
             Some("sent") => sent += 1,
+            Some("canceled") => canceled += 1,
             Some("duplicate") => duplicate += 1,
             Some("failed") => failed += 1,
             Some("uncertain") => uncertain += 1,
@@ -206,6 +225,14 @@ pub fn summarise(
         } else {
             entry.1 += 1;
         }
+        if let Some(cc) = &plan.keys[n].cc
+            && !transfer.rcpt_to.contains(cc)
+        {
+            findings.add(
+                "message without its cc recipient",
+                format!("{}: {:?}", plan.keys[n].scoped(), transfer.rcpt_to),
+            );
+        }
     }
     let mut duplicate_effects = 0;
     let mut cut_keys = 0;
@@ -216,6 +243,12 @@ pub fn summarise(
             duplicate_effects += 1;
             findings.add(
                 "key whose data reached the server twice",
+                format!("{key}: {accepted} accepted, {cut} cut"),
+            );
+        }
+        if state == "canceled" {
+            findings.add(
+                "canceled key whose data reached the server",
                 format!("{key}: {accepted} accepted, {cut} cut"),
             );
         }
@@ -241,6 +274,52 @@ pub fn summarise(
         }
     }
 
+    // Cancels: a 200 means canceled and never delivered (checked above),
+    // a 409 means the job went on; nothing is canceled without a 200.
+    let (mut cancels_taken, mut cancels_late) = (0, 0);
+    let mut canceled_by_client = HashSet::new();
+    for cancel in cancels {
+        let key = plan.keys[cancel.key].scoped();
+        let state = key_state.get(&cancel.key).copied().unwrap_or("unknown");
+        match cancel.status {
+            200 => {
+                cancels_taken += 1;
+                canceled_by_client.insert(cancel.key);
+                if state != "canceled" {
+                    findings.add(
+                        "cancel answered 200 but the key ended otherwise",
+                        format!("{key} ({}): {state}", cancel.job_id),
+                    );
+                }
+            }
+            409 => {
+                cancels_late += 1;
+                if state == "canceled" {
+                    findings.add("cancel answered 409 but the key is canceled", key);
+                }
+            }
+            other => findings.add(
+                "cancel of an accepted job not answered 200 or 409",
+                format!("{key} ({}): {other}", cancel.job_id),
+            ),
+        }
+    }
+    for (&n, &state) in &key_state {
+        if state == "canceled" && !canceled_by_client.contains(&n) {
+            findings.add(
+                "key canceled without a cancel answered 200",
+                plan.keys[n].scoped(),
+            );
+        }
+    }
+    for key in &evidence.sent_early {
+        findings.add("scheduled key sent before its send_at", key.clone());
+    }
+    let scheduled = accepted_keys
+        .iter()
+        .filter(|&&n| plan.keys[n].send_in.is_some())
+        .count();
+
     let (logged_sent, false_uncertain) =
         false_uncertain(plan, &evidence.sent_jobs, &jobs, &key_state, &mut findings);
 
@@ -261,6 +340,10 @@ pub fn summarise(
         stranded,
         logged_sent,
         false_uncertain,
+        canceled,
+        cancels_taken,
+        cancels_late,
+        scheduled,
         ..Summary::default()
     }
 }
@@ -316,6 +399,16 @@ mod tests {
     /// Two keys, each posted once and accepted, each sent by a worker that
     /// logged it; the database says `a_state` for the first key.
     fn run_where_the_first_key_ends(a_state: &str) -> (Summary, Vec<String>) {
+        run_with(a_state, &[], true)
+    }
+
+    /// As [`run_where_the_first_key_ends`], with `cancels` asked for, and
+    /// the first key's message at the server only when `delivered`.
+    fn run_with(
+        a_state: &str,
+        cancels: &[CancelOutcome],
+        delivered: bool,
+    ) -> (Summary, Vec<String>) {
         let plan = Plan {
             keys: (0..2)
                 .map(|n| Key {
@@ -323,6 +416,9 @@ mod tests {
                     key: format!("chaos:{n}"),
                     rcpt: format!("user{n}@chaos.test"),
                     fault: None,
+                    cc: None,
+                    send_in: None,
+                    cancel: false,
                 })
                 .collect(),
             posts: vec![0, 1],
@@ -341,19 +437,26 @@ mod tests {
         }
         let evidence = Evidence {
             transfers: (0..2)
+                .filter(|&n| delivered || n > 0)
                 .map(|n| Transfer {
                     rcpt: format!("user{n}@chaos.test"),
+                    rcpt_to: vec![format!("user{n}@chaos.test")],
                     accepted: true,
                 })
                 .collect(),
-            sent_jobs: HashMap::from([
-                (JOB_A.to_owned(), "chaos0/chaos:0".to_owned()),
-                (JOB_B.to_owned(), "chaos0/chaos:1".to_owned()),
-            ]),
+            sent_jobs: HashMap::from_iter(
+                [
+                    (JOB_A.to_owned(), "chaos0/chaos:0".to_owned()),
+                    (JOB_B.to_owned(), "chaos0/chaos:1".to_owned()),
+                ]
+                .into_iter()
+                .filter(|(job, _)| delivered || job != JOB_A),
+            ),
             states,
+            sent_early: Vec::new(),
         };
         let mut findings = Vec::new();
-        let mut summary = summarise(&plan, &outcomes, &evidence, &mut findings);
+        let mut summary = summarise(&plan, &outcomes, cancels, &evidence, &mut findings);
         summary.findings = findings;
         let violations = summary.check();
         (summary, violations)
@@ -408,6 +511,38 @@ mod tests {
         assert!(summary.to_string().contains("stranded=1"), "{summary}");
         assert!(
             violations.iter().any(|v| v.contains("stranded")),
+            "{violations:?}"
+        );
+    }
+
+    #[test]
+    fn a_cancel_that_won_passes_and_one_whose_key_was_delivered_fails() {
+        let taken = [CancelOutcome {
+            key: 0,
+            job_id: JOB_A.to_owned(),
+            status: 200,
+        }];
+        let (summary, violations) = run_with("canceled", &taken, false);
+        assert_eq!(violations, Vec::<String>::new(), "{summary}");
+        assert_eq!((summary.canceled, summary.cancels_taken), (1, 1));
+
+        let (_, violations) = run_with("canceled", &taken, true);
+        assert!(
+            violations
+                .iter()
+                .any(|v| v.contains("canceled key whose data reached")),
+            "{violations:?}"
+        );
+        let (_, violations) = run_with("sent", &taken, true);
+        assert!(
+            violations.iter().any(|v| v.contains("cancel answered 200")),
+            "{violations:?}"
+        );
+        let (_, violations) = run_with("canceled", &[], false);
+        assert!(
+            violations
+                .iter()
+                .any(|v| v.contains("without a cancel answered 200")),
             "{violations:?}"
         );
     }
