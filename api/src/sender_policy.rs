@@ -255,6 +255,8 @@ mod tests {
             subject: Subject::parse("Hi").expect("valid"),
             body: Body::new(Some("Hello".into()), None).expect("valid"),
             send_at: None,
+            headers: Default::default(),
+            metadata: Default::default(),
         }
     }
 

@@ -80,6 +80,8 @@ fn task(key: &str) -> Task {
             subject: Subject::parse("Hi").expect("valid"),
             body: Body::new(Some("hello".into()), None).expect("valid"),
             send_at: None,
+            headers: Default::default(),
+            metadata: Default::default(),
         },
         Some(IdempotencyKey::parse(key).expect("valid")),
     )

@@ -135,6 +135,8 @@ async fn a_task_moved_into_a_live_workers_list_by_a_pop_whose_reply_was_lost_is_
             subject: Subject::parse("Stranded").expect("valid"),
             body: Body::new(Some("moved, then forgotten".into()), None).expect("valid"),
             send_at: None,
+            headers: Default::default(),
+            metadata: Default::default(),
         },
         Some(IdempotencyKey::parse("stranded:1").expect("valid")),
     );

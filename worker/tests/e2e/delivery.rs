@@ -92,6 +92,8 @@ async fn after_redis_loses_everything_the_same_key_is_still_not_sent_again() {
             subject: Subject::parse("Welcome aboard").expect("valid"),
             body: Body::new(Some("Hello again.".into()), None).expect("valid"),
             send_at: None,
+            headers: Default::default(),
+            metadata: Default::default(),
         },
         Some(IdempotencyKey::parse("welcome:carol").expect("valid")),
     );
@@ -120,6 +122,8 @@ async fn two_jobs_with_one_key_popped_at_once_by_two_workers_give_one_email() {
                 subject: Subject::parse("Race").expect("valid"),
                 body: Body::new(Some("one of us wins".into()), None).expect("valid"),
                 send_at: None,
+                headers: Default::default(),
+                metadata: Default::default(),
             },
             Some(IdempotencyKey::parse("race:dave").expect("valid")),
         )

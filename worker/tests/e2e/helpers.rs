@@ -433,6 +433,8 @@ pub fn keyed_task(to: &str, key: &str, subject: &str) -> Task {
             subject: Subject::parse(subject).expect("valid"),
             body: Body::new(Some("a test body".into()), None).expect("valid"),
             send_at: None,
+            headers: Default::default(),
+            metadata: Default::default(),
         },
         Some(IdempotencyKey::parse(key).expect("valid")),
     )
