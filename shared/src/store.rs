@@ -23,6 +23,7 @@
 //! token (`deliveries.fence`); `docs/exactly-once.md` says why each
 //! transition is safe.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -30,7 +31,7 @@ use deadpool::managed::Manager as _;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::domain::JobId;
+use crate::domain::{JobId, Metadata};
 
 pub mod acceptance;
 pub mod audit;
@@ -216,6 +217,9 @@ pub struct JobRecord {
     pub updated_at: Option<DateTime<Utc>>,
     /// When the server accepted the message.
     pub sent_at: Option<DateTime<Utc>>,
+    /// The job's metadata, as given; empty for a job skipped as a
+    /// duplicate, and once retention has removed the task.
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// One dead-letter entry as the API lists it.
@@ -243,6 +247,8 @@ pub struct FailedJob {
     pub attempts: i32,
     /// When it was dead-lettered.
     pub failed_at: DateTime<Utc>,
+    /// The job's metadata, as given.
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// Which dead-letter entries a listing wants.
@@ -254,6 +260,9 @@ pub struct FailedFilter {
     pub reason: Option<DeadReason>,
     /// Only entries dead-lettered at or after this instant.
     pub since: Option<DateTime<Utc>>,
+    /// Only entries whose metadata holds all of these keys with these
+    /// values.
+    pub metadata: Option<Metadata>,
 }
 
 /// Which dead-letter entries to requeue.
@@ -360,6 +369,16 @@ impl Store {
         held.commit().await?;
         Ok(result?.applied_migrations().len())
     }
+}
+
+/// The metadata in column `i` (`task->'metadata'`): empty when the task
+/// has none, or is gone.
+fn metadata_at(row: &tokio_postgres::Row, i: usize) -> BTreeMap<String, String> {
+    row.try_get::<_, Option<tokio_postgres::types::Json<BTreeMap<String, String>>>>(i)
+        .ok()
+        .flatten()
+        .map(|m| m.0)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use tokio_postgres::types::Type;
 
 use super::sql::Sql;
-use super::{JobRecord, Store, StoreError};
+use super::{JobRecord, Store, StoreError, metadata_at};
 use crate::domain::{JobId, Tenant};
 
 const JOB: Sql = Sql::new(
@@ -12,11 +12,11 @@ const JOB: Sql = Sql::new(
                              WHEN state = 'queued' AND next_attempt_at > now() THEN 'scheduled'
                              ELSE state END,
                         attempts, last_error, next_attempt_at, updated_at, sent_at,
-                        created_at, tenant
+                        created_at, tenant, task->'metadata'
                  FROM deliveries WHERE job_id = $1 AND ($2::text IS NULL OR tenant = $2)
                  UNION ALL
                  SELECT idempotency_key, 'duplicate', 0, NULL, NULL, created_at, NULL, NULL,
-                        tenant
+                        tenant, NULL
                  FROM duplicate_jobs WHERE job_id = $1 AND ($2::text IS NULL OR tenant = $2)
                  LIMIT 1",
     &[Type::UUID, Type::TEXT],
@@ -145,6 +145,7 @@ impl Store {
             created_at: r.get::<_, Option<_>>(7).or_else(|| job.created_at()),
             updated_at: r.get(5),
             sent_at: r.get(6),
+            metadata: metadata_at(&r, 9),
         }))
     }
 }
