@@ -274,6 +274,18 @@ impl IdempotencyKey {
         let digest = Sha256::digest(self.0.as_bytes());
         format!("<{}@{domain}>", hex::encode(&digest[..16]))
     }
+
+    /// The `n`th candidate MIME boundary for a message at this key (the
+    /// mailer takes the first that no part holds): a hash, as the
+    /// `Message-ID`, so every attempt writes the same one and the key does
+    /// not show through.
+    pub fn boundary(&self, n: u32) -> String {
+        let mut digest = Sha256::new();
+        digest.update(b"sendonce boundary\0");
+        digest.update(self.0.as_bytes());
+        digest.update(n.to_be_bytes());
+        format!("sendonce-{}", hex::encode(&digest.finalize()[..16]))
+    }
 }
 
 /// Exactly one RFC 5322 mailbox, optionally with a display name.
