@@ -259,6 +259,8 @@ mod tests {
             send_at: None,
             cc: Vec::new(),
             bcc: Vec::new(),
+            headers: Default::default(),
+            metadata: Default::default(),
         }
     }
 

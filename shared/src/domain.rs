@@ -1,6 +1,13 @@
 //! Domain types. Each one is parsed once, at the edge, and cannot hold an
 //! invalid value afterwards; the worker re-parses what it reads back from
 //! Redis and Postgres through the same constructors.
+//!
+//! # Layout
+//!
+//! This file holds the values of one field each (address, key, subject,
+//! body) and the email and task they make up; the maps a request may carry
+//! have their own modules: [`headers`] (the headers a client adds to its
+//! message) and [`metadata`] (its own labels, never sent).
 
 use std::fmt;
 use std::str::FromStr;
@@ -11,6 +18,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use uuid::Uuid;
+
+pub use headers::CustomHeaders;
+pub use metadata::Metadata;
+
+pub mod headers;
+pub mod metadata;
 
 /// Why a value was refused. The field name lives in the caller, which knows
 /// which field it was parsing; this only says what was wrong with the value.
@@ -53,6 +66,77 @@ pub enum InvalidValue {
     /// Not a UUID.
     #[error("is not a UUID")]
     NotUuid,
+}
+
+/// Why a map of names to values ([`CustomHeaders`], [`Metadata`]) was
+/// refused. As with [`InvalidValue`], the caller names the field; this
+/// names the entry at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidEntry {
+    /// More entries than allowed.
+    #[error("must hold at most {max} entries, not {given}")]
+    TooMany {
+        /// The limit.
+        max: usize,
+        /// How many there were.
+        given: usize,
+    },
+    /// A name that is not one of this map's form; shown escaped and cut
+    /// short, since it may hold anything.
+    #[error("has the name {name:?}, which is not {expected}")]
+    BadName {
+        /// The name, at most [`InvalidEntry::SHOWN_CHARS`] characters of it.
+        name: String,
+        /// What a name must be.
+        expected: &'static str,
+    },
+    /// A header that sendonce writes itself, or that would change who the
+    /// message is from or to, its identity, structure or trace.
+    #[error(
+        "may not set `{0}`: sendonce writes it, or it would change the message's sender, recipients, identity or structure"
+    )]
+    Reserved(String),
+    /// A header outside the allow-list.
+    #[error("may not set `{name}`: only {allowed} may be added")]
+    NotAllowed {
+        /// The header.
+        name: String,
+        /// The allow-list, in words.
+        allowed: &'static str,
+    },
+    /// The same name twice (for headers, in any case).
+    #[error("has `{0}` more than once")]
+    Duplicate(String),
+    /// A value refused for what it holds.
+    #[error("`{name}` {problem}")]
+    Value {
+        /// Its name.
+        name: String,
+        /// What is wrong with it.
+        problem: InvalidValue,
+    },
+    /// Names and values together are larger than allowed.
+    #[error("must be at most {max} bytes in all (names and values), not {given}")]
+    TooLarge {
+        /// The limit.
+        max: usize,
+        /// The size given.
+        given: usize,
+    },
+}
+
+impl InvalidEntry {
+    /// How much of a bad name an error shows.
+    pub const SHOWN_CHARS: usize = 80;
+
+    /// [`InvalidEntry::BadName`] for `name`, cut short.
+    fn bad_name(name: &str, expected: &'static str) -> Self {
+        Self::BadName {
+            name: name.chars().take(Self::SHOWN_CHARS).collect(),
+            expected,
+        }
+    }
 }
 
 /// A job's identity, minted by the API as a UUIDv7 so ids sort by creation
@@ -189,6 +273,18 @@ impl IdempotencyKey {
     pub fn message_id(&self, domain: &str) -> String {
         let digest = Sha256::digest(self.0.as_bytes());
         format!("<{}@{domain}>", hex::encode(&digest[..16]))
+    }
+
+    /// The `n`th candidate MIME boundary for a message at this key (the
+    /// mailer takes the first that no part holds): a hash, as the
+    /// `Message-ID`, so every attempt writes the same one and the key does
+    /// not show through.
+    pub fn boundary(&self, n: u32) -> String {
+        let mut digest = Sha256::new();
+        digest.update(b"sendonce boundary\0");
+        digest.update(self.0.as_bytes());
+        digest.update(n.to_be_bytes());
+        format!("sendonce-{}", hex::encode(&digest.finalize()[..16]))
     }
 }
 
@@ -484,6 +580,15 @@ pub struct Email {
     /// request, so a replay must name the same time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub send_at: Option<DateTime<Utc>>,
+    /// Headers the client adds to the message. Left out of the JSON when
+    /// there are none, so tasks and fingerprints from before them are
+    /// unchanged.
+    #[serde(default, skip_serializing_if = "CustomHeaders::is_empty")]
+    pub headers: CustomHeaders,
+    /// The client's labels for the job, returned with it and never sent.
+    /// Left out of the JSON when empty, as `headers`.
+    #[serde(default, skip_serializing_if = "Metadata::is_empty")]
+    pub metadata: Metadata,
 }
 
 impl Email {
@@ -689,11 +794,33 @@ mod tests {
             send_at: None,
             cc: Vec::new(),
             bcc: Vec::new(),
+            headers: CustomHeaders::default(),
+            metadata: Metadata::default(),
         };
         let task = Task::new(email, None);
         let back = Task::from_json(&task.to_json()).expect("round trip");
         assert_eq!(task, back);
         assert_eq!(task.idempotency_key.as_str(), task.job_id.to_string());
+    }
+
+    #[test]
+    fn an_email_without_headers_or_metadata_is_the_json_it_was_before_them() {
+        let json = r#"{"to":"Ada <ada@example.com>","subject":"Hi","text":"hello"}"#;
+        let email: Email = serde_json::from_str(json).expect("an email from before");
+        assert!(email.headers.is_empty() && email.metadata.is_empty());
+        assert_eq!(serde_json::to_string(&email).expect("serialise"), json);
+    }
+
+    #[test]
+    fn headers_and_metadata_travel_with_the_task_and_are_parsed_again() {
+        let json = r#"{"to":"ada@example.com","subject":"Hi","text":"hello",
+            "headers":{"X-Campaign":"spring"},"metadata":{"user_id":"42"}}"#;
+        let email: Email = serde_json::from_str(json).expect("an email");
+        let task = Task::new(email, None);
+        assert_eq!(Task::from_json(&task.to_json()).ok(), Some(task));
+        let forged = r#"{"to":"ada@example.com","subject":"Hi","text":"hello",
+            "headers":{"Bcc":"eve@example.com"}}"#;
+        assert!(serde_json::from_str::<Email>(forged).is_err());
     }
 
     #[test]
@@ -791,7 +918,21 @@ mod tests {
                 else {
                     return Ok(());
                 };
-                let task = Task::new(Email { from: None, to: to.into(), cc: Vec::new(), bcc: Vec::new(), reply_to: None, subject, body, send_at: None }, None);
+                let task = Task::new(
+                    Email {
+                        from: None,
+                        to: to.into(),
+                        cc: Vec::new(),
+                        bcc: Vec::new(),
+                        reply_to: None,
+                        subject,
+                        body,
+                        send_at: None,
+                        headers: CustomHeaders::default(),
+                        metadata: Metadata::default(),
+                    },
+                    None,
+                );
                 prop_assert_eq!(Task::from_json(&task.to_json()).ok(), Some(task));
             }
         }

@@ -23,6 +23,7 @@
 //! token (`deliveries.fence`); `docs/exactly-once.md` says why each
 //! transition is safe.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -30,7 +31,7 @@ use deadpool::managed::Manager as _;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::domain::JobId;
+use crate::domain::{JobId, Metadata};
 
 pub mod acceptance;
 pub mod audit;
@@ -230,6 +231,9 @@ pub struct JobRecord {
     /// for the others; absent when none was.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub refused_recipients: Vec<RefusedRecipient>,
+    /// The job's metadata, as given; empty for a job skipped as a
+    /// duplicate, and once retention has removed the task.
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// One dead-letter entry as the API lists it.
@@ -257,6 +261,8 @@ pub struct FailedJob {
     pub attempts: i32,
     /// When it was dead-lettered.
     pub failed_at: DateTime<Utc>,
+    /// The job's metadata, as given.
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// Which dead-letter entries a listing wants.
@@ -268,6 +274,9 @@ pub struct FailedFilter {
     pub reason: Option<DeadReason>,
     /// Only entries dead-lettered at or after this instant.
     pub since: Option<DateTime<Utc>>,
+    /// Only entries whose metadata holds all of these keys with these
+    /// values.
+    pub metadata: Option<Metadata>,
 }
 
 /// Which dead-letter entries to requeue.
@@ -374,6 +383,16 @@ impl Store {
         held.commit().await?;
         Ok(result?.applied_migrations().len())
     }
+}
+
+/// The metadata in column `i` (`task->'metadata'`): empty when the task
+/// has none, or is gone.
+fn metadata_at(row: &tokio_postgres::Row, i: usize) -> BTreeMap<String, String> {
+    row.try_get::<_, Option<tokio_postgres::types::Json<BTreeMap<String, String>>>>(i)
+        .ok()
+        .flatten()
+        .map(|m| m.0)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -23,10 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use deadpool::managed::{Object, Pool, PoolError};
-use email_encoding::headers::rfc2047;
 use lettre::Message;
-use lettre::message::header::{self, Header};
-use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::client::AsyncSmtpConnection;
 use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
 use lettre::transport::smtp::extension::{Extension, MailBodyParameter, MailParameter};
@@ -38,12 +35,13 @@ pub use connection::{ConnectError, SmtpManager, SmtpSettings, TlsMode};
 pub use dkim::{DkimKeyError, DkimKeys, parse_selector};
 use relays::says_relay_is_busy;
 pub use relays::{RelayChooser, RelayPolicy, SmtpRelays};
-use wire::{a_labels, crlf, fit, fit_mailboxes, redact};
+use wire::redact;
 
 use crate::telemetry::{self, Unavailable};
 
 mod connection;
 mod dkim;
+mod message;
 mod relays;
 mod wire;
 
@@ -234,64 +232,10 @@ impl Mailer {
     }
 
     /// Builds the RFC 5322 message for `task`, DKIM-signed if its `From`
-    /// domain has a key. Its `Message-ID` depends only on the idempotency
-    /// key and the default sender's domain; its `Date`, and the signature's
-    /// `t=` and `b=`, are those of the attempt.
+    /// domain has a key: the same bytes on every attempt (the `message`
+    /// module), but for the signature's `t=` and `b=`.
     pub fn build_message(&self, task: &Task) -> Result<Message, lettre::error::Error> {
-        let email = &task.email;
-        let from = a_labels(email.from.as_ref().unwrap_or(&self.default_from).mailbox());
-        let to: Vec<Mailbox> = email.to.iter().map(|a| a_labels(a.mailbox())).collect();
-        let cc: Vec<Mailbox> = email.cc.iter().map(|a| a_labels(a.mailbox())).collect();
-        let reply_to = email.reply_to.as_ref().map(|r| a_labels(r.mailbox()));
-        let default_domain = a_labels(self.default_from.mailbox());
-        let mut builder = Message::builder().from(from.clone());
-        for mailbox in &to {
-            builder = builder.to(mailbox.clone());
-        }
-        for mailbox in &cc {
-            builder = builder.cc(mailbox.clone());
-        }
-        // In the envelope only: lettre drops the `Bcc` header it builds.
-        for bcc in &email.bcc {
-            builder = builder.bcc(a_labels(bcc.mailbox()));
-        }
-        let mut builder = builder.subject(email.subject.as_str()).message_id(Some(
-            task.idempotency_key
-                .message_id(default_domain.email.domain()),
-        ));
-        if let Some(reply_to) = &reply_to {
-            builder = builder.reply_to(reply_to.clone());
-        }
-        // lettre picks 7bit only for ASCII lines under 76 octets, else
-        // quoted-printable or base64, so no body line on the wire is longer
-        // than 998 octets once every line break is a CRLF.
-        let mut message = match (email.body.text().map(crlf), email.body.html().map(crlf)) {
-            (Some(text), Some(html)) => {
-                builder.multipart(MultiPart::alternative_plain_html(text, html))
-            }
-            (Some(text), None) => builder.singlepart(SinglePart::plain(text)),
-            (None, Some(html)) => builder.singlepart(SinglePart::html(html)),
-            (None, None) => unreachable!("Body guarantees at least one part"),
-        }?;
-        let headers = message.headers_mut();
-        let subject = email.subject.as_str();
-        fit(
-            headers,
-            header::Subject::from(subject.to_owned()).display(),
-            (header::Subject::name(), subject.to_owned()),
-            |w| rfc2047::encode(subject, w),
-        );
-        fit_mailboxes::<header::From>(headers, std::slice::from_ref(&from));
-        fit_mailboxes::<header::To>(headers, &to);
-        if !cc.is_empty() {
-            fit_mailboxes::<header::Cc>(headers, &cc);
-        }
-        if let Some(reply_to) = &reply_to {
-            fit_mailboxes::<header::ReplyTo>(headers, std::slice::from_ref(reply_to));
-        }
-        // Last: the signature covers the headers as they go out.
-        self.dkim.sign(&mut message, from.email.domain());
-        Ok(message)
+        message::build(task, &self.default_from, &self.dkim)
     }
 
     /// Sends `message`, calling `before_data` after the server's `354` and

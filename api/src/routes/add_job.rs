@@ -1,14 +1,18 @@
 //! `POST /addJob`: validate, record the job in Postgres (the group commit),
 //! then push it to the queue; once per idempotency key.
 
+use std::fmt;
+
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use sendonce_shared::domain::{
-    Body, Email, EmailAddress, IdempotencyKey, InvalidValue, JobId, Recipients, Subject, Task,
+    Body, CustomHeaders, Email, EmailAddress, IdempotencyKey, JobId, Metadata, Recipients, Subject,
+    Task,
 };
 use sendonce_shared::store::{Accepted, Submission};
 use sendonce_shared::telemetry;
-use serde::{Deserialize, Serialize};
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::auth::{Authorized, scope};
 use crate::problem::{ApiError, Problem};
@@ -61,6 +65,55 @@ pub struct AddJobBody {
     #[serde(default)]
     #[schema(format = DateTime, value_type = Option<String>)]
     pub send_at: Option<String>,
+    /// Headers to add to the message, at most 50, by name (unique without
+    /// regard to case): `List-Unsubscribe`, `List-Unsubscribe-Post`,
+    /// `List-Id`, `List-Help`, `List-Subscribe`, `List-Post`, `List-Owner`,
+    /// `List-Archive`, `In-Reply-To`, `References`, `Auto-Submitted`,
+    /// `Precedence`, `Keywords`, `Feedback-ID`, `Comments` and `X-*`; any
+    /// other is refused, naming it. A value is one line without control
+    /// characters, `Name: value` at most 998 bytes; printable ASCII except
+    /// in `X-*` and `Comments`, which may hold any text (sent as RFC 2047
+    /// encoded words).
+    #[serde(default)]
+    #[schema(value_type = Option<std::collections::HashMap<String, String>>)]
+    pub headers: Option<Entries>,
+    /// The client's labels for the job, never sent: at most 20 keys of 1 to
+    /// 40 characters of `A-Z a-z 0-9 _ . -`, values of at most 500 bytes
+    /// without control characters, 4096 bytes in all. Returned by
+    /// `GET /jobs/{id}` and `GET /failedJobs`, which filters on it.
+    #[serde(default)]
+    #[schema(value_type = Option<std::collections::HashMap<String, String>>)]
+    pub metadata: Option<Entries>,
+}
+
+/// A JSON object of strings, every entry as given: a name given twice is
+/// kept twice, for the domain type to refuse, where a map would keep the
+/// last silently.
+#[derive(Debug, Default)]
+pub struct Entries(pub Vec<(String, String)>);
+
+impl<'de> Deserialize<'de> for Entries {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Pairs;
+
+        impl<'de> Visitor<'de> for Pairs {
+            type Value = Entries;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of strings")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entries, A::Error> {
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0).min(64));
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(Entries(entries))
+            }
+        }
+
+        deserializer.deserialize_map(Pairs)
+    }
 }
 
 /// One mailbox, or an array of at least one.
@@ -95,7 +148,7 @@ pub struct NewJob {
     pub key: Option<IdempotencyKey>,
 }
 
-fn field<T>(name: &'static str, r: Result<T, InvalidValue>) -> Result<T, ApiError> {
+fn field<T, E: fmt::Display>(name: &'static str, r: Result<T, E>) -> Result<T, ApiError> {
     r.map_err(|e| ApiError::InvalidField {
         field: name,
         reason: e.to_string(),
@@ -131,6 +184,14 @@ impl TryFrom<AddJobBody> for NewJob {
                             })
                     })
                     .transpose()?,
+                headers: field(
+                    "headers",
+                    CustomHeaders::parse(body.headers.unwrap_or_default().0),
+                )?,
+                metadata: field(
+                    "metadata",
+                    Metadata::parse(body.metadata.unwrap_or_default().0),
+                )?,
             },
             key: body
                 .idempotency_key

@@ -2,7 +2,7 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
-use sendonce_shared::domain::Note;
+use sendonce_shared::domain::{Metadata, Note};
 use sendonce_shared::store::{Actor, FailedFilter, FailedJob, RequeueError, RequeueSelection};
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +35,23 @@ pub struct ListQuery {
     /// tenant's when absent). Without it, ignored: a caller sees its own.
     #[param(min_length = 1, max_length = 128, pattern = "^[!-~]{1,128}$")]
     pub tenant: Option<String>,
+    /// Only entries whose job's metadata has this key with this value:
+    /// `key:value`, split at the first colon (keys hold none), the value
+    /// matched exactly.
+    #[param(max_length = 541, pattern = "^[A-Za-z0-9_.-]{1,40}:")]
+    pub metadata: Option<String>,
+}
+
+/// `?metadata=key:value` as the one-entry metadata it must contain.
+fn metadata_filter(raw: &str) -> Result<Metadata, ApiError> {
+    let invalid = |reason: String| ApiError::InvalidField {
+        field: "metadata",
+        reason,
+    };
+    let (key, value) = raw
+        .split_once(':')
+        .ok_or_else(|| invalid("must be `key:value`".into()))?;
+    Metadata::parse([(key.to_owned(), value.to_owned())]).map_err(|e| invalid(e.to_string()))
 }
 
 /// One page.
@@ -87,6 +104,7 @@ pub async fn list(
             .tenant_scope(parse_field("tenant", query.tenant.as_deref())?),
         reason: parse_field("reason", query.reason.as_deref())?,
         since,
+        metadata: query.metadata.as_deref().map(metadata_filter).transpose()?,
     };
     let rows = state
         .store

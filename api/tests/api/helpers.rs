@@ -163,6 +163,26 @@ impl TestApi {
     }
 }
 
+/// Dead-letters job `id` as a worker giving up would; answers its entry id.
+pub async fn dead_letter(api: &TestApi, id: &str) -> i64 {
+    let job: uuid::Uuid = id.parse().expect("a job id");
+    api.db()
+        .connect()
+        .await
+        .query_one(
+            "WITH given_up AS (
+                 UPDATE deliveries SET state = 'failed' WHERE job_id = $1
+                 RETURNING job_id, tenant, idempotency_key, task)
+             INSERT INTO failed_jobs (job_id, tenant, idempotency_key, task, reason, error, attempts)
+             SELECT job_id, tenant, idempotency_key, task, 'failed', 'boom', 1 FROM given_up
+             RETURNING id",
+            &[&job],
+        )
+        .await
+        .expect("a dead letter")
+        .get(0)
+}
+
 pub fn valid_body() -> Value {
     json!({"to": "ada@example.com", "subject": "Hi", "text": "Hello"})
 }

@@ -10,6 +10,7 @@ mod durable;
 mod helpers;
 mod hostile_input;
 mod logs;
+mod message_fields;
 mod operations;
 mod recipients;
 mod scheduled;

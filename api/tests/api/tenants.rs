@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApi, spawn_api};
+use crate::helpers::{TestApi, dead_letter, spawn_api};
 
 /// A token of `tenant` (`None`: a token without the claim) with `scope`.
 fn token(api: &TestApi, tenant: Option<&str>, scope: &str) -> String {
@@ -29,26 +29,6 @@ async fn answer(response: reqwest::Response) -> (u16, Value) {
 
 async fn get(api: &TestApi, token: &str, path: &str) -> (u16, Value) {
     answer(api.call("GET", path, Some(token)).await).await
-}
-
-/// Dead-letters job `id` as a worker giving up would; answers its entry id.
-async fn dead_letter(api: &TestApi, id: &str) -> i64 {
-    let job: uuid::Uuid = id.parse().expect("a job id");
-    api.db()
-        .connect()
-        .await
-        .query_one(
-            "WITH given_up AS (
-                 UPDATE deliveries SET state = 'failed' WHERE job_id = $1
-                 RETURNING job_id, tenant, idempotency_key, task)
-             INSERT INTO failed_jobs (job_id, tenant, idempotency_key, task, reason, error, attempts)
-             SELECT job_id, tenant, idempotency_key, task, 'failed', 'boom', 1 FROM given_up
-             RETURNING id",
-            &[&job],
-        )
-        .await
-        .expect("a dead letter")
-        .get(0)
 }
 
 #[tokio::test]

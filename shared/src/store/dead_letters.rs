@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{Json, Type};
 use tokio_postgres::{Row, Transaction};
 use uuid::Uuid;
 
@@ -11,6 +11,7 @@ use super::sql::Sql;
 
 use super::{
     Actor, DeadReason, FailedFilter, FailedJob, RequeueError, RequeueSelection, Store, StoreError,
+    metadata_at,
 };
 use crate::domain::{JobId, Tenant};
 
@@ -19,12 +20,13 @@ const REQUEUE_BATCH: i64 = 500;
 
 const PAGE: Sql = Sql::new(
     "SELECT id, job_id, idempotency_key, task->>'to', task->>'subject',
-            reason, error, smtp_reply, attempts, failed_at, tenant
+            reason, error, smtp_reply, attempts, failed_at, tenant, task->'metadata'
      FROM failed_jobs
      WHERE ($1::bigint IS NULL OR id < $1)
        AND ($2::text IS NULL OR reason = $2)
        AND ($3::timestamptz IS NULL OR failed_at >= $3)
        AND ($5::text IS NULL OR tenant = $5)
+       AND ($6::jsonb IS NULL OR task->'metadata' @> $6)
      ORDER BY id DESC
      LIMIT $4",
     &[
@@ -33,6 +35,7 @@ const PAGE: Sql = Sql::new(
         Type::TIMESTAMPTZ,
         Type::INT8,
         Type::TEXT,
+        Type::JSONB,
     ],
 );
 
@@ -144,6 +147,7 @@ impl Store {
                     &filter.since,
                     &limit,
                     &filter.tenant.as_ref().map(Tenant::as_str),
+                    &filter.metadata.as_ref().map(|m| Json(m.as_map())),
                 ],
             )
             .await?;
@@ -161,6 +165,7 @@ impl Store {
                 smtp_reply: r.get(7),
                 attempts: r.get(8),
                 failed_at: r.get(9),
+                metadata: metadata_at(r, 11),
             })
             .collect())
     }

@@ -3,7 +3,7 @@
 use tokio_postgres::types::Type;
 
 use super::sql::Sql;
-use super::{JobRecord, Store, StoreError};
+use super::{JobRecord, Store, StoreError, metadata_at};
 use crate::domain::{JobId, Tenant};
 
 const JOB: Sql = Sql::new(
@@ -12,11 +12,11 @@ const JOB: Sql = Sql::new(
                              WHEN state = 'queued' AND next_attempt_at > now() THEN 'scheduled'
                              ELSE state END,
                         attempts, last_error, next_attempt_at, updated_at, sent_at,
-                        created_at, tenant, refused_recipients::text
+                        created_at, tenant, refused_recipients::text, task->'metadata'
                  FROM deliveries WHERE job_id = $1 AND ($2::text IS NULL OR tenant = $2)
                  UNION ALL
                  SELECT idempotency_key, 'duplicate', 0, NULL, NULL, created_at, NULL, NULL,
-                        tenant, NULL
+                        tenant, NULL, NULL
                  FROM duplicate_jobs WHERE job_id = $1 AND ($2::text IS NULL OR tenant = $2)
                  LIMIT 1",
     &[Type::UUID, Type::TEXT],
@@ -149,6 +149,7 @@ impl Store {
                 .get::<_, Option<String>>(9)
                 .and_then(|text| serde_json::from_str(&text).ok())
                 .unwrap_or_default(),
+            metadata: metadata_at(&r, 10),
         }))
     }
 }

@@ -84,6 +84,8 @@ fn task(key: &str) -> Task {
             send_at: None,
             cc: Vec::new(),
             bcc: Vec::new(),
+            headers: Default::default(),
+            metadata: Default::default(),
         },
         Some(IdempotencyKey::parse(key).expect("valid")),
     )

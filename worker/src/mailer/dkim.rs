@@ -35,12 +35,14 @@ const MIN_RSA_BITS: usize = 1024;
 
 /// The headers signed, when present. Absent ones are signed as absent
 /// (RFC 6376 §5.4), so none of them can be added on the way without
-/// breaking the signature. Not `Content-Type` nor
-/// `Content-Transfer-Encoding`: lettre keeps them with the MIME body and
-/// writes them after the headers it signs, so it would sign them as absent
-/// and every receiver would see a broken signature. The body hash covers
-/// the body either way.
-const SIGNED_HEADERS: [&str; 7] = [
+/// breaking the signature. `List-Unsubscribe` and `List-Unsubscribe-Post`
+/// (a job's own headers) because RFC 8058 §4 has one-click unsubscription
+/// honoured only when a valid signature covers them. Not `Content-Type`
+/// nor `Content-Transfer-Encoding`: lettre keeps them with the MIME body
+/// and writes them after the headers it signs, so it would sign them as
+/// absent and every receiver would see a broken signature. The body hash
+/// covers the body either way.
+const SIGNED_HEADERS: [&str; 9] = [
     "From",
     "Reply-To",
     "To",
@@ -48,6 +50,8 @@ const SIGNED_HEADERS: [&str; 7] = [
     "Date",
     "Message-ID",
     "MIME-Version",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
 ];
 
 /// Why `DKIM_KEYS_DIR` could not be loaded. Each names the file or the

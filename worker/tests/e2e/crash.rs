@@ -139,6 +139,8 @@ async fn a_task_moved_into_a_live_workers_list_by_a_pop_whose_reply_was_lost_is_
             send_at: None,
             cc: Vec::new(),
             bcc: Vec::new(),
+            headers: Default::default(),
+            metadata: Default::default(),
         },
         Some(IdempotencyKey::parse("stranded:1").expect("valid")),
     );

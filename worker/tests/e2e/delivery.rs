@@ -96,6 +96,8 @@ async fn after_redis_loses_everything_the_same_key_is_still_not_sent_again() {
             send_at: None,
             cc: Vec::new(),
             bcc: Vec::new(),
+            headers: Default::default(),
+            metadata: Default::default(),
         },
         Some(IdempotencyKey::parse("welcome:carol").expect("valid")),
     );
@@ -128,6 +130,8 @@ async fn two_jobs_with_one_key_popped_at_once_by_two_workers_give_one_email() {
                 send_at: None,
                 cc: Vec::new(),
                 bcc: Vec::new(),
+                headers: Default::default(),
+                metadata: Default::default(),
             },
             Some(IdempotencyKey::parse("race:dave").expect("valid")),
         )

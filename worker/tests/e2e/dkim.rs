@@ -253,3 +253,35 @@ async fn a_worker_given_a_bad_dkim_key_exits_at_start_naming_the_file() {
     assert!(stderr.contains("DKIM_KEYS_DIR"), "{stderr}");
     assert!(stderr.contains("example.com.pem"), "{stderr}");
 }
+
+#[tokio::test]
+async fn the_one_click_unsubscribe_headers_are_signed_as_rfc_8058_asks() {
+    let system = spawn_system(Options::default()).await;
+
+    let (mails, _) = send_from(
+        &system,
+        &[json!({
+            "subject": "News",
+            "text": "This week.",
+            "headers": {
+                "List-Unsubscribe": "<https://sendonce.test/unsubscribe/1>",
+                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+            },
+        })],
+    )
+    .await;
+
+    let mail = &mails[0];
+    let signature = mail.header("DKIM-Signature").expect("signed");
+    assert!(
+        signature.contains("list-unsubscribe:list-unsubscribe-post"),
+        "{signature}"
+    );
+    assert_eq!(verify(&mail.data).await, [DkimResult::Pass]);
+    let redirected = tampered(&mail.data, "unsubscribe/1>", "unsubscribe/2>");
+    let results = verify(&redirected).await;
+    assert!(
+        matches!(results[..], [DkimResult::Fail(_)]),
+        "a changed List-Unsubscribe: {results:?}"
+    );
+}

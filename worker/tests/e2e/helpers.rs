@@ -3,6 +3,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use clap::Parser;
 use sendonce_api::auth::JwtKeys;
 use sendonce_api::config::ApiConfig;
@@ -435,9 +437,47 @@ pub fn keyed_task(to: &str, key: &str, subject: &str) -> Task {
             send_at: None,
             cc: Vec::new(),
             bcc: Vec::new(),
+            headers: Default::default(),
+            metadata: Default::default(),
         },
         Some(IdempotencyKey::parse(key).expect("valid")),
     )
+}
+
+/// A header value with RFC 2047 `B` words decoded (the whitespace between
+/// two adjacent encoded words is dropped, as RFC 2047 §6.2 says).
+pub fn decode_words(value: &str) -> String {
+    let mut out = String::new();
+    let mut gap = String::new();
+    let mut after_word = false;
+    for (i, piece) in value.split(' ').enumerate() {
+        if i > 0 {
+            gap.push(' ');
+        }
+        if piece.is_empty() {
+            continue;
+        }
+        let word = piece
+            .strip_prefix("=?utf-8?b?")
+            .and_then(|p| p.strip_suffix("?="));
+        match word {
+            Some(b64) => {
+                if !after_word {
+                    out.push_str(&gap);
+                }
+                let bytes = STANDARD.decode(b64).expect("base64 in an encoded word");
+                out.push_str(&String::from_utf8(bytes).expect("UTF-8 in an encoded word"));
+                after_word = true;
+            }
+            None => {
+                out.push_str(&gap);
+                out.push_str(piece);
+                after_word = false;
+            }
+        }
+        gap.clear();
+    }
+    out
 }
 
 pub fn email(to: &str, key: Option<&str>) -> Value {

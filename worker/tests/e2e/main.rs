@@ -10,6 +10,7 @@ mod durable;
 mod failures;
 mod fencing;
 mod helpers;
+mod message_fields;
 mod operations;
 mod recipients;
 mod relays;

@@ -6,15 +6,13 @@
 use std::cell::Cell;
 use std::collections::HashMap;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use sendonce_shared::domain::IdempotencyKey;
 use sendonce_testkit::smtp::ReceivedMail;
 use serde_json::{Value, json};
 
-use crate::helpers::{Options, TestSystem, spawn_system};
+use crate::helpers::{Options, TestSystem, decode_words, spawn_system};
 
 /// RFC 5321 §4.5.3.1.6: 1000 octets with the CRLF.
 const MAX_LINE_OCTETS: usize = 998;
@@ -59,42 +57,6 @@ fn the_one_message_for<'a>(mails: &'a [ReceivedMail], key: &str) -> &'a Received
         .collect();
     assert_eq!(found.len(), 1, "messages for key {key}");
     found[0]
-}
-
-/// A header value with RFC 2047 `B` words decoded (the whitespace between
-/// two adjacent encoded words is dropped, as RFC 2047 §6.2 says).
-fn decode_words(value: &str) -> String {
-    let mut out = String::new();
-    let mut gap = String::new();
-    let mut after_word = false;
-    for (i, piece) in value.split(' ').enumerate() {
-        if i > 0 {
-            gap.push(' ');
-        }
-        if piece.is_empty() {
-            continue;
-        }
-        let word = piece
-            .strip_prefix("=?utf-8?b?")
-            .and_then(|p| p.strip_suffix("?="));
-        match word {
-            Some(b64) => {
-                if !after_word {
-                    out.push_str(&gap);
-                }
-                let bytes = STANDARD.decode(b64).expect("base64 in an encoded word");
-                out.push_str(&String::from_utf8(bytes).expect("UTF-8 in an encoded word"));
-                after_word = true;
-            }
-            None => {
-                out.push_str(&gap);
-                out.push_str(piece);
-                after_word = false;
-            }
-        }
-        gap.clear();
-    }
-    out
 }
 
 /// Posts each body as a job with its own key and waits until all are sent.
@@ -185,6 +147,25 @@ async fn every_header_line_fits_in_998_octets_at_the_limits_of_each_field() {
             jobs.push((format!("long:{field}:{i}"), body));
         }
     }
+    // A job's own headers, at the longest value each name accepts.
+    let most = |name: &str| 998 - name.len() - ": ".len();
+    let headers = [
+        ("X-Long", "x".repeat(most("X-Long"))),
+        ("X-Long", "é".repeat(most("X-Long") / 2)),
+        ("X-Long", "word ".repeat(most("X-Long") / 5)),
+        (
+            "List-Unsubscribe",
+            format!(
+                "<https://x.test/{}>",
+                "u".repeat(most("List-Unsubscribe") - 17)
+            ),
+        ),
+    ];
+    for (i, (name, value)) in headers.iter().enumerate() {
+        let body =
+            json!({"to": "a@x.test", "subject": "s", "text": "hi", "headers": {*name: value}});
+        jobs.push((format!("long:header:{i}"), body));
+    }
 
     send_all(&system, &jobs).await;
 
@@ -205,6 +186,16 @@ async fn every_header_line_fits_in_998_octets_at_the_limits_of_each_field() {
                 got.trim_end_matches(address).trim().trim_matches('"') == name,
                 "job {key}: {header} came out as {got:?}"
             );
+        }
+        if let Some(headers) = body["headers"].as_object() {
+            for (name, value) in headers {
+                let got = decode_words(&mail.header(name).expect("the header"));
+                assert_eq!(
+                    got.trim_end(),
+                    value.as_str().expect("text").trim_end(),
+                    "job {key}"
+                );
+            }
         }
     }
 }

@@ -1,0 +1,240 @@
+//! The RFC 5322 message of a task, the same bytes on every attempt: its
+//! `Message-ID` comes from the idempotency key, its `Date` from when the
+//! job was accepted (or scheduled for), its MIME boundary from the key;
+//! only a DKIM signature's `t=` and `b=` are the attempt's.
+
+use std::time::SystemTime;
+
+use email_encoding::headers::rfc2047;
+use lettre::Message;
+use lettre::message::header::{self, Header, HeaderName, HeaderValue};
+use lettre::message::{Mailbox, MultiPart, SinglePart};
+use sendonce_shared::domain::{EmailAddress, Task};
+
+use super::dkim::DkimKeys;
+use super::wire::{a_labels, crlf, fit, fit_mailboxes};
+
+/// Builds the message for `task`, from `default_from` when it names no
+/// sender, DKIM-signed if its `From` domain has a key in `dkim`. The
+/// client's headers follow the ones sendonce writes; the API let through
+/// none that could replace them.
+pub(super) fn build(
+    task: &Task,
+    default_from: &EmailAddress,
+    dkim: &DkimKeys,
+) -> Result<Message, lettre::error::Error> {
+    let email = &task.email;
+    let from = a_labels(email.from.as_ref().unwrap_or(default_from).mailbox());
+    let to: Vec<Mailbox> = email.to.iter().map(|a| a_labels(a.mailbox())).collect();
+    let cc: Vec<Mailbox> = email.cc.iter().map(|a| a_labels(a.mailbox())).collect();
+    let reply_to = email.reply_to.as_ref().map(|r| a_labels(r.mailbox()));
+    let default_domain = a_labels(default_from.mailbox());
+    let mut builder = Message::builder().from(from.clone());
+    for mailbox in &to {
+        builder = builder.to(mailbox.clone());
+    }
+    for mailbox in &cc {
+        builder = builder.cc(mailbox.clone());
+    }
+    // In the envelope only: lettre drops the `Bcc` header it builds.
+    for bcc in &email.bcc {
+        builder = builder.bcc(a_labels(bcc.mailbox()));
+    }
+    let mut builder = builder
+        .subject(email.subject.as_str())
+        .date(date(task))
+        .message_id(Some(
+            task.idempotency_key
+                .message_id(default_domain.email.domain()),
+        ));
+    if let Some(reply_to) = &reply_to {
+        builder = builder.reply_to(reply_to.clone());
+    }
+    for (name, value) in email.headers.iter() {
+        // The API checked the name; one that lettre still refused is left
+        // out rather than failing a job it accepted.
+        if let Ok(name) = HeaderName::new_from_ascii(name.to_owned()) {
+            // Encoded words only where a value is not ASCII, which only
+            // the unstructured `X-*` and `Comments` may be.
+            builder = builder.raw_header(HeaderValue::new(name, value.to_owned()));
+        }
+    }
+    // lettre picks 7bit only for ASCII lines under 76 octets, else
+    // quoted-printable or base64, so no body line on the wire is longer
+    // than 998 octets once every line break is a CRLF.
+    let mut message = match (email.body.text().map(crlf), email.body.html().map(crlf)) {
+        (Some(text), Some(html)) => {
+            let boundary = boundary(task, &[&text, &html]);
+            builder.multipart(
+                MultiPart::alternative()
+                    .boundary(boundary)
+                    .singlepart(SinglePart::plain(text))
+                    .singlepart(SinglePart::html(html)),
+            )
+        }
+        (Some(text), None) => builder.singlepart(SinglePart::plain(text)),
+        (None, Some(html)) => builder.singlepart(SinglePart::html(html)),
+        (None, None) => unreachable!("Body guarantees at least one part"),
+    }?;
+    let headers = message.headers_mut();
+    let subject = email.subject.as_str();
+    fit(
+        headers,
+        header::Subject::from(subject.to_owned()).display(),
+        (header::Subject::name(), subject.to_owned()),
+        |w| rfc2047::encode(subject, w),
+    );
+    fit_mailboxes::<header::From>(headers, std::slice::from_ref(&from));
+    fit_mailboxes::<header::To>(headers, &to);
+    if !cc.is_empty() {
+        fit_mailboxes::<header::Cc>(headers, &cc);
+    }
+    if let Some(reply_to) = &reply_to {
+        fit_mailboxes::<header::ReplyTo>(headers, std::slice::from_ref(reply_to));
+    }
+    // Last: the signature covers the headers as they go out.
+    dkim.sign(&mut message, from.email.domain());
+    Ok(message)
+}
+
+/// The `Date`: when the job was accepted, or the later time it was
+/// scheduled for, so that a scheduled message is not dated days before it
+/// arrives. A retry hours later keeps it: the message is the one the
+/// client asked for then, and the same bytes as the first attempt.
+fn date(task: &Task) -> SystemTime {
+    let at = task
+        .email
+        .send_at
+        .map_or(task.enqueued_at, |at| at.max(task.enqueued_at));
+    SystemTime::from(at)
+}
+
+/// The multipart boundary: a digest of the idempotency key, so every
+/// attempt at the key writes the same one. The client knows the key, so it
+/// could put the boundary in a part and break its own message's structure:
+/// a boundary a part holds is passed over for the key's next candidate.
+fn boundary(task: &Task, parts: &[&str]) -> String {
+    (0u32..)
+        .map(|n| task.idempotency_key.boundary(n))
+        .find(|b| !parts.iter().any(|p| p.contains(b.as_str())))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use sendonce_shared::domain::{Body, CustomHeaders, Email, IdempotencyKey, Metadata, Subject};
+
+    use super::*;
+
+    fn task(text: Option<&str>, html: Option<&str>) -> Task {
+        let email = Email {
+            from: None,
+            to: EmailAddress::parse("Ada <ada@example.net>")
+                .expect("valid")
+                .into(),
+            cc: Vec::new(),
+            bcc: Vec::new(),
+            reply_to: None,
+            subject: Subject::parse("Your receipt").expect("valid"),
+            body: Body::new(text.map(str::to_owned), html.map(str::to_owned)).expect("valid"),
+            send_at: None,
+            headers: CustomHeaders::parse([
+                (
+                    "List-Unsubscribe".to_owned(),
+                    "<https://example.com/u/42>".to_owned(),
+                ),
+                ("X-Campaign".to_owned(), "Frühling".to_owned()),
+            ])
+            .expect("valid"),
+            metadata: Metadata::parse([("user_id".to_owned(), "secret-42".to_owned())])
+                .expect("valid"),
+        };
+        Task::new(
+            email,
+            Some(IdempotencyKey::parse("receipt:42").expect("valid")),
+        )
+    }
+
+    fn sender() -> EmailAddress {
+        EmailAddress::parse("Shop <shop@example.com>").expect("valid")
+    }
+
+    fn bytes(task: &Task) -> String {
+        let message = build(task, &sender(), &DkimKeys::none()).expect("a message");
+        String::from_utf8(message.formatted()).expect("ASCII")
+    }
+
+    #[test]
+    fn a_task_builds_the_same_bytes_every_time() {
+        for task in [
+            task(Some("Thanks, Ada."), Some("<p>Thanks, Ada.</p>")),
+            task(Some("Thanks, Ada."), None),
+            task(None, Some("<p>Thanks, Ada.</p>")),
+        ] {
+            let first = bytes(&task);
+            let again = bytes(&Task::from_json(&task.to_json()).expect("a task"));
+            assert_eq!(first, again);
+        }
+    }
+
+    #[test]
+    fn a_signed_message_differs_from_the_unsigned_one_only_by_its_signature() {
+        let dir = std::env::temp_dir().join(format!("sendonce-message-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).expect("a temp dir");
+        let key = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/dkim/ed25519.pem");
+        std::fs::copy(key, dir.join("example.com.pem")).expect("a key");
+        let keys = DkimKeys::load(&dir, "s1").expect("the key");
+        let task = task(Some("Thanks, Ada."), Some("<p>Thanks, Ada.</p>"));
+
+        let signed = build(&task, &sender(), &keys).expect("a message");
+        let signed = String::from_utf8(signed.formatted()).expect("ASCII");
+
+        let mut lines = signed.split("\r\n").peekable();
+        let mut unsigned = Vec::new();
+        while let Some(line) = lines.next() {
+            if line.starts_with("DKIM-Signature:") {
+                while lines.next_if(|l| l.starts_with([' ', '\t'])).is_some() {}
+            } else {
+                unsigned.push(line);
+            }
+        }
+        assert!(
+            signed.contains(":list-unsubscribe:list-unsubscribe-post;"),
+            "RFC 8058 §4: one-click unsubscription needs them signed: {signed}"
+        );
+        assert_eq!(unsigned.join("\r\n"), bytes(&task));
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+
+    #[test]
+    fn the_date_is_when_the_job_was_accepted_or_scheduled_for() {
+        let mut task = task(Some("Thanks, Ada."), None);
+        task.enqueued_at = "2026-03-01T08:00:00Z".parse().expect("a time");
+        assert!(bytes(&task).contains("\r\nDate: Sun, 01 Mar 2026 08:00:00 +0000\r\n"));
+        task.email.send_at = Some("2026-03-05T09:30:00Z".parse().expect("a time"));
+        assert!(bytes(&task).contains("\r\nDate: Thu, 05 Mar 2026 09:30:00 +0000\r\n"));
+    }
+
+    #[test]
+    fn the_boundary_comes_from_the_key_and_is_never_in_a_part() {
+        let plain = task(Some("a"), Some("<p>a</p>"));
+        let usual = boundary(&plain, &[]);
+        assert!(bytes(&plain).contains(&format!("boundary=\"{usual}\"")));
+        let mut other = plain.clone();
+        other.idempotency_key = IdempotencyKey::parse("receipt:43").expect("valid");
+        assert_ne!(boundary(&other, &[]), usual);
+
+        let hostile = task(Some(&format!("--{usual}\r\n")), Some("<p>a</p>"));
+        let chosen = boundary(&hostile, &[&format!("--{usual}\r\n")]);
+        assert_ne!(chosen, usual);
+        assert!(bytes(&hostile).contains(&format!("boundary=\"{chosen}\"")));
+    }
+
+    #[test]
+    fn custom_headers_are_written_and_metadata_is_not() {
+        let message = bytes(&task(Some("Thanks, Ada."), None));
+        assert!(message.contains("\r\nList-Unsubscribe: <https://example.com/u/42>\r\n"));
+        assert!(message.contains("\r\nX-Campaign: =?utf-8?"), "{message}");
+        assert!(!message.contains("secret-42") && !message.contains("user_id"));
+    }
+}
