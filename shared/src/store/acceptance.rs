@@ -85,10 +85,10 @@ const INSERT: Sql = Sql::new(
     "INSERT INTO deliveries
         (tenant, idempotency_key, job_id, state, attempts, fence, task, fingerprint,
          next_attempt_at)
-    SELECT tenant, key, job, 'queued', 0, 0, task::jsonb, fingerprint,
-           (task::jsonb ->> 'send_at')::timestamptz
-    FROM unnest($1::text[], $2::text[], $3::uuid[], $4::text[], $5::text[])
-        WITH ORDINALITY AS r(tenant, key, job, task, fingerprint, n)
+    SELECT tenant, key, job, 'queued', 0, 0, task::jsonb, fingerprint, send_at
+    FROM unnest($1::text[], $2::text[], $3::uuid[], $4::text[], $5::text[],
+                $6::timestamptz[])
+        WITH ORDINALITY AS r(tenant, key, job, task, fingerprint, send_at, n)
     ORDER BY n
     ON CONFLICT (tenant, idempotency_key) DO NOTHING
     RETURNING job_id",
@@ -98,6 +98,7 @@ const INSERT: Sql = Sql::new(
         Type::UUID_ARRAY,
         Type::TEXT_ARRAY,
         Type::TEXT_ARRAY,
+        Type::TIMESTAMPTZ_ARRAY,
     ],
 );
 
@@ -151,12 +152,15 @@ impl Store {
             .map(|&i| jobs[i].fingerprint.as_str())
             .collect();
 
+        // A scheduled job waits for its send_at from the start.
+        let send_at: Vec<Option<chrono::DateTime<chrono::Utc>>> =
+            order.iter().map(|&i| jobs[i].task.email.send_at).collect();
         let conn = self.pool.get().await?;
         let inserted: std::collections::HashSet<Uuid> = self
             .rows(
                 &conn,
                 &INSERT,
-                &[&tenants, &keys, &ids, &tasks, &fingerprints],
+                &[&tenants, &keys, &ids, &tasks, &fingerprints, &send_at],
             )
             .await?
             .iter()
