@@ -251,7 +251,13 @@ async fn rows_a_dead_holder_left_in_flight_with_no_copy_in_redis_are_resolved_by
     let cut = system
         .wait_for_terminal(cut["job_id"].as_str().expect("job id"))
         .await;
-    assert_eq!(claimed["status"], "sent", "{claimed}");
+    // The claimed job is sent by the rescuer; or, on a slow machine, the
+    // second worker reaped it from the paused one and had its data out
+    // when it was killed, and then it is rightly `uncertain` (a second
+    // attempt, cut): either way resolved, never left in flight.
+    let reaped_and_cut =
+        claimed["status"] == "uncertain" && claimed["attempts"].as_i64().is_some_and(|a| a >= 2);
+    assert!(claimed["status"] == "sent" || reaped_and_cut, "{claimed}");
     assert_eq!(cut["status"], "uncertain", "{cut}");
     assert!(
         cut["last_error"]
