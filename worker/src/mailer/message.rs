@@ -148,6 +148,7 @@ mod tests {
             .expect("valid"),
             metadata: Metadata::parse([("user_id".to_owned(), "secret-42".to_owned())])
                 .expect("valid"),
+            attachments: Default::default(),
         };
         Task::new(
             email,
