@@ -22,20 +22,6 @@ fn with_attachments(attachments: Value) -> Value {
     body
 }
 
-/// Asserts that nothing was recorded or queued.
-async fn assert_nothing_stored(api: &TestApi) {
-    let recorded: i64 = api
-        .db()
-        .connect()
-        .await
-        .query_one("SELECT count(*) FROM deliveries", &[])
-        .await
-        .expect("count")
-        .get(0);
-    assert_eq!(recorded, 0, "nothing was recorded");
-    assert_eq!(api.queue_len().await, 0, "nothing was queued");
-}
-
 /// Posts `attachments` and asserts a `422` naming `attachments` and `member`.
 async fn assert_refused(api: &TestApi, attachments: Value, member: &str) {
     let response = api
@@ -105,7 +91,7 @@ async fn a_filename_that_could_inject_a_header_or_hide_its_extension_is_refused(
         )
         .await;
     }
-    assert_nothing_stored(&api).await;
+    api.assert_nothing_stored().await;
 }
 
 #[tokio::test]
@@ -131,7 +117,7 @@ async fn a_content_type_that_is_not_one_discrete_media_type_is_refused() {
         )
         .await;
     }
-    assert_nothing_stored(&api).await;
+    api.assert_nothing_stored().await;
 }
 
 #[tokio::test]
@@ -141,7 +127,7 @@ async fn content_that_is_not_standard_base64_is_refused() {
         let attachments = json!([{"filename": "a.bin", "content_type": "application/octet-stream", "content": bad}]);
         assert_refused(&api, attachments, "content").await;
     }
-    assert_nothing_stored(&api).await;
+    api.assert_nothing_stored().await;
 }
 
 #[tokio::test]
@@ -162,7 +148,7 @@ async fn a_content_id_must_be_plain_and_unique() {
         )
         .await;
     assert_problem(response, 422, "entry 1: `content_id` \"LOGO\"").await;
-    assert_nothing_stored(&api).await;
+    api.assert_nothing_stored().await;
 }
 
 #[tokio::test]
@@ -183,7 +169,7 @@ async fn more_than_twenty_attachments_or_an_unknown_member_is_refused() {
         .post_job(Some(&token), &with_attachments(json!([typo])))
         .await;
     assert_problem(response, 400, "contentid").await;
-    assert_nothing_stored(&api).await;
+    api.assert_nothing_stored().await;
 }
 
 #[tokio::test]
@@ -205,7 +191,7 @@ async fn a_message_over_max_message_bytes_is_refused_before_anything_is_stored()
             .is_some_and(|d| d.contains("1001 bytes") && d.contains("MAX_MESSAGE_BYTES")),
         "{problem}"
     );
-    assert_nothing_stored(&api).await;
+    api.assert_nothing_stored().await;
     let at_the_limit = with_attachments(json!([attachment(
         "a.bin",
         "application/octet-stream",

@@ -53,10 +53,20 @@ fn parent_of<'a>(message: &'a Message<'a>, child: usize) -> Option<&'a MessagePa
     })
 }
 
-#[tokio::test]
-async fn attachments_arrive_byte_exact_and_inline_parts_beside_the_html_that_shows_them() {
+/// The message the SMTP server received for the job `body`.
+async fn sent(body: &Value) -> Vec<u8> {
     let system = spawn_system(Options::default()).await;
     let _worker = system.spawn_worker().await;
+    let answer = system.post_ok(body).await;
+    system
+        .wait_for_status(answer["job_id"].as_str().expect("a job id"), "sent")
+        .await;
+    let messages = system.smtp.wait_for_messages(1, DEADLINE).await;
+    messages[0].data.clone()
+}
+
+#[tokio::test]
+async fn attachments_arrive_byte_exact_and_inline_parts_beside_the_html_that_shows_them() {
     let logo = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
     let notes = b"line one\nline two\r\nline three\n".to_vec();
     let body = json!({
@@ -72,14 +82,10 @@ async fn attachments_arrive_byte_exact_and_inline_parts_beside_the_html_that_sho
         ],
     });
 
-    let answer = system.post_ok(&body).await;
-    system
-        .wait_for_status(answer["job_id"].as_str().expect("a job id"), "sent")
-        .await;
+    let data = sent(&body).await;
 
-    let messages = system.smtp.wait_for_messages(1, DEADLINE).await;
     let message = MessageParser::default()
-        .parse(&messages[0].data)
+        .parse(&data)
         .expect("a MIME message");
     assert_eq!(media_type(message.root_part()), "multipart/mixed");
 
@@ -115,22 +121,16 @@ async fn attachments_arrive_byte_exact_and_inline_parts_beside_the_html_that_sho
 
 #[tokio::test]
 async fn a_message_without_inline_parts_has_no_related_part() {
-    let system = spawn_system(Options::default()).await;
-    let _worker = system.spawn_worker().await;
     let body = json!({
         "to": "ada@example.com", "subject": "Report", "text": "Attached.",
         "idempotency_key": "attachments:report",
         "attachments": [attachment("report.csv", "text/csv", b"a,b\n1,2\n", None)],
     });
 
-    let answer = system.post_ok(&body).await;
-    system
-        .wait_for_status(answer["job_id"].as_str().expect("a job id"), "sent")
-        .await;
+    let data = sent(&body).await;
 
-    let messages = system.smtp.wait_for_messages(1, DEADLINE).await;
     let message = MessageParser::default()
-        .parse(&messages[0].data)
+        .parse(&data)
         .expect("a MIME message");
     assert_eq!(media_type(message.root_part()), "multipart/mixed");
     assert!(
