@@ -306,6 +306,78 @@ mod tests {
         }
     }
 
+    /// What the builder wrote before attachments, byte for byte: a job
+    /// without attachments is the message it was, so a retry across the
+    /// upgrade sends the same bytes.
+    #[test]
+    fn a_task_without_attachments_builds_the_bytes_it_built_before_them() {
+        let cases = [
+            (Some("Thanks, Ada.\nSee you."), Some("<p>Thanks, Ada.</p>")),
+            (Some("Thanks, Ada."), None),
+            (None, Some("<p>Thanks, Ada.</p>")),
+        ];
+        let before = [
+            concat!(
+                "From: Shop <shop@example.com>\r\n",
+                "To: Ada <ada@example.net>\r\n",
+                "Subject: Your receipt\r\n",
+                "Date: Sun, 01 Mar 2026 08:00:00 +0000\r\n",
+                "Message-ID: <dc73f01cd861a60f6fbd91ae0307f072@example.com>\r\n",
+                "List-Unsubscribe: <https://example.com/u/42>\r\n",
+                "X-Campaign: =?utf-8?b?RnLDvGhsaW5n?=\r\n",
+                "MIME-Version: 1.0\r\n",
+                "Content-Type: multipart/alternative;\r\n",
+                " boundary=\"sendonce-110a179c5f57b223c5dacb52ce4e9a5e\"\r\n",
+                "\r\n",
+                "--sendonce-110a179c5f57b223c5dacb52ce4e9a5e\r\n",
+                "Content-Type: text/plain; charset=utf-8\r\n",
+                "Content-Transfer-Encoding: 7bit\r\n",
+                "\r\n",
+                "Thanks, Ada.\r\n",
+                "See you.\r\n",
+                "--sendonce-110a179c5f57b223c5dacb52ce4e9a5e\r\n",
+                "Content-Type: text/html; charset=utf-8\r\n",
+                "Content-Transfer-Encoding: 7bit\r\n",
+                "\r\n",
+                "<p>Thanks, Ada.</p>\r\n",
+                "--sendonce-110a179c5f57b223c5dacb52ce4e9a5e--\r\n",
+            ),
+            concat!(
+                "From: Shop <shop@example.com>\r\n",
+                "To: Ada <ada@example.net>\r\n",
+                "Subject: Your receipt\r\n",
+                "Date: Sun, 01 Mar 2026 08:00:00 +0000\r\n",
+                "Message-ID: <dc73f01cd861a60f6fbd91ae0307f072@example.com>\r\n",
+                "List-Unsubscribe: <https://example.com/u/42>\r\n",
+                "X-Campaign: =?utf-8?b?RnLDvGhsaW5n?=\r\n",
+                "MIME-Version: 1.0\r\n",
+                "Content-Type: text/plain; charset=utf-8\r\n",
+                "Content-Transfer-Encoding: 7bit\r\n",
+                "\r\n",
+                "Thanks, Ada.\r\n",
+            ),
+            concat!(
+                "From: Shop <shop@example.com>\r\n",
+                "To: Ada <ada@example.net>\r\n",
+                "Subject: Your receipt\r\n",
+                "Date: Sun, 01 Mar 2026 08:00:00 +0000\r\n",
+                "Message-ID: <dc73f01cd861a60f6fbd91ae0307f072@example.com>\r\n",
+                "List-Unsubscribe: <https://example.com/u/42>\r\n",
+                "X-Campaign: =?utf-8?b?RnLDvGhsaW5n?=\r\n",
+                "MIME-Version: 1.0\r\n",
+                "Content-Type: text/html; charset=utf-8\r\n",
+                "Content-Transfer-Encoding: 7bit\r\n",
+                "\r\n",
+                "<p>Thanks, Ada.</p>\r\n",
+            ),
+        ];
+        for ((text, html), before) in cases.into_iter().zip(before) {
+            let mut task = task(text, html);
+            task.enqueued_at = "2026-03-01T08:00:00Z".parse().expect("a time");
+            assert_eq!(bytes(&task), before);
+        }
+    }
+
     #[test]
     fn a_signed_message_differs_from_the_unsigned_one_only_by_its_signature() {
         let dir = std::env::temp_dir().join(format!("sendonce-message-{}", uuid::Uuid::now_v7()));
