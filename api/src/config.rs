@@ -102,18 +102,28 @@ pub struct ApiConfig {
     #[arg(long, env = "SENDER_POLICY_FILE")]
     pub sender_policy_file: Option<std::path::PathBuf>,
 
-    /// Largest accepted request body, in bytes.
-    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..=64 * 1024 * 1024))]
+    /// Largest accepted request body, in bytes. The default takes a job
+    /// at `MAX_MESSAGE_BYTES`: its attachments come base64-encoded, a
+    /// third larger than they are.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..=64 * 1024 * 1024))]
     pub max_body_bytes: u64,
 
-    /// Largest accepted `POST /addJobs` body, in bytes.
-    #[arg(long, env = "MAX_BATCH_BYTES", default_value_t = 16 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..=256 * 1024 * 1024))]
+    /// Largest accepted `POST /addJobs` body, in bytes; by default twice
+    /// `MAX_BODY_BYTES`, so a batch holds at least one job of any size
+    /// `/addJob` takes.
+    #[arg(long, env = "MAX_BATCH_BYTES", default_value_t = 32 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..=256 * 1024 * 1024))]
     pub max_batch_bytes: u64,
 
     /// Largest `text` plus `html` of one job, in bytes, in `/addJob` and in
     /// each job of a batch.
     #[arg(long, env = "MAX_JOB_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..=64 * 1024 * 1024))]
     pub max_job_bytes: u64,
+
+    /// Largest message of one job, in bytes: its `text`, `html` and
+    /// attachments (decoded) together, in `/addJob` and in each job of a
+    /// batch.
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 10 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..=64 * 1024 * 1024))]
+    pub max_message_bytes: u64,
 
     /// Most recipients of one job, `to`, `cc` and `bcc` together.
     #[arg(long, env = "MAX_RECIPIENTS", default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=1000))]

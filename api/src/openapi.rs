@@ -210,5 +210,13 @@ mod tests {
         ] {
             assert!(add_job[status].is_object(), "POST /addJob lacks {status}");
         }
+        let schemas = &doc["components"]["schemas"];
+        assert!(schemas["AddJobBody"]["properties"]["attachments"].is_object());
+        for member in ["filename", "content_type", "content", "content_id"] {
+            assert!(
+                schemas["Attachment"]["properties"][member].is_object(),
+                "an attachment's `{member}` is missing"
+            );
+        }
     }
 }

@@ -261,6 +261,7 @@ mod tests {
             bcc: Vec::new(),
             headers: Default::default(),
             metadata: Default::default(),
+            attachments: Default::default(),
         }
     }
 

@@ -94,6 +94,8 @@ impl Application {
             handoff,
             max_job_bytes: usize::try_from(config.max_job_bytes)
                 .context("MAX_JOB_BYTES does not fit in memory")?,
+            max_message_bytes: usize::try_from(config.max_message_bytes)
+                .context("MAX_MESSAGE_BYTES does not fit in memory")?,
             max_schedule_days: config.max_schedule_days,
             max_recipients: usize::from(config.max_recipients),
             senders,

@@ -24,6 +24,9 @@ pub struct AppState {
     pub handoff: Handoff,
     /// `MAX_JOB_BYTES`: the largest `text` plus `html` of one job.
     pub max_job_bytes: usize,
+    /// `MAX_MESSAGE_BYTES`: the largest `text`, `html` and decoded
+    /// attachments of one job together.
+    pub max_message_bytes: usize,
     /// `MAX_RECIPIENTS`: most recipients of one job.
     pub max_recipients: usize,
     /// `MAX_SCHEDULE_DAYS`: how far ahead `send_at` may be.

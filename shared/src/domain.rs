@@ -7,7 +7,8 @@
 //! This file holds the values of one field each (address, key, subject,
 //! body) and the email and task they make up; the maps a request may carry
 //! have their own modules: [`headers`] (the headers a client adds to its
-//! message) and [`metadata`] (its own labels, never sent).
+//! message) and [`metadata`] (its own labels, never sent), as do the files
+//! it sends with it, [`attachments`].
 
 use std::fmt;
 use std::str::FromStr;
@@ -19,9 +20,11 @@ use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+pub use attachments::{Attachment, Attachments, InvalidAttachment, RawAttachment};
 pub use headers::CustomHeaders;
 pub use metadata::Metadata;
 
+pub mod attachments;
 pub mod headers;
 pub mod metadata;
 
@@ -66,6 +69,29 @@ pub enum InvalidValue {
     /// Not a UUID.
     #[error("is not a UUID")]
     NotUuid,
+    /// A character that reorders the text around it (U+202E and its
+    /// kin), which can make `invoice\u{202E}fdp.exe` show as a PDF.
+    #[error(
+        "must not contain bidirectional formatting characters (U+202A to U+202E, U+2066 to U+2069, ...)"
+    )]
+    BidiFormatting,
+    /// A filename holding a quote, a backslash or a slash.
+    #[error("must not contain `\"`, `\\` or `/`")]
+    FilenameSpecial,
+    /// Not an RFC 2045 media type.
+    #[error(
+        "must be a media type `type/subtype`, optionally with `; name=value` parameters, of printable ASCII (e.g. \"application/pdf\")"
+    )]
+    NotMediaType,
+    /// A media type whose body has a structure of its own.
+    #[error("may not be `multipart/*` or `message/*`")]
+    CompositeMediaType,
+    /// Not standard base64.
+    #[error("must be standard base64 (RFC 4648 §4: `A-Z a-z 0-9 + /`, padded with `=`, one line)")]
+    NotBase64,
+    /// Not a content id sendonce accepts.
+    #[error("must be 1 to 100 characters of A-Z, a-z, 0-9, `.`, `_`, `@`, `-`")]
+    NotContentId,
 }
 
 /// Why a map of names to values ([`CustomHeaders`], [`Metadata`]) was
@@ -589,6 +615,10 @@ pub struct Email {
     /// Left out of the JSON when empty, as `headers`.
     #[serde(default, skip_serializing_if = "Metadata::is_empty")]
     pub metadata: Metadata,
+    /// Files sent with the message. Left out of the JSON when there are
+    /// none, as `headers`.
+    #[serde(default, skip_serializing_if = "Attachments::is_empty")]
+    pub attachments: Attachments,
 }
 
 impl Email {
@@ -796,6 +826,7 @@ mod tests {
             bcc: Vec::new(),
             headers: CustomHeaders::default(),
             metadata: Metadata::default(),
+            attachments: Attachments::default(),
         };
         let task = Task::new(email, None);
         let back = Task::from_json(&task.to_json()).expect("round trip");
@@ -821,6 +852,18 @@ mod tests {
         let forged = r#"{"to":"ada@example.com","subject":"Hi","text":"hello",
             "headers":{"Bcc":"eve@example.com"}}"#;
         assert!(serde_json::from_str::<Email>(forged).is_err());
+    }
+
+    #[test]
+    fn attachments_travel_with_the_task_as_sent_and_are_parsed_again() {
+        let json = r#"{"to":"ada@example.com","subject":"Hi","html":"<img src=\"cid:logo\">","attachments":[{"filename":"logo.png","content_type":"image/png","content":"iVBORw==","content_id":"logo"}]}"#;
+        let email: Email = serde_json::from_str(json).expect("an email");
+        assert_eq!(email.attachments.size(), 4);
+        assert_eq!(serde_json::to_string(&email).expect("serialise"), json);
+        let task = Task::new(email, None);
+        assert_eq!(Task::from_json(&task.to_json()).ok(), Some(task));
+        let forged = json.replace("logo.png", "logo\\r\\nBcc: eve@example.com");
+        assert!(serde_json::from_str::<Email>(&forged).is_err());
     }
 
     #[test]
@@ -930,6 +973,7 @@ mod tests {
                         send_at: None,
                         headers: CustomHeaders::default(),
                         metadata: Metadata::default(),
+                        attachments: Attachments::default(),
                     },
                     None,
                 );

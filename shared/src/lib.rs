@@ -3,8 +3,8 @@
 //! # Layout
 //!
 //! - [`domain`]: the parsed types (email address, idempotency key, subject,
-//!   body, the headers a job adds, its metadata, task). Invalid values
-//!   cannot be constructed.
+//!   body, the headers a job adds, its metadata, its attachments, task).
+//!   Invalid values cannot be constructed.
 //! - [`config`]: settings common to both binaries (`DATABASE_URL`,
 //!   `REDIS_URL`, ...), read once through clap.
 //! - [`queue`]: the Redis queue, processing lists, delayed set, worker leases,

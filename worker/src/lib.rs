@@ -8,13 +8,13 @@
 //!   acknowledge; leases, retry promotion, crash recovery and the sweeper.
 //! - [`mailer`]: pooled SMTP connections driven command by command, so a
 //!   failure is known to be before or after the data went out; its
-//!   `message` module builds a task's message, the same bytes on every
-//!   attempt, its `connection` module opens and checks one relay's connections, its
-//!   `relays` module chooses among several relays and skips unavailable
-//!   ones for a while, its `wire` module keeps bodies, headers and
-//!   addresses within what strict servers accept, and addresses out of
-//!   stored replies, and its `dkim` module signs with the key of the
-//!   sender's domain.
+//!   `message` module builds a task's message (attachments and inline
+//!   parts included), the same bytes on every attempt, its `connection`
+//!   module opens and checks one relay's connections, its `relays` module
+//!   chooses among several relays and skips unavailable ones for a while,
+//!   its `wire` module keeps bodies, headers and addresses within what
+//!   strict servers accept, and addresses out of stored replies, and its
+//!   `dkim` module signs with the key of the sender's domain.
 //! - [`retry`]: exponential backoff with full jitter.
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics` on `METRICS_ADDR`.
 //! - [`telemetry`]: every metric's name and help, registered at start-up,

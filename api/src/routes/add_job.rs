@@ -6,8 +6,8 @@ use std::fmt;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use sendonce_shared::domain::{
-    Body, CustomHeaders, Email, EmailAddress, IdempotencyKey, JobId, Metadata, Recipients, Subject,
-    Task,
+    Attachments, Body, CustomHeaders, Email, EmailAddress, IdempotencyKey, JobId, Metadata,
+    RawAttachment, Recipients, Subject, Task,
 };
 use sendonce_shared::store::{Accepted, Submission};
 use sendonce_shared::telemetry;
@@ -84,6 +84,14 @@ pub struct AddJobBody {
     #[serde(default)]
     #[schema(value_type = Option<std::collections::HashMap<String, String>>)]
     pub metadata: Option<Entries>,
+    /// Files sent with the message, at most 20. One with a `content_id` is
+    /// an inline part the `html` shows as `cid:<content_id>`; the others
+    /// are attachments. `text`, `html` and the decoded contents together
+    /// make at most `MAX_MESSAGE_BYTES` (default 10 MiB), else `422`
+    /// naming `attachments`.
+    #[serde(default)]
+    #[schema(max_items = 20)]
+    pub attachments: Vec<RawAttachment>,
 }
 
 /// A JSON object of strings, every entry as given: a name given twice is
@@ -192,6 +200,7 @@ impl TryFrom<AddJobBody> for NewJob {
                     "metadata",
                     Metadata::parse(body.metadata.unwrap_or_default().0),
                 )?,
+                attachments: field("attachments", Attachments::parse(body.attachments))?,
             },
             key: body
                 .idempotency_key
@@ -241,6 +250,31 @@ impl NewJob {
                 field: "text",
                 reason: format!(
                     "and `html` together must be at most {max_bytes} bytes, not {bytes}"
+                ),
+            });
+        }
+        Ok(self)
+    }
+
+    /// This job, when its `text`, `html` and decoded attachments together
+    /// hold at most `max_bytes` (`MAX_MESSAGE_BYTES`): refused naming
+    /// `attachments`, or `text` for a job without any.
+    pub fn message_within(self, max_bytes: usize) -> Result<Self, ApiError> {
+        let email = &self.email;
+        let body = &email.body;
+        let bytes = body.text().map_or(0, str::len)
+            + body.html().map_or(0, str::len)
+            + email.attachments.size();
+        if bytes > max_bytes {
+            return Err(ApiError::InvalidField {
+                field: if email.attachments.is_empty() {
+                    "text"
+                } else {
+                    "attachments"
+                },
+                reason: format!(
+                    "makes a message of {bytes} bytes (`text`, `html` and the attachments \
+                     decoded); at most {max_bytes} are accepted (MAX_MESSAGE_BYTES)"
                 ),
             });
         }
@@ -299,6 +333,7 @@ pub async fn add_job(
 ) -> Result<HttpResponse, ApiError> {
     let mut job = NewJob::try_from(body.into_inner())?
         .within(state.max_job_bytes)?
+        .message_within(state.max_message_bytes)?
         .scheduled_within(state.max_schedule_days)?
         .addressed_within(state.max_recipients)?;
     // Of the request as sent: a replay matches whatever default `from` the

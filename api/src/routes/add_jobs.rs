@@ -56,6 +56,7 @@ fn parse(raw: &RawValue, state: &AppState, tenant: &Tenant) -> Result<Submission
         .map_err(|e| ApiError::BadRequest(format!("the job is invalid: {e}")))?;
     let mut job = NewJob::try_from(body)?
         .within(state.max_job_bytes)?
+        .message_within(state.max_message_bytes)?
         .scheduled_within(state.max_schedule_days)?
         .addressed_within(state.max_recipients)?;
     let fingerprint = job.email.fingerprint();

@@ -152,6 +152,23 @@ impl TestApi {
             .expect("connect to redis")
     }
 
+    /// How many jobs this API's database recorded.
+    pub async fn recorded(&self) -> i64 {
+        self.db()
+            .connect()
+            .await
+            .query_one("SELECT count(*) FROM deliveries", &[])
+            .await
+            .expect("count")
+            .get(0)
+    }
+
+    /// Asserts that nothing was recorded or queued.
+    pub async fn assert_nothing_stored(&self) {
+        assert_eq!(self.recorded().await, 0, "nothing was recorded");
+        assert_eq!(self.queue_len().await, 0, "nothing was queued");
+    }
+
     /// How many tasks wait in this API's queue.
     pub async fn queue_len(&self) -> usize {
         let mut conn = self.redis().await;

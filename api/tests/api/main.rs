@@ -3,6 +3,7 @@
 
 mod add_job;
 mod add_jobs;
+mod attachments;
 mod audit;
 mod auth;
 mod cancel;

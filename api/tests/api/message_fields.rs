@@ -14,23 +14,6 @@ fn with(field: &str, value: Value) -> Value {
     body
 }
 
-/// How many jobs the API's database recorded.
-async fn recorded(api: &TestApi) -> i64 {
-    api.db()
-        .connect()
-        .await
-        .query_one("SELECT count(*) FROM deliveries", &[])
-        .await
-        .expect("count")
-        .get(0)
-}
-
-/// Asserts that nothing was recorded or queued.
-async fn assert_nothing_stored(api: &TestApi) {
-    assert_eq!(recorded(api).await, 0, "nothing was recorded");
-    assert_eq!(api.queue_len().await, 0, "nothing was queued");
-}
-
 async fn get(api: &TestApi, scope: &str, path: &str) -> (u16, Value) {
     let response = api.call("GET", path, Some(&api.token(scope))).await;
     let status = response.status().as_u16();
@@ -110,7 +93,7 @@ async fn each_reserved_header_is_refused_naming_it_and_nothing_is_stored() {
         .await;
     assert_problem(response, 422, "may not set `Resent-From`").await;
 
-    assert_nothing_stored(&api).await;
+    api.assert_nothing_stored().await;
 }
 
 #[tokio::test]
@@ -131,7 +114,7 @@ async fn a_line_break_in_a_header_name_or_value_is_refused() {
         assert_problem(response, 422, "`headers`").await;
     }
 
-    assert_nothing_stored(&api).await;
+    api.assert_nothing_stored().await;
 }
 
 #[tokio::test]
@@ -165,7 +148,7 @@ async fn too_many_too_long_twice_named_or_malformed_headers_are_refused() {
         .await;
     assert_eq!(response.status().as_u16(), 400, "not an object");
 
-    assert_nothing_stored(&api).await;
+    api.assert_nothing_stored().await;
 }
 
 #[tokio::test]
@@ -185,7 +168,7 @@ async fn a_header_given_twice_in_the_json_is_refused() {
         .expect("POST /addJob");
 
     assert_problem(response, 422, "`X-A` more than once").await;
-    assert_nothing_stored(&api).await;
+    api.assert_nothing_stored().await;
 }
 
 #[tokio::test]
@@ -301,7 +284,7 @@ async fn metadata_over_its_bounds_is_refused_naming_it() {
         }
     }
 
-    assert_nothing_stored(&api).await;
+    api.assert_nothing_stored().await;
 }
 
 #[tokio::test]
@@ -389,5 +372,5 @@ async fn each_add_jobs_item_is_checked_alone() {
     };
     assert!(detail(1).is_some_and(|d| d.contains("`headers` may not set `Bcc`")));
     assert!(detail(2).is_some_and(|d| d.starts_with("`metadata`")));
-    assert_eq!(recorded(&api).await, 1);
+    assert_eq!(api.recorded().await, 1);
 }

@@ -86,6 +86,7 @@ fn task(key: &str) -> Task {
             bcc: Vec::new(),
             headers: Default::default(),
             metadata: Default::default(),
+            attachments: Default::default(),
         },
         Some(IdempotencyKey::parse(key).expect("valid")),
     )

@@ -141,6 +141,7 @@ async fn a_task_moved_into_a_live_workers_list_by_a_pop_whose_reply_was_lost_is_
             bcc: Vec::new(),
             headers: Default::default(),
             metadata: Default::default(),
+            attachments: Default::default(),
         },
         Some(IdempotencyKey::parse("stranded:1").expect("valid")),
     );

@@ -98,6 +98,7 @@ async fn after_redis_loses_everything_the_same_key_is_still_not_sent_again() {
             bcc: Vec::new(),
             headers: Default::default(),
             metadata: Default::default(),
+            attachments: Default::default(),
         },
         Some(IdempotencyKey::parse("welcome:carol").expect("valid")),
     );
@@ -132,6 +133,7 @@ async fn two_jobs_with_one_key_popped_at_once_by_two_workers_give_one_email() {
                 bcc: Vec::new(),
                 headers: Default::default(),
                 metadata: Default::default(),
+                attachments: Default::default(),
             },
             Some(IdempotencyKey::parse("race:dave").expect("valid")),
         )

@@ -285,3 +285,34 @@ async fn the_one_click_unsubscribe_headers_are_signed_as_rfc_8058_asks() {
         "a changed List-Unsubscribe: {results:?}"
     );
 }
+
+#[tokio::test]
+async fn a_message_with_attachments_verifies_and_its_attachment_is_covered() {
+    let system = spawn_system(Options::default()).await;
+    let content = STANDARD.encode((0..=255u8).collect::<Vec<u8>>());
+
+    let (mails, _) = send_from(
+        &system,
+        &[json!({
+            "subject": "Invoice",
+            "text": "Attached.",
+            "html": "<img src=\"cid:logo\">",
+            "attachments": [
+                {"filename": "invoice.bin", "content_type": "application/octet-stream",
+                 "content": content},
+                {"filename": "logo.png", "content_type": "image/png",
+                 "content": "iVBORw0KGgo=", "content_id": "logo"},
+            ],
+        })],
+    )
+    .await;
+
+    let mail = &mails[0];
+    assert_eq!(verify(&mail.data).await, [DkimResult::Pass]);
+    let changed = tampered(&mail.data, "iVBORw0KGgo=", "iVBORw0KGgp=");
+    let results = verify(&changed).await;
+    assert!(
+        matches!(results[..], [DkimResult::Neutral(_) | DkimResult::Fail(_)]),
+        "a changed attachment: {results:?}"
+    );
+}

@@ -439,6 +439,7 @@ pub fn keyed_task(to: &str, key: &str, subject: &str) -> Task {
             bcc: Vec::new(),
             headers: Default::default(),
             metadata: Default::default(),
+            attachments: Default::default(),
         },
         Some(IdempotencyKey::parse(key).expect("valid")),
     )

@@ -2,6 +2,7 @@
 //! and an SMTP server over TCP. Each test has its own database, Redis key
 //! prefix and SMTP server, so tests run in parallel and repeatedly.
 
+mod attachments;
 mod cancel;
 mod crash;
 mod delivery;
