@@ -133,9 +133,15 @@ pub struct ApiConfig {
     #[arg(long, env = "MAX_SCHEDULE_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3650))]
     pub max_schedule_days: u32,
 
-    /// Requests with a body over `MAX_BODY_BYTES` (batches) read at once;
-    /// more answer `503` with `Retry-After`. Bounds their memory to about
-    /// this many times `MAX_BATCH_BYTES`.
+    /// Bodies over this many bytes, in `/addJob` (attachments) and
+    /// `/addJobs`, are large: at most `MAX_LARGE_REQUESTS` of them are read
+    /// at once.
+    #[arg(long, env = "LARGE_BODY_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..=64 * 1024 * 1024))]
+    pub large_body_bytes: u64,
+
+    /// Requests with a body over `LARGE_BODY_BYTES` read at once; more
+    /// answer `503` with `Retry-After`. Bounds their memory to about this
+    /// many times `MAX_BATCH_BYTES`.
     #[arg(long, env = "MAX_LARGE_REQUESTS", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub max_large_requests: u64,
 

@@ -80,15 +80,15 @@ impl LargeRequests {
     }
 }
 
-/// Bodies over this many bytes (`MAX_BODY_BYTES`) count as large.
+/// Bodies over this many bytes (`LARGE_BODY_BYTES`) count as large.
 #[derive(Debug, Clone, Copy)]
 pub struct LargeBody(pub usize);
 
 /// Middleware: a request whose body is large, or of unannounced length,
 /// holds one of [`LargeRequests`]' permits while it is read and handled;
-/// without one it answers `503` with `Retry-After` at once. A few 16 MiB
-/// batches at a time then bound what the API holds in memory for them,
-/// however many arrive.
+/// without one it answers `503` with `Retry-After` at once. A few large
+/// jobs (attachments) or batches at a time then bound what the API holds
+/// in memory for them, however many arrive.
 pub async fn bound_large_requests(
     req: ServiceRequest,
     next: Next<impl MessageBody>,

@@ -109,6 +109,8 @@ impl Application {
         let limits = Limits {
             max_body_bytes: usize::try_from(config.max_body_bytes)
                 .context("MAX_BODY_BYTES does not fit in memory")?,
+            large_body_bytes: usize::try_from(config.large_body_bytes)
+                .context("LARGE_BODY_BYTES does not fit in memory")?,
             rate: config
                 .rate_limit_per_sec
                 .map(|per_sec| RateLimit::per_second(per_sec, state.queue.clone())),
@@ -194,6 +196,7 @@ async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
 /// Request limits from the configuration.
 struct Limits {
     max_body_bytes: usize,
+    large_body_bytes: usize,
     max_batch_bytes: usize,
     large_requests: LargeRequests,
     rate: Option<RateLimit>,
@@ -246,7 +249,7 @@ fn serve(
     let body_timeout = limits.body_timeout;
     let max_batch_bytes = limits.max_batch_bytes;
     let large_requests = web::Data::new(limits.large_requests);
-    let large_body = web::Data::new(LargeBody(max_body_bytes));
+    let large_body = web::Data::new(LargeBody(limits.large_body_bytes));
     // actix's cap is per worker thread; one worker per core, as its default.
     let workers = std::thread::available_parallelism().map_or(2, usize::from);
     let server = HttpServer::new(move || {
@@ -263,11 +266,15 @@ fn serve(
                     .limit(max_body_bytes)
                     .error_handler(json_error),
             )
-            .route("/addJob", web::post().to(routes::add_job::add_job))
             // App-level data: a resource's own is not yet in place when
             // its middleware runs.
             .app_data(large_requests.clone())
             .app_data(large_body.clone())
+            .service(
+                web::resource("/addJob")
+                    .route(web::post().to(routes::add_job::add_job))
+                    .wrap(from_fn(limits::bound_large_requests)),
+            )
             .service(
                 routes::add_jobs::resource("/addJobs", max_batch_bytes)
                     .wrap(from_fn(limits::bound_large_requests)),

@@ -167,6 +167,8 @@ pub struct Summary {
     pub cancels_late: usize,
     /// Keys posted with a `send_at` a few seconds ahead.
     pub scheduled: usize,
+    /// Keys posted with an attachment.
+    pub with_attachment: usize,
     /// From the first post to the end of the drain.
     pub duration: Duration,
     /// Each violated property, with the keys or jobs concerned.
@@ -245,7 +247,7 @@ impl fmt::Display for Summary {
             "chaos: posts={} (reused keys {}) keys={} kills={} worker_exits={} worker_pauses={} \
              smtp_pauses={} postgres_pauses={} redis_restarts={} redis_losses={} \
              sent={} duplicate={} failed={} uncertain={} (cut {}) canceled={} \
-             (cancels {} taken, {} late) scheduled={} \
+             (cancels {} taken, {} late) scheduled={} attachments={} \
              duplicate_effects={} stranded={} false_uncertain={} (logged sent {}) \
              duration={:.1}s",
             self.posts,
@@ -267,6 +269,7 @@ impl fmt::Display for Summary {
             self.cancels_taken,
             self.cancels_late,
             self.scheduled,
+            self.with_attachment,
             self.duplicate_effects,
             self.stranded,
             self.false_uncertain,

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use base64::Engine as _;
 use sendonce_testkit::Fault;
 use serde_json::{Value, json};
 
@@ -35,6 +36,8 @@ pub struct Key {
     pub send_in: Option<Duration>,
     /// Whether the client cancels the job soon after its first post.
     pub cancel: bool,
+    /// Whether the message carries a small binary attachment.
+    pub attachment: bool,
 }
 
 impl Key {
@@ -65,6 +68,18 @@ impl Key {
         }
         if let Some(at) = send_at {
             body["send_at"] = json!(at);
+        }
+        if self.attachment {
+            // 48 bytes of every value mod 256 from the key's length on:
+            // binary, and the same on every post of the key.
+            let bytes: Vec<u8> = (0..48u8)
+                .map(|i| i.wrapping_mul(37).wrapping_add(self.key.len() as u8))
+                .collect();
+            body["attachments"] = json!([{
+                "filename": format!("{}.bin", self.key.replace(':', "-")),
+                "content_type": "application/octet-stream",
+                "content": base64::engine::general_purpose::STANDARD.encode(bytes),
+            }]);
         }
         body
     }
@@ -110,6 +125,7 @@ impl Plan {
                     cc,
                     send_in,
                     cancel: rand::random_range(0..100) < 6,
+                    attachment: rand::random_range(0..100) < 10,
                 });
                 n
             };

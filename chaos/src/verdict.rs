@@ -319,6 +319,10 @@ pub fn summarise(
         .iter()
         .filter(|&&n| plan.keys[n].send_in.is_some())
         .count();
+    let with_attachment = accepted_keys
+        .iter()
+        .filter(|&&n| plan.keys[n].attachment)
+        .count();
 
     let (logged_sent, false_uncertain) =
         false_uncertain(plan, &evidence.sent_jobs, &jobs, &key_state, &mut findings);
@@ -344,6 +348,7 @@ pub fn summarise(
         cancels_taken,
         cancels_late,
         scheduled,
+        with_attachment,
         ..Summary::default()
     }
 }
@@ -419,6 +424,7 @@ mod tests {
                     cc: None,
                     send_in: None,
                     cancel: false,
+                    attachment: false,
                 })
                 .collect(),
             posts: vec![0, 1],

@@ -231,7 +231,7 @@ async fn large_requests_beyond_the_concurrent_bound_are_refused_with_503_while_s
     let api = spawn_api_with(&[
         "--jwt-secret",
         SECRET,
-        "--max-body-bytes",
+        "--large-body-bytes",
         "4096",
         "--max-large-requests",
         "1",
@@ -292,6 +292,8 @@ async fn large_requests_beyond_the_concurrent_bound_are_refused_with_503_while_s
         Some("1")
     );
     assert_problem(refused, 503, "large").await;
+    // One large job is bounded as a large batch is: an attachment body.
+    assert_problem(api.post_job(Some(&token), &large).await, 503, "large").await;
     assert_eq!(
         api.post_job(Some(&token), &valid_body()).await.status(),
         202
