@@ -250,18 +250,11 @@ mod tests {
     fn email(from: Option<&str>) -> Email {
         Email {
             from: from.map(|f| EmailAddress::parse(f).expect("valid")),
-            to: EmailAddress::parse("ada@example.com")
-                .expect("valid")
-                .into(),
-            reply_to: None,
-            subject: Subject::parse("Hi").expect("valid"),
-            body: Body::new(Some("Hello".into()), None).expect("valid"),
-            send_at: None,
-            cc: Vec::new(),
-            bcc: Vec::new(),
-            headers: Default::default(),
-            metadata: Default::default(),
-            attachments: Default::default(),
+            ..Email::new(
+                EmailAddress::parse("ada@example.com").expect("valid"),
+                Subject::parse("Hi").expect("valid"),
+                Body::new(Some("Hello".into()), None).expect("valid"),
+            )
         }
     }
 

@@ -622,6 +622,24 @@ pub struct Email {
 }
 
 impl Email {
+    /// A message of `subject` and `body` to `to` alone, from the default
+    /// sender, with nothing else set (tests, tools).
+    pub fn new(to: EmailAddress, subject: Subject, body: Body) -> Self {
+        Self {
+            from: None,
+            to: to.into(),
+            cc: Vec::new(),
+            bcc: Vec::new(),
+            reply_to: None,
+            subject,
+            body,
+            send_at: None,
+            headers: CustomHeaders::default(),
+            metadata: Metadata::default(),
+            attachments: Attachments::default(),
+        }
+    }
+
     /// Every recipient, `to`, `cc` then `bcc`.
     pub fn recipients(&self) -> impl Iterator<Item = &EmailAddress> {
         self.to.iter().chain(&self.cc).chain(&self.bcc)

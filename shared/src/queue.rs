@@ -148,30 +148,19 @@ else redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 1
 ";
 
-const RESTORE: &str = r"
--- KEYS: queue, scheduled. ARGV: pairs of task and delay ms.
--- A task due now goes where the next pop takes it; a later one back to the
--- delayed set, due by this Redis's clock.
+/// Places tasks by when they are due: one due now is pushed onto the
+/// queue with `ARGV[1]` (`LPUSH`, behind the others: the API's hand-off of
+/// new jobs; `RPUSH`, next to be popped: tasks a shard lost, which already
+/// waited), a later one goes to the delayed set, due by this Redis's clock.
+const PLACE: &str = r"
+-- KEYS: queue, scheduled. ARGV: the push command, then pairs of task and delay ms.
 local now = now_ms()
-for i = 1, #ARGV, 2 do
+for i = 2, #ARGV, 2 do
   local delay = tonumber(ARGV[i + 1])
-  if delay <= 0 then redis.call('RPUSH', KEYS[1], ARGV[i])
+  if delay <= 0 then redis.call(ARGV[1], KEYS[1], ARGV[i])
   else redis.call('ZADD', KEYS[2], now + delay, ARGV[i]) end
 end
-return #ARGV / 2
-";
-
-/// The API's hand-off of new jobs: those due now to the queue, as
-/// `LPUSH` would, scheduled ones to the delayed set.
-const SCHEDULE: &str = r"
--- KEYS: queue, scheduled. ARGV: pairs of task and delay ms.
-local now = now_ms()
-for i = 1, #ARGV, 2 do
-  local delay = tonumber(ARGV[i + 1])
-  if delay <= 0 then redis.call('LPUSH', KEYS[1], ARGV[i])
-  else redis.call('ZADD', KEYS[2], now + delay, ARGV[i]) end
-end
-return #ARGV / 2
+return (#ARGV - 1) / 2
 ";
 
 const PROMOTE: &str = r"
@@ -345,8 +334,7 @@ pub struct Queue {
     keys: Keys,
     keep_epoch: Script,
     fair_pop: Script,
-    schedule: Script,
-    restore: Script,
+    place: Script,
     promote: Script,
     lease: Script,
     housekeep: Script,
@@ -383,8 +371,7 @@ impl Queue {
             keys: Keys::sharded(prefix, shards),
             keep_epoch: Script::new(KEEP_EPOCH),
             fair_pop: Script::new(FAIR_POP),
-            schedule: Script::new(&format!("{NOW_MS}{SCHEDULE}")),
-            restore: Script::new(&format!("{NOW_MS}{RESTORE}")),
+            place: Script::new(&format!("{NOW_MS}{PLACE}")),
             promote: Script::new(&format!("{NOW_MS}{PROMOTE}")),
             lease: Script::new(&format!("{NOW_MS}{LEASE}")),
             housekeep: Script::new(HOUSEKEEP),
@@ -550,14 +537,17 @@ impl Queue {
             .map(|(shard, tasks)| {
                 let mut conn = conn.clone();
                 let keys = self.keys.shard(shard);
-                let mut invocation = self.schedule.prepare_invoke();
+                let mut invocation = self.place.prepare_invoke();
                 let mut cmd = redis::cmd("LPUSH");
                 let now = tasks.iter().all(|(_, due_in)| due_in.is_zero());
                 if now {
                     cmd.arg(keys.queue());
                     cmd.arg(tasks.iter().map(|(raw, _)| raw).collect::<Vec<_>>());
                 } else {
-                    invocation.key(keys.queue()).key(keys.scheduled());
+                    invocation
+                        .key(keys.queue())
+                        .key(keys.scheduled())
+                        .arg("LPUSH");
                     for (raw, due_in) in tasks {
                         invocation.arg(raw).arg(millis(*due_in));
                     }
@@ -597,8 +587,11 @@ impl Queue {
             }
             restored += tasks.len();
             let keys = self.keys.shard(shard);
-            let mut invocation = self.restore.prepare_invoke();
-            invocation.key(keys.queue()).key(keys.scheduled());
+            let mut invocation = self.place.prepare_invoke();
+            invocation
+                .key(keys.queue())
+                .key(keys.scheduled())
+                .arg("RPUSH");
             for (task, due_in) in tasks {
                 invocation.arg(task).arg(millis(*due_in));
             }

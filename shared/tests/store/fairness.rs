@@ -29,6 +29,20 @@ fn task(tenant: Option<&str>, key: &str) -> String {
     }
 }
 
+/// The next `n` tasks popped by worker `w`, each there to be popped.
+async fn pop_n(queue: &Queue, popper: &mut queue::Popper, n: usize) -> Vec<String> {
+    let mut popped = Vec::with_capacity(n);
+    for _ in 0..n {
+        let held = queue
+            .pop(popper, "w", Duration::from_secs(1))
+            .await
+            .expect("pop")
+            .expect("a task");
+        popped.push(held.raw);
+    }
+    popped
+}
+
 /// The tenant a popped task names.
 fn tenant_of(raw: &str) -> String {
     let v: serde_json::Value = serde_json::from_str(raw).expect("a task");
@@ -104,15 +118,7 @@ async fn tenants_with_ready_work_take_turns_and_each_keeps_its_order() {
         }
     }
     let mut popper = queue.popper(Duration::from_secs(1)).await.expect("popper");
-    let mut popped = Vec::new();
-    for _ in 0..12 {
-        let held = queue
-            .pop(&mut popper, "w", Duration::from_secs(1))
-            .await
-            .expect("pop")
-            .expect("a task");
-        popped.push(held.raw);
-    }
+    let popped = pop_n(&queue, &mut popper, 12).await;
     let tenants: Vec<String> = popped.iter().map(|raw| tenant_of(raw)).collect();
     assert_eq!(
         tenants,
@@ -145,15 +151,7 @@ async fn a_task_that_does_not_parse_is_still_popped_for_the_poison_list() {
     queue.push(&["not json".to_owned()]).await.expect("push");
     queue.push(&[task(Some("a"), "a:0")]).await.expect("push");
     let mut popper = queue.popper(Duration::from_secs(1)).await.expect("popper");
-    let mut popped = Vec::new();
-    for _ in 0..2 {
-        let held = queue
-            .pop(&mut popper, "w", Duration::from_secs(1))
-            .await
-            .expect("pop")
-            .expect("a task");
-        popped.push(held.raw);
-    }
+    let popped = pop_n(&queue, &mut popper, 2).await;
     assert!(popped.contains(&"not json".to_owned()), "{popped:?}");
 }
 

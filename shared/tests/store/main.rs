@@ -73,21 +73,11 @@ fn store_for(db: &TestDatabase) -> Store {
 
 fn task(key: &str) -> Task {
     Task::new(
-        Email {
-            from: None,
-            to: EmailAddress::parse("ada@example.com")
-                .expect("valid")
-                .into(),
-            reply_to: None,
-            subject: Subject::parse("Hi").expect("valid"),
-            body: Body::new(Some("hello".into()), None).expect("valid"),
-            send_at: None,
-            cc: Vec::new(),
-            bcc: Vec::new(),
-            headers: Default::default(),
-            metadata: Default::default(),
-            attachments: Default::default(),
-        },
+        Email::new(
+            EmailAddress::parse("ada@example.com").expect("valid"),
+            Subject::parse("Hi").expect("valid"),
+            Body::new(Some("hello".into()), None).expect("valid"),
+        ),
         Some(IdempotencyKey::parse(key).expect("valid")),
     )
 }

@@ -128,21 +128,11 @@ async fn a_task_moved_into_a_live_workers_list_by_a_pop_whose_reply_was_lost_is_
         .wait_for_status(warm_up["job_id"].as_str().expect("job id"), "sent")
         .await;
     let task = Task::new(
-        Email {
-            from: None,
-            to: EmailAddress::parse("stranded@example.com")
-                .expect("valid")
-                .into(),
-            reply_to: None,
-            subject: Subject::parse("Stranded").expect("valid"),
-            body: Body::new(Some("moved, then forgotten".into()), None).expect("valid"),
-            send_at: None,
-            cc: Vec::new(),
-            bcc: Vec::new(),
-            headers: Default::default(),
-            metadata: Default::default(),
-            attachments: Default::default(),
-        },
+        Email::new(
+            EmailAddress::parse("stranded@example.com").expect("valid"),
+            Subject::parse("Stranded").expect("valid"),
+            Body::new(Some("moved, then forgotten".into()), None).expect("valid"),
+        ),
         Some(IdempotencyKey::parse("stranded:1").expect("valid")),
     );
     // What a BLMOVE leaves behind when Redis dies before its reply reaches

@@ -85,21 +85,11 @@ async fn after_redis_loses_everything_the_same_key_is_still_not_sent_again() {
     // by hand, or by an API from before durable acceptance): no L1 key is
     // left, so L2 alone stops it.
     let other = Task::new(
-        Email {
-            from: None,
-            to: EmailAddress::parse("carol@example.com")
-                .expect("valid")
-                .into(),
-            reply_to: None,
-            subject: Subject::parse("Welcome aboard").expect("valid"),
-            body: Body::new(Some("Hello again.".into()), None).expect("valid"),
-            send_at: None,
-            cc: Vec::new(),
-            bcc: Vec::new(),
-            headers: Default::default(),
-            metadata: Default::default(),
-            attachments: Default::default(),
-        },
+        Email::new(
+            EmailAddress::parse("carol@example.com").expect("valid"),
+            Subject::parse("Welcome aboard").expect("valid"),
+            Body::new(Some("Hello again.".into()), None).expect("valid"),
+        ),
         Some(IdempotencyKey::parse("welcome:carol").expect("valid")),
     );
     system.push_task(&other).await;
@@ -120,21 +110,11 @@ async fn two_jobs_with_one_key_popped_at_once_by_two_workers_give_one_email() {
     let system = spawn_system(Options::default()).await;
     let make = || {
         Task::new(
-            Email {
-                from: None,
-                to: EmailAddress::parse("dave@example.com")
-                    .expect("valid")
-                    .into(),
-                reply_to: None,
-                subject: Subject::parse("Race").expect("valid"),
-                body: Body::new(Some("one of us wins".into()), None).expect("valid"),
-                send_at: None,
-                cc: Vec::new(),
-                bcc: Vec::new(),
-                headers: Default::default(),
-                metadata: Default::default(),
-                attachments: Default::default(),
-            },
+            Email::new(
+                EmailAddress::parse("dave@example.com").expect("valid"),
+                Subject::parse("Race").expect("valid"),
+                Body::new(Some("one of us wins".into()), None).expect("valid"),
+            ),
             Some(IdempotencyKey::parse("race:dave").expect("valid")),
         )
     };

@@ -428,19 +428,11 @@ pub fn terminate(child: &std::process::Child) {
 /// the queue.
 pub fn keyed_task(to: &str, key: &str, subject: &str) -> Task {
     Task::new(
-        Email {
-            from: None,
-            to: EmailAddress::parse(to).expect("valid").into(),
-            reply_to: None,
-            subject: Subject::parse(subject).expect("valid"),
-            body: Body::new(Some("a test body".into()), None).expect("valid"),
-            send_at: None,
-            cc: Vec::new(),
-            bcc: Vec::new(),
-            headers: Default::default(),
-            metadata: Default::default(),
-            attachments: Default::default(),
-        },
+        Email::new(
+            EmailAddress::parse(to).expect("valid"),
+            Subject::parse(subject).expect("valid"),
+            Body::new(Some("a test body".into()), None).expect("valid"),
+        ),
         Some(IdempotencyKey::parse(key).expect("valid")),
     )
 }

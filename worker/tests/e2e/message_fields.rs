@@ -54,6 +54,20 @@ async fn custom_headers_arrive_in_the_message_and_metadata_does_not() {
         decode_words(&mail.header("X-Campaign").expect("X-Campaign")),
         "Frühlingsangebot ✿"
     );
+    // And as a MIME parser reads them.
+    let parsed = mail_parser::MessageParser::default()
+        .parse(&mail.data)
+        .expect("a MIME message");
+    for (name, value) in [
+        ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+        ("In-Reply-To", "<order-4242@shop.example.com>"),
+    ] {
+        assert_eq!(
+            parsed.header_raw(name).map(str::trim),
+            Some(value),
+            "{name}"
+        );
+    }
     let data = String::from_utf8_lossy(&mail.data);
     for secret in ["metadata-marker-7f3a", "gold-tier-marker", "customer_ref"] {
         assert!(!data.contains(secret), "{secret} was sent: {data}");
