@@ -831,21 +831,11 @@ mod tests {
 
     #[test]
     fn a_task_round_trips_through_json() {
-        let email = Email {
-            from: None,
-            to: EmailAddress::parse("Ada <ada@example.com>")
-                .expect("valid")
-                .into(),
-            reply_to: None,
-            subject: Subject::parse("Hi").expect("valid"),
-            body: Body::new(Some("hello".into()), None).expect("valid"),
-            send_at: None,
-            cc: Vec::new(),
-            bcc: Vec::new(),
-            headers: CustomHeaders::default(),
-            metadata: Metadata::default(),
-            attachments: Attachments::default(),
-        };
+        let email = Email::new(
+            EmailAddress::parse("Ada <ada@example.com>").expect("valid"),
+            Subject::parse("Hi").expect("valid"),
+            Body::new(Some("hello".into()), None).expect("valid"),
+        );
         let task = Task::new(email, None);
         let back = Task::from_json(&task.to_json()).expect("round trip");
         assert_eq!(task, back);
@@ -979,22 +969,7 @@ mod tests {
                 else {
                     return Ok(());
                 };
-                let task = Task::new(
-                    Email {
-                        from: None,
-                        to: to.into(),
-                        cc: Vec::new(),
-                        bcc: Vec::new(),
-                        reply_to: None,
-                        subject,
-                        body,
-                        send_at: None,
-                        headers: CustomHeaders::default(),
-                        metadata: Metadata::default(),
-                        attachments: Attachments::default(),
-                    },
-                    None,
-                );
+                let task = Task::new(Email::new(to, subject, body), None);
                 prop_assert_eq!(Task::from_json(&task.to_json()).ok(), Some(task));
             }
         }
