@@ -88,8 +88,8 @@ async fn migration_2_keeps_jobs_in_every_state_and_their_promise() {
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        7,
-        "migrations 2 to 8"
+        8,
+        "migrations 2 to 9"
     );
 
     let rows = client
@@ -134,8 +134,8 @@ async fn migration_4_keeps_jobs_in_every_state_replays_their_keys_and_finds_the_
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        5,
-        "migrations 4 to 8"
+        6,
+        "migrations 4 to 9"
     );
 
     // A replay of an old key: its request's fingerprint was never kept, so
@@ -172,8 +172,8 @@ async fn migration_5_keeps_jobs_in_every_state_and_the_dead_letters_and_starts_a
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        4,
-        "migrations 5 to 8 (the store reads the schema of the latest)"
+        5,
+        "migrations 5 to 9 (the store reads the schema of the latest)"
     );
 
     let rows = client
@@ -250,8 +250,8 @@ async fn migration_6_puts_every_job_entry_and_audit_row_in_the_default_tenant_an
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        3,
-        "migrations 6 to 8"
+        4,
+        "migrations 6 to 9"
     );
 
     for table in ["deliveries", "failed_jobs", "audit_log"] {
@@ -303,8 +303,8 @@ async fn migration_7_keeps_jobs_in_every_state_cancelable_where_their_data_has_n
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        2,
-        "migrations 7 and 8"
+        3,
+        "migrations 7 to 9"
     );
 
     let rows: Vec<(String, bool)> = client
@@ -351,7 +351,7 @@ async fn migration_7_keeps_jobs_in_every_state_cancelable_where_their_data_has_n
 async fn migration_8_keeps_jobs_in_every_state_with_no_refused_recipients() {
     let (_db, store, client, tasks) = at_schema(7).await;
 
-    assert_eq!(store.migrate().await.expect("upgrade"), 1);
+    assert_eq!(store.migrate().await.expect("upgrade"), 2, "migrations 8 and 9");
 
     let rows: Vec<(String, Option<String>)> = client
         .query(
