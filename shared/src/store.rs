@@ -17,7 +17,9 @@
 //!   resolves rows whose holder lost its lease;
 //! - [`retention`]: pruning finished jobs' personal data (`RETENTION_DAYS`);
 //! - [`reconcile`]: the accepted jobs still waiting for an attempt, for the
-//!   reconciler that puts back on the queue whatever Redis lost.
+//!   reconciler that puts back on the queue whatever Redis lost;
+//! - [`dispatch`]: webhook deliveries: claiming due ones, recording each
+//!   attempt (retry, failing endpoint, resume), the oldest undelivered age.
 //!
 //! Every write for an attempt is conditional on the attempt's fencing
 //! token (`deliveries.fence`); `docs/exactly-once.md` says why each
@@ -38,6 +40,7 @@ pub mod audit;
 pub mod claims;
 pub mod connection;
 mod dead_letters;
+pub mod dispatch;
 mod jobs;
 pub mod leases;
 pub mod reconcile;
@@ -48,6 +51,7 @@ pub use acceptance::{AcceptError, Accepted, Acceptor, Submission};
 pub use audit::{Actor, AuditAction, AuditEntry, AuditFilter};
 pub use claims::{Claim, Fence, Retrying};
 pub use connection::{PgOptions, Pooler};
+pub use dispatch::{AttemptOutcome, DueDelivery, Recorded};
 pub use jobs::Cancel;
 pub use leases::Swept;
 pub use reconcile::{WaitingCursor, WaitingPage};
@@ -414,6 +418,7 @@ mod tests {
             audit::ALL,
             claims::ALL,
             dead_letters::ALL,
+            dispatch::ALL,
             jobs::ALL,
             leases::ALL,
             reconcile::ALL,
