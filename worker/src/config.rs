@@ -9,6 +9,7 @@ use sendonce_shared::config::{CommonConfig, parse_millis, secret};
 use sendonce_shared::domain::EmailAddress;
 
 use crate::mailer::{RelayPolicy, SmtpRelays, parse_selector};
+use crate::webhooks::config::WebhookConfig;
 
 /// What to do with a send whose outcome is unknown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -124,6 +125,10 @@ pub struct WorkerConfig {
     /// second copy, which the claims absorb but which costs a pop.
     #[arg(long = "reconcile-after-ms", env = "RECONCILE_AFTER_MS", default_value = "300000", value_parser = parse_millis)]
     pub reconcile_after: Duration,
+
+    /// Webhook dispatch (`WEBHOOK_*`, `APP_ENV`).
+    #[command(flatten)]
+    pub webhooks: WebhookConfig,
 }
 
 impl WorkerConfig {
@@ -145,6 +150,7 @@ impl WorkerConfig {
             self.reconcile_after >= Duration::from_millis(100),
             "RECONCILE_AFTER_MS must be at least 100"
         );
+        self.webhooks.validate()?;
         if !self.smtp_allow_plaintext_auth {
             let many = self.smtp.len() > 1;
             for (i, relay) in self.smtp.iter().enumerate() {

@@ -19,6 +19,8 @@
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics` on `METRICS_ADDR`.
 //! - [`telemetry`]: every metric's name and help, registered at start-up,
 //!   and the one-line recorders the run loop calls.
+//! - [`webhooks`]: the webhook dispatcher, a task beside the run loop that
+//!   delivers outcome events to endpoints, signed, at least once.
 //!
 //! The protocol and its proofs are in `docs/exactly-once.md`.
 
@@ -28,8 +30,10 @@ pub mod mailer;
 pub mod retry;
 pub mod runner;
 pub mod telemetry;
+pub mod webhooks;
 
 use std::net::TcpListener;
+use std::sync::Arc;
 
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -39,10 +43,13 @@ use sendonce_shared::store::Store;
 use crate::config::WorkerConfig;
 use crate::mailer::Mailer;
 use crate::runner::Worker;
+use crate::webhooks::Dispatcher;
 
 /// A worker ready to run, with its health server bound.
 pub struct Application {
     worker: Worker,
+    /// `None` with `WEBHOOK_DISPATCH=false`.
+    dispatcher: Option<Dispatcher>,
     health: actix_web::dev::Server,
     metrics_port: u16,
 }
@@ -51,6 +58,7 @@ impl std::fmt::Debug for Application {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Application")
             .field("worker", &self.worker)
+            .field("dispatcher", &self.dispatcher.is_some())
             .field("metrics_port", &self.metrics_port)
             .finish_non_exhaustive()
     }
@@ -89,8 +97,10 @@ impl Application {
             .with_context(|| format!("failed to bind METRICS_ADDR {}", config.metrics_addr))?;
         let metrics_port = listener.local_addr()?.port();
         let health = health::serve(listener, queue.clone(), store.clone(), metrics)?;
+        let dispatcher = Dispatcher::from_config(&config.webhooks, store.clone())?;
         Ok(Self {
             worker: Worker::new(config, queue, store, mailer),
+            dispatcher,
             health,
             metrics_port,
         })
@@ -110,7 +120,25 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let handle = self.health.handle();
         let health = tokio::spawn(self.health);
+        // The dispatcher drains beside the worker, and stops with this
+        // future even when it is dropped unfinished.
+        let stop = tokio_util::sync::CancellationToken::new();
+        let _stop_dispatch = stop.clone().drop_guard();
+        let dispatch = self
+            .dispatcher
+            .map(|d| tokio::spawn(Arc::new(d).run(stop.clone())));
+        let shutdown = {
+            let stop = stop.clone();
+            async move {
+                shutdown.await;
+                stop.cancel();
+            }
+        };
         let result = self.worker.run(shutdown).await;
+        stop.cancel();
+        if let Some(dispatch) = dispatch {
+            let _ = dispatch.await;
+        }
         handle.stop(true).await;
         let _ = health.await;
         result

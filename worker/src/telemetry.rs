@@ -72,9 +72,15 @@ const SMTP_BUCKETS: &[f64] = &[
 
 /// Installs the global recorder and registers every metric at zero.
 pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
-    let handle =
-        sendonce_shared::telemetry::install_metrics(&[(SMTP_SEND_DURATION, SMTP_BUCKETS)])?;
+    let handle = sendonce_shared::telemetry::install_metrics(&[
+        (SMTP_SEND_DURATION, SMTP_BUCKETS),
+        (
+            crate::webhooks::telemetry::ATTEMPT_DURATION,
+            crate::webhooks::telemetry::ATTEMPT_BUCKETS,
+        ),
+    ])?;
     register();
+    crate::webhooks::telemetry::register();
     Ok(handle)
 }
 
