@@ -13,6 +13,9 @@
 //! - [`ca`]: a throwaway CA issuing server certificates (Postgres TLS tests).
 //! - [`tls`]: a CA, server and client certificates for TLS tests.
 //! - [`metrics`]: reading one series from a Prometheus text exposition.
+//! - [`webhooks`]: a webhook receiver that records every request and
+//!   answers as told (a status, a seeded fraction of failures, a stall, or
+//!   down and back on the same port).
 //! - [`process`]: child processes with captured output (for log tests), and
 //!   [`eventually`], the poller tests wait with.
 //!
@@ -27,6 +30,7 @@ pub mod process;
 pub mod redis;
 pub mod smtp;
 pub mod tls;
+pub mod webhooks;
 
 pub use metrics::sample;
 pub use pgbouncer::PgBouncer;
@@ -34,3 +38,4 @@ pub use postgres::{PostgresServer, TestDatabase};
 pub use process::{CapturedChild, eventually};
 pub use redis::{RedisCluster, RedisOptions, RedisSentinel, RedisServer, unique_prefix};
 pub use smtp::{Fault, MailEvent, ReceivedMail, SmtpServer};
+pub use webhooks::{ReceivedRequest, WebhookReceiver};
