@@ -43,13 +43,14 @@ mod dead_letters;
 pub mod dispatch;
 mod jobs;
 pub mod leases;
+pub mod outbox;
 pub mod reconcile;
 pub mod retention;
 mod sql;
 
 pub use acceptance::{AcceptError, Accepted, Acceptor, Submission};
 pub use audit::{Actor, AuditAction, AuditEntry, AuditFilter};
-pub use claims::{Claim, Fence, Retrying};
+pub use claims::{Claim, Fence, Retrying, Sending};
 pub use connection::{PgOptions, Pooler};
 pub use dispatch::{AttemptOutcome, DueDelivery, Recorded};
 pub use jobs::Cancel;
@@ -216,8 +217,9 @@ pub struct JobRecord {
     /// Its key (unique within the tenant).
     pub idempotency_key: String,
     /// `scheduled` (queued, with `send_at` ahead), `queued`, `processing`,
-    /// `retrying`, `sent`, `duplicate`, `failed`, `uncertain` or
-    /// `canceled`.
+    /// `retrying`, `sent`, `duplicate`, `failed`, `uncertain`, `canceled`
+    /// or `suppressed` (every recipient on the suppression list: nothing
+    /// was sent).
     pub status: String,
     /// SMTP attempts made.
     pub attempts: i32,
