@@ -19,26 +19,31 @@ use uuid::Uuid;
 use super::sql::Sql;
 use super::{Store, StoreError};
 
-/// Due deliveries, oldest first, at most `$2` per endpoint and `$1` in
-/// all, none of the endpoints in `$4`; each leased for `$3` ms. Candidates
-/// are the oldest `4 × $1` due rows, so an endpoint with a backlog leaves
-/// room for others in the same claim, and the dispatcher leaves out the
-/// endpoints it already has enough requests open to.
+/// Due deliveries, oldest first, `$1` at most, each leased for `$3` ms.
+/// An endpoint gets at most `$2` less the requests the dispatcher already
+/// has open to it (`$4`, `$5`: endpoint ids and their open requests), so a
+/// slow endpoint cannot take every slot. Candidates are the oldest
+/// `4 × $1` due rows of the endpoints not at their cap, so one endpoint's
+/// backlog leaves room for others in the same claim.
 const CLAIM: Sql = Sql::new(
-    "WITH candidates AS (
+    "WITH open AS (
+         SELECT * FROM unnest($4::uuid[], $5::int8[]) AS o (endpoint_id, requests)
+     ), candidates AS (
          SELECT id, endpoint_id, next_attempt_at
          FROM webhook_deliveries
          WHERE state = 'pending' AND next_attempt_at <= now()
-           AND endpoint_id <> ALL($4::uuid[])
+           AND endpoint_id NOT IN (SELECT endpoint_id FROM open WHERE requests >= $2::int8)
          ORDER BY next_attempt_at, id
          LIMIT $1::int8 * 4
          FOR UPDATE SKIP LOCKED
      ), ranked AS (
-         SELECT id, next_attempt_at,
+         SELECT id, endpoint_id, next_attempt_at,
                 row_number() OVER (PARTITION BY endpoint_id ORDER BY next_attempt_at, id) AS rank
          FROM candidates
      ), chosen AS (
-         SELECT id FROM ranked WHERE rank <= $2 ORDER BY next_attempt_at, id LIMIT $1
+         SELECT r.id FROM ranked r LEFT JOIN open o ON o.endpoint_id = r.endpoint_id
+         WHERE r.rank <= $2 - COALESCE(o.requests, 0)
+         ORDER BY r.next_attempt_at, r.id LIMIT $1
      ), claimed AS (
          UPDATE webhook_deliveries d
          SET next_attempt_at = now() + $3::int8 * interval '1 millisecond'
@@ -52,7 +57,13 @@ const CLAIM: Sql = Sql::new(
      JOIN webhooks w ON w.id = c.endpoint_id
      JOIN events e ON e.id = c.event_id
      ORDER BY e.created_at, c.id",
-    &[Type::INT8, Type::INT8, Type::INT8, Type::UUID_ARRAY],
+    &[
+        Type::INT8,
+        Type::INT8,
+        Type::INT8,
+        Type::UUID_ARRAY,
+        Type::INT8_ARRAY,
+    ],
 );
 
 /// A 2xx was read: `delivered`, whatever the row's state or token (a
@@ -219,24 +230,30 @@ pub struct Recorded {
 }
 
 impl Store {
-    /// Claims up to `limit` due deliveries, at most `per_endpoint` of any
-    /// one endpoint and none of `skip`'s, leasing each for `lease`.
+    /// Claims up to `limit` due deliveries, leasing each for `lease`: no
+    /// endpoint gets more than `per_endpoint` less the requests `open` says
+    /// the caller has open to it.
     #[tracing::instrument(skip_all)]
     pub async fn claim_webhook_deliveries(
         &self,
         limit: usize,
         per_endpoint: usize,
         lease: Duration,
-        skip: &[Uuid],
+        open: &[(Uuid, usize)],
     ) -> Result<Vec<DueDelivery>, StoreError> {
         let conn = self.pool.get().await?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX / 4);
         let per_endpoint = i64::try_from(per_endpoint).unwrap_or(i64::MAX);
+        let endpoints: Vec<Uuid> = open.iter().map(|(id, _)| *id).collect();
+        let requests: Vec<i64> = open
+            .iter()
+            .map(|(_, n)| i64::try_from(*n).unwrap_or(i64::MAX))
+            .collect();
         let rows = self
             .rows(
                 &conn,
                 &CLAIM,
-                &[&limit, &per_endpoint, &millis(lease), &skip],
+                &[&limit, &per_endpoint, &millis(lease), &endpoints, &requests],
             )
             .await?;
         rows.into_iter()

@@ -137,7 +137,7 @@ async fn two_concurrent_claimers_never_get_the_same_delivery() {
 }
 
 #[tokio::test]
-async fn a_claim_takes_at_most_its_share_of_one_endpoint_and_skips_the_ones_named() {
+async fn a_claim_gives_an_endpoint_at_most_its_share_less_the_requests_open_to_it() {
     let (_db, store, client) = migrated().await;
     let busy = insert_endpoint(&client).await;
     let quiet = insert_endpoint(&client).await;
@@ -150,17 +150,23 @@ async fn a_claim_takes_at_most_its_share_of_one_endpoint_and_skips_the_ones_name
         .claim_webhook_deliveries(4, 2, LEASE, &[])
         .await
         .expect("claim");
+    let topping_up = store
+        .claim_webhook_deliveries(4, 2, LEASE, &[(busy, 1)])
+        .await
+        .expect("claim");
     let skipping = store
-        .claim_webhook_deliveries(4, 2, LEASE, &[busy])
+        .claim_webhook_deliveries(4, 2, LEASE, &[(busy, 2)])
         .await
         .expect("claim");
 
     let busy_claimed = first.iter().filter(|d| d.endpoint_id == busy).count();
     assert_eq!(busy_claimed, 2, "{first:?}");
+    assert_eq!(topping_up.len(), 1, "{topping_up:?}");
+    assert_eq!(topping_up[0].endpoint_id, busy);
     assert!(
         first
             .iter()
-            .chain(&skipping)
+            .chain(&topping_up)
             .any(|d| d.id == quiet_delivery),
         "the quiet endpoint's delivery is claimed beside the busy one's backlog"
     );
@@ -265,7 +271,7 @@ async fn an_exhausted_schedule_marks_the_endpoint_failing_and_holds_its_deliveri
     let first = insert_event(&client, &[endpoint, other]).await;
     let waiting = insert_event(&client, &[endpoint]).await[0];
     let claimed = store
-        .claim_webhook_deliveries(1, 1, LEASE, &[other])
+        .claim_webhook_deliveries(1, 1, LEASE, &[(other, 1)])
         .await
         .expect("claim");
     assert_eq!(claimed[0].id, first[0]);

@@ -38,9 +38,8 @@ pub struct WebhookConfig {
     #[arg(long = "webhook-concurrency", env = "WEBHOOK_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub concurrency: u16,
 
-    /// Requests in flight per endpoint per worker (about: a claim may add
-    /// this many to an endpoint below it), so a slow endpoint leaves the
-    /// other slots to the others.
+    /// Requests in flight per endpoint per worker, so a slow endpoint
+    /// leaves the other slots to the others.
     #[arg(long = "webhook-per-endpoint", env = "WEBHOOK_PER_ENDPOINT", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub per_endpoint: u16,
 

@@ -17,9 +17,9 @@
 //! The dispatcher shares nothing with email sending but the Postgres pool,
 //! from which it takes a connection only for the length of a statement: a
 //! slow or dead endpoint holds a request slot of its own, never a
-//! connection, a worker slot or another endpoint's slot (a claim leaves out
-//! the endpoints this process already has `WEBHOOK_PER_ENDPOINT` requests
-//! open to).
+//! connection, a worker slot or another endpoint's slot (a claim gives an
+//! endpoint no more than `WEBHOOK_PER_ENDPOINT` requests open in this
+//! process).
 
 pub mod config;
 pub mod guard;
@@ -119,14 +119,14 @@ impl Dispatcher {
                     _ = requests.join_next() => continue,
                 }
             }
-            let skip = self.saturated();
+            let open = self.open_requests();
             let claimed = self
                 .store
                 .claim_webhook_deliveries(
                     free,
                     usize::from(self.config.per_endpoint),
                     self.lease(),
-                    &skip,
+                    &open,
                 )
                 .await;
             let wait = match claimed {
@@ -271,15 +271,13 @@ impl Dispatcher {
         Ok(response.status().as_u16())
     }
 
-    /// Endpoints with `WEBHOOK_PER_ENDPOINT` requests open here.
-    fn saturated(&self) -> Vec<Uuid> {
-        let cap = usize::from(self.config.per_endpoint);
+    /// The endpoints with requests open here, and how many.
+    fn open_requests(&self) -> Vec<(Uuid, usize)> {
         self.open
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .filter(|(_, open)| **open >= cap)
-            .map(|(id, _)| *id)
+            .map(|(id, open)| (*id, *open))
             .collect()
     }
 
