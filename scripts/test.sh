@@ -82,6 +82,10 @@ log "schemathesis against the running API"; ./scripts/schemathesis.sh
 # processes; cargo builds a package's own binaries for its tests only.
 log "cargo build --bins"
 cargo build --workspace --bins --locked
+# The webhook e2e tests verify signatures with the Python standardwebhooks
+# package too (an implementation other than the worker's).
+log "standardwebhooks (Python) for the webhook e2e tests"
+./scripts/webhooks-verifier.sh
 log "cargo test"
 set +e
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$state_dir/test.log"

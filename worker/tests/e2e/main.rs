@@ -21,5 +21,6 @@ mod silent_postgres;
 mod suppression;
 mod tenants;
 mod topologies;
+mod webhooks;
 mod window;
 mod wire;
