@@ -13,13 +13,15 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use sendonce_testkit::process::eventually;
-use sendonce_testkit::{ReceivedRequest, WebhookReceiver};
+use sendonce_testkit::{ReceivedRequest, WebhookReceiver, sample};
 use sendonce_worker::webhooks::signing;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
-use crate::helpers::{DEADLINE, Options, TestSystem, email, keyed_task, signal, spawn_system};
+use crate::helpers::{
+    DEADLINE, Options, TestSystem, email, keyed_task, signal, spawn_system, start_worker_process,
+};
 
 /// Every type an endpoint created without `event_types` gets.
 const DEFAULT_TYPES: &[&str] = &[
@@ -531,4 +533,57 @@ async fn outside_development_private_targets_and_plain_http_are_refused_without_
         receiver.requests().is_empty(),
         "nothing reached the receiver"
     );
+}
+
+#[tokio::test]
+async fn a_worker_shows_attempts_by_outcome_and_the_oldest_undelivered_age_on_its_metrics() {
+    let system = system_with(&["--webhook-retry-schedule", "50ms,50ms,50ms"]).await;
+    let receiver = WebhookReceiver::start().await;
+    receiver.respond_with(503);
+    let endpoint = create_endpoint(&system, &receiver.url(), &["job.sent"], None).await;
+    // The event waits for a dispatcher: the worker that sends has none.
+    let sender = system
+        .spawn_worker_with(&["--webhook-dispatch", "false"])
+        .await;
+    let job = job_id_of(&system, &email("ada@example.com", None)).await;
+    system.wait_for_status(&job, "sent").await;
+    sender.stop().await.expect("the sender stops");
+
+    let worker = start_worker_process(&system, &[]).await;
+    receiver
+        .wait_until("a failed attempt", DEADLINE, |r| {
+            r.iter().any(|r| r.answered == Some(503))
+        })
+        .await;
+    receiver.respond_with(204);
+    receiver
+        .wait_until("the delivery", DEADLINE, |r| {
+            r.iter().any(ReceivedRequest::delivered)
+        })
+        .await;
+
+    let delivered = r#"sendonce_webhook_deliveries_total{outcome="delivered"}"#;
+    let text = eventually("the delivery on /metrics", DEADLINE, || async {
+        let text = worker.metrics().await;
+        (sample(&text, delivered) == Some(1.0)).then_some(text)
+    })
+    .await;
+    let retrying = r#"sendonce_webhook_deliveries_total{outcome="retrying"}"#;
+    assert!(sample(&text, retrying).is_some_and(|n| n >= 1.0), "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            r#"sendonce_webhook_deliveries_total{outcome="held"}"#
+        ),
+        Some(0.0)
+    );
+    let attempts = sample(&text, "sendonce_webhook_attempt_duration_seconds_count");
+    assert!(attempts.is_some_and(|n| n >= 2.0), "{text}");
+    // Read when the worker started, while the event waited.
+    let age = format!(
+        "sendonce_webhook_oldest_undelivered_seconds{{endpoint=\"{}\"}}",
+        endpoint.id
+    );
+    assert!(sample(&text, &age).is_some_and(|s| s > 0.0), "{text}");
+    worker.stop().await;
 }
