@@ -17,7 +17,9 @@
 //!   resolves rows whose holder lost its lease;
 //! - [`retention`]: pruning finished jobs' personal data (`RETENTION_DAYS`);
 //! - [`reconcile`]: the accepted jobs still waiting for an attempt, for the
-//!   reconciler that puts back on the queue whatever Redis lost.
+//!   reconciler that puts back on the queue whatever Redis lost;
+//! - [`webhooks`]: a tenant's webhook endpoints and their delivery logs;
+//! - [`suppressions`]: a tenant's suppression list.
 //!
 //! Every write for an attempt is conditional on the attempt's fencing
 //! token (`deliveries.fence`); `docs/exactly-once.md` says why each
@@ -43,6 +45,8 @@ pub mod leases;
 pub mod reconcile;
 pub mod retention;
 mod sql;
+pub mod suppressions;
+pub mod webhooks;
 
 pub use acceptance::{AcceptError, Accepted, Acceptor, Submission};
 pub use audit::{Actor, AuditAction, AuditEntry, AuditFilter};
@@ -51,6 +55,8 @@ pub use connection::{PgOptions, Pooler};
 pub use jobs::Cancel;
 pub use leases::Swept;
 pub use reconcile::{WaitingCursor, WaitingPage};
+pub use suppressions::{Added, Suppression};
+pub use webhooks::{DeliveryAttempt, NewWebhook, Webhook, WebhookDelivery, WebhookPatch};
 
 mod embedded {
     refinery::embed_migrations!("../migrations");
@@ -418,6 +424,8 @@ mod tests {
             leases::ALL,
             reconcile::ALL,
             retention::ALL,
+            suppressions::ALL,
+            webhooks::ALL,
         ];
         let mut checked = 0;
         for sql in all.into_iter().flatten() {
