@@ -371,6 +371,12 @@ impl EmailAddress {
     pub fn domain(&self) -> &str {
         self.0.email.domain()
     }
+
+    /// The form the suppression list keys this address by: see
+    /// [`suppression_key`].
+    pub fn suppression_key(&self) -> String {
+        suppression_key(self.0.email.as_ref())
+    }
 }
 
 impl TryFrom<String> for EmailAddress {
@@ -641,6 +647,17 @@ impl Email {
         }
     }
 
+    /// The suppression keys of every recipient, without repeats.
+    pub fn suppression_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .recipients()
+            .map(EmailAddress::suppression_key)
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    }
+
     /// Every recipient, `to`, `cc` then `bcc`.
     pub fn recipients(&self) -> impl Iterator<Item = &EmailAddress> {
         self.to.iter().chain(&self.cc).chain(&self.bcc)
@@ -721,6 +738,17 @@ impl std::str::FromStr for Tenant {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::parse(s).map_err(|e| e.to_string())
     }
+}
+
+/// The form a suppression list keys an address (an addr-spec,
+/// `user@domain`) by: lower-cased, its domain in A-labels, so that the
+/// address a client posted, the one the envelope carried and the one an
+/// operator types all find the same entry. (Local parts are case-sensitive
+/// by the letter of RFC 5321; no mailbox provider treats them so.)
+pub fn suppression_key(addr_spec: &str) -> String {
+    let (user, domain) = addr_spec.rsplit_once('@').unwrap_or((addr_spec, ""));
+    let domain = idna::domain_to_ascii(domain).unwrap_or_else(|_| domain.to_lowercase());
+    format!("{}@{domain}", user.to_lowercase())
 }
 
 /// One email job as it travels through Redis: the unit the worker pops,

@@ -42,6 +42,7 @@ pub mod connection;
 mod dead_letters;
 mod jobs;
 pub mod leases;
+pub mod outbox;
 pub mod reconcile;
 pub mod retention;
 mod sql;
@@ -50,7 +51,7 @@ pub mod webhooks;
 
 pub use acceptance::{AcceptError, Accepted, Acceptor, Submission};
 pub use audit::{Actor, AuditAction, AuditEntry, AuditFilter};
-pub use claims::{Claim, Fence, Retrying};
+pub use claims::{Claim, Fence, Retrying, Sending};
 pub use connection::{PgOptions, Pooler};
 pub use jobs::Cancel;
 pub use leases::Swept;
@@ -218,8 +219,9 @@ pub struct JobRecord {
     /// Its key (unique within the tenant).
     pub idempotency_key: String,
     /// `scheduled` (queued, with `send_at` ahead), `queued`, `processing`,
-    /// `retrying`, `sent`, `duplicate`, `failed`, `uncertain` or
-    /// `canceled`.
+    /// `retrying`, `sent`, `duplicate`, `failed`, `uncertain`, `canceled`
+    /// or `suppressed` (every recipient on the suppression list: nothing
+    /// was sent).
     pub status: String,
     /// SMTP attempts made.
     pub attempts: i32,

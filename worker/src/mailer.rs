@@ -233,9 +233,14 @@ impl Mailer {
 
     /// Builds the RFC 5322 message for `task`, DKIM-signed if its `From`
     /// domain has a key: the same bytes on every attempt (the `message`
-    /// module), but for the signature's `t=` and `b=`.
-    pub fn build_message(&self, task: &Task) -> Result<Message, lettre::error::Error> {
-        message::build(task, &self.default_from, &self.dkim)
+    /// module), but for the signature's `t=` and `b=`. The recipients whose
+    /// suppression keys are in `leave_out` are left out of the envelope.
+    pub fn build_message(
+        &self,
+        task: &Task,
+        leave_out: &[String],
+    ) -> Result<Message, lettre::error::Error> {
+        message::build(task, &self.default_from, &self.dkim, leave_out)
     }
 
     /// Sends `message`, calling `before_data` after the server's `354` and

@@ -22,8 +22,10 @@ use std::time::Duration;
 use anyhow::Context;
 use sendonce_shared::domain::{JobId, Task};
 use sendonce_shared::queue::{Held, L1Claim, Queue, QueueError};
+use sendonce_shared::store::outbox::event_type;
 use sendonce_shared::store::{
-    Claim, DeadReason, DedupLayer, Failure, Fence, RefusedRecipient, Retrying, Store, Swept,
+    Claim, DeadReason, DedupLayer, Failure, Fence, RefusedRecipient, Retrying, Sending, Store,
+    Swept,
 };
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -88,6 +90,14 @@ pub enum Verdict {
     },
     /// A task whose job already ended (a redelivery, or a canceled job).
     AlreadyDone,
+    /// Every recipient is on the tenant's suppression list: the job ends
+    /// `suppressed`, with no SMTP conversation.
+    Suppressed {
+        /// The attempt's token.
+        fence: Fence,
+        /// Every recipient, with the reason.
+        refused: Vec<RefusedRecipient>,
+    },
     /// Another holder of this same task owns the attempt (this worker was
     /// presumed dead and its task handed on, or its lease lapsed); this copy
     /// sent nothing and steps aside. `held` is the token this copy claimed,
@@ -640,8 +650,12 @@ impl Worker {
                 }
             }
         }
-        let (attempt, fence) = match self.store.claim(task, &self.id).await? {
-            Claim::Proceed { attempt, fence } => (attempt, fence),
+        let (attempt, fence, suppressed) = match self.store.claim(task, &self.id).await? {
+            Claim::Proceed {
+                attempt,
+                fence,
+                suppressed,
+            } => (attempt, fence, suppressed),
             Claim::Duplicate { owner } => {
                 return Ok(Verdict::Duplicate {
                     holder: Some(owner),
@@ -655,7 +669,8 @@ impl Worker {
                     && !self.policy.exhausted(attempts) =>
             {
                 match self.store.reopen_ambiguous(task, fence, &self.id).await? {
-                    Some(taken) => taken,
+                    // The `sending` write still checks the suppression list.
+                    Some((attempt, fence)) => (attempt, fence, Vec::new()),
                     None => return Ok(Verdict::Fenced { held: None }),
                 }
             }
@@ -672,7 +687,27 @@ impl Worker {
             }
         };
         tracing::debug!(attempt, fence = fence.get(), "key claimed; sending");
-        let message = match self.mailer.build_message(task) {
+        let envelope: Vec<String> = task
+            .email
+            .suppression_keys()
+            .into_iter()
+            .filter(|k| !suppressed.contains(k))
+            .collect();
+        let mut left_out: Vec<RefusedRecipient> = suppressed
+            .into_iter()
+            .map(|recipient| RefusedRecipient {
+                recipient,
+                reply: SUPPRESSED_REPLY.to_owned(),
+            })
+            .collect();
+        if envelope.is_empty() {
+            return Ok(Verdict::Suppressed {
+                fence,
+                refused: left_out,
+            });
+        }
+        let leave_out: Vec<String> = left_out.iter().map(|r| r.recipient.clone()).collect();
+        let message = match self.mailer.build_message(task, &leave_out) {
             Ok(m) => m,
             Err(e) => {
                 return Ok(Verdict::Dead {
@@ -684,15 +719,35 @@ impl Worker {
             }
         };
         let started = std::time::Instant::now();
+        let newly_suppressed = AtomicBool::new(false);
         let sent = self
             .mailer
             .send(&message, async || {
-                self.store.mark_sending(task, fence, &self.id).await
+                let sending = self
+                    .store
+                    .mark_sending(task, fence, &self.id, &envelope)
+                    .await?;
+                newly_suppressed.store(sending == Sending::Suppressed, Ordering::Relaxed);
+                Ok::<_, sendonce_shared::store::StoreError>(sending == Sending::Go)
             })
             .await;
         telemetry::smtp_send(started.elapsed());
         Ok(match sent {
-            Ok(Delivered::Accepted { reply, refused }) => Verdict::Sent { reply, refused },
+            Ok(Delivered::Accepted { reply, mut refused }) => {
+                refused.append(&mut left_out);
+                Verdict::Sent { reply, refused }
+            }
+            // A recipient was suppressed between the claim and the data:
+            // nothing went out; the next attempt's claim leaves it out.
+            Ok(Delivered::Fenced) if newly_suppressed.load(Ordering::Relaxed) => Verdict::Retry {
+                fence,
+                error: "a recipient was added to the suppression list during the attempt; \
+                        nothing was sent"
+                    .to_owned(),
+                reply: None,
+                delay: Duration::ZERO,
+                counted: false,
+            },
             Ok(Delivered::Fenced) => Verdict::Fenced { held: Some(fence) },
             // The `sending` write may or may not have committed, but the
             // data certainly did not go out: a plain retry, by this same
@@ -773,8 +828,15 @@ impl Worker {
         match verdict {
             Verdict::Sent { reply, refused } => {
                 self.store.mark_sent(task, reply, refused).await?;
+                let bounced: Vec<RefusedRecipient> = refused
+                    .iter()
+                    .filter(|r| says_no_such_mailbox(&r.reply))
+                    .cloned()
+                    .collect();
+                self.store.suppress_bounced(task, &bounced).await?;
                 self.queue.ack(&self.id, held).await?;
                 telemetry::email_sent();
+                telemetry::event_written(event_type::SENT);
                 if refused.is_empty() {
                     tracing::info!(smtp_reply = %reply, "sent");
                 } else {
@@ -785,11 +847,21 @@ impl Worker {
                 self.store.record_duplicate(task, *holder, *layer).await?;
                 self.queue.ack(&self.id, held).await?;
                 telemetry::duplicate_skipped(*layer);
+                telemetry::event_written(event_type::DUPLICATE);
                 tracing::info!(
                     duplicate_of = holder.map(|h| h.to_string()),
                     layer = layer.as_str(),
                     "duplicate: key already held by another job; skipped"
                 );
+            }
+            Verdict::Suppressed { fence, refused } => {
+                if !self.store.suppress_job(task, *fence, refused).await? {
+                    return self.step_aside(task, held).await;
+                }
+                self.queue.ack(&self.id, held).await?;
+                telemetry::suppressed();
+                telemetry::event_written(event_type::SUPPRESSED);
+                tracing::warn!("every recipient is on the suppression list: not sent");
             }
             Verdict::AlreadyDone => {
                 self.queue.ack(&self.id, held).await?;
@@ -819,6 +891,7 @@ impl Worker {
                 }
                 self.queue.retry_later(&self.id, held, *delay).await?;
                 telemetry::retry_scheduled();
+                telemetry::event_written(event_type::RETRYING);
                 tracing::warn!(%error, ?delay, counted, "transient failure; retry scheduled");
             }
             Verdict::Dead {
@@ -835,8 +908,26 @@ impl Worker {
                 if !self.store.dead_letter(task, *fence, failure).await? {
                     return self.step_aside(task, held).await;
                 }
+                // A one-recipient job refused for good as no such mailbox
+                // (at RCPT or after the data): later jobs to it are not
+                // tried. With several recipients, only `Sent`'s per-RCPT
+                // refusals say which address was refused.
+                if let (DeadReason::Failed, Some(reply)) = (reason, reply)
+                    && says_no_such_mailbox(reply)
+                    && let [only] = task.email.suppression_keys().as_slice()
+                {
+                    let bounced = [RefusedRecipient {
+                        recipient: only.clone(),
+                        reply: reply.clone(),
+                    }];
+                    self.store.suppress_bounced(task, &bounced).await?;
+                }
                 self.queue.ack(&self.id, held).await?;
                 telemetry::dead_lettered(*reason);
+                telemetry::event_written(match reason {
+                    DeadReason::Failed => event_type::FAILED,
+                    DeadReason::Uncertain => event_type::UNCERTAIN,
+                });
                 tracing::error!(reason = reason.as_str(), %error, "dead-lettered");
             }
         }
@@ -886,6 +977,29 @@ impl Worker {
     }
 }
 
+/// The reply recorded for a recipient left out because it is suppressed.
+const SUPPRESSED_REPLY: &str = "not sent: on the suppression list";
+
+/// Whether an SMTP reply refuses a mailbox for good as not existing or not
+/// deliverable: a `5xx` with an enhanced status code of class `5.1.x`
+/// (RFC 3463: addressing status), e.g. `550 5.1.1 no such user`.
+fn says_no_such_mailbox(reply: &str) -> bool {
+    let code = |t: &str| {
+        t.trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '.')
+            .to_owned()
+    };
+    let mut tokens = reply.split_whitespace().map(code);
+    tokens.any(|t| {
+        let mut parts = t.split('.');
+        parts.next() == Some("5")
+            && parts.next() == Some("1")
+            && parts.next().is_some_and(|d| {
+                !d.is_empty() && d.len() <= 3 && d.bytes().all(|b| b.is_ascii_digit())
+            })
+            && parts.next().is_none()
+    })
+}
+
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
@@ -895,4 +1009,31 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::says_no_such_mailbox;
+
+    #[test]
+    fn only_a_permanent_addressing_status_says_no_such_mailbox() {
+        for reply in [
+            "550 5.1.1 no such user",
+            "550 5.1.10 RESOLVER.ADR.RecipientNotFound",
+            "permanent error (550): 5.1.1 <ada@example.com>: Recipient address rejected",
+            "553 5.1.3 bad destination mailbox address syntax",
+        ] {
+            assert!(says_no_such_mailbox(reply), "{reply}");
+        }
+        for reply in [
+            "550 5.7.1 relaying denied",
+            "452 4.1.1 mailbox busy, try later",
+            "554 5.1 odd",
+            "550 no such user",
+            "552 5.2.2 mailbox full",
+            "550 5.1.1.1 not a code",
+        ] {
+            assert!(!says_no_such_mailbox(reply), "{reply}");
+        }
+    }
 }

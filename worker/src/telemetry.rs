@@ -18,6 +18,10 @@ pub const EMAILS_SENT: &str = "sendonce_emails_sent_total";
 pub const DUPLICATES_SKIPPED: &str = "sendonce_duplicates_skipped_total";
 /// Transient failures scheduled for another attempt.
 pub const RETRIES: &str = "sendonce_retries_total";
+/// Jobs that ended `suppressed`.
+pub const SUPPRESSED: &str = "sendonce_suppressed_total";
+/// Outbox events written with the state changes they report, by type.
+pub const EVENTS_WRITTEN: &str = "sendonce_events_written_total";
 /// Tasks moved to the dead-letter table, by `reason`.
 pub const DEAD_LETTERED: &str = "sendonce_dead_lettered_total";
 /// Time of one SMTP conversation, from connect to the final reply.
@@ -85,6 +89,14 @@ fn register() {
         "Tasks skipped because another job holds their idempotency key, by dedup layer."
     );
     describe_counter!(RETRIES, "Transient failures scheduled for another attempt.");
+    describe_counter!(
+        SUPPRESSED,
+        "Jobs not sent because every recipient is on the suppression list."
+    );
+    describe_counter!(
+        EVENTS_WRITTEN,
+        "Webhook events written with the job state changes they report, by type."
+    );
     describe_counter!(
         DEAD_LETTERED,
         "Tasks moved to the dead-letter table, by reason."
@@ -157,6 +169,16 @@ pub fn housekeeper(leads: bool) {
 /// Records an accepted email.
 pub fn email_sent() {
     counter!(EMAILS_SENT).increment(1);
+}
+
+/// Records a job that ended `suppressed`.
+pub fn suppressed() {
+    counter!(SUPPRESSED).increment(1);
+}
+
+/// Records an outbox event of type `kind` written by a state change.
+pub fn event_written(kind: &'static str) {
+    counter!(EVENTS_WRITTEN, "type" => kind).increment(1);
 }
 
 /// Records a skipped duplicate.

@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use tokio_postgres::types::Type;
 
+use super::outbox::{event_data, outbox};
 use super::sql::Sql;
 use super::{DedupLayer, Failure, RefusedRecipient, Store, StoreError};
 use crate::domain::{IdempotencyKey, JobId, Task, Tenant};
@@ -53,6 +54,11 @@ pub enum Claim {
         attempt: i32,
         /// Its token.
         fence: Fence,
+        /// The job's recipients on its tenant's suppression list
+        /// ([`crate::domain::suppression_key`] forms), looked up by the
+        /// claim: the attempt leaves them out, or when that is all of them,
+        /// ends the job `suppressed` ([`Store::suppress_job`]).
+        suppressed: Vec<String>,
     },
     /// Another job owns the key.
     Duplicate {
@@ -77,6 +83,18 @@ pub enum Claim {
     },
 }
 
+/// What the `sending` write found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sending {
+    /// The row says `sending`: the data may go out.
+    Go,
+    /// The attempt lost its token, or its worker's lease lapsed.
+    Lost,
+    /// A recipient of the envelope was suppressed after the claim looked:
+    /// nothing is sent; the next attempt leaves it out.
+    Suppressed,
+}
+
 /// Whether a worker holds a live lease, judged in SQL by the database
 /// clock. `$holder` is the column or parameter naming the worker.
 macro_rules! live {
@@ -90,14 +108,39 @@ macro_rules! live {
 }
 pub(crate) use live;
 
+/// The subquery listing which of the addresses in `$addresses` (a text
+/// array of suppression keys) are on tenant `$tenant`'s suppression list.
+macro_rules! suppressed {
+    ($tenant:literal, $addresses:literal) => {
+        concat!(
+            "ARRAY(SELECT address FROM suppressions WHERE tenant = ",
+            $tenant,
+            " AND address = ANY (",
+            $addresses,
+            "))"
+        )
+    };
+}
+
+/// The columns the outbox reads from a changed `deliveries` row.
+macro_rules! changed {
+    () => {
+        "job_id, tenant, idempotency_key, state, task, attempts, smtp_reply, last_error, \
+         refused_recipients"
+    };
+}
+
 /// For a task that has no row yet (pushed by hand, or by an API older than
 /// durable acceptance): the row is made at the first claim.
 const CLAIM_NEW: Sql = Sql::new(
-    "INSERT INTO deliveries
+    concat!(
+        "INSERT INTO deliveries
         (idempotency_key, job_id, state, attempts, fence, holder, task, fingerprint, tenant)
     VALUES ($1, $2, 'processing', 1, 1, $3, $4::text::jsonb, $5, $6)
     ON CONFLICT (tenant, idempotency_key) DO NOTHING
-    RETURNING attempts, fence",
+    RETURNING attempts, fence, ",
+        suppressed!("$6", "$7")
+    ),
     &[
         Type::TEXT,
         Type::UUID,
@@ -105,6 +148,7 @@ const CLAIM_NEW: Sql = Sql::new(
         Type::TEXT,
         Type::TEXT,
         Type::TEXT,
+        Type::TEXT_ARRAY,
     ],
 );
 
@@ -122,9 +166,16 @@ const CLAIM_AGAIN: Sql = Sql::new(
                AND (holder IS NOT DISTINCT FROM $3 OR NOT ",
         live!("d.holder"),
         ")))
-    RETURNING attempts, fence"
+    RETURNING attempts, fence, ",
+        suppressed!("$4", "$5")
     ),
-    &[Type::TEXT, Type::UUID, Type::TEXT, Type::TEXT],
+    &[
+        Type::TEXT,
+        Type::UUID,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT_ARRAY,
+    ],
 );
 
 const CLAIM_LOOK: Sql = Sql::new(
@@ -136,42 +187,88 @@ const CLAIM_LOOK: Sql = Sql::new(
     &[Type::TEXT, Type::TEXT],
 );
 
-/// Only a live holder with the newest token starts the data.
+/// Only a live holder with the newest token starts the data, and only when
+/// none of the envelope's recipients (`$5`) was suppressed since the claim
+/// looked: the suppression check and the `sending` write are one
+/// statement. Answers whether the row moved to `sending`, and whether a
+/// recipient is suppressed.
 const MARK_SENDING: Sql = Sql::new(
     concat!(
-        "UPDATE deliveries SET state = 'sending', updated_at = now()
-    WHERE idempotency_key = $1 AND tenant = $4 AND fence = $2 AND state = 'processing' AND ",
-        live!("$3")
+        "WITH hit AS (
+        SELECT EXISTS (SELECT 1 FROM suppressions
+                       WHERE tenant = $4 AND address = ANY ($5)) AS suppressed),
+    sending AS (
+        UPDATE deliveries SET state = 'sending', updated_at = now()
+        WHERE idempotency_key = $1 AND tenant = $4 AND fence = $2 AND state = 'processing'
+          AND NOT (SELECT suppressed FROM hit) AND ",
+        live!("$3"),
+        "
+        RETURNING 1)
+    SELECT (SELECT count(*) FROM sending) = 1, (SELECT suppressed FROM hit)"
     ),
-    &[Type::TEXT, Type::INT8, Type::TEXT, Type::TEXT],
+    &[
+        Type::TEXT,
+        Type::INT8,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT_ARRAY,
+    ],
 );
 
 /// Unfenced: a `250` read is the truth. Withdraws any DLQ entry another
 /// holder filed meanwhile (so it cannot be requeued and sent again).
 const MARK_SENT: Sql = Sql::new(
-    "WITH sent AS (
+    concat!(
+        "WITH sent AS (
         UPDATE deliveries
         SET state = 'sent', smtp_reply = $3, last_error = NULL,
             next_attempt_at = NULL, sent_at = now(), updated_at = now(),
             refused_recipients = $5::text::jsonb
         WHERE idempotency_key = $1 AND tenant = $4 AND job_id = $2 AND state <> 'sent'
-        RETURNING job_id)
-    DELETE FROM failed_jobs f USING sent WHERE f.job_id = sent.job_id",
+        RETURNING ",
+        changed!(),
+        "),
+    withdrawn AS (
+        DELETE FROM failed_jobs f USING sent WHERE f.job_id = sent.job_id)",
+        outbox!("sent", "'job.sent'"),
+        "
+    SELECT count(*) FROM sent"
+    ),
     &[Type::TEXT, Type::UUID, Type::TEXT, Type::TEXT, Type::TEXT],
 );
 
 /// Repeatable by the same holder (its record step is retried until it
 /// succeeds), refused to anyone else. An attempt that does not count (`$6`
 /// false) gives back the one its claim took, only on the way out of
-/// `processing`, so a repeat does not give it back twice.
+/// `processing`, so a repeat does not give it back twice, nor write a
+/// second `job.retrying` event (`was`: the state before, read under the
+/// row's lock).
 const MARK_RETRYING: Sql = Sql::new(
-    "UPDATE deliveries
-    SET state = 'retrying', last_error = $3, smtp_reply = $4,
-        attempts = attempts - CASE WHEN NOT $6 AND state = 'processing' THEN 1 ELSE 0 END,
-        next_attempt_at = now() + $5::bigint * interval '1 millisecond',
-        updated_at = now()
-    WHERE idempotency_key = $1 AND tenant = $7 AND fence = $2
-      AND state IN ('processing', 'sending', 'retrying')",
+    concat!(
+        "WITH before AS (
+        SELECT state AS was FROM deliveries
+        WHERE idempotency_key = $1 AND tenant = $7 FOR UPDATE),
+    retrying AS (
+        UPDATE deliveries
+        SET state = 'retrying', last_error = $3, smtp_reply = $4,
+            attempts = attempts - CASE WHEN NOT $6 AND state = 'processing' THEN 1 ELSE 0 END,
+            next_attempt_at = now() + $5::bigint * interval '1 millisecond',
+            updated_at = now()
+        FROM before
+        WHERE idempotency_key = $1 AND tenant = $7 AND fence = $2
+          AND state IN ('processing', 'sending', 'retrying')
+        RETURNING ",
+        changed!(),
+        ", before.was)",
+        outbox!(
+            "retrying",
+            "'job.retrying'",
+            event_data!(),
+            "was <> 'retrying'"
+        ),
+        "
+    SELECT count(*) FROM retrying"
+    ),
     &[
         Type::TEXT,
         Type::INT8,
@@ -183,17 +280,20 @@ const MARK_RETRYING: Sql = Sql::new(
     ],
 );
 
-/// One statement: the fenced state change and, when it applied, the DLQ
-/// entry. The task comes from the caller or, for a row the sweeper found,
-/// from the row.
+/// One statement: the fenced state change, its event and, when it applied,
+/// the DLQ entry. The task comes from the caller or, for a row the sweeper
+/// found, from the row.
 const DEAD_LETTER: Sql = Sql::new(
-    "WITH dead AS (
+    concat!(
+        "WITH dead AS (
         UPDATE deliveries
         SET state = $3, last_error = $4, smtp_reply = $5,
             next_attempt_at = NULL, updated_at = now()
         WHERE idempotency_key = $1 AND tenant = $7 AND fence = $2
           AND state IN ('processing', 'sending')
-        RETURNING job_id, tenant, idempotency_key, attempts, task),
+        RETURNING ",
+        changed!(),
+        "),
     entry AS (
         INSERT INTO failed_jobs
             (job_id, tenant, idempotency_key, task, reason, error, smtp_reply, attempts)
@@ -203,8 +303,11 @@ const DEAD_LETTER: Sql = Sql::new(
                                            'idempotency_key', idempotency_key)),
                $3, $4, $5, attempts
         FROM dead
-        ON CONFLICT (job_id) DO NOTHING)
-    SELECT count(*) FROM dead",
+        ON CONFLICT (job_id) DO NOTHING)",
+        outbox!("dead", "'job.' || state"),
+        "
+    SELECT count(*) FROM dead"
+    ),
     &[
         Type::TEXT,
         Type::INT8,
@@ -214,6 +317,35 @@ const DEAD_LETTER: Sql = Sql::new(
         Type::TEXT,
         Type::TEXT,
     ],
+);
+
+/// Ends attempt `$2` `suppressed`: every recipient is on the tenant's
+/// suppression list, and nothing was sent.
+const SUPPRESS_JOB: Sql = Sql::new(
+    concat!(
+        "WITH suppressed AS (
+        UPDATE deliveries
+        SET state = 'suppressed', last_error = $4, refused_recipients = $5::text::jsonb,
+            holder = NULL, next_attempt_at = NULL, updated_at = now()
+        WHERE idempotency_key = $1 AND tenant = $3 AND fence = $2 AND state = 'processing'
+        RETURNING ",
+        changed!(),
+        ")",
+        outbox!("suppressed", "'job.suppressed'"),
+        "
+    SELECT count(*) FROM suppressed"
+    ),
+    &[Type::TEXT, Type::INT8, Type::TEXT, Type::TEXT, Type::TEXT],
+);
+
+/// Adds addresses the server refused for good to the tenant's list; an
+/// address already there keeps its first entry.
+const SUPPRESS_ADDRESSES: Sql = Sql::new(
+    "INSERT INTO suppressions (tenant, address, reason, smtp_reply, job_id)
+     SELECT $1, address, 'bounce', reply, $4
+     FROM unnest($2::text[], $3::text[]) AS r(address, reply)
+     ON CONFLICT (tenant, address) DO NOTHING",
+    &[Type::TEXT, Type::TEXT_ARRAY, Type::TEXT_ARRAY, Type::UUID],
 );
 
 const REOPEN: Sql = Sql::new(
@@ -234,7 +366,7 @@ const OWNER: Sql = Sql::new(
 );
 
 const IS_TERMINAL: Sql = Sql::new(
-    "SELECT state IN ('sent', 'failed', 'uncertain', 'canceled')
+    "SELECT state IN ('sent', 'failed', 'uncertain', 'canceled', 'suppressed')
      FROM deliveries WHERE idempotency_key = $1 AND tenant = $2",
     &[Type::TEXT, Type::TEXT],
 );
@@ -245,11 +377,39 @@ const RELEASE: Sql = Sql::new(
     &[Type::TEXT, Type::INT8, Type::TEXT],
 );
 
+/// Records the skipped copy and its `job.duplicate` event (once: a repeat
+/// finds the row). `$6` is the task, for the event's recipients.
 const DUPLICATE: Sql = Sql::new(
-    "INSERT INTO duplicate_jobs (job_id, idempotency_key, duplicate_of, layer, tenant)
-     VALUES ($1, $2, $3, $4, $5)
-     ON CONFLICT (job_id) DO NOTHING",
-    &[Type::UUID, Type::TEXT, Type::UUID, Type::TEXT, Type::TEXT],
+    concat!(
+        "WITH dup AS (
+        INSERT INTO duplicate_jobs (job_id, idempotency_key, duplicate_of, layer, tenant)
+        VALUES ($1, $2, $3, $4, $5)
+        ON CONFLICT (job_id) DO NOTHING
+        RETURNING job_id, idempotency_key, duplicate_of, layer, tenant)",
+        outbox!(
+            "dup",
+            "'job.duplicate'",
+            "jsonb_build_object(
+            'job_id', job_id, 'idempotency_key', idempotency_key, 'tenant', tenant,
+            'to', $6::text::jsonb->'to', 'cc', COALESCE($6::text::jsonb->'cc', '[]'::jsonb),
+            'bcc', COALESCE($6::text::jsonb->'bcc', '[]'::jsonb),
+            'metadata', COALESCE($6::text::jsonb->'metadata', '{}'::jsonb),
+            'attempts', 0, 'smtp_reply', NULL, 'error', NULL,
+            'refused_recipients', '[]'::jsonb,
+            'duplicate_of', duplicate_of, 'layer', layer)",
+            "true"
+        ),
+        "
+    SELECT count(*) FROM dup"
+    ),
+    &[
+        Type::UUID,
+        Type::TEXT,
+        Type::UUID,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+    ],
 );
 
 /// Every statement of this module, for the test that checks their types.
@@ -267,6 +427,8 @@ pub(super) const ALL: &[&Sql] = &[
     &IS_TERMINAL,
     &RELEASE,
     &DUPLICATE,
+    &SUPPRESS_JOB,
+    &SUPPRESS_ADDRESSES,
 ];
 
 impl Store {
@@ -282,14 +444,21 @@ impl Store {
         let key = task.idempotency_key.as_str();
         let tenant = task.tenant.as_str();
         let job = task.job_id.as_uuid();
+        let recipients = task.email.suppression_keys();
+        let proceed = |row: tokio_postgres::Row| Claim::Proceed {
+            attempt: row.get(0),
+            fence: Fence(row.get(1)),
+            suppressed: row.get(2),
+        };
         if let Some(row) = self
-            .opt(&conn, &CLAIM_AGAIN, &[&key, &job, &worker, &tenant])
+            .opt(
+                &conn,
+                &CLAIM_AGAIN,
+                &[&key, &job, &worker, &tenant, &recipients],
+            )
             .await?
         {
-            return Ok(Claim::Proceed {
-                attempt: row.get(0),
-                fence: Fence(row.get(1)),
-            });
+            return Ok(proceed(row));
         }
         let inserted = self
             .opt(
@@ -302,24 +471,23 @@ impl Store {
                     &task.to_json(),
                     &task.email.fingerprint(),
                     &tenant,
+                    &recipients,
                 ],
             )
             .await?;
         if let Some(row) = inserted {
-            return Ok(Claim::Proceed {
-                attempt: row.get(0),
-                fence: Fence(row.get(1)),
-            });
+            return Ok(proceed(row));
         }
         // Another copy inserted the row between the two statements.
         if let Some(row) = self
-            .opt(&conn, &CLAIM_AGAIN, &[&key, &job, &worker, &tenant])
+            .opt(
+                &conn,
+                &CLAIM_AGAIN,
+                &[&key, &job, &worker, &tenant, &recipients],
+            )
             .await?
         {
-            return Ok(Claim::Proceed {
-                attempt: row.get(0),
-                fence: Fence(row.get(1)),
-            });
+            return Ok(proceed(row));
         }
         let row = self.one(&conn, &CLAIM_LOOK, &[&key, &tenant]).await?;
         let owner: Uuid = row.get(0);
@@ -329,7 +497,10 @@ impl Store {
             Claim::Duplicate {
                 owner: owner.into(),
             }
-        } else if matches!(state, "sent" | "failed" | "uncertain" | "canceled") {
+        } else if matches!(
+            state,
+            "sent" | "failed" | "uncertain" | "canceled" | "suppressed"
+        ) {
             Claim::AlreadyDone
         } else if state == "sending" && !holder_live {
             Claim::Ambiguous {
@@ -397,20 +568,23 @@ impl Store {
         Ok(row.is_some_and(|r| r.get(0)))
     }
 
-    /// Records that the data of attempt `fence` is about to go out. `false`
-    /// when the attempt lost its token to a newer claim, or `worker`'s lease
-    /// has lapsed (others may already judge it dead): the caller must then
-    /// not send.
+    /// Records that the data of attempt `fence` is about to go out to
+    /// `envelope` (the recipients' suppression keys). Anything but
+    /// [`Sending::Go`] means the caller must not send: the attempt lost its
+    /// token to a newer claim, or `worker`'s lease has lapsed (others may
+    /// already judge it dead), or a recipient was suppressed since the
+    /// claim looked.
     #[tracing::instrument(skip_all)]
     pub async fn mark_sending(
         &self,
         task: &Task,
         fence: Fence,
         worker: &str,
-    ) -> Result<bool, StoreError> {
+        envelope: &[String],
+    ) -> Result<Sending, StoreError> {
         let conn = self.pool.get().await?;
-        let n = self
-            .exec(
+        let row = self
+            .one(
                 &conn,
                 &MARK_SENDING,
                 &[
@@ -418,10 +592,76 @@ impl Store {
                     &fence.0,
                     &worker,
                     &task.tenant.as_str(),
+                    &envelope,
                 ],
             )
             .await?;
-        Ok(n == 1)
+        Ok(match (row.get(0), row.get(1)) {
+            (true, _) => Sending::Go,
+            (false, true) => Sending::Suppressed,
+            (false, false) => Sending::Lost,
+        })
+    }
+
+    /// Ends attempt `fence` `suppressed`, with its `job.suppressed` event:
+    /// every recipient is on the suppression list, listed in `refused` with
+    /// the reason. `false` when the attempt lost its token.
+    #[tracing::instrument(skip_all)]
+    pub async fn suppress_job(
+        &self,
+        task: &Task,
+        fence: Fence,
+        refused: &[RefusedRecipient],
+    ) -> Result<bool, StoreError> {
+        let conn = self.pool.get().await?;
+        // Strings only: serialising cannot fail.
+        let refused = serde_json::to_string(refused).ok();
+        let row = self
+            .one(
+                &conn,
+                &SUPPRESS_JOB,
+                &[
+                    &task.idempotency_key.as_str(),
+                    &fence.0,
+                    &task.tenant.as_str(),
+                    &"every recipient is on the suppression list",
+                    &refused,
+                ],
+            )
+            .await?;
+        Ok(row.get::<_, i64>(0) == 1)
+    }
+
+    /// Adds the recipients of `task` that the server refused for good
+    /// (`5.1.x`: no such mailbox) to its tenant's suppression list, so
+    /// later jobs do not try them again.
+    #[tracing::instrument(skip_all)]
+    pub async fn suppress_bounced(
+        &self,
+        task: &Task,
+        bounced: &[RefusedRecipient],
+    ) -> Result<(), StoreError> {
+        if bounced.is_empty() {
+            return Ok(());
+        }
+        let conn = self.pool.get().await?;
+        let addresses: Vec<String> = bounced
+            .iter()
+            .map(|r| crate::domain::suppression_key(&r.recipient))
+            .collect();
+        let replies: Vec<&str> = bounced.iter().map(|r| r.reply.as_str()).collect();
+        self.exec(
+            &conn,
+            &SUPPRESS_ADDRESSES,
+            &[
+                &task.tenant.as_str(),
+                &addresses,
+                &replies,
+                &task.job_id.as_uuid(),
+            ],
+        )
+        .await?;
+        Ok(())
     }
 
     /// Gives up attempt `fence` before its data (its holder's lease lapsed):
@@ -487,8 +727,8 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let conn = self.pool.get().await?;
         let delay_ms = i64::try_from(failure.delay.as_millis()).unwrap_or(i64::MAX);
-        let n = self
-            .exec(
+        let row = self
+            .one(
                 &conn,
                 &MARK_RETRYING,
                 &[
@@ -502,7 +742,7 @@ impl Store {
                 ],
             )
             .await?;
-        Ok(n == 1)
+        Ok(row.get::<_, i64>(0) == 1)
     }
 
     /// Moves attempt `fence` of `task` to a terminal failure and writes its
@@ -545,6 +785,7 @@ impl Store {
                 &owner.map(|o| o.as_uuid()),
                 &layer.as_str(),
                 &task.tenant.as_str(),
+                &task.to_json(),
             ],
         )
         .await?;

@@ -2,6 +2,7 @@
 
 use tokio_postgres::types::Type;
 
+use super::outbox::outbox;
 use super::sql::Sql;
 use super::{JobRecord, Store, StoreError, metadata_at};
 use crate::domain::{JobId, Tenant};
@@ -33,12 +34,21 @@ const UNFINISHED: Sql = Sql::new(
 /// before (see migration 7). Row locks order it against the worker's
 /// fenced `processing` -> `sending` step: whichever commits first wins, and
 /// the other finds the row moved on.
+/// With its `job.canceled` event.
 const CANCEL: Sql = Sql::new(
-    "UPDATE deliveries
-     SET state = 'canceled', canceled_at = now(), holder = NULL,
-         next_attempt_at = NULL, updated_at = now()
-     WHERE job_id = $1 AND ($2::text IS NULL OR tenant = $2)
-       AND state IN ('queued', 'retrying', 'processing') AND NOT maybe_sent",
+    concat!(
+        "WITH canceled AS (
+        UPDATE deliveries
+        SET state = 'canceled', canceled_at = now(), holder = NULL,
+            next_attempt_at = NULL, updated_at = now()
+        WHERE job_id = $1 AND ($2::text IS NULL OR tenant = $2)
+          AND state IN ('queued', 'retrying', 'processing') AND NOT maybe_sent
+        RETURNING job_id, tenant, idempotency_key, state, task, attempts, smtp_reply,
+                  last_error, refused_recipients)",
+        outbox!("canceled", "'job.canceled'"),
+        "
+    SELECT count(*) FROM canceled"
+    ),
     &[Type::UUID, Type::TEXT],
 );
 
@@ -93,7 +103,7 @@ impl Store {
         let conn = self.pool.get().await?;
         let tenant = tenant.map(Tenant::as_str);
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&job.as_uuid(), &tenant];
-        if self.exec(&conn, &CANCEL, &params).await? == 1 {
+        if self.one(&conn, &CANCEL, &params).await?.get::<_, i64>(0) == 1 {
             return Ok(Cancel::Canceled);
         }
         let Some(row) = self.opt(&conn, &CANCEL_LOOK, &params).await? else {

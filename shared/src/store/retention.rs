@@ -23,19 +23,21 @@ pub struct Pruned {
     pub deliveries: u64,
     /// Dead-letter entries deleted.
     pub failed_jobs: u64,
+    /// Webhook events deleted (with their delivered deliveries).
+    pub events: u64,
 }
 
 impl Pruned {
     /// Whether the batch found nothing left to prune.
     pub fn is_empty(&self) -> bool {
-        self.deliveries == 0 && self.failed_jobs == 0
+        self.deliveries == 0 && self.failed_jobs == 0 && self.events == 0
     }
 }
 
 const PRUNE_DELIVERIES: Sql = Sql::new(
     "WITH old AS (
          SELECT tenant, idempotency_key FROM deliveries
-         WHERE state IN ('sent', 'failed', 'uncertain', 'canceled')
+         WHERE state IN ('sent', 'failed', 'uncertain', 'canceled', 'suppressed')
            AND (task IS NOT NULL OR smtp_reply IS NOT NULL)
            AND updated_at < now() - make_interval(days => $1)
          ORDER BY updated_at
@@ -56,9 +58,24 @@ const PRUNE_FAILED: Sql = Sql::new(
     &[Type::INT4, Type::INT8],
 );
 
+/// Webhook events carry recipients and metadata: they go with the rest,
+/// but never while an endpoint still waits for one (a failing endpoint's
+/// events wait to be replayed, not dropped).
+const PRUNE_EVENTS: Sql = Sql::new(
+    "DELETE FROM events WHERE id IN (
+         SELECT id FROM events e
+         WHERE created_at < now() - make_interval(days => $1)
+           AND NOT EXISTS (SELECT 1 FROM webhook_deliveries w
+                           WHERE w.event_id = e.id AND w.state <> 'delivered')
+         ORDER BY created_at
+         LIMIT $2
+         FOR UPDATE SKIP LOCKED)",
+    &[Type::INT4, Type::INT8],
+);
+
 /// Every statement of this module, for the test that checks their types.
 #[cfg(test)]
-pub(super) const ALL: &[&Sql] = &[&PRUNE_DELIVERIES, &PRUNE_FAILED];
+pub(super) const ALL: &[&Sql] = &[&PRUNE_DELIVERIES, &PRUNE_FAILED, &PRUNE_EVENTS];
 
 impl Store {
     /// Prunes up to `batch` finished job records and `batch` dead-letter
@@ -71,9 +88,11 @@ impl Store {
             .exec(&client, &PRUNE_DELIVERIES, &[&days, &batch])
             .await?;
         let failed_jobs = self.exec(&client, &PRUNE_FAILED, &[&days, &batch]).await?;
+        let events = self.exec(&client, &PRUNE_EVENTS, &[&days, &batch]).await?;
         Ok(Pruned {
             deliveries,
             failed_jobs,
+            events,
         })
     }
 }

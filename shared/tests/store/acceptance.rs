@@ -127,7 +127,7 @@ async fn an_accepted_job_is_claimed_with_the_first_token() {
 
     let claim = store.claim(&job.task, "w").await.expect("claim");
 
-    let Claim::Proceed { attempt, fence } = claim else {
+    let Claim::Proceed { attempt, fence, .. } = claim else {
         panic!("the accepted job proceeds: {claim:?}");
     };
     assert_eq!((attempt, fence.get()), (1, 1));

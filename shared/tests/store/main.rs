@@ -9,6 +9,7 @@ mod autoscaling;
 mod connection;
 mod fairness;
 mod leases;
+mod outbox;
 mod pooler;
 mod postgres_tls;
 mod readiness;
@@ -24,7 +25,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use sendonce_shared::domain::{Body, Email, EmailAddress, IdempotencyKey, Subject, Task};
-use sendonce_shared::store::{self, Claim, Retrying, Store};
+use sendonce_shared::store::{self, Claim, Retrying, Sending, Store};
 use sendonce_testkit::TestDatabase;
 
 /// A lease long enough to outlive any test.
@@ -109,7 +110,7 @@ async fn a_retry_that_does_not_count_gives_its_attempt_back_once_however_often_i
     store.migrate().await.expect("migrate");
     let t = task("relay:busy");
     store.renew_lease("w", LEASE).await.expect("lease");
-    let Ok(Claim::Proceed { attempt, fence }) = store.claim(&t, "w").await else {
+    let Ok(Claim::Proceed { attempt, fence, .. }) = store.claim(&t, "w").await else {
         panic!("the first claim proceeds");
     };
     assert_eq!(attempt, 1);
@@ -130,7 +131,7 @@ async fn a_retry_that_does_not_count_gives_its_attempt_back_once_however_often_i
     }
     let again = store.claim(&t, "w").await.expect("claim again");
 
-    let Claim::Proceed { attempt, fence } = again else {
+    let Claim::Proceed { attempt, fence, .. } = again else {
         panic!("the retry proceeds: {again:?}");
     };
     assert_eq!(attempt, 1, "the busy attempt was not counted");
@@ -180,6 +181,7 @@ async fn of_two_holders_of_one_job_only_the_newest_token_starts_sending() {
     let Ok(Claim::Proceed {
         attempt: 1,
         fence: first,
+        ..
     }) = store.claim(&t, "a").await
     else {
         panic!("the first claim proceeds");
@@ -192,6 +194,7 @@ async fn of_two_holders_of_one_job_only_the_newest_token_starts_sending() {
     let Ok(Claim::Proceed {
         attempt: 2,
         fence: second,
+        ..
     }) = store.claim(&t, "b").await
     else {
         panic!("the re-claim proceeds");
@@ -199,12 +202,15 @@ async fn of_two_holders_of_one_job_only_the_newest_token_starts_sending() {
     assert!(second > first);
 
     let fenced = join_all([
-        store.mark_sending(&t, first, "a"),
-        store.mark_sending(&t, second, "b"),
+        store.mark_sending(&t, first, "a", &[]),
+        store.mark_sending(&t, second, "b", &[]),
     ])
     .await;
 
-    assert!(matches!(fenced[..], [Ok(false), Ok(true)]), "{fenced:?}");
+    assert!(
+        matches!(fenced[..], [Ok(Sending::Lost), Ok(Sending::Go)]),
+        "{fenced:?}"
+    );
     assert_eq!(store.claim(&t, "a").await.ok(), Some(Claim::Held));
 }
 
@@ -221,7 +227,10 @@ async fn a_holder_whose_lease_lapsed_does_not_start_sending() {
 
     store.release_lease("a").await.expect("lapse");
 
-    assert_eq!(store.mark_sending(&t, fence, "a").await.ok(), Some(false));
+    assert_eq!(
+        store.mark_sending(&t, fence, "a", &[]).await.ok(),
+        Some(Sending::Lost)
+    );
 }
 
 #[tokio::test]
@@ -236,7 +245,10 @@ async fn a_claim_given_up_after_a_lapsed_lease_is_taken_at_once_though_its_worke
         panic!("the claim proceeds");
     };
     store.release_lease("a").await.expect("lapse");
-    assert_eq!(store.mark_sending(&t, fence, "a").await.ok(), Some(false));
+    assert_eq!(
+        store.mark_sending(&t, fence, "a", &[]).await.ok(),
+        Some(Sending::Lost)
+    );
 
     store.release_claim(&t, fence).await.expect("release");
     store.renew_lease("a", LEASE).await.expect("a lives on");

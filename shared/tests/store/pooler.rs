@@ -11,7 +11,7 @@
 use futures::future::join_all;
 use secrecy::SecretString;
 use sendonce_shared::domain::Task;
-use sendonce_shared::store::{Accepted, Claim, PgOptions, Pooler, Store, Submission};
+use sendonce_shared::store::{Accepted, Claim, PgOptions, Pooler, Sending, Store, Submission};
 use sendonce_testkit::{PgBouncer, TestDatabase};
 
 use crate::{LEASE, task};
@@ -42,15 +42,15 @@ async fn work(store: Store, worker: String, tasks: Vec<Task>) -> Vec<String> {
     for chunk in tasks.chunks(IN_FLIGHT) {
         let results = join_all(chunk.iter().map(|t| async {
             match store.claim(t, &worker).await {
-                Ok(Claim::Proceed { attempt: 1, fence }) => {
-                    match store.mark_sending(t, fence, &worker).await {
-                        Ok(true) => store
-                            .mark_sent(t, "250 ok", &[])
-                            .await
-                            .map_err(|e| format!("mark_sent: {e:?}")),
-                        other => Err(format!("mark_sending: {other:?}")),
-                    }
-                }
+                Ok(Claim::Proceed {
+                    attempt: 1, fence, ..
+                }) => match store.mark_sending(t, fence, &worker, &[]).await {
+                    Ok(Sending::Go) => store
+                        .mark_sent(t, "250 ok", &[])
+                        .await
+                        .map_err(|e| format!("mark_sent: {e:?}")),
+                    other => Err(format!("mark_sending: {other:?}")),
+                },
                 other => Err(format!("claim: {other:?}")),
             }
         }))

@@ -8,7 +8,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use sendonce_shared::domain::Task;
-use sendonce_shared::store::{Cancel, Claim, DeadReason, Failure, Fence, Retrying, Store};
+use sendonce_shared::store::{Cancel, Claim, DeadReason, Failure, Fence, Retrying, Sending, Store};
 use sendonce_testkit::TestDatabase;
 
 use crate::{LEASE, store_for, task};
@@ -105,7 +105,12 @@ async fn run(store: &Store, t: &Task, steps: &[(usize, Step)]) -> Result<(), Tes
                 Claim::AlreadyDone | Claim::Held => {}
             },
             (Step::Next(_), Phase::Claimed(fence)) => {
-                if store.mark_sending(t, fence, me).await.expect("sending") {
+                if store
+                    .mark_sending(t, fence, me, &[])
+                    .await
+                    .expect("sending")
+                    == Sending::Go
+                {
                     prop_assert!(
                         !canceled,
                         "step {}: holder {} starts the data of a canceled job",

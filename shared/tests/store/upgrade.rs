@@ -2,7 +2,8 @@
 //! (fencing) over schema 1, migration 4 (durable acceptance) over schema 3 (retention indexes),
 //! migration 5 (the audit trail) over schema 4, migration 6 (tenants) over
 //! schema 5, migration 7 (cancel) over schema 6, migration 8 (refused
-//! recipients) over schema 7.
+//! recipients) over schema 7, migration 9 (webhooks and suppressions) over
+//! schema 8.
 
 use refinery::Target;
 use sendonce_shared::domain::{Task, Tenant};
@@ -351,7 +352,11 @@ async fn migration_7_keeps_jobs_in_every_state_cancelable_where_their_data_has_n
 async fn migration_8_keeps_jobs_in_every_state_with_no_refused_recipients() {
     let (_db, store, client, tasks) = at_schema(7).await;
 
-    assert_eq!(store.migrate().await.expect("upgrade"), 2, "migrations 8 and 9");
+    assert_eq!(
+        store.migrate().await.expect("upgrade"),
+        2,
+        "migrations 8 and 9"
+    );
 
     let rows: Vec<(String, Option<String>)> = client
         .query(
@@ -383,4 +388,48 @@ async fn migration_8_keeps_jobs_in_every_state_with_no_refused_recipients() {
         .expect("read")
         .expect("the job");
     assert_eq!(job.refused_recipients, refused);
+}
+
+#[tokio::test]
+async fn migration_9_keeps_jobs_in_every_state_and_their_promise_and_starts_the_outbox() {
+    let (_db, store, client, tasks) = at_schema(8).await;
+    // A canceled job too: the state migration 9 rewrites the check around.
+    let canceled = task("upgrade8:canceled");
+    insert_row(&client, &canceled, "canceled").await;
+
+    assert_eq!(store.migrate().await.expect("upgrade"), 1, "migration 9");
+
+    let mut rows: Vec<String> = client
+        .query("SELECT state FROM deliveries", &[])
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    rows.sort();
+    let mut expected: Vec<String> = STATES
+        .iter()
+        .map(|s| (*s).to_owned())
+        .chain(["canceled".to_owned()])
+        .collect();
+    expected.sort();
+    assert_eq!(rows, expected, "every row keeps its state");
+    assert_eq!(
+        store.claim(&canceled, "new").await.expect("claim"),
+        Claim::AlreadyDone
+    );
+    assert_claims_carry_on(&store, &tasks).await;
+    // The waiting rows' next outcome writes its event.
+    store
+        .mark_sent(&tasks[0], "250 ok", &[])
+        .await
+        .expect("sent");
+    let events: Vec<String> = client
+        .query("SELECT type FROM events", &[])
+        .await
+        .expect("events")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(events, ["job.sent"]);
 }

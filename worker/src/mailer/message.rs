@@ -12,6 +12,7 @@ use std::time::SystemTime;
 
 use email_encoding::headers::rfc2047;
 use lettre::Message;
+use lettre::address::Envelope;
 use lettre::message::header::{
     self, ContentTransferEncoding, ContentType, Header, HeaderName, HeaderValue,
 };
@@ -24,11 +25,14 @@ use super::wire::{a_labels, crlf, fit, fit_mailboxes};
 /// Builds the message for `task`, from `default_from` when it names no
 /// sender, DKIM-signed if its `From` domain has a key in `dkim`. The
 /// client's headers follow the ones sendonce writes; the API let through
-/// none that could replace them.
+/// none that could replace them. The recipients whose suppression keys are
+/// in `leave_out` stay in the headers but not in the envelope: they are
+/// not sent to.
 pub(super) fn build(
     task: &Task,
     default_from: &EmailAddress,
     dkim: &DkimKeys,
+    leave_out: &[String],
 ) -> Result<Message, lettre::error::Error> {
     let email = &task.email;
     let from = a_labels(email.from.as_ref().unwrap_or(default_from).mailbox());
@@ -46,6 +50,14 @@ pub(super) fn build(
     // In the envelope only: lettre drops the `Bcc` header it builds.
     for bcc in &email.bcc {
         builder = builder.bcc(a_labels(bcc.mailbox()));
+    }
+    if !leave_out.is_empty() {
+        let envelope = email
+            .recipients()
+            .filter(|a| !leave_out.contains(&a.suppression_key()))
+            .map(|a| a_labels(a.mailbox()).email)
+            .collect();
+        builder = builder.envelope(Envelope::new(Some(from.email.clone()), envelope)?);
     }
     let mut builder = builder
         .subject(email.subject.as_str())
@@ -284,7 +296,7 @@ mod tests {
     }
 
     fn bytes(task: &Task) -> String {
-        let message = build(task, &sender(), &DkimKeys::none()).expect("a message");
+        let message = build(task, &sender(), &DkimKeys::none(), &[]).expect("a message");
         String::from_utf8(message.formatted()).expect("ASCII")
     }
 
@@ -387,7 +399,7 @@ mod tests {
         let keys = DkimKeys::load(&dir, "s1").expect("the key");
         let task = task(Some("Thanks, Ada."), Some("<p>Thanks, Ada.</p>"));
 
-        let signed = build(&task, &sender(), &keys).expect("a message");
+        let signed = build(&task, &sender(), &keys, &[]).expect("a message");
         let signed = String::from_utf8(signed.formatted()).expect("ASCII");
 
         let mut lines = signed.split("\r\n").peekable();

@@ -305,7 +305,7 @@ impl TestSystem {
         self.wait_until(job_id, |s| {
             matches!(
                 s,
-                "sent" | "duplicate" | "failed" | "uncertain" | "canceled"
+                "sent" | "duplicate" | "failed" | "uncertain" | "canceled" | "suppressed"
             )
         })
         .await

@@ -18,6 +18,7 @@ mod relays;
 mod retention;
 mod scheduled;
 mod silent_postgres;
+mod suppression;
 mod tenants;
 mod topologies;
 mod window;
