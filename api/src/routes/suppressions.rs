@@ -74,17 +74,14 @@ fn target(claims: &Claims, query: &TenantQuery) -> Result<Tenant, ApiError> {
         .unwrap_or_else(|| claims.tenant.clone()))
 }
 
-/// The address as the list keys it: the addr-spec, lower-cased, its
-/// domain in A-labels.
+/// The address as the list keys it ([`EmailAddress::suppression_key`]).
 fn suppression_key(raw: &str, field: &'static str) -> Result<String, ApiError> {
-    let address = EmailAddress::parse(raw).map_err(|e| ApiError::InvalidField {
-        field,
-        reason: e.to_string(),
-    })?;
-    let email = &address.mailbox().email;
-    let domain =
-        idna::domain_to_ascii(email.domain()).unwrap_or_else(|_| email.domain().to_lowercase());
-    Ok(format!("{}@{domain}", email.user().to_lowercase()))
+    EmailAddress::parse(raw)
+        .map(|address| address.suppression_key())
+        .map_err(|e| ApiError::InvalidField {
+            field,
+            reason: e.to_string(),
+        })
 }
 
 /// The cursor key of an entry: its tenant (which holds no space) and
