@@ -78,16 +78,25 @@ const TAKE_ALL: Sql = Sql::new(
     &[Type::TEXT, Type::INT8, Type::INT8, Type::TEXT],
 );
 
+/// Requeuing an entry is the operator's word that its job may be tried
+/// again: the addresses its own refusal put on the suppression list are
+/// lifted with it (README, "Suppressions"), or the job would end
+/// `suppressed` at once. Entries other jobs' refusals or a hand added stay.
 const REQUEUE: Sql = Sql::new(
-    "UPDATE deliveries d
-     SET state = 'queued', attempts = 0, last_error = NULL,
-         next_attempt_at = NULL, updated_at = now(),
-         maybe_sent = d.maybe_sent OR d.state = 'uncertain',
-         task = COALESCE(d.task, r.task::jsonb)
-     FROM unnest($1::uuid[], $2::text[], $3::text[]) AS r(job_id, key, task)
-     WHERE d.job_id = r.job_id AND d.idempotency_key = r.key
-       AND d.state IN ('failed', 'uncertain')
-     RETURNING d.job_id",
+    "WITH requeued AS (
+         UPDATE deliveries d
+         SET state = 'queued', attempts = 0, last_error = NULL,
+             next_attempt_at = NULL, updated_at = now(),
+             maybe_sent = d.maybe_sent OR d.state = 'uncertain',
+             task = COALESCE(d.task, r.task::jsonb)
+         FROM unnest($1::uuid[], $2::text[], $3::text[]) AS r(job_id, key, task)
+         WHERE d.job_id = r.job_id AND d.idempotency_key = r.key
+           AND d.state IN ('failed', 'uncertain')
+         RETURNING d.job_id, d.tenant),
+     lifted AS (
+         DELETE FROM suppressions s USING requeued q
+         WHERE s.tenant = q.tenant AND s.job_id = q.job_id AND s.reason = 'bounce')
+     SELECT job_id FROM requeued",
     &[Type::UUID_ARRAY, Type::TEXT_ARRAY, Type::TEXT_ARRAY],
 );
 
