@@ -77,6 +77,20 @@ pub mod scope {
     /// Read the audit trail of requeues and discards (`audit:read`).
     #[derive(Debug)]
     pub struct AuditRead;
+    /// Read webhook endpoints and their delivery logs (`webhooks:read`).
+    #[derive(Debug)]
+    pub struct WebhooksRead;
+    /// Create, change and delete webhook endpoints, replay deliveries
+    /// (`webhooks:write`).
+    #[derive(Debug)]
+    pub struct WebhooksWrite;
+    /// Read the suppression list (`suppressions:read`).
+    #[derive(Debug)]
+    pub struct SuppressionsRead;
+    /// Add addresses to the suppression list and lift them
+    /// (`suppressions:write`).
+    #[derive(Debug)]
+    pub struct SuppressionsWrite;
 
     impl Scope for JobsWrite {
         const NAME: &'static str = "jobs:write";
@@ -97,6 +111,22 @@ pub mod scope {
     impl Scope for AuditRead {
         const NAME: &'static str = "audit:read";
         const RATE_LIMITED: bool = false;
+    }
+    impl Scope for WebhooksRead {
+        const NAME: &'static str = "webhooks:read";
+        const RATE_LIMITED: bool = false;
+    }
+    impl Scope for WebhooksWrite {
+        const NAME: &'static str = "webhooks:write";
+        const RATE_LIMITED: bool = true;
+    }
+    impl Scope for SuppressionsRead {
+        const NAME: &'static str = "suppressions:read";
+        const RATE_LIMITED: bool = false;
+    }
+    impl Scope for SuppressionsWrite {
+        const NAME: &'static str = "suppressions:write";
+        const RATE_LIMITED: bool = true;
     }
 }
 

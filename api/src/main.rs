@@ -43,7 +43,7 @@ enum Command {
         /// Space-separated scopes, e.g. "jobs:write jobs:read".
         #[arg(
             long,
-            default_value = "jobs:write jobs:read failed:read failed:write audit:read"
+            default_value = "jobs:write jobs:read failed:read failed:write audit:read webhooks:read webhooks:write suppressions:read suppressions:write"
         )]
         scope: String,
         /// Lifetime, e.g. 1h, 30m, 7d.

@@ -14,7 +14,7 @@ use utoipa::openapi::{Content, Header, Object, Type};
 use utoipa::{Modify, OpenApi};
 
 use crate::problem::Problem;
-use crate::routes::{add_job, add_jobs, audit, failed_jobs, health, jobs};
+use crate::routes::{add_job, add_jobs, audit, failed_jobs, health, jobs, suppressions, webhooks};
 
 /// The document.
 #[derive(Debug, OpenApi)]
@@ -30,6 +30,16 @@ use crate::routes::{add_job, add_jobs, audit, failed_jobs, health, jobs};
         failed_jobs::retry_bulk,
         failed_jobs::discard,
         audit::list,
+        webhooks::create,
+        webhooks::list,
+        webhooks::get,
+        webhooks::patch,
+        webhooks::delete,
+        webhooks::deliveries,
+        webhooks::replay,
+        suppressions::list,
+        suppressions::add,
+        suppressions::lift,
         health::healthz,
         health::readyz,
         openapi_json,
@@ -76,7 +86,8 @@ impl Modify for Security {
                         "A JWT signed with the configured algorithm; `scope` lists the granted \
                          scopes. The caller's tenant is the claim named by `JWT_TENANT_CLAIM` \
                          (default `tenant`; `default` without it): idempotency keys, jobs, \
-                         dead letters and the audit trail are the tenant's. The scope \
+                         dead letters, the audit trail, webhook endpoints and the suppression \
+                         list are the tenant's. The scope \
                          `tenants:all` lifts that confinement, and lets `tenant` narrow the \
                          listings.",
                     ))
@@ -95,6 +106,7 @@ impl Modify for Problems {
             for (method, operation) in [
                 (HttpMethod::Get, item.get.as_mut()),
                 (HttpMethod::Post, item.post.as_mut()),
+                (HttpMethod::Patch, item.patch.as_mut()),
                 (HttpMethod::Delete, item.delete.as_mut()),
             ] {
                 if let Some(operation) = operation {
@@ -198,6 +210,12 @@ mod tests {
             "/failedJobs/{id}/retry",
             "/failedJobs/{id}",
             "/audit",
+            "/webhooks",
+            "/webhooks/{id}",
+            "/webhooks/{id}/deliveries",
+            "/webhooks/{id}/deliveries/{delivery_id}/replay",
+            "/suppressions",
+            "/suppressions/{address}",
             "/healthz",
             "/readyz",
             "/openapi.json",
@@ -210,7 +228,24 @@ mod tests {
         ] {
             assert!(add_job[status].is_object(), "POST /addJob lacks {status}");
         }
+        let patch = &doc["paths"]["/webhooks/{id}"]["patch"]["responses"];
+        for status in ["200", "400", "401", "403", "404", "422", "429", "503"] {
+            assert!(
+                patch[status].is_object(),
+                "PATCH /webhooks/{{id}} lacks {status}"
+            );
+        }
         let schemas = &doc["components"]["schemas"];
+        for schema in [
+            "Webhook",
+            "WebhookWithSecret",
+            "WebhookDelivery",
+            "DeliveryAttempt",
+            "EventType",
+            "Suppression",
+        ] {
+            assert!(schemas[schema].is_object(), "schema {schema} is missing");
+        }
         assert!(schemas["AddJobBody"]["properties"]["attachments"].is_object());
         for member in ["filename", "content_type", "content", "content_id"] {
             assert!(

@@ -11,13 +11,14 @@ use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
+use sendonce_shared::domain::webhooks::UrlPolicy;
 use sendonce_shared::queue::{self, Queue};
 use sendonce_shared::store::{Acceptor, Store};
 use tracing_actix_web::TracingLogger;
 
 use crate::auth::JwtKeys;
 use crate::backlog::Backlog;
-use crate::config::ApiConfig;
+use crate::config::{ApiConfig, AppEnv};
 use crate::handoff::Handoff;
 use crate::limits::{self, BodyTimeout, LargeBody, LargeRequests};
 use crate::openapi;
@@ -98,6 +99,10 @@ impl Application {
                 .context("MAX_MESSAGE_BYTES does not fit in memory")?,
             max_schedule_days: config.max_schedule_days,
             max_recipients: usize::from(config.max_recipients),
+            webhook_urls: match config.app_env {
+                AppEnv::Development => UrlPolicy::Development,
+                AppEnv::Production => UrlPolicy::Public,
+            },
             senders,
             backlog,
             draining: Arc::default(),
@@ -304,6 +309,25 @@ fn serve(
                 web::delete().to(routes::failed_jobs::discard),
             )
             .route("/audit", web::get().to(routes::audit::list))
+            .route("/webhooks", web::get().to(routes::webhooks::list))
+            .route("/webhooks", web::post().to(routes::webhooks::create))
+            .route("/webhooks/{id}", web::get().to(routes::webhooks::get))
+            .route("/webhooks/{id}", web::patch().to(routes::webhooks::patch))
+            .route("/webhooks/{id}", web::delete().to(routes::webhooks::delete))
+            .route(
+                "/webhooks/{id}/deliveries",
+                web::get().to(routes::webhooks::deliveries),
+            )
+            .route(
+                "/webhooks/{id}/deliveries/{delivery_id}/replay",
+                web::post().to(routes::webhooks::replay),
+            )
+            .route("/suppressions", web::get().to(routes::suppressions::list))
+            .route("/suppressions", web::post().to(routes::suppressions::add))
+            .route(
+                "/suppressions/{address}",
+                web::delete().to(routes::suppressions::lift),
+            )
             .route("/healthz", web::get().to(routes::health::healthz))
             .default_service(web::to(not_found))
             .route("/readyz", web::get().to(routes::health::readyz))

@@ -31,6 +31,9 @@ pub struct AppState {
     pub max_recipients: usize,
     /// `MAX_SCHEDULE_DAYS`: how far ahead `send_at` may be.
     pub max_schedule_days: u32,
+    /// Which webhook URLs are accepted: public `https` ones, or (with
+    /// `APP_ENV=development`) any `http` or `https` one.
+    pub webhook_urls: sendonce_shared::domain::webhooks::UrlPolicy,
     /// The senders each tenant may use (`SENDER_POLICY_FILE`).
     pub senders: crate::sender_policy::SenderPolicy,
     /// `MAX_QUEUED_PER_TENANT`, when set.

@@ -27,6 +27,7 @@ pub use metadata::Metadata;
 pub mod attachments;
 pub mod headers;
 pub mod metadata;
+pub mod webhooks;
 
 /// Why a value was refused. The field name lives in the caller, which knows
 /// which field it was parsing; this only says what was wrong with the value.

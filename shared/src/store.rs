@@ -18,6 +18,8 @@
 //! - [`retention`]: pruning finished jobs' personal data (`RETENTION_DAYS`);
 //! - [`reconcile`]: the accepted jobs still waiting for an attempt, for the
 //!   reconciler that puts back on the queue whatever Redis lost;
+//! - [`webhooks`]: a tenant's webhook endpoints and their delivery logs;
+//! - [`suppressions`]: a tenant's suppression list;
 //! - [`dispatch`]: webhook deliveries: claiming due ones, recording each
 //!   attempt (retry, failing endpoint, resume), the oldest undelivered age.
 //!
@@ -47,6 +49,8 @@ pub mod outbox;
 pub mod reconcile;
 pub mod retention;
 mod sql;
+pub mod suppressions;
+pub mod webhooks;
 
 pub use acceptance::{AcceptError, Accepted, Acceptor, Submission};
 pub use audit::{Actor, AuditAction, AuditEntry, AuditFilter};
@@ -56,6 +60,8 @@ pub use dispatch::{AttemptOutcome, DueDelivery, Recorded};
 pub use jobs::Cancel;
 pub use leases::Swept;
 pub use reconcile::{WaitingCursor, WaitingPage};
+pub use suppressions::{Added, Suppression};
+pub use webhooks::{DeliveryAttempt, NewWebhook, Webhook, WebhookDelivery, WebhookPatch};
 
 mod embedded {
     refinery::embed_migrations!("../migrations");
@@ -425,6 +431,8 @@ mod tests {
             leases::ALL,
             reconcile::ALL,
             retention::ALL,
+            suppressions::ALL,
+            webhooks::ALL,
         ];
         let mut checked = 0;
         for sql in all.into_iter().flatten() {

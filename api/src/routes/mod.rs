@@ -6,3 +6,5 @@ pub mod audit;
 pub mod failed_jobs;
 pub mod health;
 pub mod jobs;
+pub mod suppressions;
+pub mod webhooks;

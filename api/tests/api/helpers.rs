@@ -239,3 +239,35 @@ pub fn challenge(response: &reqwest::Response) -> String {
         .unwrap_or_default()
         .to_owned()
 }
+
+impl TestApi {
+    /// A token of `tenant` with `scope`.
+    pub fn tenant_token(&self, tenant: &str, scope: &str) -> String {
+        let extra = serde_json::Map::from_iter([("tenant".to_owned(), json!(tenant))]);
+        self.keys
+            .mint_with("app", scope, Duration::from_secs(600), extra)
+            .expect("mint a token")
+    }
+
+    /// `method` `path` with `token` and, if given, a JSON `body`; answers
+    /// the status and the JSON body (`null` when there is none).
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("an HTTP method");
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.address))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+}

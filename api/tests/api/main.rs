@@ -19,4 +19,6 @@ mod sender_policy;
 mod shutdown;
 mod slow_clients;
 mod startup;
+mod suppressions;
 mod tenants;
+mod webhooks;

@@ -18,7 +18,9 @@ mod redis_tls;
 mod requeue;
 mod shards;
 mod state_machine;
+mod suppressions;
 mod upgrade;
+mod webhooks;
 
 use std::time::Duration;
 
