@@ -10,8 +10,9 @@
 //!   schedule;
 //! - [`signing`]: Standard Webhooks signatures, and the verifier receivers
 //!   (and the tests) use;
-//! - [`guard`]: SSRF: the URL check and the resolver that connects only to
-//!   public addresses outside development;
+//! - [`guard`]: SSRF: the resolver that connects only to public addresses
+//!   outside development (the URL itself is re-checked as the API checks
+//!   it, by `WebhookUrl`);
 //! - [`telemetry`]: its metrics.
 //!
 //! The dispatcher shares nothing with email sending but the Postgres pool,
@@ -30,6 +31,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use sendonce_shared::domain::webhooks::{UrlPolicy, WebhookUrl};
 use sendonce_shared::store::{AttemptOutcome, DueDelivery, Store};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -69,22 +71,9 @@ impl Dispatcher {
         if !config.dispatch {
             return Ok(None);
         }
-        let mut client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            // A proxy would resolve the name itself, past the guard.
-            .no_proxy()
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout)
-            .pool_max_idle_per_host(usize::from(config.per_endpoint))
-            .user_agent(concat!("sendonce-webhooks/", env!("CARGO_PKG_VERSION")));
-        if config.app_env == AppEnv::Production {
-            client = client
-                .https_only(true)
-                .dns_resolver(Arc::new(guard::GuardedResolver));
-        }
         Ok(Some(Self {
             store,
-            client: client.build()?,
+            client: http_client(config)?,
             config: config.clone(),
             open: Mutex::default(),
         }))
@@ -244,8 +233,12 @@ impl Dispatcher {
     /// The request: check the URL, sign, POST; the status read, or why
     /// there is none.
     async fn attempt(&self, delivery: &DueDelivery) -> Result<u16, String> {
-        let allow_private = self.config.app_env == AppEnv::Development;
-        let url = guard::check_url(&delivery.url, allow_private).map_err(|e| e.to_string())?;
+        let policy = match self.config.app_env {
+            AppEnv::Production => UrlPolicy::Public,
+            AppEnv::Development => UrlPolicy::Development,
+        };
+        let url = WebhookUrl::parse(&delivery.url, policy)
+            .map_err(|e| format!("refused: the URL {e}"))?;
         let body = body(delivery);
         let id = delivery.event_id.to_string();
         let timestamp = chrono::Utc::now().timestamp();
@@ -259,7 +252,7 @@ impl Dispatcher {
         .map_err(|e| e.to_string())?;
         let response = self
             .client
-            .post(url)
+            .post(url.url().clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(signing::ID, id)
             .header(signing::TIMESTAMP, timestamp.to_string())
@@ -317,6 +310,26 @@ impl Dispatcher {
     }
 }
 
+/// The dispatcher's HTTP client: no redirects, no proxy, every request
+/// within `WEBHOOK_TIMEOUT`; outside development `https` only, through the
+/// [`guard::GuardedResolver`].
+fn http_client(config: &WebhookConfig) -> reqwest::Result<reqwest::Client> {
+    let mut client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        // A proxy would resolve the name itself, past the guard.
+        .no_proxy()
+        .timeout(config.timeout)
+        .connect_timeout(config.timeout)
+        .pool_max_idle_per_host(usize::from(config.per_endpoint))
+        .user_agent(concat!("sendonce-webhooks/", env!("CARGO_PKG_VERSION")));
+    if config.app_env == AppEnv::Production {
+        client = client
+            .https_only(true)
+            .dns_resolver(Arc::new(guard::GuardedResolver));
+    }
+    client.build()
+}
+
 /// The body every endpoint gets for an event, the same on every attempt:
 /// `{"type", "timestamp", "data"}`.
 pub fn body(delivery: &DueDelivery) -> String {
@@ -343,4 +356,69 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text.chars().take(MAX_ERROR_CHARS).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::config::WorkerConfig;
+
+    fn config(args: &[&str]) -> WebhookConfig {
+        let args = std::iter::once("sendonce-worker").chain(args.iter().copied());
+        WorkerConfig::try_parse_from(args)
+            .expect("settings")
+            .webhooks
+    }
+
+    /// The request itself, not only the URL check, goes through the
+    /// guard: a name that resolves to loopback is never connected to.
+    #[tokio::test]
+    async fn outside_development_the_client_refuses_a_name_that_resolves_to_loopback() {
+        let client = http_client(&config(&[])).expect("a client");
+
+        let refused = client
+            .post("https://localhost:9/hook")
+            .send()
+            .await
+            .expect_err("refused");
+
+        assert!(
+            chain(&refused).contains("not public"),
+            "{}",
+            chain(&refused)
+        );
+        let plain = client.post("http://93.184.215.14/").send().await;
+        assert!(plain.is_err(), "https only");
+    }
+
+    #[test]
+    fn the_body_is_type_timestamp_and_data() {
+        let delivery = DueDelivery {
+            id: 1,
+            endpoint_id: Uuid::nil(),
+            url: "https://example.com/".into(),
+            secret: "whsec_AAAA".into(),
+            previous_secret: None,
+            event_id: Uuid::nil(),
+            event_type: "job.sent".into(),
+            event_created_at: chrono::DateTime::from_timestamp(1_764_777_600, 123_456_000)
+                .expect("a time"),
+            data: serde_json::json!({"job_id": "j"}),
+            attempts: 0,
+            leased_until: chrono::Utc::now(),
+        };
+
+        let body: serde_json::Value = serde_json::from_str(&body(&delivery)).expect("JSON");
+
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "type": "job.sent",
+                "timestamp": "2025-12-03T16:00:00.123456Z",
+                "data": {"job_id": "j"},
+            })
+        );
+    }
 }
