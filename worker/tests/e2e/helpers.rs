@@ -38,6 +38,8 @@ pub struct Options {
     pub redis_args: Vec<String>,
     /// `QUEUE_SHARDS` of the API and the workers (default 1).
     pub queue_shards: Option<u16>,
+    /// Extra API flags, e.g. `["--app-env", "development"]`.
+    pub api_args: Vec<String>,
 }
 
 /// An API, an SMTP server and a database, with workers started on demand.
@@ -113,7 +115,8 @@ pub async fn spawn_system(options: Options) -> TestSystem {
             SECRET,
         ]
         .into_iter()
-        .chain(options.redis_args.iter().map(String::as_str)),
+        .chain(options.redis_args.iter().map(String::as_str))
+        .chain(options.api_args.iter().map(String::as_str)),
     );
     let token = JwtKeys::from_config(&config)
         .expect("JWT settings")

@@ -8,10 +8,15 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use clap::Parser as _;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use sendonce_api::auth::JwtKeys;
+use sendonce_api::config::ApiConfig;
+use sendonce_shared::domain::webhooks::is_public_ip;
 use sendonce_testkit::process::eventually;
 use sendonce_testkit::{ReceivedRequest, WebhookReceiver, sample};
 use sendonce_worker::webhooks::signing;
@@ -20,18 +25,9 @@ use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
 use crate::helpers::{
-    DEADLINE, Options, TestSystem, email, keyed_task, signal, spawn_system, start_worker_process,
+    DEADLINE, Options, SECRET, TestSystem, email, keyed_task, signal, spawn_system,
+    start_worker_process,
 };
-
-/// Every type an endpoint created without `event_types` gets.
-const DEFAULT_TYPES: &[&str] = &[
-    "job.sent",
-    "job.failed",
-    "job.uncertain",
-    "job.duplicate",
-    "job.canceled",
-    "job.suppressed",
-];
 
 /// Worker flags: a receiver on 127.0.0.1 is allowed (development), and an
 /// idle dispatcher looks often, so tests wait for deliveries, not polls.
@@ -50,53 +46,107 @@ fn dispatch_args(extra: &[&str]) -> Vec<String> {
     .collect()
 }
 
+/// An API that takes endpoints on 127.0.0.1 (development), and workers
+/// started with [`dispatch_args`] and `extra`.
 async fn system_with(extra: &[&str]) -> TestSystem {
     spawn_system(Options {
+        api_args: vec!["--app-env".into(), "development".into()],
         worker_args: dispatch_args(extra),
         ..Options::default()
     })
     .await
 }
 
-/// A secret as the API makes them: `whsec_` and 32 random bytes.
-fn new_secret() -> String {
-    let key: [u8; 32] = rand::random();
-    format!("whsec_{}", STANDARD.encode(key))
+/// A token of tenant `default` (the tests' jobs are its) for `/webhooks`.
+fn webhooks_token() -> String {
+    let config = ApiConfig::parse_from(["sendonce-api", "--jwt-secret", SECRET]);
+    JwtKeys::from_config(&config)
+        .expect("JWT settings")
+        .mint(
+            "tests",
+            "webhooks:read webhooks:write",
+            Duration::from_secs(3600),
+        )
+        .expect("mint a token")
 }
 
-/// An endpoint of tenant `default` (the tests' jobs are its).
+/// An endpoint made through the API.
 struct Endpoint {
     id: Uuid,
     secret: String,
+    /// The secret before a rotation, while it signs too.
+    previous: Option<String>,
 }
 
-/// Creates an endpoint row directly (the API's `POST /webhooks` is another
-/// branch's); with `previous`, a rotation whose overlap lasts a day.
+/// Sends `body` to `path` with a webhooks token; the 2xx answer's JSON.
+async fn webhooks_api(
+    system: &TestSystem,
+    method: reqwest::Method,
+    path: &str,
+    body: &Value,
+) -> Value {
+    let response = system
+        .client
+        .request(method, format!("{}{path}", system.api))
+        .bearer_auth(webhooks_token())
+        .json(body)
+        .send()
+        .await
+        .expect("a /webhooks request");
+    let status = response.status();
+    let answer: Value = response.json().await.unwrap_or(Value::Null);
+    assert!(status.is_success(), "{path} answered {status}: {answer}");
+    answer
+}
+
+/// `POST /webhooks` for `url` (`types` absent: the default subscription);
+/// with `rotate`, then a rotation whose overlap lasts a day.
 async fn create_endpoint(
     system: &TestSystem,
     url: &str,
-    types: &[&str],
-    previous: Option<&str>,
+    types: Option<&[&str]>,
+    rotate: bool,
 ) -> Endpoint {
-    let endpoint = Endpoint {
-        id: Uuid::now_v7(),
-        secret: new_secret(),
+    let mut body = json!({"url": url});
+    if let Some(types) = types {
+        body["event_types"] = json!(types);
+    }
+    let created = webhooks_api(system, reqwest::Method::POST, "/webhooks", &body).await;
+    let id = created["id"].as_str().expect("an id");
+    let secret = created["secret"].as_str().expect("the secret").to_owned();
+    let mut endpoint = Endpoint {
+        id: id.parse().expect("a UUID"),
+        secret,
+        previous: None,
     };
-    let types: Vec<String> = types.iter().map(|t| (*t).to_owned()).collect();
-    system
-        .db
-        .connect()
-        .await
-        .execute(
-            "INSERT INTO webhooks (id, tenant, url, event_types, secret, previous_secret,
-                                   previous_secret_expires_at)
-             VALUES ($1, 'default', $2, $3, $4, $5,
-                     CASE WHEN $5::text IS NULL THEN NULL ELSE now() + interval '1 day' END)",
-            &[&endpoint.id, &url, &types, &endpoint.secret, &previous],
+    if rotate {
+        let rotated = webhooks_api(
+            system,
+            reqwest::Method::PATCH,
+            &format!("/webhooks/{id}"),
+            &json!({"rotate_secret": true}),
         )
-        .await
-        .expect("an endpoint");
+        .await;
+        let new = rotated["secret"]
+            .as_str()
+            .expect("the new secret")
+            .to_owned();
+        endpoint.previous = Some(std::mem::replace(&mut endpoint.secret, new));
+    }
     endpoint
+}
+
+/// `GET /webhooks/{id}`.
+async fn endpoint_state(system: &TestSystem, endpoint: &Endpoint) -> Value {
+    let response = system
+        .client
+        .get(format!("{}/webhooks/{}", system.api, endpoint.id))
+        .bearer_auth(webhooks_token())
+        .send()
+        .await
+        .expect("GET /webhooks/{id}");
+    assert_eq!(response.status(), 200);
+    response.json().await.expect("JSON")
 }
 
 /// The events written, by id: (type, job id).
@@ -236,8 +286,8 @@ async fn job_id_of(system: &TestSystem, body: &Value) -> String {
 async fn every_outcome_arrives_as_one_signed_event_that_standardwebhooks_verifies() {
     let system = system_with(&[]).await;
     let receiver = WebhookReceiver::start().await;
-    let previous = new_secret();
-    let endpoint = create_endpoint(&system, &receiver.url(), DEFAULT_TYPES, Some(&previous)).await;
+    let endpoint = create_endpoint(&system, &receiver.url(), None, true).await;
+    let previous = endpoint.previous.clone().expect("rotated");
     let _worker = system.spawn_worker().await;
 
     let mut jobs = BTreeMap::new();
@@ -324,7 +374,7 @@ async fn every_outcome_arrives_as_one_signed_event_that_standardwebhooks_verifie
         data("job.failed")
     );
 
-    let wrong = new_secret();
+    let wrong = format!("whsec_{}", STANDARD.encode([7u8; 32]));
     for request in &requests {
         let headers = header_map(request);
         let signatures = request.header(signing::SIGNATURE).expect("a signature");
@@ -352,7 +402,7 @@ async fn a_receiver_down_for_a_while_gets_every_event_once_back_duplicates_only_
     let schedule = ["100ms"; 40].join(",");
     let system = system_with(&["--webhook-retry-schedule", &schedule]).await;
     let receiver = WebhookReceiver::start().await;
-    let endpoint = create_endpoint(&system, &receiver.url(), &["job.sent"], None).await;
+    let endpoint = create_endpoint(&system, &receiver.url(), Some(&["job.sent"]), false).await;
     receiver.down().await;
     let _worker = system.spawn_worker().await;
     let mut jobs = Vec::new();
@@ -402,7 +452,7 @@ async fn a_receiver_down_for_a_while_gets_every_event_once_back_duplicates_only_
 async fn an_event_in_flight_when_its_dispatcher_is_sigkilled_is_delivered_after_restart() {
     let system = system_with(&["--webhook-timeout", "2s"]).await;
     let receiver = WebhookReceiver::start().await;
-    let endpoint = create_endpoint(&system, &receiver.url(), &["job.sent"], None).await;
+    let endpoint = create_endpoint(&system, &receiver.url(), Some(&["job.sent"]), false).await;
     receiver.stall_next(1);
     let doomed = system.spawn_captured_worker(&[]);
     let job = job_id_of(&system, &email("ada@example.com", Some("hook:crash"))).await;
@@ -454,8 +504,8 @@ async fn a_stalled_endpoint_delays_neither_email_nor_another_endpoint() {
     let stalled = WebhookReceiver::start().await;
     let healthy = WebhookReceiver::start().await;
     stalled.stall_next(usize::MAX);
-    create_endpoint(&system, &stalled.url(), &["job.sent"], None).await;
-    create_endpoint(&system, &healthy.url(), &["job.sent"], None).await;
+    create_endpoint(&system, &stalled.url(), Some(&["job.sent"]), false).await;
+    create_endpoint(&system, &healthy.url(), Some(&["job.sent"]), false).await;
     let _worker = system.spawn_worker().await;
 
     let mut jobs = Vec::new();
@@ -481,9 +531,24 @@ async fn a_stalled_endpoint_delays_neither_email_nor_another_endpoint() {
     );
 }
 
+/// This machine's name, when it resolves only to addresses that are not
+/// public (as in a container, or `127.0.1.1` from `/etc/hosts`): a name the
+/// URL check lets through and only the resolver refuses.
+async fn private_hostname() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim().to_owned();
+    let addresses: Vec<_> = tokio::net::lookup_host((name.as_str(), 0))
+        .await
+        .ok()?
+        .collect();
+    (!addresses.is_empty() && addresses.iter().all(|a| !is_public_ip(a.ip()))).then_some(name)
+}
+
 #[tokio::test]
 async fn outside_development_private_targets_and_plain_http_are_refused_without_a_request() {
     let system = spawn_system(Options {
+        // The API takes them (development); the worker does not.
+        api_args: vec!["--app-env".into(), "development".into()],
         worker_args: vec![
             "--webhook-poll-min".into(),
             "20ms".into(),
@@ -498,18 +563,28 @@ async fn outside_development_private_targets_and_plain_http_are_refused_without_
     .await;
     let receiver = WebhookReceiver::start().await;
     let port = receiver.addr().port();
-    let targets = [
-        (receiver.url(), "scheme `http`"),
+    let mut targets = vec![
+        (receiver.url(), "must be an https URL".to_owned()),
         (
             format!("https://127.0.0.1:{port}/hook"),
-            "127.0.0.1 is not public",
+            "not 127.0.0.1".to_owned(),
         ),
-        (format!("https://[::1]:{port}/hook"), "::1 is not public"),
-        (format!("https://localhost:{port}/hook"), "not public"),
+        (format!("https://[::1]:{port}/hook"), "not [::1]".to_owned()),
+        (
+            format!("https://localhost:{port}/hook"),
+            "not localhost".to_owned(),
+        ),
     ];
+    match private_hostname().await {
+        Some(name) => targets.push((
+            format!("https://{name}:{port}/hook"),
+            format!("`{name}` resolves only to addresses that are not public"),
+        )),
+        None => eprintln!("this machine's name resolves to a public address: not tried"),
+    }
     let mut endpoints = Vec::new();
     for (url, _) in &targets {
-        endpoints.push(create_endpoint(&system, url, &["job.sent"], None).await);
+        endpoints.push(create_endpoint(&system, url, Some(&["job.sent"]), false).await);
     }
     let _worker = system.spawn_worker().await;
 
@@ -525,9 +600,11 @@ async fn outside_development_private_targets_and_plain_http_are_refused_without_
         })
         .await;
         let (state, _, error) = recorded;
-        assert_eq!(state, "held", "{url}: the endpoint is failing");
+        assert_eq!(state, "held", "{url}: held, its endpoint failing");
         let error = error.unwrap_or_default();
-        assert!(error.contains(refusal), "{url}: {error}");
+        assert!(error.contains(refusal.as_str()), "{url}: {error}");
+        let shown = endpoint_state(&system, endpoint).await;
+        assert!(shown["failing_since"].is_string(), "{url}: {shown}");
     }
     assert!(
         receiver.requests().is_empty(),
@@ -540,7 +617,7 @@ async fn a_worker_shows_attempts_by_outcome_and_the_oldest_undelivered_age_on_it
     let system = system_with(&["--webhook-retry-schedule", "50ms,50ms,50ms"]).await;
     let receiver = WebhookReceiver::start().await;
     receiver.respond_with(503);
-    let endpoint = create_endpoint(&system, &receiver.url(), &["job.sent"], None).await;
+    let endpoint = create_endpoint(&system, &receiver.url(), Some(&["job.sent"]), false).await;
     // The event waits for a dispatcher: the worker that sends has none.
     let sender = system
         .spawn_worker_with(&["--webhook-dispatch", "false"])
