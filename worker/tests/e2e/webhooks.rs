@@ -664,3 +664,102 @@ async fn a_worker_shows_attempts_by_outcome_and_the_oldest_undelivered_age_on_it
     assert!(sample(&text, &age).is_some_and(|s| s > 0.0), "{text}");
     worker.stop().await;
 }
+
+/// `GET /webhooks/{id}/deliveries`: the items, newest first.
+async fn delivery_log(system: &TestSystem, endpoint: &Endpoint) -> Vec<Value> {
+    let response = system
+        .client
+        .get(format!(
+            "{}/webhooks/{}/deliveries",
+            system.api, endpoint.id
+        ))
+        .bearer_auth(webhooks_token())
+        .send()
+        .await
+        .expect("GET /webhooks/{id}/deliveries");
+    assert_eq!(response.status(), 200);
+    let page: Value = response.json().await.expect("JSON");
+    page["items"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn an_endpoint_out_of_retries_holds_its_events_until_resumed_and_a_replay_sends_again() {
+    let system = system_with(&["--webhook-retry-schedule", "50ms"]).await;
+    let receiver = WebhookReceiver::start().await;
+    receiver.respond_with(503);
+    let endpoint = create_endpoint(&system, &receiver.url(), Some(&["job.sent"]), false).await;
+    let _worker = system.spawn_worker().await;
+
+    let first = job_id_of(&system, &email("first@example.com", None)).await;
+    system.wait_for_status(&first, "sent").await;
+    eventually("the endpoint failing", DEADLINE, || async {
+        let shown = endpoint_state(&system, &endpoint).await;
+        shown["failing_since"].is_string().then_some(())
+    })
+    .await;
+    let second = job_id_of(&system, &email("second@example.com", None)).await;
+    system.wait_for_status(&second, "sent").await;
+    let log = eventually("both deliveries held", DEADLINE, || async {
+        let log = delivery_log(&system, &endpoint).await;
+        (log.len() == 2 && log.iter().all(|d| d["state"] == "held")).then_some(log)
+    })
+    .await;
+    let attempted = receiver.requests().len();
+    assert_eq!(
+        attempted, 2,
+        "two attempts at the first event, none at the second"
+    );
+    assert_eq!(log[1]["attempts"], 2);
+    assert_eq!(log[1]["log"].as_array().map(Vec::len), Some(2));
+    assert_eq!(log[1]["last_status"], 503);
+    assert_eq!(log[0]["attempts"], 0);
+
+    receiver.respond_with(204);
+    webhooks_api(
+        &system,
+        reqwest::Method::PATCH,
+        &format!("/webhooks/{}", endpoint.id),
+        &json!({"resume": true}),
+    )
+    .await;
+    let requests = receiver
+        .wait_until("both events after the resume", DEADLINE, |r| {
+            delivered_ids(r).len() == 2
+        })
+        .await;
+    let jobs: HashSet<Value> = requests
+        .iter()
+        .filter(|r| r.delivered())
+        .map(|r| r.json()["data"]["job_id"].clone())
+        .collect();
+    assert_eq!(jobs, HashSet::from([json!(first), json!(second)]));
+
+    let delivered = eventually("both delivered in the log", DEADLINE, || async {
+        let log = delivery_log(&system, &endpoint).await;
+        log.iter().all(|d| d["state"] == "delivered").then_some(log)
+    })
+    .await;
+    let replayed = &delivered[1];
+    webhooks_api(
+        &system,
+        reqwest::Method::POST,
+        &format!(
+            "/webhooks/{}/deliveries/{}/replay",
+            endpoint.id, replayed["id"]
+        ),
+        &json!({}),
+    )
+    .await;
+    let requests = receiver
+        .wait_until("the replay", DEADLINE, |r| {
+            r.iter().filter(|r| r.delivered()).count() == 3
+        })
+        .await;
+    let again = requests.last().expect("the replay");
+    assert_eq!(
+        again.header(signing::ID),
+        replayed["event_id"].as_str(),
+        "a replay is the same event"
+    );
+    assert!(endpoint_state(&system, &endpoint).await["failing_since"].is_null());
+}
