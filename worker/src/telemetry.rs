@@ -10,6 +10,7 @@ use metrics::{
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use sendonce_shared::queue::Depths;
+use sendonce_shared::store::outbox::event_type;
 use sendonce_shared::store::{DeadReason, DedupLayer};
 
 /// Emails the SMTP server accepted.
@@ -103,6 +104,17 @@ fn register() {
         EVENTS_WRITTEN,
         "Webhook events written with the job state changes they report, by type."
     );
+    counter!(SUPPRESSED).increment(0);
+    for kind in [
+        event_type::SENT,
+        event_type::FAILED,
+        event_type::UNCERTAIN,
+        event_type::DUPLICATE,
+        event_type::SUPPRESSED,
+        event_type::RETRYING,
+    ] {
+        counter!(EVENTS_WRITTEN, "type" => kind).increment(0);
+    }
     describe_counter!(
         DEAD_LETTERED,
         "Tasks moved to the dead-letter table, by reason."

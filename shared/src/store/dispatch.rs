@@ -159,9 +159,25 @@ const OLDEST_UNDELIVERED: Sql = Sql::new(
     &[],
 );
 
+/// Held deliveries of endpoints that are not failing: fanned out `held`
+/// by an event whose statement read `failing_since` just before a resume
+/// committed (migration 10). Due now.
+const RELEASE_STRAY_HELD: Sql = Sql::new(
+    "UPDATE webhook_deliveries d SET state = 'pending', next_attempt_at = now()
+     FROM webhooks w
+     WHERE d.endpoint_id = w.id AND w.failing_since IS NULL AND d.state = 'held'",
+    &[],
+);
+
 /// Every statement of this module, for the test that checks their types.
 #[cfg(test)]
-pub(super) const ALL: &[&Sql] = &[&CLAIM, &DELIVERED, &FAILED, &OLDEST_UNDELIVERED];
+pub(super) const ALL: &[&Sql] = &[
+    &CLAIM,
+    &DELIVERED,
+    &FAILED,
+    &OLDEST_UNDELIVERED,
+    &RELEASE_STRAY_HELD,
+];
 
 /// A delivery a dispatcher claimed: everything its request needs.
 #[derive(Debug, Clone)]
@@ -334,6 +350,14 @@ impl Store {
                 }))
             }
         }
+    }
+
+    /// Makes due the `held` deliveries of endpoints that are not failing
+    /// (a resume raced with the event's fan-out); how many.
+    #[tracing::instrument(skip_all)]
+    pub async fn release_stray_held_webhooks(&self) -> Result<u64, StoreError> {
+        let conn = self.pool.get().await?;
+        self.exec(&conn, &RELEASE_STRAY_HELD, &[]).await
     }
 
     /// Per endpoint with an undelivered (`pending` or `held`) event, the

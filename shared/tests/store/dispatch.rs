@@ -369,3 +369,42 @@ async fn the_oldest_undelivered_age_is_per_endpoint_and_ignores_delivered_events
     assert_eq!(ages[0].0, waiting);
     assert!(ages[0].1 >= Duration::from_secs(3600), "{ages:?}");
 }
+
+#[tokio::test]
+async fn a_delivery_left_held_on_an_endpoint_no_longer_failing_is_made_due() {
+    let (_db, store, client) = migrated().await;
+    let stray = insert_endpoint(&client).await;
+    let failing = insert_endpoint(&client).await;
+    let [on_stray, on_failing] = insert_event(&client, &[stray, failing]).await[..] else {
+        panic!("two deliveries");
+    };
+    // As a fan-out that read `failing_since` just before a resume
+    // committed leaves it: held, on an endpoint that is not failing.
+    client
+        .execute(
+            "UPDATE webhook_deliveries SET state = 'held', next_attempt_at = NULL",
+            &[],
+        )
+        .await
+        .expect("held");
+    client
+        .execute(
+            "UPDATE webhooks SET failing_since = now() WHERE id = $1",
+            &[&failing],
+        )
+        .await
+        .expect("failing");
+
+    assert_eq!(
+        store.release_stray_held_webhooks().await.expect("release"),
+        1
+    );
+
+    assert_eq!(state_of(&client, on_stray).await.0, "pending");
+    assert_eq!(
+        state_of(&client, on_failing).await.0,
+        "held",
+        "its endpoint is failing"
+    );
+    assert_eq!(store.release_stray_held_webhooks().await.expect("again"), 0);
+}

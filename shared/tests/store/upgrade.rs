@@ -3,7 +3,7 @@
 //! migration 5 (the audit trail) over schema 4, migration 6 (tenants) over
 //! schema 5, migration 7 (cancel) over schema 6, migration 8 (refused
 //! recipients) over schema 7, migration 9 (webhooks and suppressions) over
-//! schema 8.
+//! schema 8, migration 10 (held deliveries' index) over schema 9.
 
 use refinery::Target;
 use sendonce_shared::domain::{Task, Tenant};
@@ -89,8 +89,8 @@ async fn migration_2_keeps_jobs_in_every_state_and_their_promise() {
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        8,
-        "migrations 2 to 9"
+        9,
+        "migrations 2 to 10"
     );
 
     let rows = client
@@ -135,8 +135,8 @@ async fn migration_4_keeps_jobs_in_every_state_replays_their_keys_and_finds_the_
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        6,
-        "migrations 4 to 9"
+        7,
+        "migrations 4 to 10"
     );
 
     // A replay of an old key: its request's fingerprint was never kept, so
@@ -173,8 +173,8 @@ async fn migration_5_keeps_jobs_in_every_state_and_the_dead_letters_and_starts_a
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        5,
-        "migrations 5 to 9 (the store reads the schema of the latest)"
+        6,
+        "migrations 5 to 10 (the store reads the schema of the latest)"
     );
 
     let rows = client
@@ -251,8 +251,8 @@ async fn migration_6_puts_every_job_entry_and_audit_row_in_the_default_tenant_an
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        4,
-        "migrations 6 to 9"
+        5,
+        "migrations 6 to 10"
     );
 
     for table in ["deliveries", "failed_jobs", "audit_log"] {
@@ -304,8 +304,8 @@ async fn migration_7_keeps_jobs_in_every_state_cancelable_where_their_data_has_n
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        3,
-        "migrations 7 to 9"
+        4,
+        "migrations 7 to 10"
     );
 
     let rows: Vec<(String, bool)> = client
@@ -354,8 +354,8 @@ async fn migration_8_keeps_jobs_in_every_state_with_no_refused_recipients() {
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        2,
-        "migrations 8 and 9"
+        3,
+        "migrations 8 to 10"
     );
 
     let rows: Vec<(String, Option<String>)> = client
@@ -397,7 +397,11 @@ async fn migration_9_keeps_jobs_in_every_state_and_their_promise_and_starts_the_
     let canceled = task("upgrade8:canceled");
     insert_row(&client, &canceled, "canceled").await;
 
-    assert_eq!(store.migrate().await.expect("upgrade"), 1, "migration 9");
+    assert_eq!(
+        store.migrate_to(Target::Version(9)).await.expect("upgrade"),
+        1,
+        "migration 9"
+    );
 
     let mut rows: Vec<String> = client
         .query("SELECT state FROM deliveries", &[])
@@ -432,4 +436,32 @@ async fn migration_9_keeps_jobs_in_every_state_and_their_promise_and_starts_the_
         .map(|r| r.get(0))
         .collect();
     assert_eq!(events, ["job.sent"]);
+}
+
+#[tokio::test]
+async fn migration_10_keeps_jobs_in_every_state_and_their_held_webhook_deliveries() {
+    let (_db, store, client, tasks) = at_schema(9).await;
+    client
+        .batch_execute(
+            "INSERT INTO webhooks (id, tenant, url, event_types, secret)
+             VALUES ('01890000-0000-7000-8000-000000000001', 'default',
+                     'https://example.com/hook', ARRAY['job.sent'], 'whsec_c2VjcmV0');
+             INSERT INTO events (id, tenant, type, job_id, data)
+             VALUES ('01890000-0000-7000-8000-000000000002', 'default', 'job.sent',
+                     gen_random_uuid(), '{}');
+             INSERT INTO webhook_deliveries (endpoint_id, event_id, state)
+             VALUES ('01890000-0000-7000-8000-000000000001',
+                     '01890000-0000-7000-8000-000000000002', 'held');",
+        )
+        .await
+        .expect("a held delivery at schema 9");
+
+    assert_eq!(store.migrate().await.expect("upgrade"), 1, "migration 10");
+
+    assert_claims_carry_on(&store, &tasks).await;
+    assert_eq!(
+        store.release_stray_held_webhooks().await.expect("release"),
+        1,
+        "the endpoint is not failing"
+    );
 }

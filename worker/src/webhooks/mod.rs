@@ -293,7 +293,8 @@ impl Dispatcher {
         }
     }
 
-    /// Refreshes the oldest-undelivered gauge until `stop`.
+    /// Refreshes the oldest-undelivered gauge until `stop`, and releases
+    /// deliveries left held on an endpoint that is no longer failing.
     async fn report_ages(self: Arc<Self>, stop: CancellationToken) {
         let mut every = tokio::time::interval(AGES_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -301,10 +302,17 @@ impl Dispatcher {
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
-                _ = every.tick() => match self.store.oldest_undelivered_webhooks().await {
-                    Ok(ages) => shown = telemetry::oldest_undelivered(&ages, &shown),
-                    Err(e) => tracing::debug!(error = %chain(&e), "reading the oldest undelivered webhooks failed"),
-                },
+                _ = every.tick() => {
+                    match self.store.oldest_undelivered_webhooks().await {
+                        Ok(ages) => shown = telemetry::oldest_undelivered(&ages, &shown),
+                        Err(e) => tracing::debug!(error = %chain(&e), "reading the oldest undelivered webhooks failed"),
+                    }
+                    match self.store.release_stray_held_webhooks().await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(released = n, "webhook deliveries held on an endpoint no longer failing made due"),
+                        Err(e) => tracing::debug!(error = %chain(&e), "releasing stray held webhook deliveries failed"),
+                    }
+                }
             }
         }
     }
