@@ -20,6 +20,11 @@ runs=${BENCH_RUNS:-3}
 secs=${BENCH_SECS:-10}
 drain_tasks=${BENCH_DRAIN_TASKS:-20000}
 drain_deadline=${BENCH_DRAIN_DEADLINE_SECS:-300}
+# Webhook endpoints subscribed to every outcome during the drain: each
+# email's event then also writes one delivery row per endpoint. The
+# workers do not dispatch them (WEBHOOK_DISPATCH=false): this measures what
+# writing the outbox costs the drain, not a receiver.
+webhook_endpoints=${BENCH_WEBHOOK_ENDPOINTS:-0}
 log_filter=${BENCH_RUST_LOG:-warn}
 
 state=$(mktemp -d -t sendonce-bench.XXXXXX)
@@ -120,6 +125,8 @@ export BENCH_TOKEN=$token
 reset_state() {
   "${redis[@]}" flushall >/dev/null
   psql_q "TRUNCATE deliveries, duplicate_jobs, failed_jobs" >/dev/null
+  # The webhook outbox (migration 9; absent when measuring older binaries).
+  psql_q "TRUNCATE events CASCADE" >/dev/null 2>&1 || true
   # Emptied together with Postgres, Redis lost nothing: without its epoch
   # the workers would push the drain's backlog again (docs/exactly-once.md,
   # "Acceptance").
@@ -223,11 +230,23 @@ fill_queue() {
     n=$((n + 1000))
   done
 }
+dispatch_off=
+if [ "$webhook_endpoints" -gt 0 ]; then
+  dispatch_off=1
+  hook_token=$("$api_bin" token --sub bench --scope webhooks:write --ttl 1h)
+  for i in $(seq "$webhook_endpoints"); do
+    curl -sf -o /dev/null "$api/webhooks" -H "Authorization: Bearer $hook_token" \
+      -H 'Content-Type: application/json' \
+      --data "{\"url\": \"https://hooks.example.com/bench/$i\"}" \
+      || die "creating webhook endpoint $i failed"
+  done
+fi
 workers=()
 start_workers() {
   workers=()
   for i in $(seq "$1"); do
     SMTP_URL=smtp://127.0.0.1:$smtp_port METRICS_ADDR=127.0.0.1:0 \
+      ${dispatch_off:+WEBHOOK_DISPATCH=false} \
       "$worker_bin" >"$state/worker-$i.log" 2>&1 &
     workers+=($!)
   done
@@ -314,7 +333,7 @@ cat <<TABLE
 
 sendonce benchmark: $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)${BENCH_BIN_DIR:+, binaries from $bin_dir}
 machine: $(nproc) CPUs, $(lscpu | sed -n 's/^Model name: *//p' | head -n1), $(free -g | awk '/^Mem:/ {print $2}') GiB RAM; load after run: $(cut -d' ' -f1-3 /proc/loadavg)
-medians of $runs runs, ${secs}s phases, RUST_LOG=$log_filter; drain from $drain_tasks queued tasks
+medians of $runs runs, ${secs}s phases, RUST_LOG=$log_filter; drain from $drain_tasks queued tasks; $webhook_endpoints webhook endpoint(s)
 
 | figure | median | runs | target | met | machine limit (same run) | ratio |
 |---|---:|---|---|---|---|---:|

@@ -195,9 +195,9 @@ pub async fn start_api(env: &Environment) -> anyhow::Result<(Process, String)> {
 
 /// A bearer token of `tenant` for posting jobs, minted by `sendonce-api
 /// token` with the run's `JWT_SECRET`.
-pub fn mint_token(env: &Environment, tenant: &str) -> anyhow::Result<String> {
+pub fn mint_token(env: &Environment, tenant: &str, scope: &str) -> anyhow::Result<String> {
     let output = Command::new(env.bin_dir.join(API_BIN))
-        .args(["token", "--sub", "chaos", "--scope", "jobs:write jobs:read"])
+        .args(["token", "--sub", "chaos", "--scope", scope])
         .args(["--tenant", tenant])
         .args(["--ttl", "2h"])
         .env_clear()

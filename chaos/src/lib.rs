@@ -26,6 +26,7 @@ pub mod faults;
 mod logs;
 pub mod plan;
 mod verdict;
+mod webhooks;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -56,6 +57,9 @@ const POST_CONCURRENCY: usize = 16;
 const POST_DEADLINE: Duration = Duration::from_secs(60);
 /// How often the database is polled while the queue drains.
 const DRAIN_POLL: Duration = Duration::from_millis(250);
+/// How long the webhook deliveries get to finish once every job is
+/// terminal.
+const WEBHOOK_DRAIN: Duration = Duration::from_secs(90);
 
 /// The knobs of one run.
 #[derive(Debug, Clone)]
@@ -169,6 +173,12 @@ pub struct Summary {
     pub scheduled: usize,
     /// Keys posted with an attachment.
     pub with_attachment: usize,
+    /// Terminal jobs whose outcome event was checked: one each, delivered.
+    pub webhook_events: usize,
+    /// Webhook requests the receiver got.
+    pub webhook_requests: usize,
+    /// Of them, answered `503` on purpose.
+    pub webhook_failed_requests: usize,
     /// From the first post to the end of the drain.
     pub duration: Duration,
     /// Each violated property, with the keys or jobs concerned.
@@ -248,6 +258,7 @@ impl fmt::Display for Summary {
              smtp_pauses={} postgres_pauses={} redis_restarts={} redis_losses={} \
              sent={} duplicate={} failed={} uncertain={} (cut {}) canceled={} \
              (cancels {} taken, {} late) scheduled={} attachments={} \
+             webhook_events={} (requests {}, failed {}) \
              duplicate_effects={} stranded={} false_uncertain={} (logged sent {}) \
              duration={:.1}s",
             self.posts,
@@ -270,6 +281,9 @@ impl fmt::Display for Summary {
             self.cancels_late,
             self.scheduled,
             self.with_attachment,
+            self.webhook_events,
+            self.webhook_requests,
+            self.webhook_failed_requests,
             self.duplicate_effects,
             self.stranded,
             self.false_uncertain,
@@ -375,6 +389,14 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Summary> {
         ("RUST_LOG", "warn,sendonce_worker::runner=info".to_owned()),
         // The false-uncertain verdict reads keys from the "sent" lines.
         ("LOG_PLAIN_KEYS", "true".to_owned()),
+        // Webhooks to the receiver on 127.0.0.1 (http, a loopback address),
+        // retried within the drain.
+        ("APP_ENV", "development".to_owned()),
+        (
+            "WEBHOOK_RETRY_SCHEDULE",
+            webhooks::RETRY_SCHEDULE.to_owned(),
+        ),
+        ("WEBHOOK_TIMEOUT", webhooks::TIMEOUT.to_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -382,9 +404,18 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Summary> {
 
     // One token per tenant; the plan's keys are spread over them.
     let tokens = (0..plan::TENANTS)
-        .map(|t| cluster::mint_token(&env, &format!("chaos{t}")))
+        .map(|t| cluster::mint_token(&env, &format!("chaos{t}"), "jobs:write jobs:read"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let hook_tokens = (0..plan::TENANTS)
+        .map(|t| {
+            let tenant = format!("chaos{t}");
+            cluster::mint_token(&env, &tenant, "webhooks:write").map(|token| (tenant, token))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let (mut api, base) = cluster::start_api(&env).await?;
+    // Every tenant's outcomes go to one receiver that fails a fifth of
+    // the requests; the workers dispatch them under the same faults.
+    let hooks = webhooks::setup(&base, &hook_tokens, 19).await?;
     let mut workers = Vec::with_capacity(scenario.workers);
     for slot in 0..scenario.workers {
         workers.push(cluster::start_worker(&env, format!("worker{slot}-0"))?);
@@ -420,6 +451,9 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Summary> {
         .collect();
     let client = db.connect().await;
     verdict::drain(&client, &accepted, scenario.drain_timeout).await?;
+    // A worker killed mid-request leaves its claim due after its lease
+    // (WEBHOOK_TIMEOUT + 10 s).
+    webhooks::drain(&client, WEBHOOK_DRAIN).await?;
     let duration = started.elapsed();
 
     // Stopping every process before reading the SMTP record and the logs
@@ -452,7 +486,11 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Summary> {
             .iter()
             .map(|name| format!("{name} exited on its own after it was up; see its log")),
     );
+    let hook_counts = webhooks::check(&client, &hooks, &mut findings).await?;
     let mut summary = verdict::summarise(&plan, &outcomes, &cancels, &evidence, &mut findings);
+    summary.webhook_events = hook_counts.events;
+    summary.webhook_requests = hook_counts.requests;
+    summary.webhook_failed_requests = hook_counts.failed_requests;
     summary.faults = faults;
     summary.duration = duration;
     summary.findings = findings;
