@@ -230,9 +230,9 @@ fill_queue() {
     n=$((n + 1000))
   done
 }
-dispatch_off=
+webhook_dispatch=true
 if [ "$webhook_endpoints" -gt 0 ]; then
-  dispatch_off=1
+  webhook_dispatch=false
   hook_token=$("$api_bin" token --sub bench --scope webhooks:write --ttl 1h)
   for i in $(seq "$webhook_endpoints"); do
     curl -sf -o /dev/null "$api/webhooks" -H "Authorization: Bearer $hook_token" \
@@ -246,7 +246,7 @@ start_workers() {
   workers=()
   for i in $(seq "$1"); do
     SMTP_URL=smtp://127.0.0.1:$smtp_port METRICS_ADDR=127.0.0.1:0 \
-      ${dispatch_off:+WEBHOOK_DISPATCH=false} \
+      WEBHOOK_DISPATCH=$webhook_dispatch \
       "$worker_bin" >"$state/worker-$i.log" 2>&1 &
     workers+=($!)
   done

@@ -123,7 +123,8 @@ pub async fn spawn_system(options: Options) -> TestSystem {
         .mint(
             "tests",
             // `tenants:all`: the tests read every tenant's jobs.
-            "jobs:write jobs:read failed:read failed:write tenants:all",
+            "jobs:write jobs:read failed:read failed:write suppressions:read \
+             suppressions:write tenants:all",
             Duration::from_secs(3600),
         )
         .expect("mint a token");

@@ -72,14 +72,27 @@ async fn a_550_at_rcpt_suppresses_and_the_next_job_to_it_ends_suppressed_without
     assert_eq!(messages[0].rcpt_to, ["ok@example.com"]);
     assert_eq!(system.smtp.attempts_for(GONE), 1);
 
-    // Lifted, the address is tried again.
-    system
-        .db
-        .connect()
+    // The tenant sees the entry, and lifts it: the address is tried again.
+    let listed: serde_json::Value = system
+        .client
+        .get(format!("{}/suppressions", system.api))
+        .bearer_auth(&system.token)
+        .send()
         .await
-        .execute("DELETE FROM suppressions WHERE address = $1", &[&GONE])
+        .expect("GET /suppressions")
+        .json()
         .await
-        .expect("lift");
+        .expect("a page");
+    assert_eq!(listed["items"][0]["address"], GONE, "{listed}");
+    assert_eq!(listed["items"][0]["reason"], "bounce", "{listed}");
+    let lifted = system
+        .client
+        .delete(format!("{}/suppressions/Gone%40Example.com", system.api))
+        .bearer_auth(&system.token)
+        .send()
+        .await
+        .expect("DELETE /suppressions/{address}");
+    assert_eq!(lifted.status(), 204);
     let third = post(&system, json!(GONE), "suppress:third").await;
     system.wait_for_status(&third, "sent").await;
     assert_eq!(system.smtp.attempts_for(GONE), 2);
