@@ -60,14 +60,15 @@ const PRUNE_FAILED: Sql = Sql::new(
 
 /// Webhook events carry recipients and metadata: they go with the rest,
 /// but never while an endpoint still waits for one (a failing endpoint's
-/// events wait to be replayed, not dropped).
+/// events wait to be replayed, not dropped). Oldest first by their
+/// time-ordered ids (migration 11).
 const PRUNE_EVENTS: Sql = Sql::new(
     "DELETE FROM events WHERE id IN (
          SELECT id FROM events e
          WHERE created_at < now() - make_interval(days => $1)
            AND NOT EXISTS (SELECT 1 FROM webhook_deliveries w
                            WHERE w.event_id = e.id AND w.state <> 'delivered')
-         ORDER BY created_at
+         ORDER BY id
          LIMIT $2
          FOR UPDATE SKIP LOCKED)",
     &[Type::INT4, Type::INT8],

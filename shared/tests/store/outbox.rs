@@ -395,3 +395,44 @@ async fn an_address_suppressed_after_the_claim_stops_the_sending_write() {
         .get(0);
     assert_eq!(state, "processing", "the data did not start");
 }
+
+#[tokio::test]
+async fn retention_deletes_old_events_every_endpoint_has_and_keeps_those_one_waits_for() {
+    let (_db, store, client) = setup().await;
+    let hook = endpoint(&client, "default", &["job.sent"], false).await;
+    for key in [
+        "retention:delivered",
+        "retention:waiting",
+        "retention:recent",
+    ] {
+        let t = task(key);
+        let (fence, _) = claim(&store, &t).await;
+        store
+            .mark_sending(&t, fence, "w", &t.email.suppression_keys())
+            .await
+            .expect("sending");
+        store.mark_sent(&t, "250 ok", &[]).await.expect("sent");
+    }
+    client
+        .batch_execute(
+            "UPDATE events SET created_at = now() - interval '40 days'
+             WHERE data->>'idempotency_key' <> 'retention:recent';
+             UPDATE webhook_deliveries d SET state = 'delivered' FROM events e
+             WHERE e.id = d.event_id AND e.data->>'idempotency_key' <> 'retention:waiting';",
+        )
+        .await
+        .expect("age them");
+
+    let pruned = store.prune_batch(30, 1000).await.expect("prune");
+
+    assert_eq!(pruned.events, 1);
+    let mut left: Vec<String> = client
+        .query("SELECT data->>'idempotency_key' FROM events", &[])
+        .await
+        .expect("events")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    left.sort();
+    assert_eq!(left, ["retention:recent", "retention:waiting"], "{hook}");
+}

@@ -3,7 +3,8 @@
 //! migration 5 (the audit trail) over schema 4, migration 6 (tenants) over
 //! schema 5, migration 7 (cancel) over schema 6, migration 8 (refused
 //! recipients) over schema 7, migration 9 (webhooks and suppressions) over
-//! schema 8, migration 10 (held deliveries' index) over schema 9.
+//! schema 8, migration 10 (held deliveries' index) over schema 9,
+//! migration 11 (time-ordered event ids) over schema 10.
 
 use refinery::Target;
 use sendonce_shared::domain::{Task, Tenant};
@@ -89,8 +90,8 @@ async fn migration_2_keeps_jobs_in_every_state_and_their_promise() {
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        9,
-        "migrations 2 to 10"
+        10,
+        "migrations 2 to 11"
     );
 
     let rows = client
@@ -135,8 +136,8 @@ async fn migration_4_keeps_jobs_in_every_state_replays_their_keys_and_finds_the_
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        7,
-        "migrations 4 to 10"
+        8,
+        "migrations 4 to 11"
     );
 
     // A replay of an old key: its request's fingerprint was never kept, so
@@ -173,8 +174,8 @@ async fn migration_5_keeps_jobs_in_every_state_and_the_dead_letters_and_starts_a
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        6,
-        "migrations 5 to 10 (the store reads the schema of the latest)"
+        7,
+        "migrations 5 to 11 (the store reads the schema of the latest)"
     );
 
     let rows = client
@@ -251,8 +252,8 @@ async fn migration_6_puts_every_job_entry_and_audit_row_in_the_default_tenant_an
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        5,
-        "migrations 6 to 10"
+        6,
+        "migrations 6 to 11"
     );
 
     for table in ["deliveries", "failed_jobs", "audit_log"] {
@@ -304,8 +305,8 @@ async fn migration_7_keeps_jobs_in_every_state_cancelable_where_their_data_has_n
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        4,
-        "migrations 7 to 10"
+        5,
+        "migrations 7 to 11"
     );
 
     let rows: Vec<(String, bool)> = client
@@ -354,8 +355,8 @@ async fn migration_8_keeps_jobs_in_every_state_with_no_refused_recipients() {
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        3,
-        "migrations 8 to 10"
+        4,
+        "migrations 8 to 11"
     );
 
     let rows: Vec<(String, Option<String>)> = client
@@ -456,7 +457,14 @@ async fn migration_10_keeps_jobs_in_every_state_and_their_held_webhook_deliverie
         .await
         .expect("a held delivery at schema 9");
 
-    assert_eq!(store.migrate().await.expect("upgrade"), 1, "migration 10");
+    assert_eq!(
+        store
+            .migrate_to(Target::Version(10))
+            .await
+            .expect("upgrade"),
+        1,
+        "migration 10"
+    );
 
     assert_claims_carry_on(&store, &tasks).await;
     assert_eq!(
@@ -464,4 +472,40 @@ async fn migration_10_keeps_jobs_in_every_state_and_their_held_webhook_deliverie
         1,
         "the endpoint is not failing"
     );
+}
+
+#[tokio::test]
+async fn migration_11_keeps_jobs_in_every_state_and_the_events_and_orders_new_event_ids_by_time() {
+    let (_db, store, client, tasks) = at_schema(10).await;
+    client
+        .batch_execute(
+            "INSERT INTO events (tenant, type, job_id, data)
+             VALUES ('default', 'job.sent', gen_random_uuid(), '{}')",
+        )
+        .await
+        .expect("an event at schema 10");
+
+    assert_eq!(store.migrate().await.expect("upgrade"), 1, "migration 11");
+
+    assert_claims_carry_on(&store, &tasks).await;
+    store
+        .mark_sent(&tasks[0], "250 ok", &[])
+        .await
+        .expect("sent");
+    let ids: Vec<(uuid::Uuid, String)> = client
+        .query("SELECT id, type FROM events ORDER BY created_at", &[])
+        .await
+        .expect("events")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(ids.len(), 2, "the old event is kept: {ids:?}");
+    let new = ids[1].0;
+    assert_eq!(new.get_version_num(), 7, "{new}");
+    let (secs, _) = new
+        .get_timestamp()
+        .expect("a v7 id carries its time")
+        .to_unix();
+    let now = chrono::Utc::now().timestamp().unsigned_abs();
+    assert!(now.abs_diff(secs) < 60, "{new} is of now");
 }
