@@ -7,17 +7,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use secrecy::SecretString;
+pub use sendonce_shared::config::AppEnv;
 use sendonce_shared::config::{CommonConfig, parse_millis};
-
-/// Which deployment this is. Development relaxes the start-up refusals of
-/// weak or published secrets, and nothing else.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum AppEnv {
-    /// Every start-up check applies.
-    Production,
-    /// Published and short `JWT_SECRET`s are tolerated (docker-compose).
-    Development,
-}
 
 /// The one algorithm bearer tokens must be signed with. Taken from here,
 /// never from a token's header.

@@ -11,14 +11,13 @@ use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
-use sendonce_shared::domain::webhooks::UrlPolicy;
 use sendonce_shared::queue::{self, Queue};
 use sendonce_shared::store::{Acceptor, Store};
 use tracing_actix_web::TracingLogger;
 
 use crate::auth::JwtKeys;
 use crate::backlog::Backlog;
-use crate::config::{ApiConfig, AppEnv};
+use crate::config::ApiConfig;
 use crate::handoff::Handoff;
 use crate::limits::{self, BodyTimeout, LargeBody, LargeRequests};
 use crate::openapi;
@@ -99,10 +98,7 @@ impl Application {
                 .context("MAX_MESSAGE_BYTES does not fit in memory")?,
             max_schedule_days: config.max_schedule_days,
             max_recipients: usize::from(config.max_recipients),
-            webhook_urls: match config.app_env {
-                AppEnv::Development => UrlPolicy::Development,
-                AppEnv::Production => UrlPolicy::Public,
-            },
+            webhook_urls: config.app_env.url_policy(),
             senders,
             backlog,
             draining: Arc::default(),

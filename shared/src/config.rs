@@ -11,8 +11,33 @@ use clap::error::ErrorKind;
 use clap::{Arg, Args, Command, ValueEnum};
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::domain::webhooks::UrlPolicy;
 use crate::queue::RedisTls;
 use crate::store::{PgOptions, Pooler};
+
+/// Which deployment this is (`APP_ENV`), read by the API and the worker.
+/// Development relaxes the API's start-up refusals of weak or published
+/// secrets, and lets webhook endpoints be `http://` URLs on private or
+/// loopback addresses; nothing else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AppEnv {
+    /// Every start-up check applies; webhooks go to public `https://`
+    /// targets only.
+    Production,
+    /// Published and short `JWT_SECRET`s are tolerated (docker-compose);
+    /// webhooks may go to any `http(s)://` URL (a receiver on localhost).
+    Development,
+}
+
+impl AppEnv {
+    /// Which webhook endpoint URLs this deployment accepts and delivers to.
+    pub fn url_policy(self) -> UrlPolicy {
+        match self {
+            Self::Production => UrlPolicy::Public,
+            Self::Development => UrlPolicy::Development,
+        }
+    }
+}
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -20,9 +20,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
+use sendonce_shared::domain::webhooks::EventType;
 use sendonce_shared::domain::{JobId, Task};
 use sendonce_shared::queue::{Held, L1Claim, Queue, QueueError};
-use sendonce_shared::store::outbox::event_type;
 use sendonce_shared::store::{
     Claim, DeadReason, DedupLayer, Failure, Fence, RefusedRecipient, Retrying, Sending, Store,
     Swept,
@@ -836,7 +836,7 @@ impl Worker {
                 self.store.suppress_bounced(task, &bounced).await?;
                 self.queue.ack(&self.id, held).await?;
                 telemetry::email_sent();
-                telemetry::event_written(event_type::SENT);
+                telemetry::event_written(EventType::Sent);
                 if refused.is_empty() {
                     tracing::info!(smtp_reply = %reply, "sent");
                 } else {
@@ -847,7 +847,7 @@ impl Worker {
                 self.store.record_duplicate(task, *holder, *layer).await?;
                 self.queue.ack(&self.id, held).await?;
                 telemetry::duplicate_skipped(*layer);
-                telemetry::event_written(event_type::DUPLICATE);
+                telemetry::event_written(EventType::Duplicate);
                 tracing::info!(
                     duplicate_of = holder.map(|h| h.to_string()),
                     layer = layer.as_str(),
@@ -860,7 +860,7 @@ impl Worker {
                 }
                 self.queue.ack(&self.id, held).await?;
                 telemetry::suppressed();
-                telemetry::event_written(event_type::SUPPRESSED);
+                telemetry::event_written(EventType::Suppressed);
                 tracing::warn!("every recipient is on the suppression list: not sent");
             }
             Verdict::AlreadyDone => {
@@ -891,7 +891,7 @@ impl Worker {
                 }
                 self.queue.retry_later(&self.id, held, *delay).await?;
                 telemetry::retry_scheduled();
-                telemetry::event_written(event_type::RETRYING);
+                telemetry::event_written(EventType::Retrying);
                 tracing::warn!(%error, ?delay, counted, "transient failure; retry scheduled");
             }
             Verdict::Dead {
@@ -925,8 +925,8 @@ impl Worker {
                 self.queue.ack(&self.id, held).await?;
                 telemetry::dead_lettered(*reason);
                 telemetry::event_written(match reason {
-                    DeadReason::Failed => event_type::FAILED,
-                    DeadReason::Uncertain => event_type::UNCERTAIN,
+                    DeadReason::Failed => EventType::Failed,
+                    DeadReason::Uncertain => EventType::Uncertain,
                 });
                 tracing::error!(reason = reason.as_str(), %error, "dead-lettered");
             }

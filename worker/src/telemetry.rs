@@ -9,8 +9,8 @@ use metrics::{
     Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
 };
 use metrics_exporter_prometheus::PrometheusHandle;
+use sendonce_shared::domain::webhooks::EventType;
 use sendonce_shared::queue::Depths;
-use sendonce_shared::store::outbox::event_type;
 use sendonce_shared::store::{DeadReason, DedupLayer};
 
 /// Emails the SMTP server accepted.
@@ -105,15 +105,12 @@ fn register() {
         "Webhook events written with the job state changes they report, by type."
     );
     counter!(SUPPRESSED).increment(0);
-    for kind in [
-        event_type::SENT,
-        event_type::FAILED,
-        event_type::UNCERTAIN,
-        event_type::DUPLICATE,
-        event_type::SUPPRESSED,
-        event_type::RETRYING,
-    ] {
-        counter!(EVENTS_WRITTEN, "type" => kind).increment(0);
+    // `job.canceled` is the API's.
+    for kind in EventType::ALL
+        .into_iter()
+        .filter(|k| *k != EventType::Canceled)
+    {
+        counter!(EVENTS_WRITTEN, "type" => kind.as_str()).increment(0);
     }
     describe_counter!(
         DEAD_LETTERED,
@@ -195,8 +192,8 @@ pub fn suppressed() {
 }
 
 /// Records an outbox event of type `kind` written by a state change.
-pub fn event_written(kind: &'static str) {
-    counter!(EVENTS_WRITTEN, "type" => kind).increment(1);
+pub fn event_written(kind: EventType) {
+    counter!(EVENTS_WRITTEN, "type" => kind.as_str()).increment(1);
 }
 
 /// Records a skipped duplicate.

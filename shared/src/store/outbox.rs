@@ -6,27 +6,12 @@
 //! commits whole or not at all). The dispatcher (`worker/src/webhooks`)
 //! delivers the rows afterwards, at least once.
 //!
+//! The types are [`crate::domain::webhooks::EventType`]'s; the SQL names
+//! them as literals.
+//!
 //! A statement includes [`outbox!`] as its last common table expressions,
 //! after the one (named by the macro's first argument) that returns the
 //! changed rows with the columns of [`deliveries`](../../../migrations).
-
-/// The event types, as stored in `events.type` and sent as `type`.
-pub mod event_type {
-    /// The server accepted the message.
-    pub const SENT: &str = "job.sent";
-    /// Failed for good (refused, or out of attempts).
-    pub const FAILED: &str = "job.failed";
-    /// An attempt was cut after its data went out.
-    pub const UNCERTAIN: &str = "job.uncertain";
-    /// Skipped: another job holds its key.
-    pub const DUPLICATE: &str = "job.duplicate";
-    /// Withdrawn by `POST /jobs/{id}/cancel`.
-    pub const CANCELED: &str = "job.canceled";
-    /// Every recipient is on the tenant's suppression list: not sent.
-    pub const SUPPRESSED: &str = "job.suppressed";
-    /// A transient failure; another attempt follows.
-    pub const RETRYING: &str = "job.retrying";
-}
 
 /// The event's `data` object, from a `deliveries` row (or a CTE returning
 /// its columns): what a receiver needs to act on the outcome without

@@ -2,19 +2,10 @@
 
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use rand::RngExt as _;
 
-/// Which deployment this is, as the API reads `APP_ENV`. The dispatcher
-/// delivers to `http://` URLs and private addresses only in development.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum AppEnv {
-    /// `https://` only, and never to a private, loopback, link-local or
-    /// otherwise internal address.
-    Production,
-    /// Any `http(s)://` URL, any address (a receiver on localhost).
-    Development,
-}
+pub use sendonce_shared::config::AppEnv;
 
 /// The default retry schedule: the waits after each failed attempt, about
 /// 27.6 hours in all over 8 attempts (README, "Webhooks").

@@ -31,7 +31,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use sendonce_shared::domain::webhooks::{UrlPolicy, WebhookUrl};
+use sendonce_shared::domain::webhooks::WebhookUrl;
 use sendonce_shared::store::{AttemptOutcome, DueDelivery, Store};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -233,11 +233,7 @@ impl Dispatcher {
     /// The request: check the URL, sign, POST; the status read, or why
     /// there is none.
     async fn attempt(&self, delivery: &DueDelivery) -> Result<u16, String> {
-        let policy = match self.config.app_env {
-            AppEnv::Production => UrlPolicy::Public,
-            AppEnv::Development => UrlPolicy::Development,
-        };
-        let url = WebhookUrl::parse(&delivery.url, policy)
+        let url = WebhookUrl::parse(&delivery.url, self.config.app_env.url_policy())
             .map_err(|e| format!("refused: the URL {e}"))?;
         let body = body(delivery);
         let id = delivery.event_id.to_string();
