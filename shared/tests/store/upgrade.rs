@@ -4,7 +4,8 @@
 //! schema 5, migration 7 (cancel) over schema 6, migration 8 (refused
 //! recipients) over schema 7, migration 9 (webhooks and suppressions) over
 //! schema 8, migration 10 (held deliveries' index) over schema 9,
-//! migration 11 (time-ordered event ids) over schema 10.
+//! migration 11 (time-ordered event ids) over schema 10, migration 12
+//! (workers' heartbeats) over schema 11.
 
 use refinery::Target;
 use sendonce_shared::domain::{Task, Tenant};
@@ -90,8 +91,8 @@ async fn migration_2_keeps_jobs_in_every_state_and_their_promise() {
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        10,
-        "migrations 2 to 11"
+        11,
+        "migrations 2 to 12"
     );
 
     let rows = client
@@ -136,8 +137,8 @@ async fn migration_4_keeps_jobs_in_every_state_replays_their_keys_and_finds_the_
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        8,
-        "migrations 4 to 11"
+        9,
+        "migrations 4 to 12"
     );
 
     // A replay of an old key: its request's fingerprint was never kept, so
@@ -174,8 +175,8 @@ async fn migration_5_keeps_jobs_in_every_state_and_the_dead_letters_and_starts_a
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        7,
-        "migrations 5 to 11 (the store reads the schema of the latest)"
+        8,
+        "migrations 5 to 12 (the store reads the schema of the latest)"
     );
 
     let rows = client
@@ -252,8 +253,8 @@ async fn migration_6_puts_every_job_entry_and_audit_row_in_the_default_tenant_an
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        6,
-        "migrations 6 to 11"
+        7,
+        "migrations 6 to 12"
     );
 
     for table in ["deliveries", "failed_jobs", "audit_log"] {
@@ -305,8 +306,8 @@ async fn migration_7_keeps_jobs_in_every_state_cancelable_where_their_data_has_n
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        5,
-        "migrations 7 to 11"
+        6,
+        "migrations 7 to 12"
     );
 
     let rows: Vec<(String, bool)> = client
@@ -355,8 +356,8 @@ async fn migration_8_keeps_jobs_in_every_state_with_no_refused_recipients() {
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        4,
-        "migrations 8 to 11"
+        5,
+        "migrations 8 to 12"
     );
 
     let rows: Vec<(String, Option<String>)> = client
@@ -403,6 +404,8 @@ async fn migration_9_keeps_jobs_in_every_state_and_their_promise_and_starts_the_
         1,
         "migration 9"
     );
+    // The store's statements are those of the latest schema.
+    store.migrate().await.expect("the later migrations");
 
     let mut rows: Vec<String> = client
         .query("SELECT state FROM deliveries", &[])
@@ -465,6 +468,8 @@ async fn migration_10_keeps_jobs_in_every_state_and_their_held_webhook_deliverie
         1,
         "migration 10"
     );
+    // The store's statements are those of the latest schema.
+    store.migrate().await.expect("the later migrations");
 
     assert_claims_carry_on(&store, &tasks).await;
     assert_eq!(
@@ -485,7 +490,16 @@ async fn migration_11_keeps_jobs_in_every_state_and_the_events_and_orders_new_ev
         .await
         .expect("an event at schema 10");
 
-    assert_eq!(store.migrate().await.expect("upgrade"), 1, "migration 11");
+    assert_eq!(
+        store
+            .migrate_to(Target::Version(11))
+            .await
+            .expect("upgrade"),
+        1,
+        "migration 11"
+    );
+    // The store's statements are those of the latest schema.
+    store.migrate().await.expect("the later migrations");
 
     assert_claims_carry_on(&store, &tasks).await;
     store
