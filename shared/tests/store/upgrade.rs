@@ -8,9 +8,10 @@
 //! (workers' heartbeats) over schema 11.
 
 use refinery::Target;
-use sendonce_shared::domain::{Task, Tenant};
+use sendonce_shared::domain::{EmailAddress, Task, Tenant};
 use sendonce_shared::store::{
-    Accepted, Actor, AuditFilter, Cancel, Claim, FailedFilter, RequeueSelection, Store, Submission,
+    Accepted, Actor, AuditFilter, Cancel, Claim, FailedFilter, JobLookup, RequeueSelection, Store,
+    Submission,
 };
 use sendonce_testkit::TestDatabase;
 
@@ -522,4 +523,82 @@ async fn migration_11_keeps_jobs_in_every_state_and_the_events_and_orders_new_ev
         .to_unix();
     let now = chrono::Utc::now().timestamp().unsigned_abs();
     assert!(now.abs_diff(secs) < 60, "{new} is of now");
+}
+
+#[tokio::test]
+async fn migration_12_keeps_jobs_in_every_state_and_the_leases_and_the_console_reads_them() {
+    let (_db, store, client, tasks) = at_schema(11).await;
+    let mail_from = EmailAddress::parse("noreply@sendonce.test").expect("valid");
+    client
+        .batch_execute(
+            "INSERT INTO worker_leases (worker_id, expires_at)
+             VALUES ('gone', now() - interval '1 hour')",
+        )
+        .await
+        .expect("a lapsed lease at schema 11");
+
+    assert_eq!(store.migrate().await.expect("upgrade"), 1, "migration 12");
+
+    let workers = store.console_workers().await.expect("workers");
+    let seen: Vec<(&str, i64, bool, bool)> = workers
+        .iter()
+        .map(|w| {
+            (
+                w.worker_id.as_str(),
+                w.in_flight,
+                w.alive,
+                w.last_heartbeat.is_some(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [("gone", 2, false, false)],
+        "its `processing` and `sending` rows, no heartbeat recorded"
+    );
+    let overview = store.console_overview(None).await.expect("overview");
+    assert_eq!(
+        (overview.in_flight, overview.scheduled),
+        (2, 0),
+        "{overview:?}"
+    );
+    let created: Vec<chrono::DateTime<chrono::Utc>> = client
+        .query(
+            "SELECT created_at FROM deliveries WHERE state IN ('queued', 'retrying')",
+            &[],
+        )
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(overview.oldest_ready, created.into_iter().min());
+    for (t, state) in tasks.iter().zip(STATES) {
+        let found = store
+            .find_jobs(&JobLookup::Key(t.idempotency_key.to_string()), None, 10)
+            .await
+            .expect("find");
+        assert_eq!(
+            found
+                .iter()
+                .map(|j| (j.job_id, j.state.as_str()))
+                .collect::<Vec<_>>(),
+            [(t.job_id, state)]
+        );
+        let page = store
+            .job_detail(t.job_id, None, &mail_from)
+            .await
+            .expect("read")
+            .expect("the page");
+        assert_eq!(page.history[0].what, "accepted", "{state}");
+    }
+    assert_claims_carry_on(&store, &tasks).await;
+    store.renew_lease("gone", LEASE).await.expect("lease");
+    let workers = store.console_workers().await.expect("workers");
+    assert!(
+        workers
+            .iter()
+            .any(|w| w.worker_id == "gone" && w.alive && w.last_heartbeat.is_some()),
+        "{workers:?}"
+    );
 }
