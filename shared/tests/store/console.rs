@@ -6,10 +6,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sendonce_shared::domain::{EmailAddress, JobId, Note, Task, Tenant};
 use sendonce_shared::store::{
-    Actor, Claim, DeadReason, DedupLayer, Failure, Fence, JobLookup, RequeueSelection, Retrying,
-    Sending, Store, Submission,
+    Actor, Claim, DeadReason, DedupLayer, Failure, Fence, JobLookup, PgOptions, Pooler,
+    RequeueSelection, Retrying, Sending, Store, Submission,
 };
-use sendonce_testkit::TestDatabase;
+use sendonce_testkit::{PgBouncer, TestDatabase};
 
 use crate::{LEASE, store_for, task};
 
@@ -620,4 +620,61 @@ async fn scheduled_jobs_come_soonest_first_a_page_at_a_time_and_within_their_ten
     let everyone = store.scheduled_page(None, None, 10).await.expect("a page");
     assert_eq!(everyone.len(), 6);
     assert_eq!(everyone[0].idempotency_key, "theirs");
+}
+
+/// Behind a transaction pooler each read's timeout is its transaction's
+/// own: every read works, and the server connection it ran on keeps its
+/// own `statement_timeout` afterwards.
+#[tokio::test]
+async fn the_console_reads_work_through_a_transaction_pooler_and_leave_no_setting_behind() {
+    let (db, store, _client) = setup().await;
+    let t = task_of("a", "pooled");
+    sent(&store, &t).await;
+    let bouncer = PgBouncer::start().await;
+    let options = PgOptions {
+        pooler: Pooler::Transaction,
+        ..PgOptions::default()
+    };
+    let pooled = Store::connect(
+        &secrecy::SecretString::from(bouncer.url(db.url())),
+        &options,
+        1,
+    )
+    .expect("pool");
+    let a = tenant("a");
+
+    let overview = pooled.console_overview(Some(&a)).await.expect("overview");
+    let workers = pooled.console_workers().await.expect("workers");
+    let found = pooled
+        .find_jobs(&JobLookup::Key("pooled".into()), None, 10)
+        .await
+        .expect("find");
+    let page = pooled
+        .job_detail(t.job_id, Some(&a), &mail_from())
+        .await
+        .expect("read")
+        .expect("the page");
+    let scheduled = pooled
+        .scheduled_page(Some(&a), None, 10)
+        .await
+        .expect("a page");
+
+    assert_eq!(overview.sent_last_hour, 1);
+    assert_eq!(workers.len(), 1);
+    assert_eq!(keys(&found), [("a", "pooled", "sent")]);
+    assert_eq!(page.history.len(), 2, "{:?}", page.history);
+    assert!(scheduled.is_empty());
+    let after: String = pooled
+        .pool()
+        .get()
+        .await
+        .expect("connection")
+        .query_one("SHOW statement_timeout", &[])
+        .await
+        .expect("show")
+        .get(0);
+    assert_ne!(
+        after, "5s",
+        "the console's timeout leaked out of its transaction"
+    );
 }
