@@ -187,6 +187,9 @@ impl RootSpanBuilder for RequestSpan {
             route = %route_of(request),
             request_id = %request_id,
             status = tracing::field::Empty,
+            // Set by `POST /addJob`, so its one line at INFO names the job.
+            job_id = tracing::field::Empty,
+            idempotency_key = tracing::field::Empty,
         )
     }
 

@@ -328,6 +328,7 @@ pub fn header_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError>
 pub async fn add_job(
     caller: Authorized<scope::JobsWrite>,
     req: HttpRequest,
+    root: tracing_actix_web::RootSpan,
     state: web::Data<AppState>,
     body: web::Json<AddJobBody>,
 ) -> Result<HttpResponse, ApiError> {
@@ -355,12 +356,15 @@ pub async fn add_job(
         backlog.admit(&caller.claims.tenant, 1).await?;
     }
     let task = Task::new(job.email, key).in_tenant(caller.claims.tenant.clone());
-    let span = tracing::Span::current();
-    span.record("job_id", tracing::field::display(task.job_id));
-    span.record(
-        "idempotency_key",
-        tracing::field::display(telemetry::key(&task.idempotency_key)),
-    );
+    // On the request's span (and this handler's): the request's one line
+    // at INFO, "request answered", then names the job.
+    for span in [tracing::Span::current(), (*root).clone()] {
+        span.record("job_id", tracing::field::display(task.job_id));
+        span.record(
+            "idempotency_key",
+            tracing::field::display(telemetry::key(&task.idempotency_key)),
+        );
+    }
     let (job_id, key) = (task.job_id, task.idempotency_key.clone());
     let scheduled = !task.email.due_in(chrono::Utc::now()).is_zero();
     let accepted = state
@@ -371,7 +375,7 @@ pub async fn add_job(
     let (status, accepted) = answer(job_id, key, &fingerprint, accepted, scheduled)?;
     if status == StatusCode::ACCEPTED {
         crate::telemetry::job_enqueued();
-        tracing::info!("job accepted");
+        tracing::debug!("job accepted");
     }
     Ok(HttpResponse::build(status).json(accepted))
 }

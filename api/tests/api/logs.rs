@@ -83,3 +83,52 @@ async fn strangers_4xx_stay_out_of_the_info_log_and_keys_appear_only_hashed() {
         "no line names the job's key by its hash"
     );
 }
+
+/// Issue 21: at the default level a `POST /addJob` writes one line, not a
+/// line for the job and another for the answer; that line names the job.
+#[tokio::test]
+async fn an_accepted_job_is_one_info_line_naming_the_job() {
+    let db = TestDatabase::create().await;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sendonce-api"));
+    command
+        .env_clear()
+        .env("API_ADDR", "127.0.0.1:0")
+        .env("METRICS_ADDR", "127.0.0.1:0")
+        .env("DATABASE_URL", db.url())
+        .env("REDIS_URL", shared_redis_url())
+        .env("REDIS_KEY_PREFIX", unique_prefix())
+        .env("JWT_SECRET", SECRET)
+        .env("RUST_LOG", "info");
+    let api = CapturedChild::spawn(command);
+    let port = api.wait_for_json_field("port", DEADLINE).await;
+    let token = hs256_keys(SECRET)
+        .mint("tests", "jobs:write", Duration::from_secs(600))
+        .expect("a token");
+    let accepted = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/addJob"))
+        .bearer_auth(&token)
+        .header("x-request-id", "one-line-per-request")
+        .json(&valid_body())
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(accepted.status(), 202);
+    let job_id = accepted.json::<Value>().await.expect("JSON")["job_id"]
+        .as_str()
+        .expect("job_id")
+        .to_owned();
+    let (_, log) = api.stop().await;
+
+    let lines: Vec<&String> = log
+        .iter()
+        .filter(|l| l.contains("one-line-per-request"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    let line: Value = serde_json::from_str(lines[0]).expect("a JSON line");
+    assert_eq!(line["message"], "request answered");
+    assert_eq!(line["status"], 202);
+    assert!(
+        lines[0].contains(&job_id),
+        "the line does not name the job: {line}"
+    );
+}
