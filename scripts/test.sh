@@ -73,6 +73,8 @@ log "docker-compose.yml (static: no Docker engine here)"
 ./scripts/check-compose.sh
 log "deploy/kubernetes (offline schemas)"
 ./scripts/check-kubernetes.sh
+log "deploy/prometheus and deploy/grafana (promtool)"
+./scripts/check-monitoring.sh
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"

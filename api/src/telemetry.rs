@@ -27,6 +27,11 @@ pub const JOBS_ENQUEUED: &str = "sendonce_jobs_enqueued_total";
 pub const API_REQUESTS: &str = "sendonce_api_requests_total";
 /// Time to answer a request, by `route`.
 pub const API_REQUEST_DURATION: &str = "sendonce_api_request_duration_seconds";
+/// Every metric the API names (`sendonce_redis_evicts_keys`, which both
+/// binaries export, is the shared crate's). The monitoring tests check the
+/// Grafana dashboard's and the alert rules' uses of these against the live
+/// API, and of every other name against the live worker.
+pub const METRICS: &[&str] = &[JOBS_ENQUEUED, API_REQUESTS, API_REQUEST_DURATION];
 
 /// The header carrying the request id, taken from the request when it is
 /// sensible, generated otherwise, and echoed in the response.

@@ -13,6 +13,8 @@
 //! - [`ca`]: a throwaway CA issuing server certificates (Postgres TLS tests).
 //! - [`tls`]: a CA, server and client certificates for TLS tests.
 //! - [`metrics`]: reading one series from a Prometheus text exposition.
+//! - [`monitoring`]: the metric names the Grafana dashboard and the alert
+//!   rules use, and the names an exposition holds.
 //! - [`webhooks`]: a webhook receiver that records every request and
 //!   answers as told (a status, a seeded fraction of failures, a stall, or
 //!   down and back on the same port).
@@ -24,6 +26,7 @@
 
 pub mod ca;
 pub mod metrics;
+pub mod monitoring;
 pub mod pgbouncer;
 pub mod postgres;
 pub mod process;

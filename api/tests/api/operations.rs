@@ -2,9 +2,11 @@
 //! hold. The metrics and log tests run the real binary, which installs the
 //! process-wide metrics recorder and log subscriber.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::Duration;
 
+use sendonce_testkit::monitoring;
 use sendonce_testkit::{
     CapturedChild, RedisOptions, RedisServer, TestDatabase, eventually, sample, unique_prefix,
 };
@@ -272,6 +274,46 @@ async fn every_api_metric_is_there_from_start_up_and_requests_are_counted_by_rou
             &after,
             r#"sendonce_api_request_duration_seconds_count{route="/addJob"}"#
         ) >= Some(1.0)
+    );
+    api.stop().await;
+}
+
+/// The API's side of the check that the monitoring files name only metrics
+/// the binaries export: every name of one of the API's metrics
+/// ([`sendonce_api::telemetry::METRICS`]) that the Grafana dashboard or the
+/// alert rules use is on the live binary's `/metrics`. Every other name is
+/// checked against the live worker (`worker/tests/e2e/monitoring.rs`).
+#[tokio::test]
+async fn every_api_metric_the_dashboard_and_the_alert_rules_use_is_exported() {
+    let used: BTreeMap<String, BTreeSet<String>> = monitoring::metric_names_used()
+        .into_iter()
+        .filter(|(name, _)| {
+            sendonce_api::telemetry::METRICS
+                .iter()
+                .any(|metric| monitoring::is_series_of(name, metric))
+        })
+        .collect();
+    assert!(!used.is_empty(), "the monitoring files use no API metric");
+    let api = start_api_process("info").await;
+    let token = hs256_keys(SECRET)
+        .mint("tests", "jobs:write", Duration::from_secs(600))
+        .expect("mint a token");
+    // A job accepted, so the counters have moved too (every series exists
+    // from start-up anyway).
+    let accepted = reqwest::Client::new()
+        .post(format!("{}/addJob", api.address))
+        .bearer_auth(&token)
+        .json(&valid_body())
+        .send()
+        .await
+        .expect("POST /addJob");
+    assert_eq!(accepted.status(), 202);
+
+    let exported = monitoring::exported_names(&api.metrics().await);
+    let missing = monitoring::unexported(&used, &exported);
+    assert!(
+        missing.is_empty(),
+        "the monitoring files use metrics the API does not export:\n{missing}"
     );
     api.stop().await;
 }

@@ -12,6 +12,7 @@ mod failures;
 mod fencing;
 mod helpers;
 mod message_fields;
+mod monitoring;
 mod operations;
 mod recipients;
 mod relays;

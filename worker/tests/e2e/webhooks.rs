@@ -48,7 +48,7 @@ fn dispatch_args(extra: &[&str]) -> Vec<String> {
 
 /// An API that takes endpoints on 127.0.0.1 (development), and workers
 /// started with [`dispatch_args`] and `extra`.
-async fn system_with(extra: &[&str]) -> TestSystem {
+pub(crate) async fn system_with(extra: &[&str]) -> TestSystem {
     spawn_system(Options {
         api_args: vec!["--app-env".into(), "development".into()],
         worker_args: dispatch_args(extra),
@@ -71,7 +71,7 @@ fn webhooks_token() -> String {
 }
 
 /// An endpoint made through the API.
-struct Endpoint {
+pub(crate) struct Endpoint {
     id: Uuid,
     secret: String,
     /// The secret before a rotation, while it signs too.
@@ -101,7 +101,7 @@ async fn webhooks_api(
 
 /// `POST /webhooks` for `url` (`types` absent: the default subscription);
 /// with `rotate`, then a rotation whose overlap lasts a day.
-async fn create_endpoint(
+pub(crate) async fn create_endpoint(
     system: &TestSystem,
     url: &str,
     types: Option<&[&str]>,
