@@ -186,17 +186,21 @@ impl Session {
     }
 }
 
-/// Refuses a request that says it comes from another site: an `Origin`
-/// that is not `CONSOLE_ORIGIN` (or, unset, whose host is not this
-/// request's `Host`), or `Sec-Fetch-Site: cross-site`/`same-site`.
-/// Requests without either (old browsers, curl) rely on the CSRF token
-/// alone.
+/// Refuses a request that says it comes from another site:
+/// `Sec-Fetch-Site: cross-site`/`same-site`, or, from a client that does
+/// not send `Sec-Fetch-Site` (`same-origin` passes), an `Origin` that is
+/// not `CONSOLE_ORIGIN` (or, unset, whose host is not this request's
+/// `Host`). Requests with neither header (old browsers, curl) rely on the
+/// CSRF token alone.
 pub fn check_same_origin(req: &HttpRequest) -> Result<(), ConsoleError> {
     let headers = req.headers();
-    if let Some(site) = headers.get("sec-fetch-site")
-        && matches!(site.as_bytes(), b"cross-site" | b"same-site")
-    {
-        return Err(ConsoleError::Csrf);
+    // Set by the browser, never by a page. It is the one answer for the
+    // console's own forms: under `Referrer-Policy: no-referrer` a browser
+    // sends `Origin: null` with them.
+    match headers.get("sec-fetch-site").map(|site| site.as_bytes()) {
+        Some(b"same-origin") => return Ok(()),
+        Some(b"cross-site" | b"same-site") => return Err(ConsoleError::Csrf),
+        _ => {}
     }
     let Some(origin) = headers.get(header::ORIGIN) else {
         return Ok(());
@@ -284,6 +288,13 @@ mod tests {
             .insert_header((header::HOST, "mail.example"))
             .to_http_request();
         assert!(check_same_origin(&bare).is_ok());
+        // The console's own form under `Referrer-Policy: no-referrer`.
+        let own_form = TestRequest::post()
+            .insert_header((header::HOST, "mail.example"))
+            .insert_header((header::ORIGIN, "null"))
+            .insert_header(("sec-fetch-site", "same-origin"))
+            .to_http_request();
+        assert!(check_same_origin(&own_form).is_ok());
         for (name, value) in [
             ("origin", "https://evil.example"),
             ("origin", "null"),
