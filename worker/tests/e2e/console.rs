@@ -62,8 +62,9 @@ fn token(scope: &str) -> String {
 struct Chromedriver {
     child: Child,
     url: String,
-    /// The browser's profile, removed with the process group.
-    profile: PathBuf,
+    /// The folder of the browser's profile and temporary files, removed
+    /// with the process group.
+    root: PathBuf,
 }
 
 impl Chromedriver {
@@ -79,22 +80,27 @@ impl Chromedriver {
             .and_then(|listener| listener.local_addr())
             .expect("a free port")
             .port();
+        // Chromium's profile and every temporary file of chromedriver and
+        // Chromium go in one folder, removed on drop even after a panic.
+        let root = std::env::temp_dir().join(format!(
+            "sendonce-console-chromium-{}-{port}",
+            std::process::id()
+        ));
+        let tmp = root.join("tmp");
+        std::fs::create_dir_all(&tmp).expect("a folder for the browser");
         let mut command = Command::new(CHROMEDRIVER);
         command
             .arg(format!("--port={port}"))
+            .env("TMPDIR", &tmp)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let child = command.spawn().expect("start chromedriver");
-        let profile = std::env::temp_dir().join(format!(
-            "sendonce-console-chromium-{}-{port}",
-            std::process::id()
-        ));
         let mut driver = Self {
             child,
             url: format!("http://127.0.0.1:{port}"),
-            profile,
+            root,
         };
         let status = format!("{}/status", driver.url);
         let http = reqwest::Client::new();
@@ -129,7 +135,7 @@ impl Drop for Chromedriver {
         let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.profile);
+        let _ = std::fs::remove_dir_all(&self.root);
     }
 }
 
@@ -151,7 +157,7 @@ impl Browser {
             json!({
                 "binary": CHROMIUM,
                 "args": [
-                    format!("--user-data-dir={}", driver.profile.display()),
+                    format!("--user-data-dir={}", driver.root.join("profile").display()),
                     "--headless=new",
                     "--no-sandbox",
                     "--disable-dev-shm-usage",
