@@ -166,6 +166,18 @@ impl Claims {
         self.scope.split(' ').any(|s| s == wanted)
     }
 
+    /// Whose budget a write spends under `RATE_LIMIT_PER_SEC`: a tenant's
+    /// (`tenant:<name>`), shared by all its tokens so that one
+    /// application's burst cannot starve another; in the tenant `default`,
+    /// each token subject's own (`sub:<sub>`), as before tenants.
+    pub fn rate_key(&self) -> String {
+        if self.tenant.is_default() {
+            format!("sub:{}", self.sub.as_deref().unwrap_or_default())
+        } else {
+            format!("tenant:{}", self.tenant)
+        }
+    }
+
     /// The tenant the caller's reads and actions are confined to: its own,
     /// or none with the scope `tenants:all` (then `filter`, a `tenant`
     /// parameter, narrows them to one; ignored without that scope, so a
@@ -418,16 +430,10 @@ impl<S: Scope> Authorized<S> {
         self.claims.sub.as_deref().unwrap_or_default()
     }
 
-    /// Whose budget a request spends under `RATE_LIMIT_PER_SEC`: a tenant's
-    /// (`tenant:<name>`), shared by all its tokens so that one
-    /// application's burst cannot starve another; in the tenant `default`,
-    /// each token subject's own (`sub:<sub>`), as before tenants.
+    /// Whose budget a request spends under `RATE_LIMIT_PER_SEC` (see
+    /// [`Claims::rate_key`]).
     pub fn rate_key(&self) -> String {
-        if self.claims.tenant.is_default() {
-            format!("sub:{}", self.subject())
-        } else {
-            format!("tenant:{}", self.claims.tenant)
-        }
+        self.claims.rate_key()
     }
 }
 

@@ -9,6 +9,7 @@ use clap::{Parser, ValueEnum};
 use secrecy::SecretString;
 pub use sendonce_shared::config::AppEnv;
 use sendonce_shared::config::{CommonConfig, parse_millis};
+use sendonce_shared::domain::EmailAddress;
 
 /// The one algorithm bearer tokens must be signed with. Taken from here,
 /// never from a token's header.
@@ -162,6 +163,49 @@ pub struct ApiConfig {
     /// Unset means no cap.
     #[arg(long, env = "MAX_QUEUED_PER_TENANT", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_queued_per_tenant: Option<u64>,
+
+    #[command(flatten)]
+    pub console: ConsoleConfig,
+}
+
+/// Settings of the operator console (README, "Console").
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConsoleConfig {
+    /// Serve the operator console under `/console/`. Off, every `/console`
+    /// path answers 404.
+    #[arg(long = "console-enabled", env = "CONSOLE_ENABLED", default_value_t = false, action = clap::ArgAction::Set)]
+    pub enabled: bool,
+
+    /// How long a console session lasts, in seconds; never past the `exp`
+    /// of the token it was signed in with.
+    #[arg(long = "console-session-secs", env = "CONSOLE_SESSION_SECS", default_value_t = 1800, value_parser = clap::value_parser!(u64).range(60..=86_400))]
+    pub session_secs: u64,
+
+    /// The console's origin as browsers see it (`https://ops.example.com`),
+    /// when a proxy in front of the API rewrites `Host`: a POST's `Origin`
+    /// must then be this. Unset, it must match the request's `Host`.
+    #[arg(long = "console-origin", env = "CONSOLE_ORIGIN", value_parser = parse_origin)]
+    pub origin: Option<String>,
+
+    /// The workers' `MAIL_FROM` (the same variable, the same default): its
+    /// domain names every job's `Message-ID`, which a job's page shows.
+    #[arg(long = "mail-from", env = "MAIL_FROM", default_value = "sendonce <noreply@sendonce.localhost>", value_parser = parse_mail_from)]
+    pub mail_from: EmailAddress,
+}
+
+fn parse_origin(s: &str) -> Result<String, String> {
+    let url = url::Url::parse(s).map_err(|e| format!("is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err("must be an http or https origin, e.g. https://ops.example.com".into());
+    }
+    if url.path() != "/" || url.query().is_some() || !url.username().is_empty() {
+        return Err("must be an origin only: scheme, host and port, no path".into());
+    }
+    Ok(url.origin().ascii_serialization())
+}
+
+fn parse_mail_from(s: &str) -> Result<EmailAddress, String> {
+    EmailAddress::parse(s).map_err(|e| e.to_string())
 }
 
 fn parse_secret(s: &str) -> Result<SecretString, String> {

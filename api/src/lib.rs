@@ -23,6 +23,7 @@
 pub mod auth;
 pub mod backlog;
 pub mod config;
+pub mod console;
 pub mod handoff;
 pub mod limits;
 pub mod openapi;

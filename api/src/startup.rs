@@ -18,6 +18,7 @@ use tracing_actix_web::TracingLogger;
 use crate::auth::JwtKeys;
 use crate::backlog::Backlog;
 use crate::config::ApiConfig;
+use crate::console::{self, ConsoleSettings};
 use crate::handoff::Handoff;
 use crate::limits::{self, BodyTimeout, LargeBody, LargeRequests};
 use crate::openapi;
@@ -129,7 +130,14 @@ impl Application {
             .with_context(|| format!("failed to bind METRICS_ADDR {}", config.metrics_addr))?;
         let metrics_port = metrics_listener.local_addr()?.port();
         let metrics_server = serve_metrics(metrics_listener, state.clone(), metrics)?;
-        let server = serve(listener, state, keys, limits)?;
+        let console = config
+            .console
+            .enabled
+            .then(|| ConsoleSettings::new(&config.console, config.app_env));
+        if console.is_some() {
+            tracing::info!("the operator console is served under /console/");
+        }
+        let server = serve(listener, state, keys, limits, console)?;
         Ok(Self {
             port,
             server,
@@ -242,6 +250,7 @@ fn serve(
     state: AppState,
     keys: JwtKeys,
     limits: Limits,
+    console: Option<ConsoleSettings>,
 ) -> anyhow::Result<Server> {
     let state = web::Data::new(state);
     let keys = web::Data::new(keys);
@@ -330,6 +339,9 @@ fn serve(
             .route("/openapi.json", web::get().to(openapi::openapi_json));
         if let Some(r) = &rate {
             app = app.app_data(r.clone());
+        }
+        if let Some(settings) = &console {
+            app = app.configure(console::configure(settings.clone()));
         }
         app
     })

@@ -27,6 +27,7 @@
 //! | `{p}:shards` | string, no TTL | the shard count the queue was laid out with; a process configured otherwise refuses to start |
 //! | `{p}:rate:<sub>` | string, PX until full | the API's rate limit: a token subject's GCRA "theoretical arrival time" (µs, Redis clock) |
 //! | `{p}:housekeeper` | string, PX 2/3 lease | the worker elected to do the fleet's housekeeping (retry promotion, queue depths, the epoch check, the reconciler and the sweeper); taken and renewed with the heartbeat |
+//! | `{p}:console:<sha256>` | string, PX session | an operator console session (JSON), by the SHA-256 of its cookie; deleted at sign-out |
 //! | `{p}:depths` | string, PX 15 s | the queue depths the housekeeper last counted, `ready scheduled processing`, which every other worker exports as its gauges |
 //!
 //! # Cost per worker
@@ -993,6 +994,45 @@ impl Queue {
             ))
             .arg("PX")
             .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Stores an operator console session: `value` under `digest` (the
+    /// SHA-256 of its cookie) until `ttl` has passed.
+    pub async fn put_console_session(
+        &self,
+        digest: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<(), QueueError> {
+        let mut conn = self.conn().await?;
+        redis::cmd("SET")
+            .arg(self.keys.console_session(digest))
+            .arg(value)
+            .arg("PX")
+            .arg(millis(ttl).max(1))
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// The console session stored under `digest`, if it has not expired or
+    /// been ended.
+    pub async fn console_session(&self, digest: &str) -> Result<Option<String>, QueueError> {
+        let mut conn = self.conn().await?;
+        Ok(redis::cmd("GET")
+            .arg(self.keys.console_session(digest))
+            .query_async(&mut conn)
+            .await?)
+    }
+
+    /// Ends the console session stored under `digest` (sign-out).
+    pub async fn end_console_session(&self, digest: &str) -> Result<(), QueueError> {
+        let mut conn = self.conn().await?;
+        redis::cmd("DEL")
+            .arg(self.keys.console_session(digest))
             .query_async::<()>(&mut conn)
             .await?;
         Ok(())

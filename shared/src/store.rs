@@ -21,7 +21,9 @@
 //! - [`webhooks`]: a tenant's webhook endpoints and their delivery logs;
 //! - [`suppressions`]: a tenant's suppression list;
 //! - [`dispatch`]: webhook deliveries: claiming due ones, recording each
-//!   attempt (retry, failing endpoint, resume), the oldest undelivered age.
+//!   attempt (retry, failing endpoint, resume), the oldest undelivered age;
+//! - [`console`]: the operator console's reads (overview, workers, job
+//!   search, a job's page, scheduled jobs), each bounded in time.
 //!
 //! Every write for an attempt is conditional on the attempt's fencing
 //! token (`deliveries.fence`); `docs/exactly-once.md` says why each
@@ -41,6 +43,7 @@ pub mod acceptance;
 pub mod audit;
 pub mod claims;
 pub mod connection;
+pub mod console;
 mod dead_letters;
 pub mod dispatch;
 mod jobs;
@@ -56,6 +59,10 @@ pub use acceptance::{AcceptError, Accepted, Acceptor, Submission};
 pub use audit::{Actor, AuditAction, AuditEntry, AuditFilter};
 pub use claims::{Claim, Fence, Retrying, Sending};
 pub use connection::{PgOptions, Pooler};
+pub use console::{
+    DuplicateEntry, HistoryEntry, JobDetail, JobLookup, JobSummary, Overview, ScheduledJob,
+    WorkerStatus,
+};
 pub use dispatch::{AttemptOutcome, DueDelivery, Recorded};
 pub use jobs::Cancel;
 pub use leases::Swept;
@@ -425,6 +432,7 @@ mod tests {
             acceptance::ALL,
             audit::ALL,
             claims::ALL,
+            console::ALL,
             dead_letters::ALL,
             dispatch::ALL,
             jobs::ALL,

@@ -164,7 +164,7 @@ fn actor(
     })
 }
 
-async fn requeue(
+pub(crate) async fn requeue(
     state: &AppState,
     selection: RequeueSelection,
     actor: &Actor,

@@ -75,7 +75,7 @@ fn target(claims: &Claims, query: &TenantQuery) -> Result<Tenant, ApiError> {
 }
 
 /// The address as the list keys it ([`EmailAddress::suppression_key`]).
-fn suppression_key(raw: &str, field: &'static str) -> Result<String, ApiError> {
+pub(crate) fn suppression_key(raw: &str, field: &'static str) -> Result<String, ApiError> {
     EmailAddress::parse(raw)
         .map(|address| address.suppression_key())
         .map_err(|e| ApiError::InvalidField {

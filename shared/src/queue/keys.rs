@@ -110,6 +110,11 @@ impl Keys {
     pub fn depths(&self) -> String {
         format!("{}:depths", self.global)
     }
+    /// An operator console session, by the SHA-256 of its cookie value
+    /// (hex), so a copy of Redis holds no usable session.
+    pub fn console_session(&self, digest: &str) -> String {
+        format!("{}:console:{digest}", self.global)
+    }
     /// The shard count the queue in this Redis was laid out with.
     pub fn layout(&self) -> String {
         format!("{}:shards", self.global)

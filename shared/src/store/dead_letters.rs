@@ -60,6 +60,15 @@ const DISCARD: Sql = Sql::new(
     ],
 );
 
+const BY_IDS: Sql = Sql::new(
+    "SELECT id, job_id, idempotency_key, task->>'to', task->>'subject',
+            reason, error, smtp_reply, attempts, failed_at, tenant, task->'metadata'
+     FROM failed_jobs
+     WHERE id = ANY($1) AND ($2::text IS NULL OR tenant = $2)
+     ORDER BY id DESC",
+    &[Type::INT8_ARRAY, Type::TEXT],
+);
+
 const NEWEST: Sql = Sql::new("SELECT COALESCE(max(id), 0) FROM failed_jobs", &[]);
 
 const TAKE_IDS: Sql = Sql::new(
@@ -126,6 +135,7 @@ const AUDIT_REQUEUES: Sql = Sql::new(
 #[cfg(test)]
 pub(super) const ALL: &[&Sql] = &[
     &PAGE,
+    &BY_IDS,
     &DISCARD,
     &NEWEST,
     &TAKE_IDS,
@@ -160,23 +170,23 @@ impl Store {
                 ],
             )
             .await?;
-        Ok(rows
-            .iter()
-            .map(|r| FailedJob {
-                id: r.get(0),
-                tenant: r.get(10),
-                job_id: JobId::from(r.get::<_, Uuid>(1)),
-                idempotency_key: r.get(2),
-                to: r.get(3),
-                subject: r.get(4),
-                reason: r.get(5),
-                error: r.get(6),
-                smtp_reply: r.get(7),
-                attempts: r.get(8),
-                failed_at: r.get(9),
-                metadata: metadata_at(r, 11),
-            })
-            .collect())
+        Ok(rows.iter().map(failed_job).collect())
+    }
+
+    /// The dead-letter entries among `ids` that are `tenant`'s (any
+    /// tenant's for `None`), newest first: what an operator is about to
+    /// requeue or discard, to see which of them are `uncertain`.
+    #[tracing::instrument(skip_all)]
+    pub async fn failed_entries(
+        &self,
+        ids: &[i64],
+        tenant: Option<&Tenant>,
+    ) -> Result<Vec<FailedJob>, StoreError> {
+        let conn = self.pool.get().await?;
+        let rows = self
+            .rows(&conn, &BY_IDS, &[&ids, &tenant.map(Tenant::as_str)])
+            .await?;
+        Ok(rows.iter().map(failed_job).collect())
     }
 
     /// Discards one dead-letter entry and writes its audit row, in one
@@ -313,5 +323,23 @@ impl Store {
         )
         .await?;
         Ok(())
+    }
+}
+
+/// A row of [`PAGE`] or [`BY_IDS`].
+fn failed_job(r: &Row) -> FailedJob {
+    FailedJob {
+        id: r.get(0),
+        tenant: r.get(10),
+        job_id: JobId::from(r.get::<_, Uuid>(1)),
+        idempotency_key: r.get(2),
+        to: r.get(3),
+        subject: r.get(4),
+        reason: r.get(5),
+        error: r.get(6),
+        smtp_reply: r.get(7),
+        attempts: r.get(8),
+        failed_at: r.get(9),
+        metadata: metadata_at(r, 11),
     }
 }

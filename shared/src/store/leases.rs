@@ -40,9 +40,10 @@ fn millis(d: Duration) -> i64 {
 }
 
 const RENEW: Sql = Sql::new(
-    "INSERT INTO worker_leases (worker_id, expires_at)
-     VALUES ($1, now() + $2::bigint * interval '1 millisecond')
-     ON CONFLICT (worker_id) DO UPDATE SET expires_at = EXCLUDED.expires_at",
+    "INSERT INTO worker_leases (worker_id, expires_at, renewed_at)
+     VALUES ($1, now() + $2::bigint * interval '1 millisecond', now())
+     ON CONFLICT (worker_id)
+     DO UPDATE SET expires_at = EXCLUDED.expires_at, renewed_at = EXCLUDED.renewed_at",
     &[Type::TEXT, Type::INT8],
 );
 
@@ -87,7 +88,7 @@ pub(super) const ALL: &[&Sql] = &[&RENEW, &RELEASE, &ABANDONED, &FORGET, &REQUEU
 
 impl Store {
     /// Renews (or takes) `worker`'s lease for `lease` from now, by the
-    /// database clock.
+    /// database clock, and records the renewal as its heartbeat.
     #[tracing::instrument(skip_all)]
     pub async fn renew_lease(&self, worker: &str, lease: Duration) -> Result<(), StoreError> {
         let conn = self.pool.get().await?;

@@ -7,6 +7,7 @@ mod acceptance;
 mod audit;
 mod autoscaling;
 mod connection;
+mod console;
 mod dispatch;
 mod fairness;
 mod leases;

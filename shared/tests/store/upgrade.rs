@@ -4,12 +4,14 @@
 //! schema 5, migration 7 (cancel) over schema 6, migration 8 (refused
 //! recipients) over schema 7, migration 9 (webhooks and suppressions) over
 //! schema 8, migration 10 (held deliveries' index) over schema 9,
-//! migration 11 (time-ordered event ids) over schema 10.
+//! migration 11 (time-ordered event ids) over schema 10, migration 12
+//! (workers' heartbeats) over schema 11.
 
 use refinery::Target;
-use sendonce_shared::domain::{Task, Tenant};
+use sendonce_shared::domain::{EmailAddress, Task, Tenant};
 use sendonce_shared::store::{
-    Accepted, Actor, AuditFilter, Cancel, Claim, FailedFilter, RequeueSelection, Store, Submission,
+    Accepted, Actor, AuditFilter, Cancel, Claim, FailedFilter, JobLookup, RequeueSelection, Store,
+    Submission,
 };
 use sendonce_testkit::TestDatabase;
 
@@ -90,8 +92,8 @@ async fn migration_2_keeps_jobs_in_every_state_and_their_promise() {
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        10,
-        "migrations 2 to 11"
+        11,
+        "migrations 2 to 12"
     );
 
     let rows = client
@@ -136,8 +138,8 @@ async fn migration_4_keeps_jobs_in_every_state_replays_their_keys_and_finds_the_
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        8,
-        "migrations 4 to 11"
+        9,
+        "migrations 4 to 12"
     );
 
     // A replay of an old key: its request's fingerprint was never kept, so
@@ -174,8 +176,8 @@ async fn migration_5_keeps_jobs_in_every_state_and_the_dead_letters_and_starts_a
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        7,
-        "migrations 5 to 11 (the store reads the schema of the latest)"
+        8,
+        "migrations 5 to 12 (the store reads the schema of the latest)"
     );
 
     let rows = client
@@ -252,8 +254,8 @@ async fn migration_6_puts_every_job_entry_and_audit_row_in_the_default_tenant_an
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        6,
-        "migrations 6 to 11"
+        7,
+        "migrations 6 to 12"
     );
 
     for table in ["deliveries", "failed_jobs", "audit_log"] {
@@ -305,8 +307,8 @@ async fn migration_7_keeps_jobs_in_every_state_cancelable_where_their_data_has_n
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        5,
-        "migrations 7 to 11"
+        6,
+        "migrations 7 to 12"
     );
 
     let rows: Vec<(String, bool)> = client
@@ -355,8 +357,8 @@ async fn migration_8_keeps_jobs_in_every_state_with_no_refused_recipients() {
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        4,
-        "migrations 8 to 11"
+        5,
+        "migrations 8 to 12"
     );
 
     let rows: Vec<(String, Option<String>)> = client
@@ -403,6 +405,8 @@ async fn migration_9_keeps_jobs_in_every_state_and_their_promise_and_starts_the_
         1,
         "migration 9"
     );
+    // The store's statements are those of the latest schema.
+    store.migrate().await.expect("the later migrations");
 
     let mut rows: Vec<String> = client
         .query("SELECT state FROM deliveries", &[])
@@ -465,6 +469,8 @@ async fn migration_10_keeps_jobs_in_every_state_and_their_held_webhook_deliverie
         1,
         "migration 10"
     );
+    // The store's statements are those of the latest schema.
+    store.migrate().await.expect("the later migrations");
 
     assert_claims_carry_on(&store, &tasks).await;
     assert_eq!(
@@ -485,7 +491,16 @@ async fn migration_11_keeps_jobs_in_every_state_and_the_events_and_orders_new_ev
         .await
         .expect("an event at schema 10");
 
-    assert_eq!(store.migrate().await.expect("upgrade"), 1, "migration 11");
+    assert_eq!(
+        store
+            .migrate_to(Target::Version(11))
+            .await
+            .expect("upgrade"),
+        1,
+        "migration 11"
+    );
+    // The store's statements are those of the latest schema.
+    store.migrate().await.expect("the later migrations");
 
     assert_claims_carry_on(&store, &tasks).await;
     store
@@ -508,4 +523,82 @@ async fn migration_11_keeps_jobs_in_every_state_and_the_events_and_orders_new_ev
         .to_unix();
     let now = chrono::Utc::now().timestamp().unsigned_abs();
     assert!(now.abs_diff(secs) < 60, "{new} is of now");
+}
+
+#[tokio::test]
+async fn migration_12_keeps_jobs_in_every_state_and_the_leases_and_the_console_reads_them() {
+    let (_db, store, client, tasks) = at_schema(11).await;
+    let mail_from = EmailAddress::parse("noreply@sendonce.test").expect("valid");
+    client
+        .batch_execute(
+            "INSERT INTO worker_leases (worker_id, expires_at)
+             VALUES ('gone', now() - interval '1 hour')",
+        )
+        .await
+        .expect("a lapsed lease at schema 11");
+
+    assert_eq!(store.migrate().await.expect("upgrade"), 1, "migration 12");
+
+    let workers = store.console_workers().await.expect("workers");
+    let seen: Vec<(&str, i64, bool, bool)> = workers
+        .iter()
+        .map(|w| {
+            (
+                w.worker_id.as_str(),
+                w.in_flight,
+                w.alive,
+                w.last_heartbeat.is_some(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [("gone", 2, false, false)],
+        "its `processing` and `sending` rows, no heartbeat recorded"
+    );
+    let overview = store.console_overview(None).await.expect("overview");
+    assert_eq!(
+        (overview.in_flight, overview.scheduled),
+        (2, 0),
+        "{overview:?}"
+    );
+    let created: Vec<chrono::DateTime<chrono::Utc>> = client
+        .query(
+            "SELECT created_at FROM deliveries WHERE state IN ('queued', 'retrying')",
+            &[],
+        )
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(overview.oldest_ready, created.into_iter().min());
+    for (t, state) in tasks.iter().zip(STATES) {
+        let found = store
+            .find_jobs(&JobLookup::Key(t.idempotency_key.to_string()), None, 10)
+            .await
+            .expect("find");
+        assert_eq!(
+            found
+                .iter()
+                .map(|j| (j.job_id, j.state.as_str()))
+                .collect::<Vec<_>>(),
+            [(t.job_id, state)]
+        );
+        let page = store
+            .job_detail(t.job_id, None, &mail_from)
+            .await
+            .expect("read")
+            .expect("the page");
+        assert_eq!(page.history[0].what, "accepted", "{state}");
+    }
+    assert_claims_carry_on(&store, &tasks).await;
+    store.renew_lease("gone", LEASE).await.expect("lease");
+    let workers = store.console_workers().await.expect("workers");
+    assert!(
+        workers
+            .iter()
+            .any(|w| w.worker_id == "gone" && w.alive && w.last_heartbeat.is_some()),
+        "{workers:?}"
+    );
 }
