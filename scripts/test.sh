@@ -49,6 +49,9 @@ command -v psql >/dev/null || apt_install postgresql-client
 # Tests run the store, the e2e suite and the chaos test through a private
 # PgBouncer in transaction mode (testkit/src/pgbouncer.rs).
 command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || { log "installing pgbouncer"; apt_install pgbouncer; }
+# The console's browser tests (worker/tests/e2e/console.rs) drive Debian's
+# headless Chromium through chromedriver; they fail without them.
+command -v chromedriver >/dev/null || { log "installing chromium and chromium-driver"; apt_install chromium chromium-driver; }
 # The chaos test runs a private Postgres cluster (to pause it with SIGSTOP),
 # so initdb and pg_ctl must exist even when a server already answers.
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { log "installing postgresql"; apt_install postgresql; }

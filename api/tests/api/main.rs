@@ -7,6 +7,7 @@ mod attachments;
 mod audit;
 mod auth;
 mod cancel;
+mod console;
 mod durable;
 mod helpers;
 mod hostile_input;

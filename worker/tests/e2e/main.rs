@@ -4,6 +4,7 @@
 
 mod attachments;
 mod cancel;
+mod console;
 mod crash;
 mod delivery;
 mod dkim;
