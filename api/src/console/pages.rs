@@ -409,7 +409,7 @@ pub async fn job(
         fields.push(("Canceled", views::time(at)));
     }
     if let Some(holder) = &detail.holder {
-        fields.push(("Held by worker", holder.clone()));
+        fields.push(("Last claimed by", holder.clone()));
     }
     if detail.maybe_sent {
         fields.push((
