@@ -25,7 +25,9 @@ drain_deadline=${BENCH_DRAIN_DEADLINE_SECS:-300}
 # workers do not dispatch them (WEBHOOK_DISPATCH=false): this measures what
 # writing the outbox costs the drain, not a receiver.
 webhook_endpoints=${BENCH_WEBHOOK_ENDPOINTS:-0}
-log_filter=${BENCH_RUST_LOG:-warn}
+# The level users run by default (issue 21): what logging costs is part of
+# the figure. BENCH_RUST_LOG=warn measures without it.
+log_filter=${BENCH_RUST_LOG:-info}
 
 state=$(mktemp -d -t sendonce-bench.XXXXXX)
 pids=() workers=()

@@ -128,7 +128,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => {
-            let _logs = telemetry::init(
+            telemetry::init(
                 config.common.log_format,
                 &config.common.rust_log,
                 config.common.log_plain_keys,

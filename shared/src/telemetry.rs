@@ -15,37 +15,15 @@ use crate::domain::IdempotencyKey;
 /// like the subscriber it serves.
 static PLAIN_KEYS: AtomicBool = AtomicBool::new(false);
 
-/// Lines a process may have waiting for stdout before a thread that logs
-/// waits for room: a burst of this many lines costs memory, not latency.
-const LOG_BUFFER_LINES: usize = 128_000;
-
-/// Keeps the log writer's thread; dropping it (at exit) writes the lines
-/// still waiting. Hold it for the life of the process.
-#[must_use = "logs still buffered are lost unless the guard lives until exit"]
-#[derive(Debug)]
-pub struct LogGuard(#[allow(dead_code)] tracing_appender::non_blocking::WorkerGuard);
-
 /// Installs the global subscriber. Logs go to stdout, one JSON object per
 /// line with [`LogFormat::Json`], including the fields of enclosing spans so
 /// every line about a job carries its `job_id` and `idempotency_key` (as
 /// [`key`] shows it). `plain_keys` is `LOG_PLAIN_KEYS`.
-///
-/// Lines are written by a thread of their own, off the request and send
-/// paths: formatting stays on the caller, the `write` to stdout (a pipe to
-/// a log collector that may be slow) does not. None is dropped: when
-/// [`LOG_BUFFER_LINES`] are waiting, a logging thread waits for room.
-pub fn init(format: LogFormat, filter: &str, plain_keys: bool) -> anyhow::Result<LogGuard> {
+pub fn init(format: LogFormat, filter: &str, plain_keys: bool) -> anyhow::Result<()> {
     PLAIN_KEYS.store(plain_keys, Ordering::Relaxed);
     let filter = EnvFilter::try_new(filter)
         .map_err(|e| anyhow::anyhow!("RUST_LOG is not a valid filter: {e}"))?;
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(LOG_BUFFER_LINES)
-        .thread_name("sendonce-log")
-        .finish(std::io::stdout());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let result = match format {
         LogFormat::Json => builder
             .json()
@@ -55,8 +33,7 @@ pub fn init(format: LogFormat, filter: &str, plain_keys: bool) -> anyhow::Result
             .try_init(),
         LogFormat::Pretty => builder.try_init(),
     };
-    result.map_err(|e| anyhow::anyhow!("could not install the log subscriber: {e}"))?;
-    Ok(LogGuard(guard))
+    result.map_err(|e| anyhow::anyhow!("could not install the log subscriber: {e}"))
 }
 
 /// An idempotency key as logs show it: `sha256:` and the first 12 hex

@@ -16,7 +16,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: WorkerConfig) -> anyhow::Result<()> {
-    let _logs = telemetry::init(
+    telemetry::init(
         config.common.log_format,
         &config.common.rust_log,
         config.common.log_plain_keys,
