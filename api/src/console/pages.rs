@@ -26,6 +26,9 @@ use crate::telemetry;
 
 /// Rows per page of every list.
 const PAGE: usize = 50;
+/// Rows asked of the store for a page: one more than shown tells whether
+/// there is a next.
+const FETCH: i64 = PAGE as i64 + 1;
 /// Most entries one dead-letter action may select.
 const MAX_SELECTED: usize = 1000;
 /// The read scopes that open a section of the console; a token needs one
@@ -58,6 +61,18 @@ fn see_other(location: &str) -> HttpResponse {
 fn form<T: DeserializeOwned>(body: &[u8]) -> Result<T, ConsoleError> {
     serde_html_form::from_bytes(body)
         .map_err(|e| ConsoleError::BadRequest(format!("the form could not be read: {e}")))
+}
+
+/// A page fetched with [`FETCH`] rows: at most [`PAGE`] of them, and, when
+/// there were more, the query string of the next page, made from the last
+/// row shown.
+fn paged<T>(mut rows: Vec<T>, next: impl FnOnce(&T) -> String) -> (Vec<T>, Option<String>) {
+    if rows.len() <= PAGE {
+        return (rows, None);
+    }
+    rows.truncate(PAGE);
+    let next = rows.last().map(next);
+    (rows, next)
 }
 
 fn query_string(pairs: &[(&str, &str)]) -> String {
@@ -598,14 +613,12 @@ pub async fn dead_letters(
             DeadReason::Uncertain => query.uncertain_before,
             DeadReason::Failed => query.failed_before,
         };
-        let mut rows = state
+        let rows = state
             .store
-            .failed_page(&filter, before, PAGE as i64 + 1)
+            .failed_page(&filter, before, FETCH)
             .await
             .map_err(unavailable)?;
-        let next = (rows.len() > PAGE).then(|| {
-            rows.truncate(PAGE);
-            let last = rows.last().map_or(0, |entry| entry.id).to_string();
+        let (rows, next) = paged(rows, |last| {
             let cursor = match reason_wanted {
                 DeadReason::Uncertain => "uncertain_before",
                 DeadReason::Failed => "failed_before",
@@ -614,7 +627,7 @@ pub async fn dead_letters(
                 ("reason", reason_wanted.as_str()),
                 ("tenant", &tenant_text),
                 ("since", &since_text),
-                (cursor, &last),
+                (cursor, &last.id.to_string()),
             ])
         });
         tables.push(DeadLetterTable {
@@ -854,19 +867,16 @@ pub async fn scheduled(
         )),
         _ => None,
     };
-    let mut rows = state
+    let rows = state
         .store
-        .scheduled_page(session.tenant_scope(None).as_ref(), after, PAGE as i64 + 1)
+        .scheduled_page(session.tenant_scope(None).as_ref(), after, FETCH)
         .await
         .map_err(unavailable)?;
-    let next = (rows.len() > PAGE).then(|| {
-        rows.truncate(PAGE);
-        rows.last().map_or_else(String::new, |last| {
-            query_string(&[
-                ("after_at", &last.send_at.to_rfc3339()),
-                ("after_id", &last.job_id.to_string()),
-            ])
-        })
+    let (rows, next) = paged(rows, |last| {
+        query_string(&[
+            ("after_at", &last.send_at.to_rfc3339()),
+            ("after_id", &last.job_id.to_string()),
+        ])
     });
     let now = Utc::now();
     render(&ScheduledPage {
@@ -906,16 +916,13 @@ pub async fn suppressions(
         .after
         .as_deref()
         .and_then(|cursor| cursor.split_once(' '));
-    let mut rows = state
+    let rows = state
         .store
-        .suppressions_page(session.tenant_scope(None).as_ref(), after, PAGE as i64 + 1)
+        .suppressions_page(session.tenant_scope(None).as_ref(), after, FETCH)
         .await
         .map_err(unavailable)?;
-    let next = (rows.len() > PAGE).then(|| {
-        rows.truncate(PAGE);
-        rows.last().map_or_else(String::new, |last| {
-            query_string(&[("after", &format!("{} {}", last.tenant, last.address))])
-        })
+    let (rows, next) = paged(rows, |last| {
+        query_string(&[("after", &format!("{} {}", last.tenant, last.address))])
     });
     render(&SuppressionsPage {
         nav: nav(&session, "suppressions"),
@@ -1060,20 +1067,13 @@ pub async fn webhooks(
     query: web::Query<WebhooksQuery>,
 ) -> Page {
     session.require("webhooks:read")?;
-    let mut rows = state
+    let rows = state
         .store
-        .webhooks_page(
-            session.tenant_scope(None).as_ref(),
-            query.before,
-            PAGE as i64 + 1,
-        )
+        .webhooks_page(session.tenant_scope(None).as_ref(), query.before, FETCH)
         .await
         .map_err(unavailable)?;
-    let next = (rows.len() > PAGE).then(|| {
-        rows.truncate(PAGE);
-        rows.last().map_or_else(String::new, |last| {
-            query_string(&[("before", &last.id.to_string())])
-        })
+    let (rows, next) = paged(rows, |last| {
+        query_string(&[("before", &last.id.to_string())])
     });
     render(&WebhooksPage {
         nav: nav(&session, "webhooks"),
@@ -1111,16 +1111,13 @@ pub async fn webhook(
     else {
         return Err(ConsoleError::NotFound(format!("no webhook endpoint {id}")));
     };
-    let mut deliveries = state
+    let deliveries = state
         .store
-        .webhook_deliveries_page(id, tenant.as_ref(), query.before, PAGE as i64 + 1)
+        .webhook_deliveries_page(id, tenant.as_ref(), query.before, FETCH)
         .await
         .map_err(unavailable)?;
-    let next = (deliveries.len() > PAGE).then(|| {
-        deliveries.truncate(PAGE);
-        deliveries.last().map_or_else(String::new, |last| {
-            query_string(&[("before", &last.id.to_string())])
-        })
+    let (deliveries, next) = paged(deliveries, |last| {
+        query_string(&[("before", &last.id.to_string())])
     });
     render(&WebhookPage {
         nav: nav(&session, "webhooks"),
@@ -1210,6 +1207,14 @@ mod tests {
         );
         assert_eq!(flash(Some("Your account is locked, call 555"), None), None);
         assert_eq!(flash(None, Some(3)), None);
+    }
+
+    #[test]
+    fn a_page_shows_at_most_page_rows_and_links_the_next_only_when_there_is_one() {
+        let (rows, next) = paged((0..PAGE).collect(), |last| last.to_string());
+        assert_eq!((rows.len(), next), (PAGE, None));
+        let (rows, next) = paged((0..=PAGE).collect(), |last| last.to_string());
+        assert_eq!((rows.len(), next), (PAGE, Some((PAGE - 1).to_string())));
     }
 
     #[test]

@@ -11,8 +11,9 @@ use crate::helpers::{SECRET, hs256_keys, shared_redis_url, valid_body};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-#[tokio::test]
-async fn strangers_4xx_stay_out_of_the_info_log_and_keys_appear_only_hashed() {
+/// The API binary at `RUST_LOG=info` with its own database (kept alive by
+/// the returned handle), its log captured, and its port.
+async fn spawn_at_info() -> (CapturedChild, serde_json::Value, TestDatabase) {
     let db = TestDatabase::create().await;
     let mut command = Command::new(env!("CARGO_BIN_EXE_sendonce-api"));
     command
@@ -26,6 +27,12 @@ async fn strangers_4xx_stay_out_of_the_info_log_and_keys_appear_only_hashed() {
         .env("RUST_LOG", "info");
     let api = CapturedChild::spawn(command);
     let port = api.wait_for_json_field("port", DEADLINE).await;
+    (api, port, db)
+}
+
+#[tokio::test]
+async fn strangers_4xx_stay_out_of_the_info_log_and_keys_appear_only_hashed() {
+    let (api, port, _db) = spawn_at_info().await;
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     let token = hs256_keys(SECRET)
@@ -88,19 +95,7 @@ async fn strangers_4xx_stay_out_of_the_info_log_and_keys_appear_only_hashed() {
 /// line for the job and another for the answer; that line names the job.
 #[tokio::test]
 async fn an_accepted_job_is_one_info_line_naming_the_job() {
-    let db = TestDatabase::create().await;
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sendonce-api"));
-    command
-        .env_clear()
-        .env("API_ADDR", "127.0.0.1:0")
-        .env("METRICS_ADDR", "127.0.0.1:0")
-        .env("DATABASE_URL", db.url())
-        .env("REDIS_URL", shared_redis_url())
-        .env("REDIS_KEY_PREFIX", unique_prefix())
-        .env("JWT_SECRET", SECRET)
-        .env("RUST_LOG", "info");
-    let api = CapturedChild::spawn(command);
-    let port = api.wait_for_json_field("port", DEADLINE).await;
+    let (api, port, _db) = spawn_at_info().await;
     let token = hs256_keys(SECRET)
         .mint("tests", "jobs:write", Duration::from_secs(600))
         .expect("a token");
