@@ -3,6 +3,9 @@
 
     cpu.py snap > before      # every process's CPU ticks, and the machine's idle
     cpu.py diff before after  # cores used per name between the two snapshots
+    cpu.py diff before after N  # the same, then on a second line the
+                                # milliseconds of CPU (all processes) per item
+                                # of N done in between (emails drained)
 
 Reads /proc only, so it adds nothing to the phase it measures. Processes
 that started in between count from zero; ones that exited in between are
@@ -47,7 +50,7 @@ def load(path):
     return procs, machine
 
 
-def diff(before_path, after_path):
+def diff(before_path, after_path, items=None):
     before, m0 = load(before_path)
     after, m1 = load(after_path)
     ncpu = os.cpu_count() or 1
@@ -68,12 +71,17 @@ def diff(before_path, after_path):
     if gone >= 0.01:
         parts.append(f"exited {gone:.2f}")
     print(f"busy {busy:.2f} of {ncpu} cores: " + ", ".join(parts))
+    if items:
+        # Busy time of every CPU, in seconds, whoever used it.
+        busy_ticks = (m1["total"] - m0["total"]) - (m1["idle"] - m0["idle"])
+        seconds = busy_ticks / os.sysconf("SC_CLK_TCK")
+        print(f"{seconds * 1000 / items:.3f}")
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["snap"]:
         snap()
-    elif sys.argv[1:2] == ["diff"] and len(sys.argv) == 4:
-        diff(sys.argv[2], sys.argv[3])
+    elif sys.argv[1:2] == ["diff"] and len(sys.argv) in (4, 5):
+        diff(sys.argv[2], sys.argv[3], int(sys.argv[4]) if len(sys.argv) == 5 else None)
     else:
         sys.exit(__doc__)

@@ -57,7 +57,7 @@ pub mod webhooks;
 
 pub use acceptance::{AcceptError, Accepted, Acceptor, Submission};
 pub use audit::{Actor, AuditAction, AuditEntry, AuditFilter};
-pub use claims::{Claim, Fence, Retrying, Sending};
+pub use claims::{Claim, Fence, Look, Retrying, Sending, Start};
 pub use connection::{PgOptions, Pooler};
 pub use console::{
     DuplicateEntry, HistoryEntry, JobDetail, JobLookup, JobSummary, Overview, ScheduledJob,

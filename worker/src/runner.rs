@@ -24,8 +24,8 @@ use sendonce_shared::domain::webhooks::EventType;
 use sendonce_shared::domain::{JobId, Task};
 use sendonce_shared::queue::{Held, L1Claim, Queue, QueueError};
 use sendonce_shared::store::{
-    Claim, DeadReason, DedupLayer, Failure, Fence, RefusedRecipient, Retrying, Sending, Store,
-    Swept,
+    Claim, DeadReason, DedupLayer, Failure, Fence, Look, RefusedRecipient, Retrying, Sending,
+    Start, Store, Swept,
 };
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -70,6 +70,16 @@ const RECONCILE_BATCH: i64 = 500;
 /// Backoff bounds when Redis or Postgres fail under a task.
 const INFRA_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const INFRA_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Whose attempt a send is, up to the write that starts its data.
+#[derive(Debug, Clone, Copy)]
+enum Attempt {
+    /// The key is claimed: attempt `attempt` under token `fence`.
+    Claimed { attempt: i32, fence: Fence },
+    /// The key waits under token `looked`: the write that starts the data
+    /// claims it ([`Store::claim_sending`]), saving the claim's own write.
+    Pending { looked: Fence },
+}
 
 /// What became of a task, decided before anything is recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -650,43 +660,35 @@ impl Worker {
                 }
             }
         }
-        let (attempt, fence, suppressed) = match self.store.claim(task, &self.id).await? {
-            Claim::Proceed {
-                attempt,
-                fence,
-                suppressed,
-            } => (attempt, fence, suppressed),
-            Claim::Duplicate { owner } => {
-                return Ok(Verdict::Duplicate {
-                    holder: Some(owner),
-                    layer: DedupLayer::L2,
-                });
-            }
-            Claim::AlreadyDone => return Ok(Verdict::AlreadyDone),
-            Claim::Held => return Ok(Verdict::Fenced { held: None }),
-            Claim::Ambiguous { attempts, fence }
-                if self.config.on_uncertain == OnUncertain::Resend
-                    && !self.policy.exhausted(attempts) =>
-            {
-                match self.store.reopen_ambiguous(task, fence, &self.id).await? {
-                    // The `sending` write still checks the suppression list.
-                    Some((attempt, fence)) => (attempt, fence, Vec::new()),
-                    None => return Ok(Verdict::Fenced { held: None }),
-                }
-            }
-            Claim::Ambiguous { attempts, fence } => {
-                return Ok(Verdict::Dead {
+        let (mut attempt, suppressed) = match self.store.look(task, &self.id).await? {
+            Look::Ready {
+                fence, suppressed, ..
+            } => (Attempt::Pending { looked: fence }, suppressed),
+            // Its start wrote `sending` and answered an error: the data
+            // never went out, so it is an ordinary transient failure.
+            Look::Mine { attempts, fence } => {
+                return Ok(Verdict::Retry {
                     fence,
-                    reason: DeadReason::Uncertain,
-                    error: format!(
-                        "attempt {attempts} was cut after its data went out (worker crash, \
-                         shutdown or lost lease); the server may or may not have accepted it"
-                    ),
+                    error: "the write that starts the data failed; nothing was sent".to_owned(),
                     reply: None,
+                    delay: self.policy.delay(attempts),
+                    counted: true,
                 });
             }
+            Look::ClaimNow => match self.claim_now(task).await? {
+                Ok((attempt, fence, suppressed)) => {
+                    (Attempt::Claimed { attempt, fence }, suppressed)
+                }
+                Err(verdict) => return Ok(verdict),
+            },
+            Look::Settled(claim) => match self.settle(task, claim).await? {
+                Ok((attempt, fence, suppressed)) => {
+                    (Attempt::Claimed { attempt, fence }, suppressed)
+                }
+                Err(verdict) => return Ok(verdict),
+            },
         };
-        tracing::debug!(attempt, fence = fence.get(), "key claimed; sending");
+        tracing::debug!(?attempt, "sending");
         let envelope: Vec<String> = task
             .email
             .suppression_keys()
@@ -701,45 +703,96 @@ impl Worker {
             })
             .collect();
         if envelope.is_empty() {
-            return Ok(Verdict::Suppressed {
-                fence,
-                refused: left_out,
+            return Ok(match self.claimed(task, &mut attempt).await? {
+                Ok((_, fence)) => Verdict::Suppressed {
+                    fence,
+                    refused: left_out,
+                },
+                Err(verdict) => verdict,
             });
         }
         let leave_out: Vec<String> = left_out.iter().map(|r| r.recipient.clone()).collect();
         let message = match self.mailer.build_message(task, &leave_out) {
             Ok(m) => m,
             Err(e) => {
-                return Ok(Verdict::Dead {
-                    fence,
-                    reason: DeadReason::Failed,
-                    error: format!("the message could not be built: {e}"),
-                    reply: None,
+                return Ok(match self.claimed(task, &mut attempt).await? {
+                    Ok((_, fence)) => Verdict::Dead {
+                        fence,
+                        reason: DeadReason::Failed,
+                        error: format!("the message could not be built: {e}"),
+                        reply: None,
+                    },
+                    Err(verdict) => verdict,
                 });
             }
         };
         let started = std::time::Instant::now();
         let newly_suppressed = AtomicBool::new(false);
+        let claimed_at_start = std::sync::OnceLock::new();
         let sent = self
             .mailer
             .send(&message, async || {
-                let sending = self
-                    .store
-                    .mark_sending(task, fence, &self.id, &envelope)
-                    .await?;
-                newly_suppressed.store(sending == Sending::Suppressed, Ordering::Relaxed);
-                Ok::<_, sendonce_shared::store::StoreError>(sending == Sending::Go)
+                let (go, suppressed) = match attempt {
+                    Attempt::Claimed { fence, .. } => {
+                        let sending = self
+                            .store
+                            .mark_sending(task, fence, &self.id, &envelope)
+                            .await?;
+                        (sending == Sending::Go, sending == Sending::Suppressed)
+                    }
+                    Attempt::Pending { looked } => {
+                        match self
+                            .store
+                            .claim_sending(task, looked, &self.id, &envelope)
+                            .await?
+                        {
+                            Start::Go { attempt, fence } => {
+                                let _ = claimed_at_start.set((attempt, fence));
+                                (true, false)
+                            }
+                            Start::Suppressed => (false, true),
+                            Start::Lost => (false, false),
+                        }
+                    }
+                };
+                newly_suppressed.store(suppressed, Ordering::Relaxed);
+                Ok::<_, sendonce_shared::store::StoreError>(go)
             })
             .await;
         telemetry::smtp_send(started.elapsed());
-        Ok(match sent {
+        if let Some(&(attempt_no, fence)) = claimed_at_start.get() {
+            attempt = Attempt::Claimed {
+                attempt: attempt_no,
+                fence,
+            };
+        }
+        let failure = match sent {
             Ok(Delivered::Accepted { reply, mut refused }) => {
                 refused.append(&mut left_out);
-                Verdict::Sent { reply, refused }
+                return Ok(Verdict::Sent { reply, refused });
             }
+            Ok(Delivered::Fenced) if !newly_suppressed.load(Ordering::Relaxed) => {
+                return Ok(Verdict::Fenced {
+                    held: match attempt {
+                        Attempt::Claimed { fence, .. } => Some(fence),
+                        Attempt::Pending { .. } => None,
+                    },
+                });
+            }
+            Ok(Delivered::Fenced) => None,
+            Err(e) => Some(e),
+        };
+        // Nothing went out before the start write answered; an attempt that
+        // failed before it is claimed now, to record the failure under a
+        // token of its own.
+        let (attempt, fence) = match self.claimed(task, &mut attempt).await? {
+            Ok(claimed) => claimed,
+            Err(verdict) => return Ok(verdict),
+        };
+        Ok(match failure {
             // A recipient was suppressed between the claim and the data:
             // nothing went out; the next attempt's claim leaves it out.
-            Ok(Delivered::Fenced) if newly_suppressed.load(Ordering::Relaxed) => Verdict::Retry {
+            None => Verdict::Retry {
                 fence,
                 error: "a recipient was added to the suppression list during the attempt; \
                         nothing was sent"
@@ -748,12 +801,11 @@ impl Worker {
                 delay: Duration::ZERO,
                 counted: false,
             },
-            Ok(Delivered::Fenced) => Verdict::Fenced { held: Some(fence) },
-            // The `sending` write may or may not have committed, but the
-            // data certainly did not go out: a plain retry, by this same
+            // The start write may or may not have committed, but the data
+            // certainly did not go out: a plain retry, by this attempt's
             // token, not a rerun that would find `sending` and call it
             // uncertain.
-            Err(SendError::Hook(e)) => Verdict::Retry {
+            Some(SendError::Hook(e)) => Verdict::Retry {
                 fence,
                 error: format!(
                     "could not record that the data is going out ({}); nothing was sent",
@@ -763,13 +815,13 @@ impl Worker {
                 delay: self.policy.delay(attempt),
                 counted: true,
             },
-            Err(SendError::Permanent { error, reply }) => Verdict::Dead {
+            Some(SendError::Permanent { error, reply }) => Verdict::Dead {
                 fence,
                 reason: DeadReason::Failed,
                 error,
                 reply,
             },
-            Err(SendError::Transient { error, reply }) if self.policy.exhausted(attempt) => {
+            Some(SendError::Transient { error, reply }) if self.policy.exhausted(attempt) => {
                 Verdict::Dead {
                     fence,
                     reason: DeadReason::Failed,
@@ -777,7 +829,7 @@ impl Worker {
                     reply,
                 }
             }
-            Err(SendError::Transient { error, reply }) => Verdict::Retry {
+            Some(SendError::Transient { error, reply }) => Verdict::Retry {
                 fence,
                 error,
                 reply,
@@ -788,7 +840,7 @@ impl Worker {
             // cooldown to end (plus the first retry's jitter, so that the
             // jobs turned away together do not come back together), and
             // however often that happens, never runs out of attempts.
-            Err(SendError::RelayBusy {
+            Some(SendError::RelayBusy {
                 error,
                 reply,
                 retry_after,
@@ -799,7 +851,7 @@ impl Worker {
                 delay: retry_after + self.policy.delay(1),
                 counted: false,
             },
-            Err(SendError::Uncertain { error })
+            Some(SendError::Uncertain { error })
                 if self.config.on_uncertain == OnUncertain::Resend
                     && !self.policy.exhausted(attempt) =>
             {
@@ -811,7 +863,7 @@ impl Worker {
                     counted: true,
                 }
             }
-            Err(SendError::Uncertain { error }) => Verdict::Dead {
+            Some(SendError::Uncertain { error }) => Verdict::Dead {
                 fence,
                 reason: DeadReason::Uncertain,
                 error: format!(
@@ -821,6 +873,82 @@ impl Worker {
                 reply: None,
             },
         })
+    }
+
+    /// The two-step claim ([`Store::claim`]): the attempt, its token and the
+    /// suppressed recipients, or the verdict when no attempt is possible.
+    async fn claim_now(
+        &self,
+        task: &Task,
+    ) -> anyhow::Result<Result<(i32, Fence, Vec<String>), Verdict>> {
+        let claim = self.store.claim(task, &self.id).await?;
+        self.settle(task, claim).await
+    }
+
+    /// What a claim's answer means for this attempt.
+    async fn settle(
+        &self,
+        task: &Task,
+        claim: Claim,
+    ) -> anyhow::Result<Result<(i32, Fence, Vec<String>), Verdict>> {
+        Ok(match claim {
+            Claim::Proceed {
+                attempt,
+                fence,
+                suppressed,
+            } => Ok((attempt, fence, suppressed)),
+            Claim::Duplicate { owner } => Err(Verdict::Duplicate {
+                holder: Some(owner),
+                layer: DedupLayer::L2,
+            }),
+            Claim::AlreadyDone => Err(Verdict::AlreadyDone),
+            Claim::Held => Err(Verdict::Fenced { held: None }),
+            Claim::Ambiguous { attempts, fence }
+                if self.config.on_uncertain == OnUncertain::Resend
+                    && !self.policy.exhausted(attempts) =>
+            {
+                match self.store.reopen_ambiguous(task, fence, &self.id).await? {
+                    // The `sending` write still checks the suppression list.
+                    Some((attempt, fence)) => Ok((attempt, fence, Vec::new())),
+                    None => Err(Verdict::Fenced { held: None }),
+                }
+            }
+            Claim::Ambiguous { attempts, fence } => Err(Verdict::Dead {
+                fence,
+                reason: DeadReason::Uncertain,
+                error: format!(
+                    "attempt {attempts} was cut after its data went out (worker crash, \
+                     shutdown or lost lease); the server may or may not have accepted it"
+                ),
+                reply: None,
+            }),
+        })
+    }
+
+    /// The attempt's number and token, claiming the key now when the write
+    /// that starts the data has not (an attempt that ends before it). When
+    /// that write answered an error but committed, the row is this
+    /// worker's, in `sending`, with nothing sent: its token is taken over.
+    async fn claimed(
+        &self,
+        task: &Task,
+        attempt: &mut Attempt,
+    ) -> anyhow::Result<Result<(i32, Fence), Verdict>> {
+        if let Attempt::Claimed { attempt, fence } = *attempt {
+            return Ok(Ok((attempt, fence)));
+        }
+        let claimed = match self.store.look(task, &self.id).await? {
+            Look::Mine { attempts, fence } => Ok((attempts, fence, Vec::new())),
+            Look::Settled(claim) => self.settle(task, claim).await?,
+            Look::Ready { .. } | Look::ClaimNow => self.claim_now(task).await?,
+        };
+        Ok(claimed.map(|(attempt_no, fence, _)| {
+            *attempt = Attempt::Claimed {
+                attempt: attempt_no,
+                fence,
+            };
+            (attempt_no, fence)
+        }))
     }
 
     /// Persists a verdict and acknowledges the task. Safe to repeat.

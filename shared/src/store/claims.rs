@@ -2,7 +2,13 @@
 //!
 //! A claim (first or re-claim, by any worker) sets `fence = fence + 1` and
 //! names the claiming worker `holder`; the new value is the attempt's
-//! [`Fence`]. Every later write for that attempt carries the token in its
+//! [`Fence`]. On the common path the claim and the `sending` step are one
+//! write ([`Store::claim_sending`]), made once the SMTP server has answered
+//! the envelope: the worker reads the row first ([`Store::look`]), and the
+//! write takes it only if nobody moved it since (`fence` still the one
+//! read). The two-step claim ([`Store::claim`], then
+//! [`Store::mark_sending`]) remains for an attempt that fails before its
+//! data, for rows no `202` wrote, and for a row taken from a lapsed holder. Every later write for that attempt carries the token in its
 //! `WHERE`, so a holder that was presumed dead and resumed (a paused process,
 //! a VM migration) finds zero rows and stops. The one write that is not
 //! fenced is [`Store::mark_sent`]: a `250` that a worker read is a fact,
@@ -92,6 +98,59 @@ pub enum Sending {
     Lost,
     /// A recipient of the envelope was suppressed after the claim looked:
     /// nothing is sent; the next attempt leaves it out.
+    Suppressed,
+}
+
+/// Where a key stands, read without writing ([`Store::look`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Look {
+    /// The row waits for an attempt (`queued` or `retrying`) under token
+    /// `fence`: the write that starts the data claims it
+    /// ([`Store::claim_sending`]).
+    Ready {
+        /// Attempts made so far.
+        attempts: i32,
+        /// The token read: the claim applies only if it is still current.
+        fence: Fence,
+        /// The job's recipients on its tenant's suppression list, as in
+        /// [`Claim::Proceed`].
+        suppressed: Vec<String>,
+    },
+    /// This worker's attempt `fence` says `sending`, though this worker is
+    /// not working on the job: the write that started it reported an error
+    /// and committed after all, and the data never went out (the worker
+    /// sends only after that write answered).
+    Mine {
+        /// Attempts made so far, the cut one included.
+        attempts: i32,
+        /// The cut attempt's token.
+        fence: Fence,
+    },
+    /// Claim the key now with [`Store::claim`]: it has no row yet, a
+    /// `processing` row that this worker holds or whose holder is gone, or
+    /// a terminal one (which the claim confirms, waiting for a requeue that
+    /// holds the row's lock).
+    ClaimNow,
+    /// No attempt is possible now: what [`Store::claim`] would answer
+    /// (never [`Claim::Proceed`]).
+    Settled(Claim),
+}
+
+/// What the write that claims the key and starts the data found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// The row says `sending` under this worker and a new token: the data
+    /// may go out.
+    Go {
+        /// The attempt being made (1-based).
+        attempt: i32,
+        /// Its token.
+        fence: Fence,
+    },
+    /// The row moved since it was read (another holder, a cancel), or this
+    /// worker's lease lapsed: nothing may be sent.
+    Lost,
+    /// A recipient of the envelope is suppressed: nothing is sent.
     Suppressed,
 }
 
@@ -185,6 +244,51 @@ const CLAIM_LOOK: Sql = Sql::new(
         " FROM deliveries d WHERE idempotency_key = $1 AND tenant = $2"
     ),
     &[Type::TEXT, Type::TEXT],
+);
+
+/// The key's row as [`Store::look`] reads it: `$3` is the reading worker,
+/// `$4` the job's recipients (suppression keys).
+const LOOK: Sql = Sql::new(
+    concat!(
+        "SELECT job_id, state, attempts, fence, ",
+        live!("d.holder"),
+        ", holder IS NOT DISTINCT FROM $3, ",
+        suppressed!("$2", "$4"),
+        " FROM deliveries d WHERE idempotency_key = $1 AND tenant = $2"
+    ),
+    &[Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT_ARRAY],
+);
+
+/// The claim and the `sending` step in one write: takes a row still waiting
+/// under the token read (`$2`) for a live worker, unless a recipient of the
+/// envelope (`$5`) is suppressed. Answers the new attempt and token (null
+/// when nothing changed) and whether a recipient is suppressed.
+const CLAIM_SENDING: Sql = Sql::new(
+    concat!(
+        "WITH hit AS (
+        SELECT EXISTS (SELECT 1 FROM suppressions
+                       WHERE tenant = $4 AND address = ANY ($5)) AS suppressed),
+    started AS (
+        UPDATE deliveries
+        SET state = 'sending', attempts = attempts + 1, fence = fence + 1, holder = $3,
+            next_attempt_at = NULL, updated_at = now()
+        WHERE idempotency_key = $1 AND tenant = $4 AND job_id = $6 AND fence = $2
+          AND state IN ('queued', 'retrying')
+          AND NOT (SELECT suppressed FROM hit) AND ",
+        live!("$3"),
+        "
+        RETURNING attempts, fence)
+    SELECT (SELECT attempts FROM started), (SELECT fence FROM started),
+           (SELECT suppressed FROM hit)"
+    ),
+    &[
+        Type::TEXT,
+        Type::INT8,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT_ARRAY,
+        Type::UUID,
+    ],
 );
 
 /// Only a live holder with the newest token starts the data, and only when
@@ -418,6 +522,8 @@ pub(super) const ALL: &[&Sql] = &[
     &CLAIM_NEW,
     &CLAIM_AGAIN,
     &CLAIM_LOOK,
+    &LOOK,
+    &CLAIM_SENDING,
     &MARK_SENDING,
     &MARK_SENT,
     &MARK_RETRYING,
@@ -511,6 +617,99 @@ impl Store {
             // `processing` or `sending` under a live holder, or a state that
             // changed between the statements: look again later.
             Claim::Held
+        })
+    }
+
+    /// Reads where `task`'s key stands for `worker`, writing nothing: the
+    /// first step of an attempt whose claim is made by the write that
+    /// starts its data ([`Store::claim_sending`]).
+    #[tracing::instrument(skip_all)]
+    pub async fn look(&self, task: &Task, worker: &str) -> Result<Look, StoreError> {
+        let conn = self.pool.get().await?;
+        let tenant = task.tenant.as_str();
+        let recipients = task.email.suppression_keys();
+        let Some(row) = self
+            .opt(
+                &conn,
+                &LOOK,
+                &[
+                    &task.idempotency_key.as_str(),
+                    &tenant,
+                    &worker,
+                    &recipients,
+                ],
+            )
+            .await?
+        else {
+            return Ok(Look::ClaimNow);
+        };
+        let owner: Uuid = row.get(0);
+        let state: &str = row.get(1);
+        let attempts: i32 = row.get(2);
+        let fence = Fence(row.get(3));
+        let live: bool = row.get(4);
+        let mine: bool = row.get(5);
+        Ok(if owner != task.job_id.as_uuid() {
+            Look::Settled(Claim::Duplicate {
+                owner: owner.into(),
+            })
+        } else {
+            match state {
+                "queued" | "retrying" => Look::Ready {
+                    attempts,
+                    fence,
+                    suppressed: row.get(6),
+                },
+                "processing" if mine || !live => Look::ClaimNow,
+                "sending" if mine && live => Look::Mine { attempts, fence },
+                "sending" if !live => Look::Settled(Claim::Ambiguous { attempts, fence }),
+                "processing" | "sending" => Look::Settled(Claim::Held),
+                // Terminal, as far as this read saw; but a requeue may hold
+                // the row locked, its task already pushed. The claim's
+                // `UPDATE` waits for that lock and sees what it committed.
+                _ => Look::ClaimNow,
+            }
+        })
+    }
+
+    /// Claims the key for `worker` and records that the data is about to go
+    /// out to `envelope` (the recipients' suppression keys), in one write:
+    /// only if the row still waits under `looked`, the token
+    /// [`Store::look`] read, `worker`'s lease is live, and no recipient of
+    /// the envelope is suppressed. Anything but [`Start::Go`] means the
+    /// caller must not send.
+    #[tracing::instrument(skip_all)]
+    pub async fn claim_sending(
+        &self,
+        task: &Task,
+        looked: Fence,
+        worker: &str,
+        envelope: &[String],
+    ) -> Result<Start, StoreError> {
+        let conn = self.pool.get().await?;
+        let row = self
+            .one(
+                &conn,
+                &CLAIM_SENDING,
+                &[
+                    &task.idempotency_key.as_str(),
+                    &looked.0,
+                    &worker,
+                    &task.tenant.as_str(),
+                    &envelope,
+                    &task.job_id.as_uuid(),
+                ],
+            )
+            .await?;
+        let attempt: Option<i32> = row.get(0);
+        let fence: Option<i64> = row.get(1);
+        Ok(match (attempt, fence, row.get(2)) {
+            (Some(attempt), Some(fence), _) => Start::Go {
+                attempt,
+                fence: Fence(fence),
+            },
+            (_, _, true) => Start::Suppressed,
+            _ => Start::Lost,
         })
     }
 

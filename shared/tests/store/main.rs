@@ -18,6 +18,7 @@ mod readiness;
 mod redis_tls;
 mod requeue;
 mod shards;
+mod start;
 mod state_machine;
 mod suppressions;
 mod upgrade;

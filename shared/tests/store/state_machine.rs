@@ -8,7 +8,9 @@ use std::time::Duration;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use sendonce_shared::domain::Task;
-use sendonce_shared::store::{Cancel, Claim, DeadReason, Failure, Fence, Retrying, Sending, Store};
+use sendonce_shared::store::{
+    Cancel, Claim, DeadReason, Failure, Fence, Look, Retrying, Sending, Start, Store,
+};
 use sendonce_testkit::TestDatabase;
 
 use crate::{LEASE, store_for, task};
@@ -18,11 +20,13 @@ const HOLDERS: usize = 3;
 /// What one holder of the job does next, as a worker would.
 #[derive(Debug, Clone, Copy)]
 enum Step {
-    /// The holder's next move in a worker's order: claim when idle (a pop,
-    /// a redelivery, a reaped copy; a claim that finds a cut attempt under a
-    /// dead holder files it `uncertain`), start the data when it holds a
-    /// token, and when its data is out, the reply: `250` (recorded `sent`),
-    /// 4xx (`retrying`), 5xx (`failed`) or none (`uncertain`).
+    /// The holder's next move in a worker's order: when idle, read the key
+    /// (a pop, a redelivery, a reaped copy) and claim it the two-step way
+    /// when the read says so (a cut attempt under a dead holder is filed
+    /// `uncertain`); then start the data, with the one write that claims
+    /// and starts it after a read, or the fenced `sending` after a claim;
+    /// and when its data is out, the reply: `250` (recorded `sent`), 4xx
+    /// (`retrying`), 5xx (`failed`) or none (`uncertain`).
     Next(Reply),
     /// A failure before the data (connect timeout, 4xx to RCPT), recorded
     /// `retrying` with whatever token it holds, however stale.
@@ -64,6 +68,8 @@ fn step() -> impl Strategy<Value = (usize, Step)> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Idle,
+    /// It read the key waiting under this token (nothing written yet).
+    Looked(Fence),
     Claimed(Fence),
     /// Its data is out (it won `sending`) and it has no reply yet.
     DataOut(Fence),
@@ -93,17 +99,72 @@ async fn run(store: &Store, t: &Task, steps: &[(usize, Step)]) -> Result<(), Tes
             smtp_reply: None,
         };
         match (step, phases[h]) {
-            (Step::Next(_), Phase::Idle) => match store.claim(t, me).await.expect("claim") {
-                Claim::Proceed { fence, .. } => phases[h] = Phase::Claimed(fence),
-                Claim::Ambiguous { fence, .. } => {
-                    store
-                        .dead_letter(t, fence, failure(DeadReason::Uncertain, "cut"))
-                        .await
-                        .expect("dead letter");
+            (Step::Next(_), Phase::Idle) => {
+                let claim = match store.look(t, me).await.expect("look") {
+                    Look::Ready { fence, .. } => {
+                        phases[h] = Phase::Looked(fence);
+                        None
+                    }
+                    Look::Mine { fence, .. } => {
+                        store
+                            .mark_retrying(t, fence, retrying("start failed", true))
+                            .await
+                            .expect("retrying");
+                        None
+                    }
+                    Look::ClaimNow => Some(store.claim(t, me).await.expect("claim")),
+                    Look::Settled(claim) => Some(claim),
+                };
+                match claim {
+                    Some(Claim::Proceed { fence, .. }) => phases[h] = Phase::Claimed(fence),
+                    Some(Claim::Ambiguous { fence, .. }) => {
+                        store
+                            .dead_letter(t, fence, failure(DeadReason::Uncertain, "cut"))
+                            .await
+                            .expect("dead letter");
+                    }
+                    Some(Claim::Duplicate { .. }) => {
+                        prop_assert!(false, "one job cannot duplicate itself")
+                    }
+                    Some(Claim::AlreadyDone | Claim::Held) | None => {}
                 }
-                Claim::Duplicate { .. } => prop_assert!(false, "one job cannot duplicate itself"),
-                Claim::AlreadyDone | Claim::Held => {}
-            },
+            }
+            (Step::Next(_), Phase::Looked(looked)) => {
+                match store
+                    .claim_sending(t, looked, me, &[])
+                    .await
+                    .expect("claim and start")
+                {
+                    Start::Go { fence, .. } => {
+                        prop_assert!(
+                            !canceled,
+                            "step {}: holder {} starts the data of a canceled job",
+                            i,
+                            h
+                        );
+                        prop_assert_eq!(
+                            effects.open,
+                            0,
+                            "step {}: holder {} starts the data while another data phase may take effect",
+                            i,
+                            h
+                        );
+                        effects.open += 1;
+                        phases[h] = Phase::DataOut(fence);
+                    }
+                    Start::Lost | Start::Suppressed => phases[h] = Phase::Idle,
+                }
+            }
+            (Step::FailBeforeData, Phase::Looked(_)) => {
+                // The worker claims the key to record the failure.
+                if let Claim::Proceed { fence, .. } = store.claim(t, me).await.expect("claim") {
+                    store
+                        .mark_retrying(t, fence, retrying("421 relay busy", false))
+                        .await
+                        .expect("retrying");
+                }
+                phases[h] = Phase::Idle;
+            }
             (Step::Next(_), Phase::Claimed(fence)) => {
                 if store
                     .mark_sending(t, fence, me, &[])

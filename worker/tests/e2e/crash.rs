@@ -24,9 +24,7 @@ async fn tasks_of_a_sigkilled_worker_are_delivered_once_by_another() {
             .await;
         jobs.push(answer["job_id"].as_str().expect("job id").to_owned());
     }
-    for job in &jobs {
-        system.wait_for_status(job, "processing").await;
-    }
+    system.wait_for_held(jobs.len()).await;
 
     doomed.kill().expect("SIGKILL the worker");
     doomed.wait().expect("reap it");

@@ -545,6 +545,20 @@ impl TestSystem {
         .await;
     }
 
+    /// Polls until workers hold `n` tasks (in their processing lists) and
+    /// none is left ready: the tasks were popped. A popped task's row stays
+    /// `queued` until the SMTP server answers its envelope (the claim is
+    /// made with the write that starts the data), so this, not the row,
+    /// says that a worker has it.
+    pub async fn wait_for_held(&self, n: usize) {
+        let queue = self.queue();
+        eventually(&format!("{n} tasks held by workers"), DEADLINE, || async {
+            let depths = queue.depths().await.ok()?;
+            (depths.ready == 0 && depths.processing == n as u64).then_some(())
+        })
+        .await;
+    }
+
     /// Polls until nothing is queued, scheduled or held by a worker.
     pub async fn wait_for_drained_queue(&self) {
         let queue = self.queue();

@@ -26,3 +26,4 @@ mod topologies;
 mod webhooks;
 mod window;
 mod wire;
+mod writes;

@@ -1,0 +1,74 @@
+//! What an email costs the database: the worker's durable writes on its
+//! key's row (issue 21). The API's acceptance inserts the row; the worker
+//! then commits twice per email on the common path: the claim together
+//! with the `sending` step, and `sent` together with its event.
+
+use std::collections::BTreeMap;
+
+use uuid::Uuid;
+
+use crate::helpers::{DEADLINE, Options, email, spawn_system};
+
+#[tokio::test]
+async fn a_sent_email_costs_two_writes_of_its_row_after_acceptance() {
+    let system = spawn_system(Options::default()).await;
+    let db = system.db.connect().await;
+    // Every write of a `deliveries` row, in commit order, from inside the
+    // writing statement's own transaction.
+    db.batch_execute(
+        "CREATE TABLE row_writes (
+             n BIGINT GENERATED ALWAYS AS IDENTITY, job_id UUID, op TEXT, state TEXT);
+         CREATE FUNCTION log_row_write() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             INSERT INTO row_writes (job_id, op, state) VALUES (NEW.job_id, TG_OP, NEW.state);
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER log_row_write AFTER INSERT OR UPDATE ON deliveries
+             FOR EACH ROW EXECUTE FUNCTION log_row_write();",
+    )
+    .await
+    .expect("install the write log");
+    let _worker = system.spawn_worker().await;
+
+    let mut jobs = Vec::new();
+    for i in 0..5 {
+        let body = email(
+            &format!("writes-{i}@example.com"),
+            Some(&format!("writes:{i}")),
+        );
+        let answer = system.post_ok(&body).await;
+        jobs.push(answer["job_id"].as_str().expect("a job id").to_owned());
+    }
+    for job in &jobs {
+        system.wait_for_status(job, "sent").await;
+    }
+    system.smtp.wait_for_messages(5, DEADLINE).await;
+
+    let mut writes: BTreeMap<Uuid, Vec<String>> = BTreeMap::new();
+    for row in db
+        .query("SELECT job_id, op, state FROM row_writes ORDER BY n", &[])
+        .await
+        .expect("read the write log")
+    {
+        let op: String = row.get(1);
+        let state: String = row.get(2);
+        writes
+            .entry(row.get(0))
+            .or_default()
+            .push(format!("{op} {state}"));
+    }
+    for job in &jobs {
+        let job: Uuid = job.parse().expect("a UUID");
+        assert_eq!(
+            writes.get(&job).map(Vec::as_slice),
+            Some(
+                &[
+                    "INSERT queued".to_owned(),
+                    "UPDATE sending".to_owned(),
+                    "UPDATE sent".to_owned()
+                ][..]
+            ),
+            "job {job}: acceptance, then the claim with its start, then `sent`"
+        );
+    }
+}
