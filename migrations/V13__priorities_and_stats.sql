@@ -11,7 +11,7 @@ ALTER TABLE deliveries ADD CONSTRAINT deliveries_priority_check
 ALTER TABLE deliveries VALIDATE CONSTRAINT deliveries_priority_check;
 
 -- The jobs not yet finished, for /stats's ready, scheduled and processing
--- counts by tenant and priority, and the oldest ready job: an index-only
+-- counts by tenant and priority, and the oldest ready job: an index
 -- scan over the live rows, however many finished rows the table holds.
 CREATE INDEX deliveries_live
     ON deliveries (tenant, priority, state, (GREATEST(updated_at, next_attempt_at)))

@@ -2,8 +2,8 @@
 //! for one tenant or every one.
 //!
 //! Two sources, each cheap however many finished rows `deliveries` holds:
-//! the unfinished jobs (ready, scheduled, processing) are counted over the
-//! partial index `deliveries_live`, which holds only them; finished jobs,
+//! the unfinished jobs (ready, scheduled, processing) are counted through
+//! the partial index `deliveries_live`, which holds only them; finished jobs,
 //! duplicates and dead letters are summed from `job_counts`, which
 //! migration 13's triggers keep as each row moves into or out of a
 //! terminal state (one counter row per session slot, so outcome writes do
@@ -18,9 +18,11 @@ use super::sql::Sql;
 use super::{Store, StoreError};
 use crate::domain::{Priority, Tenant};
 
-/// The unfinished jobs by priority, over `deliveries_live` (an index-only
-/// scan). Ready: waiting and due, as the reconciler reads it; scheduled:
-/// waiting for a `send_at` or a retry's delay.
+/// The unfinished jobs by priority, over `deliveries_live`: an index scan
+/// of the live rows only (not index-only: the index holds the due time as
+/// an expression, not its columns). Ready: waiting and due, as the
+/// reconciler reads it; scheduled: waiting for a `send_at` or a retry's
+/// delay.
 const LIVE: Sql = Sql::new(
     "SELECT priority,
             count(*) FILTER (WHERE state IN ('queued', 'retrying')
