@@ -14,7 +14,9 @@ use utoipa::openapi::{Content, Header, Object, Type};
 use utoipa::{Modify, OpenApi};
 
 use crate::problem::Problem;
-use crate::routes::{add_job, add_jobs, audit, failed_jobs, health, jobs, suppressions, webhooks};
+use crate::routes::{
+    add_job, add_jobs, audit, failed_jobs, health, jobs, stats, suppressions, webhooks,
+};
 
 /// The document.
 #[derive(Debug, OpenApi)]
@@ -25,6 +27,7 @@ use crate::routes::{add_job, add_jobs, audit, failed_jobs, health, jobs, suppres
         add_jobs::add_jobs,
         jobs::get_job,
         jobs::cancel,
+        stats::stats,
         failed_jobs::list,
         failed_jobs::retry_one,
         failed_jobs::retry_bulk,

@@ -300,6 +300,7 @@ fn serve(
                 "/jobs/{job_id}/cancel",
                 web::post().to(routes::jobs::cancel),
             )
+            .route("/stats", web::get().to(routes::stats::stats))
             .route("/failedJobs", web::get().to(routes::failed_jobs::list))
             .route(
                 "/failedJobs/retry",

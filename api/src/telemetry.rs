@@ -58,6 +58,7 @@ pub const ROUTES: &[(&str, u16)] = &[
     ("/addJobs", 200),
     ("/jobs/{job_id}", 200),
     ("/jobs/{job_id}/cancel", 200),
+    ("/stats", 200),
     ("/failedJobs", 200),
     ("/failedJobs/retry", 200),
     ("/failedJobs/{id}/retry", 200),

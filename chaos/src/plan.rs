@@ -16,6 +16,9 @@ const DOMAIN: &str = "chaos.test";
 /// must be a job (and an email) in each.
 pub const TENANTS: usize = 3;
 
+/// The priorities posted, in turn.
+pub const PRIORITIES: [&str; 3] = ["high", "normal", "low"];
+
 /// One idempotency key and the message posted under it (the same body on
 /// every post, so a repost is a replay, not a conflict).
 #[derive(Debug, Clone)]
@@ -38,6 +41,9 @@ pub struct Key {
     pub cancel: bool,
     /// Whether the message carries a small binary attachment.
     pub attachment: bool,
+    /// Its `priority`: the plan's keys take `high`, `normal` and `low` in
+    /// turn (by key, across tenants), so every run posts all three.
+    pub priority: &'static str,
 }
 
 impl Key {
@@ -62,6 +68,7 @@ impl Key {
             "subject": format!("chaos {}", self.key),
             "text": "Sent by the sendonce chaos test.",
             "idempotency_key": self.key,
+            "priority": self.priority,
         });
         if let Some(cc) = &self.cc {
             body["cc"] = json!([cc]);
@@ -126,6 +133,7 @@ impl Plan {
                     send_in,
                     cancel: rand::random_range(0..100) < 6,
                     attachment: rand::random_range(0..100) < 10,
+                    priority: PRIORITIES[(n / TENANTS) % PRIORITIES.len()],
                 });
                 n
             };
@@ -216,5 +224,21 @@ mod tests {
         assert_eq!(plan.key_of("chaos0/chaos:999999"), None);
         assert_eq!(plan.key_of("chaos:3"), None);
         assert_eq!(plan.key_of("default/welcome:3"), None);
+    }
+
+    #[test]
+    fn every_tenant_posts_jobs_of_every_priority() {
+        let plan = Plan::new(60, 20);
+        for tenant in 0..TENANTS {
+            for priority in PRIORITIES {
+                assert!(
+                    plan.keys
+                        .iter()
+                        .any(|k| k.tenant_index() == tenant && k.priority == priority),
+                    "chaos{tenant} posts no {priority} job"
+                );
+            }
+        }
+        assert_eq!(plan.keys[0].body(None)["priority"], "high");
     }
 }

@@ -425,6 +425,7 @@ mod tests {
                     send_in: None,
                     cancel: false,
                     attachment: false,
+                    priority: "normal",
                 })
                 .collect(),
             posts: vec![0, 1],

@@ -8,7 +8,7 @@
 //! body) and the email and task they make up; the maps a request may carry
 //! have their own modules: [`headers`] (the headers a client adds to its
 //! message) and [`metadata`] (its own labels, never sent), as do the files
-//! it sends with it, [`attachments`].
+//! it sends with it, [`attachments`], and its [`priority`].
 
 use std::fmt;
 use std::str::FromStr;
@@ -23,10 +23,12 @@ use uuid::Uuid;
 pub use attachments::{Attachment, Attachments, InvalidAttachment, RawAttachment};
 pub use headers::CustomHeaders;
 pub use metadata::Metadata;
+pub use priority::Priority;
 
 pub mod attachments;
 pub mod headers;
 pub mod metadata;
+pub mod priority;
 pub mod webhooks;
 
 /// Why a value was refused. The field name lives in the caller, which knows
@@ -768,6 +770,10 @@ pub struct Task {
     /// tenants, and left out of the JSON for that tenant.
     #[serde(default, skip_serializing_if = "Tenant::is_default")]
     pub tenant: Tenant,
+    /// Which ready list its pops take it from; absent (`normal`) in tasks
+    /// from before priorities, and left out of the JSON for `normal`.
+    #[serde(default, skip_serializing_if = "Priority::is_normal")]
+    pub priority: Priority,
 }
 
 impl Task {
@@ -781,6 +787,7 @@ impl Task {
             email,
             enqueued_at: Utc::now(),
             tenant: Tenant::default_tenant(),
+            priority: Priority::Normal,
         }
     }
 
@@ -788,6 +795,13 @@ impl Task {
     #[must_use]
     pub fn in_tenant(mut self, tenant: Tenant) -> Self {
         self.tenant = tenant;
+        self
+    }
+
+    /// This task, at `priority`.
+    #[must_use]
+    pub fn at_priority(mut self, priority: Priority) -> Self {
+        self.priority = priority;
         self
     }
 

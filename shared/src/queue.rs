@@ -14,9 +14,12 @@
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `{shard}:queue` | list | ready tasks as pushed; the API `LPUSH`es, pops sort them from the right into their tenants' lists |
-//! | `{shard}:tenant:<tenant>` | list | a tenant's ready tasks, sorted out of the queue; workers take from the right |
-//! | `{shard}:tenants` | list | the tenants whose lists hold tasks, in the order they are served (see [`Queue::pop`]) |
+//! | `{shard}:queue` | list | ready tasks as pushed, of every priority; the API `LPUSH`es, pops sort them from the right into their priority's and tenant's lists |
+//! | `{shard}:tenant:<tenant>` | list | a tenant's ready `normal` tasks, sorted out of the queue; workers take from the right |
+//! | `{shard}:high:tenant:<tenant>`, `{shard}:low:tenant:<tenant>` | list | the same for `high` and `low` tasks |
+//! | `{shard}:tenants` | list | the tenants whose `normal` lists hold tasks, in the order they are served (see [`Queue::pop`]) |
+//! | `{shard}:high:tenants`, `{shard}:low:tenants` | list | the same for `high` and `low` |
+//! | `{shard}:priority-turn` | string, no TTL | pops that took a sorted task; its remainder by [`PRIORITY_CYCLE`] says which priority the next pop tries first |
 //! | `{shard}:processing:<worker>` | list | tasks a worker holds; removed on acknowledge |
 //! | `{shard}:scheduled` | sorted set | tasks waiting for a retry, scored by due time (ms, Redis clock) |
 //! | `{shard}:leases` | sorted set | worker ids that may hold tasks in this shard, scored by lease deadline (ms, that node's clock) |
@@ -44,7 +47,7 @@ use std::time::Duration;
 use redis::Script;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::domain::{JobId, Task, Tenant};
+use crate::domain::{JobId, Priority, Task, Tenant};
 
 /// `maxmemory-policy` values under which Redis never drops a key.
 const NOEVICTION: &str = "noeviction";
@@ -127,6 +130,33 @@ pub fn fair_bound(ahead: u64, tenants: u64) -> u64 {
     (ahead + 1).div_ceil(SORT_BATCH) + tenants.saturating_sub(1)
 }
 
+/// The lower priorities' share: of every this many pops of a shard that
+/// take a task, one tries `low` first and one `normal` first (then the
+/// other lower one, then `high`); the others try `high`, `normal`, `low`
+/// in that order. However many `high` tasks keep coming, `normal` and
+/// `low` each get at least one pop in this many while they have ready
+/// tasks, and `high` at least eight.
+pub const PRIORITY_CYCLE: u64 = 10;
+
+/// The most pops of its shard a `high` task waits for, from when it is
+/// pushed behind `ahead` other ready tasks of that shard (of any priority)
+/// while `tenants` tenants (its own included) have ready `high` work
+/// there: [`fair_bound`]'s sorting and tenants' turns, plus the pops of
+/// the lower priorities' share among them (two in every
+/// [`PRIORITY_CYCLE`], so at most two per eight `high` turns).
+pub fn priority_bound(ahead: u64, tenants: u64) -> u64 {
+    fair_bound(ahead, tenants) + 2 * tenants.max(1).div_ceil(PRIORITY_CYCLE - 2)
+}
+
+/// The most pops of its shard a `normal` or `low` task at the head of its
+/// tenant's list waits for while `tenants` tenants of its priority have
+/// ready work there, however many `high` tasks are ready: one turn of its
+/// priority in every [`PRIORITY_CYCLE`] pops, and a turn for each tenant
+/// ahead of it.
+pub fn share_bound(tenants: u64) -> u64 {
+    PRIORITY_CYCLE * tenants.max(1)
+}
+
 /// While idle, a worker runs the pop script (which costs Redis three
 /// commands even when there is nothing to sort or take) only once in this
 /// many pops, and otherwise waits on the ready queues as before tenants
@@ -175,36 +205,54 @@ return #due
 ";
 
 /// One fair pop of a shard: sorts up to a batch of the oldest ready tasks
-/// into their tenants' lists, then takes the oldest task of the tenant
-/// whose turn it is into the worker's processing list. A tenant is in the
-/// turn list exactly while its list holds tasks. The tenant is read from
-/// the task's JSON (absent: the default tenant; a task that does not
-/// parse goes with the default tenant's, and the worker poisons it).
+/// into their priorities' and tenants' lists, then takes the oldest task
+/// of the tenant whose turn it is, at the first priority of this pop's
+/// order that has one, into the worker's processing list. A tenant is in
+/// a priority's turn list exactly while its list at that priority holds
+/// tasks. The tenant and the priority are read from the task's JSON
+/// (absent: the default tenant, `normal`; a task that does not parse goes
+/// with the default tenant's normal ones, and the worker poisons it). The
+/// order comes from the shard's turn counter (see [`PRIORITY_CYCLE`]),
+/// which counts the pops that took a task.
 const FAIR_POP: &str = r"
--- KEYS: queue, tenants, processing. ARGV: tenant list prefix, default tenant, batch.
-for _ = 1, tonumber(ARGV[3]) do
+-- KEYS: queue, processing, turn counter, then the turn lists of high,
+-- normal and low. ARGV: the tenant list prefixes of high, normal and low,
+-- default tenant, batch, cycle.
+local index = {high = 1, low = 3}
+for _ = 1, tonumber(ARGV[5]) do
   local task = redis.call('RPOP', KEYS[1])
   if not task then break end
   local ok, decoded = pcall(cjson.decode, task)
-  local tenant = ARGV[2]
-  if ok and type(decoded) == 'table' and type(decoded.tenant) == 'string' then
-    tenant = decoded.tenant
+  local tenant = ARGV[4]
+  local p = 2
+  if ok and type(decoded) == 'table' then
+    if type(decoded.tenant) == 'string' then tenant = decoded.tenant end
+    if type(decoded.priority) == 'string' then p = index[decoded.priority] or 2 end
   end
-  if redis.call('LPUSH', ARGV[1] .. tenant, task) == 1 then
-    redis.call('RPUSH', KEYS[2], tenant)
-  end
-end
-while true do
-  local tenant = redis.call('LPOP', KEYS[2])
-  if not tenant then return false end
-  local list = ARGV[1] .. tenant
-  local task = redis.call('RPOP', list)
-  if task then
-    redis.call('LPUSH', KEYS[3], task)
-    if redis.call('LLEN', list) > 0 then redis.call('RPUSH', KEYS[2], tenant) end
-    return task
+  if redis.call('LPUSH', ARGV[p] .. tenant, task) == 1 then
+    redis.call('RPUSH', KEYS[3 + p], tenant)
   end
 end
+local cycle = tonumber(ARGV[6])
+local turn = tonumber(redis.call('GET', KEYS[3]) or '0') % cycle
+local order = {1, 2, 3}
+if turn == 0 then order = {3, 2, 1}
+elseif turn == math.floor(cycle / 2) then order = {2, 3, 1} end
+for _, p in ipairs(order) do
+  while true do
+    local tenant = redis.call('LPOP', KEYS[3 + p])
+    if not tenant then break end
+    local list = ARGV[p] .. tenant
+    local task = redis.call('RPOP', list)
+    if task then
+      redis.call('LPUSH', KEYS[2], task)
+      if redis.call('LLEN', list) > 0 then redis.call('RPUSH', KEYS[3 + p], tenant) end
+      redis.call('INCR', KEYS[3])
+      return task
+    end
+  end
+end
+return false
 ";
 
 /// Renews a worker's lease in one shard (every shard has its own leases,
@@ -717,13 +765,22 @@ impl Queue {
     /// that shard and returns it, waiting up to `block`. The task stays in
     /// Redis until acknowledged, so a crash after this call loses nothing.
     ///
-    /// Within a shard, tenants take turns: a pop first sorts up to
-    /// [`SORT_BATCH`] of the oldest tasks of the shard's ready queue into
-    /// their tenants' lists, then takes the oldest task of the tenant at
-    /// the head of the shard's turn list and moves that tenant to the end
-    /// (one script, [`FAIR_POP`]). One tenant's backlog therefore delays
-    /// another's job by at most [`fair_bound`] pops of its shard, and each
-    /// tenant's tasks keep their order.
+    /// Within a shard, priorities come first and tenants take turns within
+    /// a priority: a pop first sorts up to [`SORT_BATCH`] of the oldest
+    /// tasks of the shard's ready queue into their priorities' and
+    /// tenants' lists, then, at the first priority of its turn's order
+    /// (`high` first but for the lower ones' share, [`PRIORITY_CYCLE`])
+    /// with sorted tasks, takes the oldest task of the tenant at the head
+    /// of that priority's turn list and moves that tenant to the end (one
+    /// script, [`FAIR_POP`]). A `high` job therefore waits at most
+    /// [`priority_bound`] pops of its shard behind any backlog, a lower
+    /// one at the head of its list at most [`share_bound`] pops however
+    /// many `high` ones keep coming; one tenant's backlog delays another's
+    /// job of the same priority by at most [`fair_bound`] pops plus that
+    /// share, and each tenant's tasks of one priority keep their order.
+    /// Every way back to the queue (a retry promoted, a reaped or handed
+    /// back task, a restore or a requeue) goes through the ready queue, so
+    /// each task is sorted into its own priority's list by what it says.
     ///
     /// Shards are taken in turn too: each pop starts at the shard after
     /// the last one that gave a task and tries each shard without waiting;
@@ -752,13 +809,20 @@ impl Queue {
             let shard = (popper.next + i) % k;
             let keys = self.keys.shard(shard);
             let popped: Option<String> = if sweep {
-                self.fair_pop
-                    .key(keys.queue())
-                    .key(keys.tenants())
+                let mut invocation = self.fair_pop.key(keys.queue());
+                invocation
                     .key(keys.processing(worker))
-                    .arg(keys.tenant_queue_prefix())
+                    .key(keys.priority_turn());
+                for p in Priority::ALL {
+                    invocation.key(keys.tenants(p));
+                }
+                for p in Priority::ALL {
+                    invocation.arg(keys.tenant_queue_prefix(p));
+                }
+                invocation
                     .arg(Tenant::DEFAULT)
                     .arg(SORT_BATCH)
+                    .arg(PRIORITY_CYCLE)
                     .invoke_async(&mut popper.conn)
                     .await?
             } else if i + 1 < k {
@@ -1142,23 +1206,27 @@ impl Queue {
                 .arg(-1)
                 .query_async(&mut conn)
                 .await?;
-            let tenants: Vec<String> = redis::cmd("LRANGE")
-                .arg(keys.tenants())
-                .arg(0)
-                .arg(-1)
-                .query_async(&mut conn)
-                .await?;
+            let mut lists = Vec::new();
+            for p in Priority::ALL {
+                let tenants: Vec<String> = redis::cmd("LRANGE")
+                    .arg(keys.tenants(p))
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut conn)
+                    .await?;
+                lists.extend(tenants.iter().map(|t| keys.tenant_queue(p, t)));
+            }
             let mut pipe = redis::pipe();
             pipe.cmd("ZCARD").arg(keys.scheduled());
             pipe.cmd("LLEN").arg(keys.queue());
-            for t in &tenants {
-                pipe.cmd("LLEN").arg(keys.tenant_queue(t));
+            for list in &lists {
+                pipe.cmd("LLEN").arg(list);
             }
             for w in &workers {
                 pipe.cmd("LLEN").arg(keys.processing(w));
             }
             let lens: Vec<u64> = pipe.query_async(&mut conn).await?;
-            let (ready, processing) = lens.split_at(lens.len().min(2 + tenants.len()));
+            let (ready, processing) = lens.split_at(lens.len().min(2 + lists.len()));
             depths.scheduled += ready.first().copied().unwrap_or(0);
             depths.ready += ready.iter().skip(1).sum::<u64>();
             depths.processing += processing.iter().sum::<u64>();

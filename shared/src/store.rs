@@ -23,7 +23,9 @@
 //! - [`dispatch`]: webhook deliveries: claiming due ones, recording each
 //!   attempt (retry, failing endpoint, resume), the oldest undelivered age;
 //! - [`console`]: the operator console's reads (overview, workers, job
-//!   search, a job's page, scheduled jobs), each bounded in time.
+//!   search, a job's page, scheduled jobs), each bounded in time;
+//! - [`stats`]: `GET /stats`, the jobs in each state by priority, from the
+//!   live rows' index and the counters migration 13 keeps.
 //!
 //! Every write for an attempt is conditional on the attempt's fencing
 //! token (`deliveries.fence`); `docs/exactly-once.md` says why each
@@ -52,6 +54,7 @@ pub mod outbox;
 pub mod reconcile;
 pub mod retention;
 mod sql;
+pub mod stats;
 pub mod suppressions;
 pub mod webhooks;
 
@@ -67,6 +70,7 @@ pub use dispatch::{AttemptOutcome, DueDelivery, Recorded};
 pub use jobs::Cancel;
 pub use leases::Swept;
 pub use reconcile::{WaitingCursor, WaitingPage};
+pub use stats::{ByPriority, Counts, Stats};
 pub use suppressions::{Added, Suppression};
 pub use webhooks::{DeliveryAttempt, NewWebhook, Webhook, WebhookDelivery, WebhookPatch};
 
@@ -439,6 +443,7 @@ mod tests {
             leases::ALL,
             reconcile::ALL,
             retention::ALL,
+            stats::ALL,
             suppressions::ALL,
             webhooks::ALL,
         ];

@@ -7,7 +7,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use sendonce_shared::domain::{
     Attachments, Body, CustomHeaders, Email, EmailAddress, IdempotencyKey, JobId, Metadata,
-    RawAttachment, Recipients, Subject, Task,
+    Priority, RawAttachment, Recipients, Subject, Task,
 };
 use sendonce_shared::store::{Accepted, Submission};
 use sendonce_shared::telemetry;
@@ -92,6 +92,13 @@ pub struct AddJobBody {
     #[serde(default)]
     #[schema(max_items = 20)]
     pub attachments: Vec<RawAttachment>,
+    /// `high`, `normal` (the default) or `low`: workers take `high` jobs
+    /// first, but give `normal` and `low` at least one pop in ten each
+    /// while they have jobs ready (README, "Priorities"). Anything else is
+    /// refused with `422` naming `priority`.
+    #[serde(default)]
+    #[schema(value_type = Option<Priority>)]
+    pub priority: Option<String>,
 }
 
 /// A JSON object of strings, every entry as given: a name given twice is
@@ -154,6 +161,8 @@ pub struct NewJob {
     pub email: Email,
     /// The key, when the client gave one.
     pub key: Option<IdempotencyKey>,
+    /// Its priority.
+    pub priority: Priority,
 }
 
 fn field<T, E: fmt::Display>(name: &'static str, r: Result<T, E>) -> Result<T, ApiError> {
@@ -206,11 +215,28 @@ impl TryFrom<AddJobBody> for NewJob {
                 .idempotency_key
                 .map(|k| field("idempotency_key", IdempotencyKey::parse(k)))
                 .transpose()?,
+            priority: body
+                .priority
+                .map(|p| field("priority", Priority::parse(&p)))
+                .transpose()?
+                .unwrap_or_default(),
         })
     }
 }
 
 impl NewJob {
+    /// What a replay of this request is compared with: the message's
+    /// fingerprint, and the priority when it is not `normal` (so that the
+    /// fingerprints of jobs from before priorities still match), before
+    /// the sender policy fills in a default `from`.
+    pub fn fingerprint(&self) -> String {
+        let message = self.email.fingerprint();
+        match self.priority {
+            Priority::Normal => message,
+            other => format!("{message}/{other}"),
+        }
+    }
+
     /// This job, when it has at most `max` recipients in all
     /// (`MAX_RECIPIENTS`).
     pub fn addressed_within(self, max: usize) -> Result<Self, ApiError> {
@@ -339,7 +365,7 @@ pub async fn add_job(
         .addressed_within(state.max_recipients)?;
     // Of the request as sent: a replay matches whatever default `from` the
     // sender policy gives it now.
-    let fingerprint = job.email.fingerprint();
+    let fingerprint = job.fingerprint();
     state
         .senders
         .apply(caller.claims.tenant.as_str(), &mut job.email)?;
@@ -355,7 +381,9 @@ pub async fn add_job(
     if let Some(backlog) = &state.backlog {
         backlog.admit(&caller.claims.tenant, 1).await?;
     }
-    let task = Task::new(job.email, key).in_tenant(caller.claims.tenant.clone());
+    let task = Task::new(job.email, key)
+        .in_tenant(caller.claims.tenant.clone())
+        .at_priority(job.priority);
     // On the request's span (and this handler's): the request's one line
     // at INFO, "request answered", then names the job.
     for span in [tracing::Span::current(), (*root).clone()] {
@@ -448,6 +476,7 @@ mod tests {
             Just("from"),
             Just("reply_to"),
             Just("idempotency_key"),
+            Just("priority"),
             Just("htm"),
         ];
         let value = prop_oneof![
@@ -473,7 +502,7 @@ mod tests {
                     "a parsed body was refused with {e:?}"
                 ),
                 Ok(job) => {
-                    let task = Task::new(job.email, job.key);
+                    let task = Task::new(job.email, job.key).at_priority(job.priority);
                     prop_assert_eq!(Task::from_json(&task.to_json()).ok(), Some(task));
                 }
             }

@@ -59,9 +59,11 @@ fn parse(raw: &RawValue, state: &AppState, tenant: &Tenant) -> Result<Submission
         .message_within(state.max_message_bytes)?
         .scheduled_within(state.max_schedule_days)?
         .addressed_within(state.max_recipients)?;
-    let fingerprint = job.email.fingerprint();
+    let fingerprint = job.fingerprint();
     state.senders.apply(tenant.as_str(), &mut job.email)?;
-    let task = Task::new(job.email, job.key).in_tenant(tenant.clone());
+    let task = Task::new(job.email, job.key)
+        .in_tenant(tenant.clone())
+        .at_priority(job.priority);
     Ok(Submission::new(task, fingerprint))
 }
 

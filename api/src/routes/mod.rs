@@ -6,5 +6,6 @@ pub mod audit;
 pub mod failed_jobs;
 pub mod health;
 pub mod jobs;
+pub mod stats;
 pub mod suppressions;
 pub mod webhooks;

@@ -20,6 +20,7 @@ mod sender_policy;
 mod shutdown;
 mod slow_clients;
 mod startup;
+mod stats;
 mod suppressions;
 mod tenants;
 mod webhooks;

@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use crate::domain::{IdempotencyKey, Tenant};
+use crate::domain::{IdempotencyKey, Priority, Tenant};
 
 /// Most shards `QUEUE_SHARDS` may name.
 pub const MAX_SHARDS: u16 = 1024;
@@ -139,19 +139,36 @@ impl ShardKeys {
     pub fn queue(&self) -> String {
         format!("{}:queue", self.tag)
     }
-    /// The ready tasks of one tenant, sorted out of the ready queue by the
-    /// pops (see [`ShardKeys::tenant_queue_prefix`]).
-    pub fn tenant_queue(&self, tenant: &str) -> String {
-        format!("{}{tenant}", self.tenant_queue_prefix())
+    /// The ready tasks of one tenant at one priority, sorted out of the
+    /// ready queue by the pops (see [`ShardKeys::tenant_queue_prefix`]).
+    pub fn tenant_queue(&self, priority: Priority, tenant: &str) -> String {
+        format!("{}{tenant}", self.tenant_queue_prefix(priority))
     }
-    /// What a tenant's ready list's name starts with; the tenant follows.
-    pub fn tenant_queue_prefix(&self) -> String {
-        format!("{}:tenant:", self.tag)
+    /// What a tenant's ready list at `priority` is named before the
+    /// tenant: `tenant:` for `normal` (the name from before priorities, so
+    /// that tasks sorted by an older worker are still served),
+    /// `high:tenant:` and `low:tenant:` for the others.
+    pub fn tenant_queue_prefix(&self, priority: Priority) -> String {
+        match priority {
+            Priority::Normal => format!("{}:tenant:", self.tag),
+            other => format!("{}:{other}:tenant:", self.tag),
+        }
     }
-    /// The tenants with ready tasks sorted out, in the order they are
-    /// served: a pop takes a task of the first and moves it to the end.
-    pub fn tenants(&self) -> String {
-        format!("{}:tenants", self.tag)
+    /// The tenants with ready tasks sorted out at `priority`, in the order
+    /// they are served: a pop takes a task of the first and moves it to
+    /// the end. `tenants` for `normal` (as before priorities), else
+    /// `high:tenants` and `low:tenants`.
+    pub fn tenants(&self, priority: Priority) -> String {
+        match priority {
+            Priority::Normal => format!("{}:tenants", self.tag),
+            other => format!("{}:{other}:tenants", self.tag),
+        }
+    }
+    /// How many pops have taken a task from this shard's sorted lists: its
+    /// remainder by [`super::PRIORITY_CYCLE`] says which priority the next
+    /// pop tries first.
+    pub fn priority_turn(&self) -> String {
+        format!("{}:priority-turn", self.tag)
     }
     /// The delayed-retry sorted set.
     pub fn scheduled(&self) -> String {
@@ -232,6 +249,16 @@ mod tests {
         let keys = Keys::sharded("p", 3);
         assert_eq!(keys.shard(2).queue(), "{p:2}:queue");
         assert_eq!(keys.shard(2).processing("w"), "{p:2}:processing:w");
+        assert_eq!(keys.shard(2).tenants(Priority::Normal), "{p:2}:tenants");
+        assert_eq!(keys.shard(2).tenants(Priority::High), "{p:2}:high:tenants");
+        assert_eq!(
+            keys.shard(2).tenant_queue(Priority::Low, "a"),
+            "{p:2}:low:tenant:a"
+        );
+        assert_eq!(
+            keys.shard(2).tenant_queue(Priority::Normal, "a"),
+            "{p:2}:tenant:a"
+        );
         assert_eq!(keys.depths(), "{p}:depths");
         assert_eq!(
             keys.ready_keys().collect::<Vec<_>>(),

@@ -84,11 +84,11 @@ pub enum Accepted {
 const INSERT: Sql = Sql::new(
     "INSERT INTO deliveries
         (tenant, idempotency_key, job_id, state, attempts, fence, task, fingerprint,
-         next_attempt_at)
-    SELECT tenant, key, job, 'queued', 0, 0, task::jsonb, fingerprint, send_at
+         next_attempt_at, priority)
+    SELECT tenant, key, job, 'queued', 0, 0, task::jsonb, fingerprint, send_at, priority
     FROM unnest($1::text[], $2::text[], $3::uuid[], $4::text[], $5::text[],
-                $6::timestamptz[])
-        WITH ORDINALITY AS r(tenant, key, job, task, fingerprint, send_at, n)
+                $6::timestamptz[], $7::text[])
+        WITH ORDINALITY AS r(tenant, key, job, task, fingerprint, send_at, priority, n)
     ORDER BY n
     ON CONFLICT (tenant, idempotency_key) DO NOTHING
     RETURNING job_id",
@@ -99,6 +99,7 @@ const INSERT: Sql = Sql::new(
         Type::TEXT_ARRAY,
         Type::TEXT_ARRAY,
         Type::TIMESTAMPTZ_ARRAY,
+        Type::TEXT_ARRAY,
     ],
 );
 
@@ -155,12 +156,24 @@ impl Store {
         // A scheduled job waits for its send_at from the start.
         let send_at: Vec<Option<chrono::DateTime<chrono::Utc>>> =
             order.iter().map(|&i| jobs[i].task.email.send_at).collect();
+        let priorities: Vec<&str> = order
+            .iter()
+            .map(|&i| jobs[i].task.priority.as_str())
+            .collect();
         let conn = self.pool.get().await?;
         let inserted: std::collections::HashSet<Uuid> = self
             .rows(
                 &conn,
                 &INSERT,
-                &[&tenants, &keys, &ids, &tasks, &fingerprints, &send_at],
+                &[
+                    &tenants,
+                    &keys,
+                    &ids,
+                    &tasks,
+                    &fingerprints,
+                    &send_at,
+                    &priorities,
+                ],
             )
             .await?
             .iter()

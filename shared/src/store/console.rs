@@ -707,7 +707,7 @@ impl Store {
     }
 
     /// A read-only transaction under the console's statement timeout.
-    async fn console_tx<'c>(
+    pub(super) async fn console_tx<'c>(
         &self,
         conn: &'c mut ClientWrapper,
     ) -> Result<Transaction<'c>, StoreError> {

@@ -14,6 +14,7 @@ mod leases;
 mod outbox;
 mod pooler;
 mod postgres_tls;
+mod priorities;
 mod readiness;
 mod redis_tls;
 mod requeue;

@@ -5,7 +5,8 @@
 //! recipients) over schema 7, migration 9 (webhooks and suppressions) over
 //! schema 8, migration 10 (held deliveries' index) over schema 9,
 //! migration 11 (time-ordered event ids) over schema 10, migration 12
-//! (workers' heartbeats) over schema 11.
+//! (workers' heartbeats) over schema 11, migration 13 (priorities and the
+//! counters of `GET /stats`) over schema 12.
 
 use refinery::Target;
 use sendonce_shared::domain::{EmailAddress, Task, Tenant};
@@ -537,7 +538,15 @@ async fn migration_12_keeps_jobs_in_every_state_and_the_leases_and_the_console_r
         .await
         .expect("a lapsed lease at schema 11");
 
-    assert_eq!(store.migrate().await.expect("upgrade"), 1, "migration 12");
+    assert_eq!(
+        store
+            .migrate_to(Target::Version(12))
+            .await
+            .expect("upgrade"),
+        1,
+        "migration 12"
+    );
+    store.migrate().await.expect("the later migrations");
 
     let workers = store.console_workers().await.expect("workers");
     let seen: Vec<(&str, i64, bool, bool)> = workers
@@ -601,4 +610,71 @@ async fn migration_12_keeps_jobs_in_every_state_and_the_leases_and_the_console_r
             .any(|w| w.worker_id == "gone" && w.alive && w.last_heartbeat.is_some()),
         "{workers:?}"
     );
+}
+
+#[tokio::test]
+async fn migration_13_keeps_jobs_in_every_state_counts_them_as_normal_and_their_tasks_still_parse()
+{
+    let (_db, store, client, tasks) = at_schema(12).await;
+    let failed = &tasks[5];
+    insert_dead_letter(&client, failed, "failed").await;
+    let uncertain = &tasks[6];
+    insert_dead_letter(&client, uncertain, "uncertain").await;
+    client
+        .execute(
+            "INSERT INTO duplicate_jobs (job_id, idempotency_key, duplicate_of, layer)
+             VALUES (gen_random_uuid(), $1, $2, 'l2')",
+            &[
+                &tasks[4].idempotency_key.as_str(),
+                &tasks[4].job_id.as_uuid(),
+            ],
+        )
+        .await
+        .expect("a duplicate at schema 12");
+    // A task as schema 12's API stored it: no priority field.
+    let stored: String = client
+        .query_one("SELECT task::text FROM deliveries LIMIT 1", &[])
+        .await
+        .expect("a task")
+        .get(0);
+    assert!(!stored.contains("priority"), "{stored}");
+
+    assert_eq!(store.migrate().await.expect("upgrade"), 1, "migration 13");
+
+    let priorities: Vec<String> = client
+        .query("SELECT DISTINCT priority FROM deliveries", &[])
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(priorities, ["normal"]);
+    let parsed = Task::from_json(&stored).expect("an old task parses");
+    assert!(parsed.priority.is_normal());
+    let stats = store.stats(None).await.expect("stats");
+    let normal = stats.priorities.normal;
+    assert_eq!(
+        (
+            normal.ready,
+            normal.processing,
+            normal.sent,
+            normal.failed,
+            normal.uncertain,
+            normal.duplicate,
+            normal.dead_letters,
+        ),
+        (2, 2, 1, 1, 1, 1, 2),
+        "queued and retrying are ready, processing and sending in flight: {stats:?}"
+    );
+    assert_eq!(stats.total, normal);
+    assert_eq!(stats.priorities.high, Default::default());
+
+    assert_claims_carry_on(&store, &tasks).await;
+    // An outcome after the upgrade moves the counters.
+    store
+        .mark_sent(&tasks[0], "250 ok", &[])
+        .await
+        .expect("sent");
+    let after = store.stats(None).await.expect("stats");
+    assert_eq!(after.total.sent, 2, "{after:?}");
 }

@@ -15,6 +15,7 @@ mod helpers;
 mod message_fields;
 mod monitoring;
 mod operations;
+mod priorities;
 mod recipients;
 mod relays;
 mod retention;
