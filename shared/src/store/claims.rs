@@ -194,8 +194,9 @@ macro_rules! changed {
 const CLAIM_NEW: Sql = Sql::new(
     concat!(
         "INSERT INTO deliveries
-        (idempotency_key, job_id, state, attempts, fence, holder, task, fingerprint, tenant)
-    VALUES ($1, $2, 'processing', 1, 1, $3, $4::text::jsonb, $5, $6)
+        (idempotency_key, job_id, state, attempts, fence, holder, task, fingerprint, tenant,
+         priority)
+    VALUES ($1, $2, 'processing', 1, 1, $3, $4::text::jsonb, $5, $6, $8)
     ON CONFLICT (tenant, idempotency_key) DO NOTHING
     RETURNING attempts, fence, ",
         suppressed!("$6", "$7")
@@ -208,6 +209,7 @@ const CLAIM_NEW: Sql = Sql::new(
         Type::TEXT,
         Type::TEXT,
         Type::TEXT_ARRAY,
+        Type::TEXT,
     ],
 );
 
@@ -578,6 +580,7 @@ impl Store {
                     &task.email.fingerprint(),
                     &tenant,
                     &recipients,
+                    &task.priority.as_str(),
                 ],
             )
             .await?;

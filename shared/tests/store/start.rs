@@ -246,3 +246,28 @@ async fn a_start_that_committed_unseen_reads_as_mine_and_is_retried_under_its_to
         Look::Settled(Claim::Ambiguous { attempts: 2, .. })
     ));
 }
+
+#[tokio::test]
+async fn a_task_with_no_row_is_claimed_the_two_step_way_and_keeps_its_priority() {
+    let db = TestDatabase::create().await;
+    let store = store_for(&db);
+    store.migrate().await.expect("migrate");
+    store.renew_lease("a", LEASE).await.expect("lease");
+    let t = task("start:no-row").at_priority(sendonce_shared::domain::Priority::High);
+    assert_eq!(store.look(&t, "a").await.expect("look"), Look::ClaimNow);
+    assert!(matches!(
+        store.claim(&t, "a").await.expect("claim"),
+        Claim::Proceed { attempt: 1, .. }
+    ));
+    let priority: String = db
+        .connect()
+        .await
+        .query_one(
+            "SELECT priority FROM deliveries WHERE idempotency_key = 'start:no-row'",
+            &[],
+        )
+        .await
+        .expect("the row")
+        .get(0);
+    assert_eq!(priority, "high");
+}

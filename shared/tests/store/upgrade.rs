@@ -93,8 +93,8 @@ async fn migration_2_keeps_jobs_in_every_state_and_their_promise() {
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        11,
-        "migrations 2 to 12"
+        12,
+        "migrations 2 to 13"
     );
 
     let rows = client
@@ -139,8 +139,8 @@ async fn migration_4_keeps_jobs_in_every_state_replays_their_keys_and_finds_the_
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        9,
-        "migrations 4 to 12"
+        10,
+        "migrations 4 to 13"
     );
 
     // A replay of an old key: its request's fingerprint was never kept, so
@@ -177,8 +177,8 @@ async fn migration_5_keeps_jobs_in_every_state_and_the_dead_letters_and_starts_a
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        8,
-        "migrations 5 to 12 (the store reads the schema of the latest)"
+        9,
+        "migrations 5 to 13 (the store reads the schema of the latest)"
     );
 
     let rows = client
@@ -255,8 +255,8 @@ async fn migration_6_puts_every_job_entry_and_audit_row_in_the_default_tenant_an
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        7,
-        "migrations 6 to 12"
+        8,
+        "migrations 6 to 13"
     );
 
     for table in ["deliveries", "failed_jobs", "audit_log"] {
@@ -308,8 +308,8 @@ async fn migration_7_keeps_jobs_in_every_state_cancelable_where_their_data_has_n
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        6,
-        "migrations 7 to 12"
+        7,
+        "migrations 7 to 13"
     );
 
     let rows: Vec<(String, bool)> = client
@@ -358,8 +358,8 @@ async fn migration_8_keeps_jobs_in_every_state_with_no_refused_recipients() {
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        5,
-        "migrations 8 to 12"
+        6,
+        "migrations 8 to 13"
     );
 
     let rows: Vec<(String, Option<String>)> = client
