@@ -247,11 +247,17 @@ if [ "$webhook_endpoints" -gt 0 ]; then
   done
 fi
 workers=()
+# BENCH_FLEET_CONCURRENCY=N splits N tasks in flight among the workers of a
+# phase (each gets N / workers, and a Postgres pool of as many connections
+# up to 16); unset, each worker runs the default WORKER_CONCURRENCY (32).
+fleet_concurrency=${BENCH_FLEET_CONCURRENCY:-}
 start_workers() {
   workers=()
+  local per=${WORKER_CONCURRENCY:-32}
+  [ -z "$fleet_concurrency" ] || per=$(( (fleet_concurrency + $1 - 1) / $1 ))
   for i in $(seq "$1"); do
     SMTP_URL=smtp://127.0.0.1:$smtp_port METRICS_ADDR=127.0.0.1:0 \
-      WEBHOOK_DISPATCH=$webhook_dispatch \
+      WEBHOOK_DISPATCH=$webhook_dispatch WORKER_CONCURRENCY=$per \
       "$worker_bin" >"$state/worker-$i.log" 2>&1 &
     workers+=($!)
   done
@@ -339,7 +345,7 @@ cat <<TABLE
 
 sendonce benchmark: $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)${BENCH_BIN_DIR:+, binaries from $bin_dir}
 machine: $(nproc) CPUs, $(lscpu | sed -n 's/^Model name: *//p' | head -n1), $(free -g | awk '/^Mem:/ {print $2}') GiB RAM; load after run: $(cut -d' ' -f1-3 /proc/loadavg)
-medians of $runs runs, ${secs}s phases, RUST_LOG=$log_filter; drain from $drain_tasks queued tasks; $webhook_endpoints webhook endpoint(s)
+medians of $runs runs, ${secs}s phases, RUST_LOG=$log_filter; drain from $drain_tasks queued tasks; $webhook_endpoints webhook endpoint(s); tasks in flight: ${fleet_concurrency:+$fleet_concurrency per phase, split among its workers}${fleet_concurrency:-${WORKER_CONCURRENCY:-32} per worker}
 
 | figure | median | runs | target | met | machine limit (same run) | ratio |
 |---|---:|---|---|---|---|---:|
