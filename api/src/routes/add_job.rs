@@ -350,7 +350,12 @@ pub fn header_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError>
     ),
     security(("bearer" = ["jobs:write"])),
 )]
-#[tracing::instrument(name = "add_job", skip_all, fields(job_id, idempotency_key))]
+#[tracing::instrument(
+    name = "add_job",
+    level = "debug",
+    skip_all,
+    fields(job_id, idempotency_key)
+)]
 pub async fn add_job(
     caller: Authorized<scope::JobsWrite>,
     req: HttpRequest,

@@ -124,7 +124,7 @@ impl Store {
     /// in `jobs` (in one tenant) is taken by its first occurrence. Rows are
     /// inserted in key order, so concurrent batches never wait on each
     /// other in a cycle.
-    #[tracing::instrument(skip_all, fields(jobs = jobs.len()))]
+    #[tracing::instrument(level = "debug", skip_all, fields(jobs = jobs.len()))]
     pub async fn accept(&self, jobs: &[Submission]) -> Result<Vec<Accepted>, StoreError> {
         fn scoped(job: &Submission) -> (&str, &str) {
             (job.task.tenant.as_str(), job.task.idempotency_key.as_str())

@@ -132,7 +132,7 @@ pub(super) const ALL: &[&Sql] = &[&PAGE];
 impl Store {
     /// A page of the audit trail, newest first, after the row `before`
     /// (keyset pagination on the id, as [`Store::failed_page`]).
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn audit_page(
         &self,
         filter: &AuditFilter,

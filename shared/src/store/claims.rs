@@ -546,7 +546,7 @@ impl Store {
     /// inserts it. Either way the attempt gets a new token. The `UPDATE`
     /// waits on a concurrent requeue's row lock, so it sees the requeued
     /// state rather than the stale terminal one.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn claim(&self, task: &Task, worker: &str) -> Result<Claim, StoreError> {
         let conn = self.pool.get().await?;
         let key = task.idempotency_key.as_str();
@@ -626,7 +626,7 @@ impl Store {
     /// Reads where `task`'s key stands for `worker`, writing nothing: the
     /// first step of an attempt whose claim is made by the write that
     /// starts its data ([`Store::claim_sending`]).
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn look(&self, task: &Task, worker: &str) -> Result<Look, StoreError> {
         let conn = self.pool.get().await?;
         let tenant = task.tenant.as_str();
@@ -681,7 +681,7 @@ impl Store {
     /// [`Store::look`] read, `worker`'s lease is live, and no recipient of
     /// the envelope is suppressed. Anything but [`Start::Go`] means the
     /// caller must not send.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn claim_sending(
         &self,
         task: &Task,
@@ -719,7 +719,7 @@ impl Store {
     /// Under `ON_UNCERTAIN=resend`: takes a key left in `sending` by the cut
     /// attempt `cut` (whose holder lost its lease) for one more attempt by
     /// `worker`. `None` when the row moved on meanwhile.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn reopen_ambiguous(
         &self,
         task: &Task,
@@ -743,7 +743,7 @@ impl Store {
     }
 
     /// The job that owns `key` in `tenant` in L2, if any job claimed it yet.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn owner(
         &self,
         tenant: &Tenant,
@@ -757,7 +757,7 @@ impl Store {
     }
 
     /// Whether `task`'s key has reached a terminal state.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn is_terminal(&self, task: &Task) -> Result<bool, StoreError> {
         let conn = self.pool.get().await?;
         let row = self
@@ -776,7 +776,7 @@ impl Store {
     /// token to a newer claim, or `worker`'s lease has lapsed (others may
     /// already judge it dead), or a recipient was suppressed since the
     /// claim looked.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn mark_sending(
         &self,
         task: &Task,
@@ -808,7 +808,7 @@ impl Store {
     /// Ends attempt `fence` `suppressed`, with its `job.suppressed` event:
     /// every recipient is on the suppression list, listed in `refused` with
     /// the reason. `false` when the attempt lost its token.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn suppress_job(
         &self,
         task: &Task,
@@ -837,7 +837,7 @@ impl Store {
     /// Adds the recipients of `task` that the server refused for good
     /// (`5.1.x`: no such mailbox) to its tenant's suppression list, so
     /// later jobs do not try them again.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn suppress_bounced(
         &self,
         task: &Task,
@@ -870,7 +870,7 @@ impl Store {
     /// the row stays `processing` with no holder, so the next copy's claim,
     /// or the sweeper, takes it without waiting for a lease that the live
     /// worker keeps renewing. Nothing when the token was lost already.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn release_claim(&self, task: &Task, fence: Fence) -> Result<(), StoreError> {
         let conn = self.pool.get().await?;
         self.exec(
@@ -888,7 +888,7 @@ impl Store {
 
     /// Records the server's acceptance, whoever holds the row now, unless it
     /// already says `sent`; withdraws any dead-letter entry of the job.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn mark_sent(
         &self,
         task: &Task,
@@ -920,7 +920,7 @@ impl Store {
     /// `counted`, the attempt is given back (it never reached the message:
     /// every SMTP relay said it was over its limit). `false` when the
     /// attempt lost its token.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn mark_retrying(
         &self,
         task: &Task,
@@ -951,7 +951,7 @@ impl Store {
     /// DLQ entry, in one statement. `false` when the attempt lost its token
     /// or the key is already terminal (a redelivery), and nothing was
     /// written.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn dead_letter(
         &self,
         task: &Task,
@@ -970,7 +970,7 @@ impl Store {
     }
 
     /// Records that `task` was skipped because `owner` holds its key.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn record_duplicate(
         &self,
         task: &Task,

@@ -476,7 +476,7 @@ pub struct ScheduledJob {
 
 impl Store {
     /// The overview's numbers, for `tenant`'s jobs or (`None`) everyone's.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn console_overview(&self, tenant: Option<&Tenant>) -> Result<Overview, StoreError> {
         let mut conn = self.pool.get().await?;
         let tx = self.console_tx(&mut conn).await?;
@@ -497,7 +497,7 @@ impl Store {
     /// Every worker with a lease (fleet-wide: workers serve every tenant),
     /// newest heartbeat first, at most 200. Lapsed leases stay listed,
     /// not `alive`, until the sweeper forgets them a day later.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn console_workers(&self) -> Result<Vec<WorkerStatus>, StoreError> {
         let mut conn = self.pool.get().await?;
         let tx = self.console_tx(&mut conn).await?;
@@ -520,7 +520,7 @@ impl Store {
     /// skipped as duplicates (state `duplicate`). A recipient is looked for
     /// in the newest 50,000 jobs in scope (no index serves it), under the
     /// statement timeout.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn find_jobs(
         &self,
         lookup: &JobLookup,
@@ -566,7 +566,7 @@ impl Store {
     /// serves), and the operators' actions on its dead-letter entry, in
     /// time order. Events go with retention: an old job's history may hold
     /// only its acceptance and those actions.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn job_detail(
         &self,
         job: JobId,
@@ -675,7 +675,7 @@ impl Store {
     /// later), soonest first, at most `limit`, after `after`: the
     /// (`send_at`, `job_id`) of the previous page's last row (keyset
     /// pagination, so jobs that come due meanwhile never shift a page).
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn scheduled_page(
         &self,
         tenant: Option<&Tenant>,

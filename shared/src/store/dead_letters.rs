@@ -148,7 +148,7 @@ impl Store {
     /// A page of the dead-letter table, newest first, after the entry
     /// `before` (keyset pagination on the monotonic id, so entries that
     /// arrive while paging never shift a page).
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn failed_page(
         &self,
         filter: &FailedFilter,
@@ -176,7 +176,7 @@ impl Store {
     /// The dead-letter entries among `ids` that are `tenant`'s (any
     /// tenant's for `None`), newest first: what an operator is about to
     /// requeue or discard, to see which of them are `uncertain`.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn failed_entries(
         &self,
         ids: &[i64],
@@ -193,7 +193,7 @@ impl Store {
     /// statement. Its key stays terminal: the job is given up, not made
     /// sendable by a new job with the same key. `false`, and no audit row,
     /// when there is no such entry.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn discard_failed(&self, id: i64, actor: &Actor) -> Result<bool, StoreError> {
         let conn = self.pool.get().await?;
         let n = self
@@ -228,7 +228,7 @@ impl Store {
     /// `uncertain` entry would be a possible extra email). An entry whose key
     /// is no longer `failed` or `uncertain` (a late `250` was recorded) is
     /// removed without being pushed, counted or audited.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn requeue_failed<E>(
         &self,
         selection: &RequeueSelection,

@@ -249,7 +249,7 @@ impl Store {
     /// Claims up to `limit` due deliveries, leasing each for `lease`: no
     /// endpoint gets more than `per_endpoint` less the requests `open` says
     /// the caller has open to it.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn claim_webhook_deliveries(
         &self,
         limit: usize,
@@ -354,7 +354,7 @@ impl Store {
 
     /// Makes due the `held` deliveries of endpoints that are not failing
     /// (a resume raced with the event's fan-out); how many.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn release_stray_held_webhooks(&self) -> Result<u64, StoreError> {
         let conn = self.pool.get().await?;
         self.exec(&conn, &RELEASE_STRAY_HELD, &[]).await
@@ -362,7 +362,7 @@ impl Store {
 
     /// Per endpoint with an undelivered (`pending` or `held`) event, the
     /// age of the oldest one.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn oldest_undelivered_webhooks(&self) -> Result<Vec<(Uuid, Duration)>, StoreError> {
         let conn = self.pool.get().await?;
         let rows = self.rows(&conn, &OLDEST_UNDELIVERED, &[]).await?;

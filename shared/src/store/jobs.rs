@@ -86,7 +86,7 @@ pub enum Cancel {
 impl Store {
     /// How many of `tenant`'s jobs are unfinished: waiting, in flight or
     /// waiting for a retry (`MAX_QUEUED_PER_TENANT`).
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn unfinished(&self, tenant: &Tenant) -> Result<u64, StoreError> {
         let conn = self.pool.get().await?;
         let count: i64 = self
@@ -98,7 +98,7 @@ impl Store {
 
     /// Cancels `job` when its data has not started; only when it is
     /// `tenant`'s, unless `tenant` is `None` (an operator's action).
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn cancel(&self, job: JobId, tenant: Option<&Tenant>) -> Result<Cancel, StoreError> {
         let conn = self.pool.get().await?;
         let tenant = tenant.map(Tenant::as_str);
@@ -135,7 +135,7 @@ impl Store {
     /// The state of an accepted job, in any state (`queued` from its
     /// acceptance on), or of a job skipped as a duplicate; only when it is
     /// `tenant`'s, unless `tenant` is `None` (an operator's read).
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn job(
         &self,
         job: JobId,

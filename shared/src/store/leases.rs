@@ -89,7 +89,7 @@ pub(super) const ALL: &[&Sql] = &[&RENEW, &RELEASE, &ABANDONED, &FORGET, &REQUEU
 impl Store {
     /// Renews (or takes) `worker`'s lease for `lease` from now, by the
     /// database clock, and records the renewal as its heartbeat.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn renew_lease(&self, worker: &str, lease: Duration) -> Result<(), StoreError> {
         let conn = self.pool.get().await?;
         self.exec(&conn, &RENEW, &[&worker, &millis(lease)]).await?;
@@ -98,7 +98,7 @@ impl Store {
 
     /// Gives `worker`'s lease up (at shutdown), so the rows it leaves are
     /// taken over at once instead of a lease later.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn release_lease(&self, worker: &str) -> Result<(), StoreError> {
         let conn = self.pool.get().await?;
         self.exec(&conn, &RELEASE, &[&worker]).await?;
@@ -111,7 +111,7 @@ impl Store {
     /// row commits `queued`. Any number of workers may sweep at once: every
     /// change is fenced on the token the sweep read, and rows are locked
     /// with `SKIP LOCKED`.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn sweep_abandoned<E, F, Fut>(
         &self,
         lease: Duration,

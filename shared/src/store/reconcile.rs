@@ -100,7 +100,7 @@ impl Store {
     /// Up to `limit` waiting rows last changed at `until` or before, after
     /// `after` (keyset paging, so rows that move meanwhile never shift a
     /// page).
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn waiting_page(
         &self,
         until: DateTime<Utc>,
@@ -142,7 +142,7 @@ impl Store {
     /// runs before the commit, so a failed push changes nothing. Rows are
     /// locked with `SKIP LOCKED`, so every worker may run it at once.
     /// Returns how many were pushed.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn reconcile_stale<E>(
         &self,
         after: Duration,

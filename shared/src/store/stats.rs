@@ -145,7 +145,7 @@ pub struct Stats {
 impl Store {
     /// The counts of `tenant`'s jobs or (`None`) everyone's, in one
     /// read-only transaction under the console's statement timeout.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn stats(&self, tenant: Option<&Tenant>) -> Result<Stats, StoreError> {
         let mut conn = self.pool.get().await?;
         let tx = self.console_tx(&mut conn).await?;

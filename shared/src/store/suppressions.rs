@@ -124,7 +124,7 @@ fn suppression_at(r: &Row) -> Suppression {
 impl Store {
     /// A page of suppression lists, by tenant and address, after the entry
     /// `after` (tenant, address); `tenant`'s, or every tenant's for `None`.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn suppressions_page(
         &self,
         tenant: Option<&Tenant>,
@@ -149,7 +149,7 @@ impl Store {
 
     /// Puts `address` on `tenant`'s list by hand. Idempotent: an address
     /// listed already keeps its entry as it is.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn add_suppression(
         &self,
         tenant: &Tenant,
@@ -177,7 +177,7 @@ impl Store {
     }
 
     /// `address`'s entry on `tenant`'s list, if it is listed.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn suppression(
         &self,
         tenant: &Tenant,
@@ -190,7 +190,7 @@ impl Store {
 
     /// Lifts `address`'s entry from `tenant`'s list: later jobs to it are
     /// sent. `false` when it was not listed.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn lift_suppression(
         &self,
         tenant: &Tenant,

@@ -304,7 +304,7 @@ fn delivery_at(r: &Row) -> Result<WebhookDelivery, StoreError> {
 impl Store {
     /// Creates `tenant`'s endpoint signed with `secret`; its id is a UUIDv7,
     /// so listings page in creation order.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn create_webhook(
         &self,
         tenant: &Tenant,
@@ -331,7 +331,7 @@ impl Store {
 
     /// A page of endpoints, newest first, after the endpoint `before`;
     /// `tenant`'s, or every tenant's for `None`.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn webhooks_page(
         &self,
         tenant: Option<&Tenant>,
@@ -350,7 +350,7 @@ impl Store {
     }
 
     /// Endpoint `id`, if it is `tenant`'s (any tenant's for `None`).
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn webhook(
         &self,
         id: Uuid,
@@ -366,7 +366,7 @@ impl Store {
     /// Applies `patch` to endpoint `id` if it is `tenant`'s, in one
     /// transaction with the resume of its held deliveries; the endpoint as
     /// it now is, or `None` when there is no such endpoint.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn patch_webhook(
         &self,
         id: Uuid,
@@ -416,7 +416,7 @@ impl Store {
 
     /// Deletes endpoint `id` and its deliveries, if it is `tenant`'s;
     /// `false` when there is no such endpoint.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn delete_webhook(
         &self,
         id: Uuid,
@@ -431,7 +431,7 @@ impl Store {
 
     /// A page of endpoint `id`'s deliveries, newest first, after the
     /// delivery `before`; empty when the endpoint is not `tenant`'s.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn webhook_deliveries_page(
         &self,
         id: Uuid,
@@ -453,7 +453,7 @@ impl Store {
     /// Makes delivery `delivery` of endpoint `id` due now with a fresh retry
     /// schedule, whatever its state; the delivery as it now is, or `None`
     /// when the endpoint is not `tenant`'s or has no such delivery.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn replay_webhook_delivery(
         &self,
         id: Uuid,
