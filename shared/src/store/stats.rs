@@ -3,9 +3,9 @@
 //!
 //! Two sources, each cheap however many finished rows `deliveries` holds:
 //! the unfinished jobs (ready, scheduled, processing) are counted through
-//! the partial index `deliveries_live`, which holds only them; finished jobs,
-//! duplicates and dead letters are summed from `job_counts`, which
-//! migration 13's triggers keep as each row moves into or out of a
+//! the partial indexes that hold only them; finished jobs, duplicates and
+//! dead letters are summed from `job_counts`, which migration 13's
+//! triggers (made cheaper by migration 14) keep as each row moves into or out of a
 //! terminal state (one counter row per session slot, so outcome writes do
 //! not queue on one hot row).
 
@@ -18,24 +18,32 @@ use super::sql::Sql;
 use super::{Store, StoreError};
 use crate::domain::{Priority, Tenant};
 
-/// The unfinished jobs by priority, over `deliveries_live`: an index scan
-/// of the live rows only (not index-only: the index holds the due time as
-/// an expression, not its columns). Ready: waiting and due, as the
-/// reconciler reads it; scheduled: waiting for a `send_at` or a retry's
-/// delay.
+/// The unfinished jobs by priority, through the partial indexes that hold
+/// only them (`deliveries_waiting`: queued and retrying;
+/// `deliveries_in_flight`: processing and sending), one scan each, so the
+/// cost follows the backlog, not the history. Ready: waiting and due, as
+/// the reconciler reads it; scheduled: waiting for a `send_at` or a retry's
+/// delay; processing: claimed, its data under way or about to be (a task a
+/// worker has popped but not yet claimed still counts as ready).
 const LIVE: Sql = Sql::new(
-    "SELECT priority,
-            count(*) FILTER (WHERE state IN ('queued', 'retrying')
-                               AND GREATEST(updated_at, next_attempt_at) <= now()),
-            count(*) FILTER (WHERE state IN ('queued', 'retrying')
-                               AND GREATEST(updated_at, next_attempt_at) > now()),
-            count(*) FILTER (WHERE state IN ('processing', 'sending')),
-            EXTRACT(EPOCH FROM now() - min(created_at) FILTER (
-                WHERE state IN ('queued', 'retrying')
-                  AND GREATEST(updated_at, next_attempt_at) <= now()))::float8
-     FROM deliveries
-     WHERE state IN ('queued', 'retrying', 'processing', 'sending')
-       AND ($1::text IS NULL OR tenant = $1)
+    "SELECT priority, sum(ready)::int8, sum(scheduled)::int8, sum(processing)::int8,
+            EXTRACT(EPOCH FROM now() - min(oldest))::float8
+     FROM (SELECT priority,
+                  count(*) FILTER (WHERE GREATEST(updated_at, next_attempt_at) <= now())
+                      AS ready,
+                  count(*) FILTER (WHERE GREATEST(updated_at, next_attempt_at) > now())
+                      AS scheduled,
+                  0::int8 AS processing,
+                  min(created_at) FILTER (WHERE GREATEST(updated_at, next_attempt_at) <= now())
+                      AS oldest
+           FROM deliveries
+           WHERE state IN ('queued', 'retrying') AND ($1::text IS NULL OR tenant = $1)
+           GROUP BY priority
+           UNION ALL
+           SELECT priority, 0, 0, count(*), NULL
+           FROM deliveries
+           WHERE state IN ('processing', 'sending') AND ($1::text IS NULL OR tenant = $1)
+           GROUP BY priority) live
      GROUP BY priority",
     &[Type::TEXT],
 );
@@ -65,7 +73,7 @@ pub struct Counts {
     pub ready: i64,
     /// Waiting for their `send_at` or a retry's delay.
     pub scheduled: i64,
-    /// Held by a worker (its attempt, or its data, under way).
+    /// Claimed by a worker: its data under way, or about to be.
     pub processing: i64,
     /// Delivered.
     pub sent: i64,

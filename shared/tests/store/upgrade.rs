@@ -93,8 +93,8 @@ async fn migration_2_keeps_jobs_in_every_state_and_their_promise() {
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        12,
-        "migrations 2 to 13"
+        13,
+        "migrations 2 to 14"
     );
 
     let rows = client
@@ -139,8 +139,8 @@ async fn migration_4_keeps_jobs_in_every_state_replays_their_keys_and_finds_the_
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        10,
-        "migrations 4 to 13"
+        11,
+        "migrations 4 to 14"
     );
 
     // A replay of an old key: its request's fingerprint was never kept, so
@@ -177,8 +177,8 @@ async fn migration_5_keeps_jobs_in_every_state_and_the_dead_letters_and_starts_a
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        9,
-        "migrations 5 to 13 (the store reads the schema of the latest)"
+        10,
+        "migrations 5 to 14 (the store reads the schema of the latest)"
     );
 
     let rows = client
@@ -255,8 +255,8 @@ async fn migration_6_puts_every_job_entry_and_audit_row_in_the_default_tenant_an
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        8,
-        "migrations 6 to 13"
+        9,
+        "migrations 6 to 14"
     );
 
     for table in ["deliveries", "failed_jobs", "audit_log"] {
@@ -308,8 +308,8 @@ async fn migration_7_keeps_jobs_in_every_state_cancelable_where_their_data_has_n
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        7,
-        "migrations 7 to 13"
+        8,
+        "migrations 7 to 14"
     );
 
     let rows: Vec<(String, bool)> = client
@@ -358,8 +358,8 @@ async fn migration_8_keeps_jobs_in_every_state_with_no_refused_recipients() {
 
     assert_eq!(
         store.migrate().await.expect("upgrade"),
-        6,
-        "migrations 8 to 13"
+        7,
+        "migrations 8 to 14"
     );
 
     let rows: Vec<(String, Option<String>)> = client
@@ -639,7 +639,14 @@ async fn migration_13_keeps_jobs_in_every_state_counts_them_as_normal_and_their_
         .get(0);
     assert!(!stored.contains("priority"), "{stored}");
 
-    assert_eq!(store.migrate().await.expect("upgrade"), 1, "migration 13");
+    assert_eq!(
+        store
+            .migrate_to(Target::Version(13))
+            .await
+            .expect("upgrade"),
+        1,
+        "migration 13"
+    );
 
     let priorities: Vec<String> = client
         .query("SELECT DISTINCT priority FROM deliveries", &[])
@@ -677,4 +684,102 @@ async fn migration_13_keeps_jobs_in_every_state_counts_them_as_normal_and_their_
         .expect("sent");
     let after = store.stats(None).await.expect("stats");
     assert_eq!(after.total.sent, 2, "{after:?}");
+}
+
+#[tokio::test]
+async fn migration_14_keeps_the_counts_of_jobs_in_every_state_and_counts_on_without_the_live_index()
+{
+    let (_db, store, client, tasks) = at_schema(13).await;
+    insert_dead_letter(&client, &tasks[5], "failed").await;
+    insert_dead_letter(&client, &tasks[6], "uncertain").await;
+    client
+        .execute(
+            "INSERT INTO duplicate_jobs (job_id, idempotency_key, duplicate_of, layer)
+             VALUES (gen_random_uuid(), $1, $2, 'l2')",
+            &[
+                &tasks[4].idempotency_key.as_str(),
+                &tasks[4].job_id.as_uuid(),
+            ],
+        )
+        .await
+        .expect("a duplicate at schema 13");
+    let before = store.stats(None).await.expect("stats at schema 13");
+
+    assert_eq!(store.migrate().await.expect("upgrade"), 1, "migration 14");
+
+    let live_index: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_indexes WHERE indexname = 'deliveries_live'",
+            &[],
+        )
+        .await
+        .expect("indexes")
+        .get(0);
+    assert_eq!(live_index, 0);
+    let after = store.stats(None).await.expect("stats");
+    let ageless = |mut stats: sendonce_shared::store::Stats| {
+        for counts in [
+            &mut stats.total,
+            &mut stats.priorities.high,
+            &mut stats.priorities.normal,
+            &mut stats.priorities.low,
+        ] {
+            counts.oldest_ready_age_seconds = None;
+        }
+        stats
+    };
+    assert_eq!(
+        ageless(after),
+        ageless(before),
+        "the same counts from the other indexes"
+    );
+    assert!(after.total.oldest_ready_age_seconds >= before.total.oldest_ready_age_seconds);
+    assert_eq!(
+        (
+            after.total.ready,
+            after.total.processing,
+            after.total.sent,
+            after.total.failed,
+            after.total.uncertain,
+            after.total.duplicate,
+            after.total.dead_letters,
+        ),
+        (2, 2, 1, 1, 1, 1, 2),
+        "{after:?}"
+    );
+
+    assert_claims_carry_on(&store, &tasks).await;
+    // Outcomes after the upgrade move the counters, through the new triggers.
+    store
+        .mark_sent(&tasks[0], "250 ok", &[])
+        .await
+        .expect("sent");
+    client
+        .execute(
+            "INSERT INTO duplicate_jobs (job_id, idempotency_key, duplicate_of, layer)
+             VALUES (gen_random_uuid(), $1, $2, 'l1')",
+            &[
+                &tasks[4].idempotency_key.as_str(),
+                &tasks[4].job_id.as_uuid(),
+            ],
+        )
+        .await
+        .expect("another duplicate");
+    client
+        .execute(
+            "DELETE FROM failed_jobs WHERE job_id = $1",
+            &[&tasks[5].job_id.as_uuid()],
+        )
+        .await
+        .expect("discard a dead letter");
+    let later = store.stats(None).await.expect("stats");
+    assert_eq!(
+        (
+            later.total.sent,
+            later.total.duplicate,
+            later.total.dead_letters
+        ),
+        (2, 2, 1),
+        "{later:?}"
+    );
 }
