@@ -482,6 +482,14 @@ impl Worker {
     /// The housekeeper counts the queue and publishes the counts; every
     /// other worker reads them. Either way the gauges show the whole queue.
     async fn refresh_depths(&self) {
+        if self.is_housekeeper() {
+            match self.store.stats(None).await {
+                Ok(stats) => telemetry::jobs_unfinished(&stats.priorities),
+                Err(e) => {
+                    tracing::debug!(error = %error_chain(&e), "counting jobs by priority failed");
+                }
+            }
+        }
         let depths = if self.is_housekeeper() {
             let counted = self.queue.depths().await;
             if let Ok(depths) = &counted

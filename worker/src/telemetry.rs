@@ -9,9 +9,10 @@ use metrics::{
     Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
 };
 use metrics_exporter_prometheus::PrometheusHandle;
+use sendonce_shared::domain::Priority;
 use sendonce_shared::domain::webhooks::EventType;
 use sendonce_shared::queue::Depths;
-use sendonce_shared::store::{DeadReason, DedupLayer};
+use sendonce_shared::store::{ByPriority, DeadReason, DedupLayer};
 
 /// Emails the SMTP server accepted.
 pub const EMAILS_SENT: &str = "sendonce_emails_sent_total";
@@ -29,6 +30,10 @@ pub const DEAD_LETTERED: &str = "sendonce_dead_lettered_total";
 pub const SMTP_SEND_DURATION: &str = "sendonce_smtp_send_duration_seconds";
 /// Tasks waiting or held, by `queue`.
 pub const QUEUE_DEPTH: &str = "sendonce_queue_depth";
+/// Unfinished jobs by priority and state (`ready`, `scheduled`,
+/// `processing`), as the housekeeper last counted them in Postgres
+/// (`GET /stats`'s figures for every tenant); 0 on the other workers.
+pub const JOBS_UNFINISHED: &str = "sendonce_jobs_unfinished";
 /// 1 on the worker that does the fleet's housekeeping, 0 elsewhere.
 pub const HOUSEKEEPER: &str = "sendonce_housekeeper";
 /// Tasks this process is working on.
@@ -125,6 +130,11 @@ fn register() {
         QUEUE_DEPTH,
         "Tasks ready, scheduled for a retry, or held by workers (the whole queue, as the housekeeper last counted it)."
     );
+    describe_gauge!(
+        JOBS_UNFINISHED,
+        "Unfinished jobs by priority and state (ready, scheduled, processing), counted in Postgres by the housekeeper every 5 s; 0 on the other workers."
+    );
+    jobs_unfinished(&ByPriority::default());
     describe_gauge!(INFLIGHT, "Tasks this process is working on.");
     describe_gauge!(
         HOUSEKEEPER,
@@ -262,6 +272,24 @@ pub fn queue_depth(depths: &Depths) {
     gauge!(QUEUE_DEPTH, "queue" => "ready").set(depths.ready as f64);
     gauge!(QUEUE_DEPTH, "queue" => "scheduled").set(depths.scheduled as f64);
     gauge!(QUEUE_DEPTH, "queue" => "processing").set(depths.processing as f64);
+}
+
+/// Sets the unfinished-jobs gauges from the counts by priority.
+pub fn jobs_unfinished(counts: &ByPriority) {
+    for (priority, c) in [
+        (Priority::High, counts.high),
+        (Priority::Normal, counts.normal),
+        (Priority::Low, counts.low),
+    ] {
+        for (state, n) in [
+            ("ready", c.ready),
+            ("scheduled", c.scheduled),
+            ("processing", c.processing),
+        ] {
+            gauge!(JOBS_UNFINISHED, "priority" => priority.as_str(), "state" => state)
+                .set(n as f64);
+        }
+    }
 }
 
 /// Counts one task in flight until the returned guard is dropped, so every

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use sendonce_testkit::{Fault, WebhookReceiver, eventually, monitoring, sample};
 use serde_json::json;
 
-use crate::helpers::{DEADLINE, email, start_worker_process};
+use crate::helpers::{DEADLINE, Options, email, spawn_system, start_worker_process};
 use crate::webhooks::{create_endpoint, system_with};
 
 #[tokio::test]
@@ -88,4 +88,43 @@ async fn every_metric_the_dashboard_and_the_alert_rules_use_is_exported_by_the_w
         "the monitoring files use metrics neither the worker nor the API exports:\n{missing}\nthe worker exports:\n{exported:#?}"
     );
     worker.stop().await;
+}
+
+/// The dashboard's queue depth by priority: the housekeeper counts the
+/// unfinished jobs of each priority in Postgres (what `GET /stats` shows
+/// for every tenant) and exports them.
+#[tokio::test]
+async fn the_housekeeper_exports_the_unfinished_jobs_by_priority() {
+    let system = spawn_system(Options::default()).await;
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    for i in 0..2 {
+        let mut job = email(&format!("later-{i}@example.com"), None);
+        job["send_at"] = json!(later);
+        job["priority"] = json!("high");
+        system.post_ok(&job).await;
+    }
+    let mut low = email("later-low@example.com", None);
+    low["send_at"] = json!(later);
+    low["priority"] = json!("low");
+    system.post_ok(&low).await;
+
+    let worker = start_worker_process(&system, &[]).await;
+    eventually(
+        "the scheduled jobs by priority on /metrics",
+        DEADLINE,
+        || async {
+            let text = worker.metrics().await;
+            let at = |priority: &str| {
+                sample(
+                    &text,
+                    &format!(
+                        r#"sendonce_jobs_unfinished{{priority="{priority}",state="scheduled"}}"#
+                    ),
+                )
+            };
+            (at("high") == Some(2.0) && at("low") == Some(1.0) && at("normal") == Some(0.0))
+                .then_some(())
+        },
+    )
+    .await;
 }
