@@ -81,6 +81,28 @@ struct Effects {
     open: usize,
 }
 
+impl Effects {
+    /// Holder `h` starts its data at step `i`: never for a canceled job,
+    /// never while another data phase may take effect.
+    fn start(&mut self, canceled: bool, i: usize, h: usize) -> Result<(), TestCaseError> {
+        prop_assert!(
+            !canceled,
+            "step {}: holder {} starts the data of a canceled job",
+            i,
+            h
+        );
+        prop_assert_eq!(
+            self.open,
+            0,
+            "step {}: holder {} starts the data while another data phase may take effect",
+            i,
+            h
+        );
+        self.open += 1;
+        Ok(())
+    }
+}
+
 async fn run(store: &Store, t: &Task, steps: &[(usize, Step)]) -> Result<(), TestCaseError> {
     let names: Vec<String> = (0..HOLDERS).map(|h| format!("{}-{h}", t.job_id)).collect();
     for name in &names {
@@ -136,20 +158,7 @@ async fn run(store: &Store, t: &Task, steps: &[(usize, Step)]) -> Result<(), Tes
                     .expect("claim and start")
                 {
                     Start::Go { fence, .. } => {
-                        prop_assert!(
-                            !canceled,
-                            "step {}: holder {} starts the data of a canceled job",
-                            i,
-                            h
-                        );
-                        prop_assert_eq!(
-                            effects.open,
-                            0,
-                            "step {}: holder {} starts the data while another data phase may take effect",
-                            i,
-                            h
-                        );
-                        effects.open += 1;
+                        effects.start(canceled, i, h)?;
                         phases[h] = Phase::DataOut(fence);
                     }
                     Start::Lost | Start::Suppressed => phases[h] = Phase::Idle,
@@ -172,20 +181,7 @@ async fn run(store: &Store, t: &Task, steps: &[(usize, Step)]) -> Result<(), Tes
                     .expect("sending")
                     == Sending::Go
                 {
-                    prop_assert!(
-                        !canceled,
-                        "step {}: holder {} starts the data of a canceled job",
-                        i,
-                        h
-                    );
-                    prop_assert_eq!(
-                        effects.open,
-                        0,
-                        "step {}: holder {} starts the data while another data phase may take effect",
-                        i,
-                        h
-                    );
-                    effects.open += 1;
+                    effects.start(canceled, i, h)?;
                     phases[h] = Phase::DataOut(fence);
                 } else {
                     phases[h] = Phase::Idle;

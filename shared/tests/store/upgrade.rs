@@ -620,17 +620,7 @@ async fn migration_13_keeps_jobs_in_every_state_counts_them_as_normal_and_their_
     insert_dead_letter(&client, failed, "failed").await;
     let uncertain = &tasks[6];
     insert_dead_letter(&client, uncertain, "uncertain").await;
-    client
-        .execute(
-            "INSERT INTO duplicate_jobs (job_id, idempotency_key, duplicate_of, layer)
-             VALUES (gen_random_uuid(), $1, $2, 'l2')",
-            &[
-                &tasks[4].idempotency_key.as_str(),
-                &tasks[4].job_id.as_uuid(),
-            ],
-        )
-        .await
-        .expect("a duplicate at schema 12");
+    insert_duplicate(&client, &tasks[4], "l2").await;
     // A task as schema 12's API stored it: no priority field.
     let stored: String = client
         .query_one("SELECT task::text FROM deliveries LIMIT 1", &[])
@@ -692,17 +682,7 @@ async fn migration_14_keeps_the_counts_of_jobs_in_every_state_and_counts_on_with
     let (_db, store, client, tasks) = at_schema(13).await;
     insert_dead_letter(&client, &tasks[5], "failed").await;
     insert_dead_letter(&client, &tasks[6], "uncertain").await;
-    client
-        .execute(
-            "INSERT INTO duplicate_jobs (job_id, idempotency_key, duplicate_of, layer)
-             VALUES (gen_random_uuid(), $1, $2, 'l2')",
-            &[
-                &tasks[4].idempotency_key.as_str(),
-                &tasks[4].job_id.as_uuid(),
-            ],
-        )
-        .await
-        .expect("a duplicate at schema 13");
+    insert_duplicate(&client, &tasks[4], "l2").await;
     let before = store.stats(None).await.expect("stats at schema 13");
 
     assert_eq!(store.migrate().await.expect("upgrade"), 1, "migration 14");
@@ -754,17 +734,7 @@ async fn migration_14_keeps_the_counts_of_jobs_in_every_state_and_counts_on_with
         .mark_sent(&tasks[0], "250 ok", &[])
         .await
         .expect("sent");
-    client
-        .execute(
-            "INSERT INTO duplicate_jobs (job_id, idempotency_key, duplicate_of, layer)
-             VALUES (gen_random_uuid(), $1, $2, 'l1')",
-            &[
-                &tasks[4].idempotency_key.as_str(),
-                &tasks[4].job_id.as_uuid(),
-            ],
-        )
-        .await
-        .expect("another duplicate");
+    insert_duplicate(&client, &tasks[4], "l1").await;
     client
         .execute(
             "DELETE FROM failed_jobs WHERE job_id = $1",
@@ -782,4 +752,20 @@ async fn migration_14_keeps_the_counts_of_jobs_in_every_state_and_counts_on_with
         (2, 2, 1),
         "{later:?}"
     );
+}
+
+/// Records a skipped job that named the key of `owner`, found by `layer`.
+async fn insert_duplicate(client: &tokio_postgres::Client, owner: &Task, layer: &str) {
+    client
+        .execute(
+            "INSERT INTO duplicate_jobs (job_id, idempotency_key, duplicate_of, layer)
+             VALUES (gen_random_uuid(), $1, $2, $3)",
+            &[
+                &owner.idempotency_key.as_str(),
+                &owner.job_id.as_uuid(),
+                &layer,
+            ],
+        )
+        .await
+        .expect("a duplicate");
 }
