@@ -84,6 +84,13 @@ pub struct WorkerConfig {
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=4096))]
     pub worker_concurrency: u16,
 
+    /// Postgres connections in this process's pool; a statement waits for
+    /// one. Defaults to `WORKER_CONCURRENCY`, at least 2 and at most 8.
+    /// Size the fleet's total for the Postgres server, not each process:
+    /// see the README's sizing rule.
+    #[arg(long, env = "DATABASE_POOL_SIZE", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub database_pool_size: Option<u16>,
+
     /// Address of the health and metrics endpoint.
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9091")]
     pub metrics_addr: SocketAddr,
@@ -167,6 +174,14 @@ impl WorkerConfig {
             }
         }
         Ok(())
+    }
+
+    /// Connections in this process's Postgres pool.
+    pub fn database_pool_size(&self) -> usize {
+        self.database_pool_size.map_or(
+            usize::from(self.worker_concurrency).clamp(2, 8),
+            usize::from,
+        )
     }
 
     /// Pooled SMTP connections per relay.
@@ -274,6 +289,30 @@ mod tests {
         assert_eq!(
             parsed(&["--smtp-relay-max-connections", "3"]).smtp_relay_max_connections(),
             3
+        );
+    }
+
+    #[test]
+    fn the_postgres_pool_follows_worker_concurrency_between_2_and_8_unless_set() {
+        let parsed = |args: &[&str]| {
+            let args = std::iter::once("sendonce-worker").chain(args.iter().copied());
+            WorkerConfig::try_parse_from(args).expect("parses")
+        };
+        assert_eq!(parsed(&[]).database_pool_size(), 8);
+        assert_eq!(
+            parsed(&["--worker-concurrency", "1"]).database_pool_size(),
+            2
+        );
+        assert_eq!(
+            parsed(&["--worker-concurrency", "5"]).database_pool_size(),
+            5
+        );
+        assert_eq!(
+            parsed(&["--database-pool-size", "3"]).database_pool_size(),
+            3
+        );
+        assert!(
+            WorkerConfig::try_parse_from(["sendonce-worker", "--database-pool-size", "0"]).is_err()
         );
     }
 }

@@ -75,11 +75,10 @@ impl Application {
         config.validate()?;
         // Before any connection: a bad DKIM key stops the worker at once.
         let mailer = Mailer::from_config(&config)?;
-        let concurrency = usize::from(config.worker_concurrency);
         let store = Store::connect(
             &config.common.database_url,
             &config.common.postgres.options(),
-            concurrency.clamp(2, 16),
+            config.database_pool_size(),
         )?;
         store
             .migrate()

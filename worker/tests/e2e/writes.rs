@@ -72,3 +72,63 @@ async fn a_sent_email_costs_two_writes_of_its_row_after_acceptance() {
         );
     }
 }
+
+/// `DATABASE_POOL_SIZE` bounds the worker's Postgres connections whatever
+/// its `WORKER_CONCURRENCY`: the fleet's connections are sized for the
+/// server (README, "Sizing the Postgres pools"), and tasks share them.
+#[tokio::test]
+async fn a_worker_never_opens_more_postgres_connections_than_its_pool_size() {
+    let system = spawn_system(Options::default()).await;
+    let db = system.db.connect().await;
+    let args = system.worker_args();
+    let url = args
+        .iter()
+        .position(|a| a == "--database-url")
+        .map(|i| args[i + 1].clone())
+        .expect("the worker's database URL");
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let name = "sendonce-pool-test";
+    let url = format!("{url}{separator}application_name={name}");
+    let _worker = system
+        .spawn_worker_with(&[
+            "--database-url",
+            &url,
+            "--worker-concurrency",
+            "16",
+            "--database-pool-size",
+            "2",
+        ])
+        .await;
+
+    let jobs = 40;
+    for i in 0..jobs {
+        let body = email(&format!("pool-{i}@example.com"), Some(&format!("pool:{i}")));
+        system.post_ok(&body).await;
+    }
+    let connections = async || -> i64 {
+        db.query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+            &[&name],
+        )
+        .await
+        .expect("count the worker's connections")
+        .get(0)
+    };
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut most = 0;
+    while system.smtp.messages().len() < jobs {
+        most = most.max(connections().await);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {jobs} sent",
+            system.smtp.messages().len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    most = most.max(connections().await);
+    assert!(most >= 1, "the worker's connections were never seen");
+    assert!(
+        most <= 2,
+        "{most} connections open with DATABASE_POOL_SIZE=2 and 16 tasks in flight"
+    );
+}
