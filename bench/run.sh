@@ -133,6 +133,10 @@ reset_state() {
   # the workers would push the drain's backlog again (docs/exactly-once.md,
   # "Acceptance").
   "${redis[@]}" set '{bench}:epoch' bench >/dev/null
+  # Each phase starts from a checkpoint: otherwise it pays for the WAL and
+  # dirty pages of the phases before it (a checkpoint, and the full-page
+  # images that follow one, in the middle of a drain).
+  psql_q "CHECKPOINT" >/dev/null
 }
 peak_rss_mib() { awk '/VmHWM/ {printf "%.1f\n", $2 / 1024}' "/proc/$1/status"; }
 # Runs "$@" and writes where the cores went meanwhile to $state/cpu.last.
@@ -248,16 +252,22 @@ if [ "$webhook_endpoints" -gt 0 ]; then
 fi
 workers=()
 # BENCH_FLEET_CONCURRENCY=N splits N tasks in flight among the workers of a
-# phase (each gets N / workers, and a Postgres pool of as many connections
-# up to 16); unset, each worker runs the default WORKER_CONCURRENCY (32).
+# phase (each gets N / workers); unset, each worker runs the default
+# WORKER_CONCURRENCY (32).
 fleet_concurrency=${BENCH_FLEET_CONCURRENCY:-}
+# The README's sizing rule: the fleet's Postgres connections are sized for
+# the server, not per process. BENCH_FLEET_POOL=N splits N connections among
+# the workers of a phase (DATABASE_POOL_SIZE = N / workers, at least 1);
+# 0 leaves each worker its own default (up to 16, so 80 for 5 workers).
+fleet_pool=${BENCH_FLEET_POOL:-16}
 start_workers() {
   workers=()
-  local per=${WORKER_CONCURRENCY:-32}
+  local per=${WORKER_CONCURRENCY:-32} pool=()
   [ -z "$fleet_concurrency" ] || per=$(( (fleet_concurrency + $1 - 1) / $1 ))
+  [ "$fleet_pool" = 0 ] || pool=(DATABASE_POOL_SIZE=$(( fleet_pool / $1 > 0 ? fleet_pool / $1 : 1 )))
   for i in $(seq "$1"); do
-    SMTP_URL=smtp://127.0.0.1:$smtp_port METRICS_ADDR=127.0.0.1:0 \
-      WEBHOOK_DISPATCH=$webhook_dispatch WORKER_CONCURRENCY=$per \
+    env SMTP_URL=smtp://127.0.0.1:$smtp_port METRICS_ADDR=127.0.0.1:0 \
+      WEBHOOK_DISPATCH=$webhook_dispatch WORKER_CONCURRENCY=$per "${pool[@]}" \
       "$worker_bin" >"$state/worker-$i.log" 2>&1 &
     workers+=($!)
   done
@@ -345,7 +355,7 @@ cat <<TABLE
 
 sendonce benchmark: $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)${BENCH_BIN_DIR:+, binaries from $bin_dir}
 machine: $(nproc) CPUs, $(lscpu | sed -n 's/^Model name: *//p' | head -n1), $(free -g | awk '/^Mem:/ {print $2}') GiB RAM; load after run: $(cut -d' ' -f1-3 /proc/loadavg)
-medians of $runs runs, ${secs}s phases, RUST_LOG=$log_filter; drain from $drain_tasks queued tasks; $webhook_endpoints webhook endpoint(s); tasks in flight: ${fleet_concurrency:+$fleet_concurrency per phase, split among its workers}${fleet_concurrency:-${WORKER_CONCURRENCY:-32} per worker}
+medians of $runs runs, ${secs}s phases, RUST_LOG=$log_filter; drain from $drain_tasks queued tasks; $webhook_endpoints webhook endpoint(s); tasks in flight: ${fleet_concurrency:+$fleet_concurrency per phase, split among its workers}${fleet_concurrency:-${WORKER_CONCURRENCY:-32} per worker}; Postgres connections: $([ "$fleet_pool" = 0 ] && echo "each worker's default" || echo "$fleet_pool per phase, split among its workers")
 
 | figure | median | runs | target | met | machine limit (same run) | ratio |
 |---|---:|---|---|---|---|---:|
