@@ -82,6 +82,11 @@ mod embedded {
 /// together apply migrations once, one after another. ("sendonce" in ASCII.)
 const MIGRATION_LOCK_ID: i64 = 0x73656e646f6e6365;
 
+/// Appends " (migration)" to the session's `application_name` (the URL's,
+/// if it names one), for the migration's two connections.
+const NAME_MIGRATION_SESSION: &str = "SELECT set_config('application_name', \
+     left(current_setting('application_name') || ' (migration)', 63), false)";
+
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -386,6 +391,11 @@ impl Store {
     pub async fn migrate_to(&self, target: refinery::Target) -> Result<usize, StoreError> {
         let manager = self.pool.manager();
         let mut lock = manager.create().await?;
+        if self.pooler == Pooler::None {
+            // Both sessions are named for what they do, so an operator can
+            // tell them from the pool's (and a test can count the pool's).
+            lock.batch_execute(NAME_MIGRATION_SESSION).await?;
+        }
         let held = lock.transaction().await?;
         held.batch_execute(&format!(
             "SET LOCAL statement_timeout = 0; SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})"
@@ -395,6 +405,7 @@ impl Store {
         if self.pooler == Pooler::None {
             // Its own session, dropped afterwards: nothing leaks to others.
             conn.batch_execute("SET statement_timeout = 0").await?;
+            conn.batch_execute(NAME_MIGRATION_SESSION).await?;
         }
         let client: &mut tokio_postgres::Client = &mut conn;
         let result = embedded::migrations::runner()

@@ -105,6 +105,8 @@ async fn a_worker_never_opens_more_postgres_connections_than_its_pool_size() {
         let body = email(&format!("pool-{i}@example.com"), Some(&format!("pool:{i}")));
         system.post_ok(&body).await;
     }
+    // The migration's two connections at start-up are outside the pool,
+    // and named `<application_name> (migration)`: not counted here.
     let connections = async || -> i64 {
         db.query_one(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
