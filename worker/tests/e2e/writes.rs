@@ -106,10 +106,12 @@ async fn a_worker_holds_no_more_postgres_connections_than_its_pool_size() {
         system.post_ok(&body).await;
     }
     // The migration's two connections at start-up are outside the pool,
-    // and named `<application_name> (migration)`: not counted here.
+    // and named `<application_name> (migration)`: not counted here; nor
+    // are other databases' backends.
     let connections = async || -> i64 {
         db.query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE application_name = $1 AND datname = current_database()",
             &[&name],
         )
         .await
@@ -117,6 +119,12 @@ async fn a_worker_holds_no_more_postgres_connections_than_its_pool_size() {
         .get(0)
     };
     system.smtp.wait_for_messages(jobs, DEADLINE).await;
+    if system.bouncer.is_some() {
+        // Behind PgBouncer the server connections are its pool's, shared
+        // by every client (README, "Sizing the Postgres pools"); the bound
+        // is checked on the direct run of this suite.
+        return;
+    }
     assert!(
         connections().await >= 1,
         "the worker's connections were never seen"
